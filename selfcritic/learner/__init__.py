@@ -1,0 +1,1 @@
+"""The learner: advantages, policy losses as pure tensor functions, and the optimisation step."""

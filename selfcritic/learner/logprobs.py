@@ -1,0 +1,39 @@
+"""Per-token log-probabilities of completions under a causal LM, at a sampling temperature.
+
+Sequences (prompt + completion) are right-padded into one batch; the logprob of completion token
+t is read from the logits at position t-1, divided by the temperature, so it equals what an
+engine reports for the distribution it sampled from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def pad_batch(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids [B, L], attention mask [B, L] and completion mask [B, L-1]."""
+    lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(lengths), width), dtype=torch.long)
+    completion_mask = torch.zeros((len(lengths), width - 1), dtype=torch.float32)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        sequence = list(prompt) + list(completion)
+        ids[row, : len(sequence)] = torch.tensor(sequence)
+        attention[row, : len(sequence)] = 1
+        # target position j predicts token j+1: completion tokens are targets len(p)-1 ...
+        completion_mask[row, len(prompt) - 1 : len(sequence) - 1] = 1.0
+    return ids, attention, completion_mask
+
+
+def token_logprobs(
+    model: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Logprob of each next token [B, L-1] under softmax(logits / temperature)."""
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+    logprobs = torch.log_softmax(logits / temperature, dim=-1)
+    return logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)

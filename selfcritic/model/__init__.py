@@ -1,0 +1,1 @@
+"""Model presets, build/load/save in Hugging Face format."""

@@ -1,0 +1,1 @@
+"""Rollout: the RolloutEngine protocol, the vLLM engine, the Ray pool and weight sync."""

