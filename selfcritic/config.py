@@ -31,7 +31,7 @@ class ArchConfig:
     qk_nope_head_dim: int = 32
     qk_rope_head_dim: int = 64
     v_head_dim: int = 32
-    vocab_size: int = 128
+    vocab_size: int = 100  # at least the tokenizer's 100 tokens
     max_position_embeddings: int = 256
     routed_scaling_factor: float = 1.0
     rope_theta: float = 10000.0
@@ -111,15 +111,15 @@ class LearnerConfig:
 
 @dataclass
 class OptimConfig:
-    """MuonClip: Muon for weight matrices, AdamW for the rest."""
+    """Muon for weight matrices (experts one matrix at a time), AdamW for the rest."""
 
     muon_lr: float = 0.02
     adamw_lr: float = 2e-3
     weight_decay: float = 0.1
     momentum: float = 0.95
     adamw_betas: tuple[float, float] = (0.9, 0.95)
-    qk_clip_tau: float = 100.0  # QK-Clip threshold on the max attention logit per head
     max_grad_norm: float = 1.0
+    newton_schulz_dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16
 
 
 @dataclass
@@ -214,7 +214,8 @@ def validate(cfg: Config) -> None:
                  f"unknown rubric; available: {registry.rubric_names()}")
     _require(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be at least 1")
     _require(cfg.learner.clip_eps > 0, "learner.clip_eps", "must be > 0")
-    _require(cfg.optim.qk_clip_tau > 0, "optim.qk_clip_tau", "must be > 0")
+    _require(cfg.optim.newton_schulz_dtype in ("auto", "float32", "bfloat16"),
+             "optim.newton_schulz_dtype", "must be auto, float32 or bfloat16")
     _require(cfg.data.prompts_per_step >= 1, "data.prompts_per_step", "must be at least 1")
     _require(cfg.trainer.steps >= 1, "trainer.steps", "must be at least 1")
     _require(cfg.tracking.wandb_mode in ("online", "offline", "disabled"), "tracking.wandb_mode",

@@ -1,0 +1,15 @@
+# The two commands of the README. Each runs the idempotent set-up first.
+PY := .venv/bin/python
+
+.PHONY: setup run test lint
+setup:
+	bash scripts/setup.sh
+
+run: setup
+	$(PY) -m selfcritic.run +experiment=nano
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -1,0 +1,29 @@
+"""Start Ray on this machine or join an existing cluster."""
+
+from __future__ import annotations
+
+import os
+
+from selfcritic.config import RayConfig
+
+# Quiet engines and tokenizers in every Ray worker; the driver prints its own progress.
+_WORKER_ENV = {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def start_ray(cfg: RayConfig) -> bool:
+    """Initialise Ray; returns True when this call started it (and so must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": {**_WORKER_ENV, **_passthrough_env()}}
+    if cfg.address:
+        ray.init(address=cfg.address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, runtime_env=runtime_env)
+    return True
+
+
+def _passthrough_env() -> dict[str, str]:
+    """VLLM_* settings of the driver's environment, so users can tune engines from the shell."""
+    return {key: value for key, value in os.environ.items() if key.startswith("VLLM_")}

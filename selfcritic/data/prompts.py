@@ -1,0 +1,52 @@
+"""Prompt sources, found by name: each yields the prompts of one training step.
+
+A `Prompt` carries its text and, for verifiable tasks, the reference answer the verifier checks
+(the critic never sees it). Sources are pure functions of (seed, step), so a resumed run sees the
+same prompts. Left out: jsonl/parquet sources through `datasets` and held-out splits (the nano
+world issue adds them).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from selfcritic.config import DataConfig
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    reference: str | None  # None: no verifiable answer, the critic alone scores it
+
+
+PromptSource = Callable[[DataConfig, int], list[Prompt]]
+PROMPT_SOURCES: dict[str, PromptSource] = {}
+
+
+def register_source(name: str) -> Callable[[PromptSource], PromptSource]:
+    def decorate(fn: PromptSource) -> PromptSource:
+        if name in PROMPT_SOURCES:
+            raise ValueError(f"prompt source {name!r} is already registered")
+        PROMPT_SOURCES[name] = fn
+        return fn
+
+    return decorate
+
+
+def get_source(name: str) -> PromptSource:
+    if name not in PROMPT_SOURCES:
+        raise KeyError(f"unknown prompt source {name!r}; registered: {sorted(PROMPT_SOURCES)}")
+    return PROMPT_SOURCES[name]
+
+
+@register_source("nano_arithmetic")
+def nano_arithmetic(cfg: DataConfig, step: int) -> list[Prompt]:
+    """Additions of operands in 0..max_operand: "Q: 3+4=\\nA:" with reference "7"."""
+    rng = random.Random(f"{cfg.seed}:{step}")
+    prompts = []
+    for _ in range(cfg.prompts_per_step):
+        a, b = rng.randint(0, cfg.max_operand), rng.randint(0, cfg.max_operand)
+        prompts.append(Prompt(text=f"Q: {a}+{b}=\nA:", reference=str(a + b)))
+    return prompts

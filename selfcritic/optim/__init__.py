@@ -1,0 +1,1 @@
+"""MuonClip's optimizer side: Muon for matrices (experts one at a time), AdamW for the rest."""

@@ -1,0 +1,47 @@
+"""Entry point: `python -m selfcritic.run +experiment=NAME [overrides]`.
+
+Hydra composes conf/config.yaml with the typed schema (unknown keys and wrong types fail there,
+naming the key), `validate` checks values before any work starts, then the trainer runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from selfcritic.config import Config, ConfigError, register_configs, validate
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+register_configs()
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The composed DictConfig as the typed dataclass tree."""
+    config = OmegaConf.to_object(cfg)
+    assert isinstance(config, Config), f"composed config is {type(config)}, expected Config"
+    return config
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from selfcritic.trainer import Trainer
+
+    config = to_config(cfg)
+    try:
+        validate(config)
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        sys.exit(2)
+    output_dir = Path(config.trainer.output_dir or HydraConfig.get().runtime.output_dir)
+    print(f"output directory: {output_dir}")
+    Trainer(config, output_dir).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Metrics to wandb and to a local `metrics.jsonl`, and one console line per step.
+
+wandb runs offline by default (sync later with `wandb sync`), online when configured, and is a
+no-op when disabled (tests). Every logged dict is also appended as one JSON line, so curves can be
+read without wandb. Left out: grouped dashboards, sample tables and PNG plots (run operations).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from selfcritic.config import TrackingConfig
+
+
+class Tracker:
+    def __init__(self, cfg: TrackingConfig, output_dir: Path, config: dict) -> None:
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=cfg.project, name=cfg.run_name, mode=cfg.wandb_mode, dir=str(output_dir),
+            config=config,
+        )
+        self.metrics_path = output_dir / "metrics.jsonl"
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, **metrics}
+        with self.metrics_path.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+        self.run.log(metrics, step=step)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def console_line(step: int, steps: int, metrics: dict[str, float]) -> str:
+    """A compact progress line with the headline metrics and phase timings."""
+    keys = (
+        ("reward", "reward/mean"), ("acc", "reward/verifiable_mean"),
+        ("critic_cons", "critic/position_consistency"), ("loss", "learner/loss"),
+        ("lp_diff", "learner/logprob_diff_max"), ("rollout_s", "time/rollout"),
+        ("critic_s", "time/critic"), ("learn_s", "time/learn"), ("sync_s", "time/sync"),
+    )
+    parts = [f"step {step}/{steps}"]
+    for label, key in keys:
+        value = metrics.get(key)
+        if value is not None and not math.isnan(value):
+            parts.append(f"{label}={value:.3g}")
+    return "  ".join(parts)

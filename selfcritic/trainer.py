@@ -1,0 +1,179 @@
+"""The training loop: the order of calls between components, and nothing else.
+
+One step: prompts -> rollout pool (n samples each) -> verifier scores -> self-critic scores ->
+rewards -> group-relative advantages -> learner step -> weight sync into the engines -> metrics.
+At the end a Hugging Face checkpoint is written to `<output_dir>/checkpoint`.
+Left out: warm-start stage, dynamic sampling, periodic checkpoints and resume (later issues).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from rewards.registry import get_verifier, load_rubric
+from rewards.safe import safe_score
+from selfcritic.checkpoint import save_hf_checkpoint
+from selfcritic.config import Config
+from selfcritic.critic.self_critic import SelfCritic
+from selfcritic.data.prompts import Prompt, get_source
+from selfcritic.learner.advantages import group_relative
+from selfcritic.learner.learner import Learner, PolicyBatch
+from selfcritic.rollout.types import Sample, SamplingSpec
+from selfcritic.tracking import Tracker, console_line
+
+
+@contextmanager
+def timed(metrics: dict[str, float], key: str):
+    start = time.perf_counter()
+    yield
+    metrics[key] = time.perf_counter() - start
+
+
+class Trainer:
+    """Builds the components from a validated Config and runs the loop."""
+
+    def __init__(self, cfg: Config, output_dir: Path) -> None:
+        self.cfg, self.output_dir = cfg, output_dir
+        self.owns_ray = False
+        self.pool = None
+
+    def run(self) -> dict[str, float]:
+        """Run every step; returns the last step's metrics."""
+        try:
+            self._setup()
+            metrics: dict[str, float] = {}
+            for step in range(1, self.cfg.trainer.steps + 1):
+                metrics = self.step(step)
+            with timed(metrics, "time/checkpoint"):
+                save_hf_checkpoint(
+                    self.learner.model, self.model_path, self.output_dir / "checkpoint"
+                )
+            print(f"checkpoint: {self.output_dir / 'checkpoint'}")
+            return metrics
+        finally:
+            self._teardown()
+
+    def _setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        from selfcritic.cluster import start_ray
+        from selfcritic.model.build import prepare_model
+        from selfcritic.rollout.pool import RolloutPool
+
+        cfg = self.cfg
+        cache = Path(cfg.trainer.cache_dir).expanduser()
+        self.model_path = prepare_model(cfg.model, cache)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
+        self.tracker = Tracker(cfg.tracking, self.output_dir, dataclasses.asdict(cfg))
+        self.owns_ray = start_ray(cfg.ray)
+        self.pool = RolloutPool(self.model_path, cfg.rollout)
+        self.learner = Learner(self.model_path, cfg.learner, cfg.optim)
+        print(f"model: {self.model_path}\noptimizer groups:\n{self.learner.optimizer.describe()}")
+        self.verifier = get_verifier(cfg.reward.verifier)
+        self.critic = (
+            SelfCritic(cfg.critic, load_rubric(cfg.critic.rubric), self.encode)
+            if cfg.critic.enabled else None
+        )
+        self.source = get_source(cfg.data.source)
+
+    def encode(self, text: str) -> list[int]:
+        """Prompt ids: the tokenizer's BOS (if it has one) then the text."""
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        bos = self.tokenizer.bos_token_id
+        return ([bos] if bos is not None else []) + ids
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, metrics = self.cfg, {}
+        prompts = self.source(cfg.data, step)
+        spec = SamplingSpec(
+            n=cfg.sampling.n, temperature=cfg.sampling.temperature,
+            max_tokens=cfg.sampling.max_tokens, top_p=cfg.sampling.top_p,
+        )
+        with timed(metrics, "time/step"):
+            with timed(metrics, "time/rollout"):
+                groups = self.pool.generate([self.encode(p.text) for p in prompts], spec)
+            with timed(metrics, "time/verify"):
+                verifiable = self._verify(prompts, groups, metrics)
+            with timed(metrics, "time/critic"):
+                critic_scores = self._critique(prompts, groups, step, metrics)
+            rewards = self._combine(verifiable, critic_scores, metrics)
+            batch = self._policy_batch(groups, rewards)
+            with timed(metrics, "time/learn"):
+                learner_metrics = self.learner.step(batch)
+            with timed(metrics, "time/sync"):
+                metrics["weight_version"] = self.pool.update_weights(self.learner.weights_payload())
+        metrics.update({f"learner/{k}": v for k, v in learner_metrics.items()})
+        metrics.update(_rollout_metrics(groups, metrics["time/rollout"]))
+        self.tracker.log(step, metrics)
+        if step % cfg.trainer.log_every == 0:
+            print(console_line(step, cfg.trainer.steps, metrics), flush=True)
+        return metrics
+
+    def _verify(self, prompts: list[Prompt], groups, metrics) -> torch.Tensor:
+        """Verifier scores [G, n]; NaN where a prompt has no reference."""
+        scores = torch.full((len(groups), self.cfg.sampling.n), float("nan"))
+        errors = 0
+        for g, (prompt, group) in enumerate(zip(prompts, groups, strict=True)):
+            if prompt.reference is None:
+                continue
+            for i, sample in enumerate(group):
+                result = safe_score(self.verifier, sample.text, prompt.reference)
+                scores[g, i] = result.score
+                errors += "error" in result.info
+        metrics["reward/verifier_errors"] = float(errors)
+        checked = scores[~scores.isnan()]
+        metrics["reward/verifiable_mean"] = float(checked.mean()) if checked.numel() else float("nan")
+        return scores
+
+    def _critique(self, prompts: list[Prompt], groups, step: int, metrics) -> torch.Tensor:
+        """Centred critic scores [G, n] (zeros when the critic is off)."""
+        if self.critic is None:
+            return torch.zeros(len(groups), self.cfg.sampling.n)
+        result = self.critic.score(
+            [p.text for p in prompts], groups, self.pool, seed=self.cfg.trainer.seed * 100003 + step
+        )
+        metrics.update(result.metrics())
+        return torch.tensor(result.scores)
+
+    def _combine(self, verifiable: torch.Tensor, critic: torch.Tensor, metrics) -> torch.Tensor:
+        weights = self.cfg.reward
+        rewards = weights.verifiable_weight * verifiable.nan_to_num(0.0) + weights.critic_weight * critic
+        metrics["reward/mean"] = float(rewards.mean())
+        metrics["reward/critic_abs_mean"] = float(critic.abs().mean())
+        return rewards
+
+    def _policy_batch(self, groups: list[list[Sample]], rewards: torch.Tensor) -> PolicyBatch:
+        advantages = group_relative(rewards, scale=self.cfg.learner.scale_advantages)
+        samples = [sample for group in groups for sample in group]
+        return PolicyBatch(
+            prompts=[s.prompt_ids for s in samples],
+            completions=[s.completion_ids for s in samples],
+            old_logprobs=[s.logprobs for s in samples],
+            advantages=advantages.flatten().tolist(),
+            temperature=self.cfg.sampling.temperature,
+        )
+
+    def _teardown(self) -> None:
+        import ray
+
+        if self.pool is not None:
+            self.pool.shutdown()
+        if getattr(self, "tracker", None) is not None:
+            self.tracker.finish()
+        if self.owns_ray:
+            ray.shutdown()
+
+
+def _rollout_metrics(groups: list[list[Sample]], seconds: float) -> dict[str, float]:
+    samples = [s for group in groups for s in group]
+    tokens = sum(len(s.completion_ids) for s in samples)
+    return {
+        "rollout/response_length": tokens / len(samples),
+        "rollout/truncated_rate": sum(s.finish_reason == "length" for s in samples) / len(samples),
+        "rollout/tokens_per_second": tokens / max(seconds, 1e-9),
+    }
