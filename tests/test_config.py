@@ -1,0 +1,78 @@
+"""Configuration: composition with the typed schema, and bad input failing before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from selfcritic.config import ConfigError, validate
+from selfcritic.run import CONF_DIR, to_config
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=["+experiment=nano", *overrides])
+
+
+def test_nano_experiment_composes_into_typed_config():
+    config = to_config(compose_config())
+    validate(config)
+    assert config.model.arch.kv_lora_rank == 512
+    assert config.model.arch.qk_rope_head_dim == 64
+    assert config.critic.pairs_per_group == 2
+    assert config.sampling.n == 4
+
+
+def test_misspelled_key_names_the_key():
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config("trainer.stepz=3")
+    assert "stepz" in str(error.value.__cause__ or error.value)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as error:
+        compose_config("sampling.n=four")
+    assert "sampling.n" in str(error.value) + str(error.value.__cause__)
+
+
+def test_missing_model_path_names_the_key(tmp_path):
+    config = to_config(compose_config(f"model.path={tmp_path / 'nowhere'}"))
+    with pytest.raises(ConfigError, match="model.path"):
+        validate(config)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("sampling.n=1", "sampling.n"),
+        ("critic.pairs_per_group=7", "critic.pairs_per_group"),
+        ("reward.verifier=nope", "reward.verifier"),
+        ("critic.rubric=nope", "critic.rubric"),
+        ("tracking.wandb_mode=sometimes", "tracking.wandb_mode"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(to_config(compose_config(override)))
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("trainer.stepz=3", "stepz"), ("model.path=/no/such/checkpoint", "model.path")],
+)
+def test_cli_fails_before_any_work(tmp_path, override, expected):
+    """The entry point exits non-zero, names the key, and writes no run output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "selfcritic.run", "+experiment=nano", override,
+         f"hydra.run.dir={tmp_path / 'run'}", f"trainer.cache_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

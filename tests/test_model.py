@@ -1,0 +1,47 @@
+"""The nano model and tokenizer: built locally, cached, convertible to checkpoint names."""
+
+from __future__ import annotations
+
+import json
+
+from safetensors.torch import load_file
+
+from selfcritic.config import ModelConfig
+from selfcritic.model.build import count_parameters, load_model, prepare_model
+from selfcritic.rollout.weights import to_checkpoint_names
+
+
+def test_nano_model_has_the_real_architecture(nano_model_path):
+    config = json.loads((nano_model_path / "config.json").read_text())
+    assert config["architectures"] == ["DeepseekV3ForCausalLM"]
+    assert (config["kv_lora_rank"], config["qk_rope_head_dim"]) == (512, 64)
+    assert config["n_shared_experts"] == 1 and config["n_routed_experts"] == 8
+    assert (config["topk_method"], config["scoring_func"]) == ("noaux_tc", "sigmoid")
+    assert 4_000_000 < count_parameters(load_model(nano_model_path)) < 6_000_000
+
+
+def test_second_prepare_reuses_the_cache(nano_model_path, cache_dir):
+    before = (nano_model_path / "model.safetensors").stat().st_mtime_ns
+    again = prepare_model(ModelConfig(), cache_dir)
+    assert again == nano_model_path
+    assert (again / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_tokenizer_round_trips_text(nano_model_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
+    text = "Q: 12+7=\nA: 19. Great question!"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert len(ids) == len(text)  # one token per character
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.eos_token_id == 2 and tokenizer.bos_token_id == 1
+
+
+def test_checkpoint_names_match_what_transformers_saves(nano_model_path):
+    """Our live conversion of fused experts equals transformers' own save_pretrained output."""
+    saved = load_file(str(nano_model_path / "model.safetensors"))
+    converted = to_checkpoint_names(load_model(nano_model_path).state_dict())
+    assert set(converted) == set(saved)
+    for name, tensor in saved.items():
+        assert converted[name].equal(tensor), name
