@@ -7,7 +7,11 @@ import os
 from selfcritic.config import RayConfig
 
 # Quiet engines and tokenizers in every Ray worker; the driver prints its own progress.
-_WORKER_ENV = {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+_WORKER_ENV = {
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning",
+}
 
 
 def start_ray(cfg: RayConfig) -> bool:

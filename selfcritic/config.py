@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 
 @dataclass
@@ -26,7 +25,7 @@ class ArchConfig:
     n_shared_experts: int = 1
     num_attention_heads: int = 4
     num_key_value_heads: int = 4
-    q_lora_rank: Optional[int] = 96  # None: queries through one full projection
+    q_lora_rank: int | None = 96  # None: queries through one full projection
     kv_lora_rank: int = 512  # the CPU MLA kernel supports only 512 (with rope dim 64)
     qk_nope_head_dim: int = 32
     qk_rope_head_dim: int = 64
@@ -42,7 +41,7 @@ class ModelConfig:
     """Which model: a preset built locally, or a Hugging Face checkpoint directory."""
 
     preset: str = "nano"  # name used for the cache directory and in logs
-    path: Optional[str] = None  # a local HF DeepseekV3 checkpoint; None builds `arch` locally
+    path: str | None = None  # a local HF DeepseekV3 checkpoint; None builds `arch` locally
     seed: int = 0  # initialisation seed of a locally built model
     arch: ArchConfig = field(default_factory=ArchConfig)
 
@@ -51,8 +50,8 @@ class ModelConfig:
 class RayConfig:
     """Where the Ray actors run."""
 
-    address: Optional[str] = None  # None starts Ray on this machine; "auto" or "ray://..." joins
-    num_cpus: Optional[int] = None  # CPUs for a local Ray start (None: all of them)
+    address: str | None = None  # None starts Ray on this machine; "auto" or "ray://..." joins
+    num_cpus: int | None = None  # CPUs for a local Ray start (None: all of them)
 
 
 @dataclass
@@ -138,7 +137,7 @@ class TrackingConfig:
 
     wandb_mode: str = "offline"  # online | offline | disabled
     project: str = "selfcritic"
-    run_name: Optional[str] = None
+    run_name: str | None = None
 
 
 @dataclass
@@ -147,7 +146,7 @@ class TrainerConfig:
 
     steps: int = 10
     seed: int = 0
-    output_dir: Optional[str] = None  # None: Hydra's run directory
+    output_dir: str | None = None  # None: Hydra's run directory
     cache_dir: str = "~/.cache/selfcritic"  # built models and tokenizers, reused across runs
     log_every: int = 1
 
@@ -202,21 +201,34 @@ def validate(cfg: Config) -> None:
     _require(cfg.sampling.temperature > 0, "sampling.temperature", "must be > 0")
     _require(0 < cfg.sampling.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
     _require(cfg.sampling.max_tokens >= 1, "sampling.max_tokens", "must be at least 1")
+    pairs = cfg.sampling.n * (cfg.sampling.n - 1) // 2
     _require(
-        cfg.critic.pairs_per_group <= cfg.sampling.n * (cfg.sampling.n - 1) // 2,
+        cfg.critic.pairs_per_group <= pairs,
         "critic.pairs_per_group",
-        f"a group of n={cfg.sampling.n} has only {cfg.sampling.n * (cfg.sampling.n - 1) // 2} pairs",
+        f"a group of sampling.n={cfg.sampling.n} has only {pairs} distinct pairs",
     )
-    _require(cfg.reward.verifier in registry.verifier_names(), "reward.verifier",
-             f"unknown verifier; registered: {registry.verifier_names()}")
+    _require(
+        cfg.reward.verifier in registry.verifier_names(),
+        "reward.verifier",
+        f"unknown verifier; registered: {registry.verifier_names()}",
+    )
     if cfg.critic.enabled:
-        _require(cfg.critic.rubric in registry.rubric_names(), "critic.rubric",
-                 f"unknown rubric; available: {registry.rubric_names()}")
+        _require(
+            cfg.critic.rubric in registry.rubric_names(),
+            "critic.rubric",
+            f"unknown rubric; available: {registry.rubric_names()}",
+        )
     _require(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be at least 1")
     _require(cfg.learner.clip_eps > 0, "learner.clip_eps", "must be > 0")
-    _require(cfg.optim.newton_schulz_dtype in ("auto", "float32", "bfloat16"),
-             "optim.newton_schulz_dtype", "must be auto, float32 or bfloat16")
+    _require(
+        cfg.optim.newton_schulz_dtype in ("auto", "float32", "bfloat16"),
+        "optim.newton_schulz_dtype",
+        "must be auto, float32 or bfloat16",
+    )
     _require(cfg.data.prompts_per_step >= 1, "data.prompts_per_step", "must be at least 1")
     _require(cfg.trainer.steps >= 1, "trainer.steps", "must be at least 1")
-    _require(cfg.tracking.wandb_mode in ("online", "offline", "disabled"), "tracking.wandb_mode",
-             "must be online, offline or disabled")
+    _require(
+        cfg.tracking.wandb_mode in ("online", "offline", "disabled"),
+        "tracking.wandb_mode",
+        "must be online, offline or disabled",
+    )

@@ -22,7 +22,10 @@ class Tracker:
         os.environ.setdefault("WANDB_SILENT", "true")
         output_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
-            project=cfg.project, name=cfg.run_name, mode=cfg.wandb_mode, dir=str(output_dir),
+            project=cfg.project,
+            name=cfg.run_name,
+            mode=cfg.wandb_mode,
+            dir=str(output_dir),
             config=config,
         )
         self.metrics_path = output_dir / "metrics.jsonl"
@@ -40,10 +43,16 @@ class Tracker:
 def console_line(step: int, steps: int, metrics: dict[str, float]) -> str:
     """A compact progress line with the headline metrics and phase timings."""
     keys = (
-        ("reward", "reward/mean"), ("acc", "reward/verifiable_mean"),
-        ("critic_cons", "critic/position_consistency"), ("loss", "learner/loss"),
-        ("lp_diff", "learner/logprob_diff_max"), ("rollout_s", "time/rollout"),
-        ("critic_s", "time/critic"), ("learn_s", "time/learn"), ("sync_s", "time/sync"),
+        ("reward", "reward/mean"),
+        ("acc", "reward/verifiable_mean"),
+        ("critic_invalid", "critic/invalid_rate"),
+        ("critic_consistent", "critic/position_consistency"),
+        ("loss", "learner/loss"),
+        ("lp_diff", "learner/logprob_diff_max"),
+        ("rollout_s", "time/rollout"),
+        ("critic_s", "time/critic"),
+        ("learn_s", "time/learn"),
+        ("sync_s", "time/sync"),
     )
     parts = [f"step {step}/{steps}"]
     for label, key in keys:

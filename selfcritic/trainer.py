@@ -77,7 +77,8 @@ class Trainer:
         self.verifier = get_verifier(cfg.reward.verifier)
         self.critic = (
             SelfCritic(cfg.critic, load_rubric(cfg.critic.rubric), self.encode)
-            if cfg.critic.enabled else None
+            if cfg.critic.enabled
+            else None
         )
         self.source = get_source(cfg.data.source)
 
@@ -91,8 +92,10 @@ class Trainer:
         cfg, metrics = self.cfg, {}
         prompts = self.source(cfg.data, step)
         spec = SamplingSpec(
-            n=cfg.sampling.n, temperature=cfg.sampling.temperature,
-            max_tokens=cfg.sampling.max_tokens, top_p=cfg.sampling.top_p,
+            n=cfg.sampling.n,
+            temperature=cfg.sampling.temperature,
+            max_tokens=cfg.sampling.max_tokens,
+            top_p=cfg.sampling.top_p,
         )
         with timed(metrics, "time/step"):
             with timed(metrics, "time/rollout"):
@@ -127,7 +130,9 @@ class Trainer:
                 errors += "error" in result.info
         metrics["reward/verifier_errors"] = float(errors)
         checked = scores[~scores.isnan()]
-        metrics["reward/verifiable_mean"] = float(checked.mean()) if checked.numel() else float("nan")
+        metrics["reward/verifiable_mean"] = (
+            float(checked.mean()) if checked.numel() else float("nan")
+        )
         return scores
 
     def _critique(self, prompts: list[Prompt], groups, step: int, metrics) -> torch.Tensor:
@@ -142,7 +147,9 @@ class Trainer:
 
     def _combine(self, verifiable: torch.Tensor, critic: torch.Tensor, metrics) -> torch.Tensor:
         weights = self.cfg.reward
-        rewards = weights.verifiable_weight * verifiable.nan_to_num(0.0) + weights.critic_weight * critic
+        rewards = (
+            weights.verifiable_weight * verifiable.nan_to_num(0.0) + weights.critic_weight * critic
+        )
         metrics["reward/mean"] = float(rewards.mean())
         metrics["reward/critic_abs_mean"] = float(critic.abs().mean())
         return rewards

@@ -68,9 +68,18 @@ def test_out_of_range_values_name_the_key(override, key):
 def test_cli_fails_before_any_work(tmp_path, override, expected):
     """The entry point exits non-zero, names the key, and writes no run output."""
     result = subprocess.run(
-        [sys.executable, "-m", "selfcritic.run", "+experiment=nano", override,
-         f"hydra.run.dir={tmp_path / 'run'}", f"trainer.cache_dir={tmp_path / 'cache'}"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "selfcritic.run",
+            "+experiment=nano",
+            override,
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"trainer.cache_dir={tmp_path / 'cache'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     assert expected in result.stderr

@@ -6,6 +6,7 @@ prompts in tests/test_e2e.py.
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -93,8 +94,12 @@ def test_consistent_judge_ranks_the_group():
 def test_position_biased_and_garbage_judges_give_ties():
     critic, decode = _critic(pairs=1)
     for judge in (lambda prompt: "X", lambda prompt: "???"):
-        result = critic.score(["q"], [[_sample("a"), _sample("b")]], ScriptedEngine(judge, decode), 0)
+        result = critic.score(
+            ["q"], [[_sample("a"), _sample("b")]], ScriptedEngine(judge, decode), 0
+        )
         assert result.scores == [[0.0, 0.0]]
-    garbage = critic.score(["q"], [[_sample("a"), _sample("b")]],
-                           ScriptedEngine(lambda p: "", decode), 0)
+    garbage = critic.score(
+        ["q"], [[_sample("a"), _sample("b")]], ScriptedEngine(lambda p: "", decode), 0
+    )
     assert garbage.invalid == 4 and garbage.metrics()["critic/invalid_rate"] == 1.0
+    assert math.isnan(garbage.metrics()["critic/position_consistency"])  # nothing to measure

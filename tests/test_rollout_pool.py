@@ -66,7 +66,9 @@ def test_engine_logprobs_equal_learner_before_and_after_updates(pool, nano_model
             if version > 0:  # the engine really serves new weights, not the initial ones
                 assert _max_logprob_error(stale, groups, temperature) > 1e-2
         _perturb(model, seed=version)
-        assert pool.update_weights(serialize(to_checkpoint_names(model.state_dict()))) == version + 1
+        assert (
+            pool.update_weights(serialize(to_checkpoint_names(model.state_dict()))) == version + 1
+        )
 
 
 def test_results_come_back_in_prompt_order(pool):

@@ -46,9 +46,10 @@ class CritiqueResult:
     def metrics(self) -> dict[str, float]:
         calls = max(2 * self.judged, 1)
         valid_pairs = sum(1 for v in self.verdicts if v.forward and v.backward)
+        consistency = 1 - self.inconsistent / valid_pairs if valid_pairs else float("nan")
         return {
             "critic/invalid_rate": self.invalid / calls,
-            "critic/position_consistency": 1 - self.inconsistent / max(valid_pairs, 1),
+            "critic/position_consistency": consistency,  # NaN when no pair had two valid verdicts
             "critic/judgements": float(self.judged),
             "critic/tokens": float(self.tokens),
         }
@@ -110,7 +111,9 @@ class SelfCritic:
             forward = parse_verdict(answers[2 * index][0].text)
             backward = parse_verdict(answers[2 * index + 1][0].text)
             outcome = pair_outcome(forward, backward)
-            result.verdicts.append(PairVerdict(g, first, second, aspect, forward, backward, outcome))
+            result.verdicts.append(
+                PairVerdict(g, first, second, aspect, forward, backward, outcome)
+            )
             result.invalid += (forward is None) + (backward is None)
             result.inconsistent += bool(forward and backward and forward == backward)
             per_group[g][aspect].append((first, second, outcome))

@@ -73,8 +73,9 @@ class Learner:
         prompts, completions = batch.prompts[rows], batch.completions[rows]
         ids, attention, mask = pad_batch(prompts, completions, self.pad_id)
         old = torch.zeros_like(mask)
-        for row, (prompt, logprobs) in enumerate(zip(prompts, batch.old_logprobs[rows],
-                                                     strict=True)):
+        for row, (prompt, logprobs) in enumerate(
+            zip(prompts, batch.old_logprobs[rows], strict=True)
+        ):
             old[row, len(prompt) - 1 : len(prompt) - 1 + len(logprobs)] = torch.tensor(logprobs)
         advantages = torch.tensor(batch.advantages[rows], dtype=torch.float32)
         logprobs = token_logprobs(self.model, ids, attention, batch.temperature)

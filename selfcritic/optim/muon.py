@@ -31,8 +31,14 @@ class Muon(torch.optim.Optimizer):
         nesterov: bool = True,
         ns_dtype: torch.dtype = torch.float32,
     ) -> None:
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                        splits=1, ns_dtype=ns_dtype)
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            splits=1,
+            ns_dtype=ns_dtype,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()

@@ -79,11 +79,16 @@ def build_muonclip(model: torch.nn.Module, cfg: OptimConfig) -> MuonClip:
     ]
     optimizers = {
         "muon": Muon(
-            muon_groups, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+            muon_groups,
+            lr=cfg.muon_lr,
+            weight_decay=cfg.weight_decay,
+            momentum=cfg.momentum,
             ns_dtype=newton_schulz_dtype(cfg.newton_schulz_dtype),
         ),
         "adamw": torch.optim.AdamW(
-            [p for _, p in named["adamw"]], lr=cfg.adamw_lr, betas=tuple(cfg.adamw_betas),
+            [p for _, p in named["adamw"]],
+            lr=cfg.adamw_lr,
+            betas=tuple(cfg.adamw_betas),
             weight_decay=cfg.weight_decay,
         ),
     }

@@ -15,6 +15,7 @@ class SamplingSpec:
     max_tokens: int
     top_p: float = 1.0
     seed: int | None = None  # per-call seed; None leaves the engine's generator as it is
+    ignore_eos: bool = False  # keep generating past end-of-sequence (benchmarks: fixed lengths)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ class VLLMEngine:
             max_tokens=spec.max_tokens,
             logprobs=0,  # the sampled token's own logprob only
             seed=spec.seed,
+            ignore_eos=spec.ignore_eos,
         )
         requests = [{"prompt_token_ids": list(ids)} for ids in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
