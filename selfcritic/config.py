@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -32,8 +33,14 @@ class ArchConfig:
     v_head_dim: int = 32
     vocab_size: int = 100  # at least the tokenizer's 100 tokens
     max_position_embeddings: int = 256
+    n_group: int = 1  # expert groups for group-limited routing (DeepSeek-V3: 8)
+    topk_group: int = 1  # groups a token may route into (DeepSeek-V3: 4)
+    norm_topk_prob: bool = True  # renormalise the chosen experts' gate weights
     routed_scaling_factor: float = 1.0
     rope_theta: float = 10000.0
+    # YaRN long-context scaling, e.g. {type: yarn, factor: 40, original_max_position_embeddings:
+    # 4096, beta_fast: 32, beta_slow: 1, mscale: 1.0, mscale_all_dim: 1.0}; None: plain RoPE.
+    rope_scaling: dict[str, Any] | None = None
 
 
 @dataclass
@@ -112,12 +119,17 @@ class LearnerConfig:
 class OptimConfig:
     """Muon for weight matrices (experts one matrix at a time), AdamW for the rest."""
 
-    muon_lr: float = 0.02
+    muon_lr: float = 0.02  # for matrices (update RMS matched to AdamW's)
     adamw_lr: float = 2e-3
     weight_decay: float = 0.1
     momentum: float = 0.95
     adamw_betas: tuple[float, float] = (0.9, 0.95)
     max_grad_norm: float = 1.0
+    adamw_patterns: list[str] = field(default_factory=lambda: ["embed_tokens", "lm_head"])
+    # parameters whose name contains one of these go to AdamW even when they are matrices
+    qk_clip: bool = True  # QK-Clip after each step (needs attention-logit capture)
+    qk_clip_tau: float = 100.0  # cap on each head's max pre-softmax attention logit
+    router_bias_update: float = 1e-3  # u in bias += u * sign(mean load - load); 0 turns it off
     newton_schulz_dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16
 
 

@@ -110,7 +110,7 @@ class Trainer:
                 learner_metrics = self.learner.step(batch)
             with timed(metrics, "time/sync"):
                 metrics["weight_version"] = self.pool.update_weights(self.learner.weights_payload())
-        metrics.update({f"learner/{k}": v for k, v in learner_metrics.items()})
+        metrics.update({_learner_key(k): v for k, v in learner_metrics.items()})
         metrics.update(_rollout_metrics(groups, metrics["time/rollout"]))
         self.tracker.log(step, metrics)
         if step % cfg.trainer.log_every == 0:
@@ -174,6 +174,11 @@ class Trainer:
             self.tracker.finish()
         if self.owns_ray:
             ray.shutdown()
+
+
+def _learner_key(name: str) -> str:
+    """Learner metrics go under learner/, unless they already name their panel (muonclip/...)."""
+    return name if "/" in name else f"learner/{name}"
 
 
 def _rollout_metrics(groups: list[list[Sample]], seconds: float) -> dict[str, float]:

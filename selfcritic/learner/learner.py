@@ -58,9 +58,9 @@ class Learner:
                 sums[key] += stats[key] * count
             diff_max, tokens = max(diff_max, diff), tokens + count
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-        self.optimizer.step()
+        optimizer_metrics = self.optimizer.step()
         self.optimizer.zero_grad()
-        return {
+        return optimizer_metrics | {
             "loss": sums["loss"],
             "clip_fraction": sums["clip_fraction"] / max(tokens, 1),
             "ratio_mean": sums["ratio_mean"] / max(tokens, 1),

@@ -34,6 +34,6 @@ def token_logprobs(
     model: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor, temperature: float
 ) -> torch.Tensor:
     """Logprob of each next token [B, L-1] under softmax(logits / temperature)."""
-    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+    logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
     logprobs = torch.log_softmax(logits / temperature, dim=-1)
     return logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)

@@ -2,8 +2,10 @@
 
 A preset with `path` unset is built locally from its dimensions (no downloads) and cached in a
 directory named by a hash of its config, so a second run reuses it; a preset with `path` loads that
-checkpoint. Left out here: meta-device parameter counts of the big presets and the checkpoint
-config fix-ups for third-party models (the model/MuonClip issue deepens this module).
+checkpoint; when its config.json lacks the routing fields vLLM needs, an overlay directory in the
+cache links the checkpoint's files and carries a completed config.json (the user's directory is
+never written). `meta_model` builds any preset on the meta device, for parameter counts without
+memory. Left out: sharded loading for training at scale (the learner group's work).
 """
 
 from __future__ import annotations
@@ -36,12 +38,11 @@ def deepseek_config_dict(cfg: ModelConfig) -> dict:
             f"model.arch.vocab_size={arch['vocab_size']} is smaller than the tokenizer's "
             f"{vocab_size()} tokens: raise it to at least {vocab_size()}"
         )
+    if arch["rope_scaling"] is None:
+        del arch["rope_scaling"]
     return {
         **arch,
         **VLLM_ROUTING_FIELDS,
-        "n_group": 1,
-        "topk_group": 1,
-        "norm_topk_prob": True,
         "tie_word_embeddings": False,
         "pad_token_id": 0,
         "bos_token_id": 1,
@@ -53,13 +54,7 @@ def deepseek_config_dict(cfg: ModelConfig) -> dict:
 def prepare_model(cfg: ModelConfig, cache_dir: Path) -> Path:
     """Return a directory holding a loadable checkpoint and tokenizer, building it if needed."""
     if cfg.path:
-        path = Path(cfg.path).expanduser()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"model.path={cfg.path!r} holds no config.json: point it at a Hugging Face "
-                "checkpoint directory, or unset it to build the preset locally"
-            )
-        return path
+        return _checkpoint_for_engines(Path(cfg.path).expanduser(), cache_dir)
     fields = deepseek_config_dict(cfg)
     key = hashlib.sha256(json.dumps([fields, cfg.seed], sort_keys=True).encode()).hexdigest()[:12]
     target = cache_dir / "models" / f"{cfg.preset}-{key}"
@@ -86,13 +81,59 @@ def _build_locally(fields: dict, seed: int, target: Path) -> None:
     staging.rename(target)
 
 
+def _checkpoint_for_engines(path: Path, cache_dir: Path) -> Path:
+    """`path` itself, or an overlay with the routing fields vLLM needs added to config.json."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"model.path={str(path)!r} holds no config.json: point it at a Hugging Face "
+            "checkpoint directory, or unset it to build the preset locally"
+        )
+    config = json.loads(config_file.read_text())
+    missing = {k: v for k, v in VLLM_ROUTING_FIELDS.items() if k not in config}
+    if not missing:
+        return path
+    key = hashlib.sha256(f"{path.resolve()}:{sorted(missing)}".encode()).hexdigest()[:12]
+    overlay = cache_dir / "checkpoints" / f"{path.name}-{key}"
+    overlay.mkdir(parents=True, exist_ok=True)
+    for item in path.iterdir():
+        link = overlay / item.name
+        if item.name != "config.json" and not link.exists():
+            link.symlink_to(item.resolve())
+    (overlay / "config.json").write_text(json.dumps({**config, **missing}, indent=2))
+    return overlay
+
+
+def meta_model(cfg: ModelConfig) -> PreTrainedModel:
+    """The preset's model on the meta device: shapes and counts, no memory."""
+    import torch
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    with torch.device("meta"):
+        return DeepseekV3ForCausalLM(DeepseekV3Config(**deepseek_config_dict(cfg)))
+
+
+def count_active_parameters(model: torch.nn.Module) -> int:
+    """Parameters one token touches: one row of the input embedding, every dense, attention,
+    shared-expert, norm and output-head parameter, and `num_experts_per_tok` routed experts."""
+    config = model.config
+    idle = config.n_routed_experts - config.num_experts_per_tok
+    unused = 0
+    for module in model.modules():
+        if hasattr(module, "gate_up_proj"):  # the fused routed experts of one MoE layer
+            per_expert = sum(p.numel() for p in module.parameters()) // config.n_routed_experts
+            unused += idle * per_expert
+    embedding = model.get_input_embeddings().weight
+    return count_parameters(model) - unused - embedding.numel() + embedding.shape[1]
+
+
 def load_model(path: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """Load a checkpoint for training (float32 unless told otherwise), eager attention."""
+    """Load a checkpoint for training (float32 unless told otherwise), SDPA attention."""
     import torch
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype or torch.float32, attn_implementation="eager"
+        str(path), dtype=dtype or torch.float32, attn_implementation="sdpa"
     )
 
 

@@ -1,28 +1,30 @@
-"""Build the optimizer pair for a DeepseekV3 model: Muon for matrices, AdamW for the rest.
+"""MuonClip for a DeepseekV3 model: Muon + AdamW, then QK-Clip and router-bias balancing.
 
 Grouping: 2-D weight matrices of the transformer body (router included) and fused 3-D expert
-tensors (gate_up split into its two matrices) go to Muon; embeddings, the output head, norms and
-other 1-D parameters go to AdamW. Every trainable parameter must land in exactly one group: an
-assertion guards it. Left out: QK-Clip (needs attention-logit capture; the model/MuonClip issue
-adds both) and LR schedules over the pair.
+tensors (gate_up split into its two matrices) go to Muon; parameters matching
+`optim.adamw_patterns` (embeddings and output head by default), norms and other 1-D parameters go
+to AdamW. Every trainable parameter must land in exactly one group: an assertion guards it.
+One `step()` = both optimizers' steps, then QK-Clip on the heads whose max logit (recorded during
+this step's training forwards) passed tau, then the auxiliary-loss-free router-bias update.
+`param_groups` lists both optimizers' groups, so torch LR schedulers drive it like any optimizer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from selfcritic.config import OptimConfig
+from selfcritic.model.attention_capture import AttentionLogitCapture
+from selfcritic.model.router_balance import RouterBalancer
 from selfcritic.optim.muon import Muon
+from selfcritic.optim.qk_clip import apply_qk_clip
 
-_ADAMW_NAMES = ("embed_tokens", "lm_head")
 _FUSED_PAIRS = ("gate_up_proj",)  # fused tensors that hold two checkpoint matrices per expert
 
 
-def assign_group(name: str, param: torch.Tensor) -> str:
+def assign_group(name: str, param: torch.Tensor, adamw_patterns: list[str]) -> str:
     """'muon' or 'adamw' for one named parameter."""
-    if any(part in name for part in _ADAMW_NAMES) or param.ndim < 2:
+    if any(pattern in name for pattern in adamw_patterns) or param.ndim < 2:
         return "adamw"
     return "muon"
 
@@ -34,27 +36,50 @@ def newton_schulz_dtype(setting: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
 
 
-@dataclass
-class MuonClip:
-    """The optimizers of one model, stepped together."""
+class MuonClip(torch.optim.Optimizer):
+    """The optimizers of one model and its post-step weight rules, stepped together.
 
-    optimizers: dict[str, torch.optim.Optimizer]
-    groups: dict[str, list[str]]  # group name -> parameter names, for display and checks
+    Its `param_groups` are the inner optimizers' own group dicts (shared, not copied), so an LR
+    scheduler that edits `lr` here edits the optimizer that uses it.
+    """
 
-    def step(self) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizers: dict[str, torch.optim.Optimizer],
+        groups: dict[str, list[str]],
+        capture: AttentionLogitCapture | None,
+        balancer: RouterBalancer,
+        qk_clip_tau: float,
+    ) -> None:
+        inner_groups = [g for optimizer in optimizers.values() for g in optimizer.param_groups]
+        super().__init__(inner_groups, defaults={})
+        self.model, self.optimizers, self.groups = model, optimizers, groups
+        self.capture, self.balancer, self.qk_clip_tau = capture, balancer, qk_clip_tau
+
+    def step(self, closure=None) -> dict[str, float]:
+        """Optimizer steps, QK-Clip, router-bias update; returns their metrics."""
+        if closure is not None:
+            raise ValueError("MuonClip.step takes no closure")
         for optimizer in self.optimizers.values():
             optimizer.step()
+        metrics: dict[str, float] = {}
+        if self.capture is not None:
+            metrics.update(apply_qk_clip(self.model, self.capture.max_logits, self.qk_clip_tau))
+            self.capture.reset()
+        metrics.update(self.balancer.step())
+        return metrics
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for optimizer in self.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
         return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state_dict: dict) -> None:
         for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state[name])
+            optimizer.load_state_dict(state_dict[name])
 
     def describe(self) -> str:
         """One line per group: how many tensors and parameters it holds."""
@@ -63,6 +88,8 @@ class MuonClip:
             params = [p for g in optimizer.param_groups for p in g["params"]]
             count = sum(p.numel() for p in params)
             lines.append(f"  {group}: {len(params)} tensors, {count:,} parameters")
+        clip = f"QK-Clip tau={self.qk_clip_tau}" if self.capture is not None else "QK-Clip off"
+        lines.append(f"  {clip}; router-bias update u={self.balancer.update_rate}")
         return "\n".join(lines)
 
 
@@ -71,7 +98,7 @@ def build_muonclip(model: torch.nn.Module, cfg: OptimConfig) -> MuonClip:
     named: dict[str, list[tuple[str, torch.Tensor]]] = {"muon": [], "adamw": []}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            named[assign_group(name, param)].append((name, param))
+            named[assign_group(name, param, list(cfg.adamw_patterns))].append((name, param))
     _check_partition(model, named)
     muon_groups = [
         {"params": [p], "splits": 2 if name.endswith(_FUSED_PAIRS) else 1}
@@ -92,7 +119,14 @@ def build_muonclip(model: torch.nn.Module, cfg: OptimConfig) -> MuonClip:
             weight_decay=cfg.weight_decay,
         ),
     }
-    return MuonClip(optimizers, {k: [n for n, _ in v] for k, v in named.items()})
+    return MuonClip(
+        model=model,
+        optimizers=optimizers,
+        groups={k: [n for n, _ in v] for k, v in named.items()},
+        capture=AttentionLogitCapture().install(model) if cfg.qk_clip else None,
+        balancer=RouterBalancer(model, cfg.router_bias_update),
+        qk_clip_tau=cfg.qk_clip_tau,
+    )
 
 
 def _check_partition(model: torch.nn.Module, named: dict) -> None:
