@@ -45,3 +45,22 @@ def test_checkpoint_names_match_what_transformers_saves(nano_model_path):
     assert set(converted) == set(saved)
     for name, tensor in saved.items():
         assert converted[name].equal(tensor), name
+
+
+def test_checkpoint_without_routing_fields_gets_an_overlay(nano_model_path, tmp_path):
+    """vLLM needs topk_method/scoring_func; the user's directory is never written."""
+    user_dir = tmp_path / "user-checkpoint"
+    user_dir.mkdir()
+    config = json.loads((nano_model_path / "config.json").read_text())
+    for key in ("topk_method", "scoring_func"):
+        config.pop(key)
+    (user_dir / "config.json").write_text(json.dumps(config))
+    (user_dir / "model.safetensors").symlink_to(nano_model_path / "model.safetensors")
+    overlay = prepare_model(ModelConfig(path=str(user_dir)), tmp_path / "cache")
+    assert overlay != user_dir
+    fixed = json.loads((overlay / "config.json").read_text())
+    assert (fixed["topk_method"], fixed["scoring_func"]) == ("noaux_tc", "sigmoid")
+    assert "topk_method" not in json.loads((user_dir / "config.json").read_text())
+    assert load_model(overlay).config.n_routed_experts == 8  # weights reachable through links
+    complete = prepare_model(ModelConfig(path=str(nano_model_path)), tmp_path / "cache")
+    assert complete == nano_model_path  # nothing to add: used as it is
