@@ -6,6 +6,7 @@ allowed). Left out: symbolic equivalence (see a math-verify based verifier for t
 
 from __future__ import annotations
 
+import math
 import re
 
 from rewards.base import RewardResult
@@ -21,13 +22,15 @@ def last_number(text: str) -> float | None:
 
 
 @register_verifier("exact_number")
-def exact_number(completion: str, reference: str) -> RewardResult:
-    """1.0 when the last number in the completion equals the reference number, else 0.0."""
+def exact_number(completion: str, reference: str, rel_tol: float = 1e-9) -> RewardResult:
+    """1.0 when the last number in the completion equals the reference number (within
+    `rel_tol`, relative), else 0.0."""
     predicted = last_number(completion)
     if predicted is None:
         return RewardResult(0.0, {"reason": "no number in the response"})
     expected = float(reference)
-    return RewardResult(float(abs(predicted - expected) < 1e-9), {"predicted": predicted})
+    equal = math.isclose(predicted, expected, rel_tol=rel_tol, abs_tol=1e-12)
+    return RewardResult(float(equal), {"predicted": predicted})
 
 
 @register_verifier("exact_match")

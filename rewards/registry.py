@@ -2,8 +2,9 @@
 
 Verifiers register with `@register_verifier(name)`; a duplicate name is refused so that two
 plug-ins never silently shadow each other. Every module in the `rewards` package is imported on
-first lookup, so dropping a file in `rewards/` is enough to add one. Rubrics are the YAML files in
-`rewards/rubrics/`.
+first lookup, so dropping a file in `rewards/` is enough to add one. A verifier living elsewhere
+is named by its import path instead, as a Hydra `_target_` would be: "package.module.function"
+(or "package.module:function"). Rubrics are the YAML files in `rewards/rubrics/`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import yaml
 
 from rewards.base import RewardResult, Rubric, RubricAspect
 
-Verifier = Callable[[str, str], RewardResult]
+Verifier = Callable[..., RewardResult]  # (completion, reference, **options) -> RewardResult
 RUBRIC_DIR = Path(__file__).parent / "rubrics"
 _VERIFIERS: dict[str, Verifier] = {}
 _NOT_PLUGINS = {"__main__", "base", "registry"}
@@ -50,10 +51,32 @@ def verifier_names() -> list[str]:
 
 
 def get_verifier(name: str) -> Verifier:
+    """A registered name, or an import path "module.function" / "module:function"."""
     discover()
-    if name not in _VERIFIERS:
-        raise KeyError(f"unknown verifier {name!r}; registered: {sorted(_VERIFIERS)}")
-    return _VERIFIERS[name]
+    if name in _VERIFIERS:
+        return _VERIFIERS[name]
+    if "." in name or ":" in name:
+        return _import_target(name)
+    raise KeyError(f"unknown verifier {name!r}; registered: {sorted(_VERIFIERS)}")
+
+
+def _import_target(target: str) -> Verifier:
+    module_name, _, attribute = target.replace(":", ".").rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise KeyError(f"verifier target {target!r} cannot be imported: {error}") from error
+    if not callable(found):
+        raise KeyError(f"verifier target {target!r} is not callable")
+    return found
+
+
+def verifier_exists(name: str) -> bool:
+    try:
+        get_verifier(name)
+    except KeyError:
+        return False
+    return True
 
 
 def rubric_names() -> list[str]:

@@ -100,7 +100,12 @@ class CriticConfig:
 class RewardConfig:
     """How verifiable scores and critic scores combine into one reward."""
 
-    verifier: str = "exact_number"  # verifier name in the rewards registry
+    verifier: str = "exact_number"  # registered name, or an import path "pkg.module.function"
+    verifier_options: dict[str, Any] = field(default_factory=dict)  # keyword options it takes
+    workers: int = 2  # verifier worker processes; 0 scores serially in the trainer process
+    timeout_s: float = 10.0  # wall-clock time per sample before it scores 0 as a timeout
+    token_budget: int | None = None  # K2 budget control: responses over it are cut, penalised
+    budget_penalty: float = 0.0  # subtracted from the reward of an over-budget response
     verifiable_weight: float = 1.0
     critic_weight: float = 0.2  # weight of the centred critic score
 
@@ -220,7 +225,7 @@ def validate(cfg: Config) -> None:
         f"a group of sampling.n={cfg.sampling.n} has only {pairs} distinct pairs",
     )
     _require(
-        cfg.reward.verifier in registry.verifier_names(),
+        registry.verifier_exists(cfg.reward.verifier),
         "reward.verifier",
         f"unknown verifier; registered: {registry.verifier_names()}",
     )
@@ -230,6 +235,9 @@ def validate(cfg: Config) -> None:
             "critic.rubric",
             f"unknown rubric; available: {registry.rubric_names()}",
         )
+    _require(cfg.reward.workers >= 0, "reward.workers", "must be >= 0 (0: serial)")
+    _require(cfg.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
+    _require(cfg.reward.budget_penalty >= 0, "reward.budget_penalty", "must be >= 0")
     _require(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be at least 1")
     _require(cfg.learner.clip_eps > 0, "learner.clip_eps", "must be > 0")
     _require(

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from rewards.registry import get_verifier, load_rubric
-from rewards.safe import safe_score
+from rewards.format import apply_budget
+from rewards.pool import VerifierPool
+from rewards.registry import load_rubric
 from selfcritic.checkpoint import save_hf_checkpoint
 from selfcritic.config import Config
 from selfcritic.critic.self_critic import SelfCritic
@@ -74,7 +75,10 @@ class Trainer:
         self.pool = RolloutPool(self.model_path, cfg.rollout)
         self.learner = Learner(self.model_path, cfg.learner, cfg.optim)
         print(f"model: {self.model_path}\noptimizer groups:\n{self.learner.optimizer.describe()}")
-        self.verifier = get_verifier(cfg.reward.verifier)
+        rewards = cfg.reward
+        self.verifiers = VerifierPool(
+            rewards.verifier, rewards.verifier_options, rewards.workers, rewards.timeout_s
+        )
         self.critic = (
             SelfCritic(cfg.critic, load_rubric(cfg.critic.rubric), self.encode)
             if cfg.critic.enabled
@@ -118,22 +122,42 @@ class Trainer:
         return metrics
 
     def _verify(self, prompts: list[Prompt], groups, metrics) -> torch.Tensor:
-        """Verifier scores [G, n]; NaN where a prompt has no reference."""
+        """Verifier scores (0 where a prompt has no reference) minus budget penalties [G, n]."""
         scores = torch.full((len(groups), self.cfg.sampling.n), float("nan"))
-        errors = 0
+        penalties = torch.zeros_like(scores)
+        jobs, where = [], []
         for g, (prompt, group) in enumerate(zip(prompts, groups, strict=True)):
-            if prompt.reference is None:
-                continue
+            budget = prompt.token_budget or self.cfg.reward.token_budget
             for i, sample in enumerate(group):
-                result = safe_score(self.verifier, sample.text, prompt.reference)
-                scores[g, i] = result.score
-                errors += "error" in result.info
-        metrics["reward/verifier_errors"] = float(errors)
+                ids, penalties[g, i] = apply_budget(
+                    list(sample.completion_ids),
+                    sample.finish_reason == "stop",
+                    budget,
+                    self.cfg.reward.budget_penalty,
+                )
+                if prompt.reference is not None:
+                    text = (
+                        sample.text
+                        if len(ids) == len(sample.completion_ids)
+                        else self.tokenizer.decode(ids, skip_special_tokens=True)
+                    )
+                    jobs.append((text, prompt.reference))
+                    where.append((g, i))
+        results, stats = self.verifiers.score(jobs)
+        for (g, i), result in zip(where, results, strict=True):
+            scores[g, i] = result.score
         checked = scores[~scores.isnan()]
-        metrics["reward/verifiable_mean"] = (
-            float(checked.mean()) if checked.numel() else float("nan")
+        metrics.update(
+            {
+                "reward/verifiable_mean": float(checked.mean())
+                if checked.numel()
+                else float("nan"),
+                "reward/verifier_errors": float(stats.errors),
+                "reward/verifier_timeouts": float(stats.timeouts),
+                "reward/over_budget_rate": float((penalties > 0).float().mean()),
+            }
         )
-        return scores
+        return scores.nan_to_num(0.0) - penalties
 
     def _critique(self, prompts: list[Prompt], groups, step: int, metrics) -> torch.Tensor:
         """Centred critic scores [G, n] (zeros when the critic is off)."""
@@ -147,9 +171,7 @@ class Trainer:
 
     def _combine(self, verifiable: torch.Tensor, critic: torch.Tensor, metrics) -> torch.Tensor:
         weights = self.cfg.reward
-        rewards = (
-            weights.verifiable_weight * verifiable.nan_to_num(0.0) + weights.critic_weight * critic
-        )
+        rewards = weights.verifiable_weight * verifiable + weights.critic_weight * critic
         metrics["reward/mean"] = float(rewards.mean())
         metrics["reward/critic_abs_mean"] = float(critic.abs().mean())
         return rewards
@@ -170,6 +192,8 @@ class Trainer:
 
         if self.pool is not None:
             self.pool.shutdown()
+        if getattr(self, "verifiers", None) is not None:
+            self.verifiers.close()
         if getattr(self, "tracker", None) is not None:
             self.tracker.finish()
         if self.owns_ray:

@@ -14,8 +14,6 @@ import sys
 import torch
 from hydra import compose, initialize_config_dir
 
-from rewards.base import RewardResult
-from rewards.registry import register_verifier
 from selfcritic.config import validate
 from selfcritic.run import CONF_DIR, to_config
 from selfcritic.trainer import Trainer
@@ -48,12 +46,6 @@ EXPECTED_KEYS = {
 }
 
 
-@register_verifier("test_digit_share")
-def digit_share(completion: str, reference: str) -> RewardResult:
-    """A dense reward, so that a random-init model gets non-zero advantages in three steps."""
-    return RewardResult(sum(c.isdigit() for c in completion) / max(len(completion), 1))
-
-
 def test_training_loop_end_to_end(tmp_path, cache_dir):
     from transformers import AutoModelForCausalLM
 
@@ -62,7 +54,9 @@ def test_training_loop_end_to_end(tmp_path, cache_dir):
         "trainer.steps=3",
         "sampling.temperature=0.7",
         "sampling.max_tokens=6",
-        "reward.verifier=test_digit_share",
+        "reward.verifier=verifier_fixtures.digit_share",
+        "reward.token_budget=5",
+        "reward.budget_penalty=0.1",
         "ray.num_cpus=2",
         f"trainer.cache_dir={cache_dir}",
         "tracking.wandb_mode=disabled",
@@ -82,6 +76,8 @@ def test_training_loop_end_to_end(tmp_path, cache_dir):
         # every group got its pairs judged on both rubric aspects
         assert record["critic/judgements"] == 8 * 2 * 2
     assert [r["weight_version"] for r in records] == [1, 2, 3]
+    # 6 tokens sampled against a budget of 5: a random model rarely stops early
+    assert max(r["reward/over_budget_rate"] for r in records) > 0
     assert records[-1]["learner/grad_norm"] > 0
 
     checkpoint = AutoModelForCausalLM.from_pretrained(str(tmp_path / "checkpoint"))

@@ -19,6 +19,7 @@ from selfcritic.config import DataConfig
 class Prompt:
     text: str
     reference: str | None  # None: no verifiable answer, the critic alone scores it
+    token_budget: int | None = None  # this task's budget; None: reward.token_budget
 
 
 PromptSource = Callable[[DataConfig, int], list[Prompt]]
