@@ -17,23 +17,13 @@ from pathlib import Path
 import yaml
 
 from rewards.base import RewardResult, Rubric, RubricAspect
+from selfcritic.registry import Registry
 
 Verifier = Callable[..., RewardResult]  # (completion, reference, **options) -> RewardResult
 RUBRIC_DIR = Path(__file__).parent / "rubrics"
-_VERIFIERS: dict[str, Verifier] = {}
+_VERIFIERS: Registry[Verifier] = Registry("verifier")
+register_verifier = _VERIFIERS.register
 _NOT_PLUGINS = {"__main__", "base", "registry"}
-
-
-def register_verifier(name: str) -> Callable[[Verifier], Verifier]:
-    """Decorator: register `fn` under `name`; a second registration of the name raises."""
-
-    def decorate(fn: Verifier) -> Verifier:
-        if name in _VERIFIERS and _VERIFIERS[name] is not fn:
-            raise ValueError(f"verifier name {name!r} is already registered by {_VERIFIERS[name]}")
-        _VERIFIERS[name] = fn
-        return fn
-
-    return decorate
 
 
 def discover() -> None:
@@ -47,17 +37,15 @@ def discover() -> None:
 
 def verifier_names() -> list[str]:
     discover()
-    return sorted(_VERIFIERS)
+    return _VERIFIERS.names()
 
 
 def get_verifier(name: str) -> Verifier:
     """A registered name, or an import path "module.function" / "module:function"."""
     discover()
-    if name in _VERIFIERS:
-        return _VERIFIERS[name]
-    if "." in name or ":" in name:
-        return _import_target(name)
-    raise KeyError(f"unknown verifier {name!r}; registered: {sorted(_VERIFIERS)}")
+    if name in _VERIFIERS or not ("." in name or ":" in name):
+        return _VERIFIERS.get(name)
+    return _import_target(name)
 
 
 def _import_target(target: str) -> Verifier:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from selfcritic.config import DataConfig
+from selfcritic.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -23,23 +24,9 @@ class Prompt:
 
 
 PromptSource = Callable[[DataConfig, int], list[Prompt]]
-PROMPT_SOURCES: dict[str, PromptSource] = {}
-
-
-def register_source(name: str) -> Callable[[PromptSource], PromptSource]:
-    def decorate(fn: PromptSource) -> PromptSource:
-        if name in PROMPT_SOURCES:
-            raise ValueError(f"prompt source {name!r} is already registered")
-        PROMPT_SOURCES[name] = fn
-        return fn
-
-    return decorate
-
-
-def get_source(name: str) -> PromptSource:
-    if name not in PROMPT_SOURCES:
-        raise KeyError(f"unknown prompt source {name!r}; registered: {sorted(PROMPT_SOURCES)}")
-    return PROMPT_SOURCES[name]
+PROMPT_SOURCES: Registry[PromptSource] = Registry("prompt source")
+register_source = PROMPT_SOURCES.register
+get_source = PROMPT_SOURCES.get
 
 
 @register_source("nano_arithmetic")

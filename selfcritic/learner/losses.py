@@ -13,24 +13,12 @@ from collections.abc import Callable
 
 import torch
 
+from selfcritic.registry import Registry
+
 PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
-POLICY_LOSSES: dict[str, PolicyLoss] = {}
-
-
-def register_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
-    def decorate(fn: PolicyLoss) -> PolicyLoss:
-        if name in POLICY_LOSSES:
-            raise ValueError(f"policy loss {name!r} is already registered")
-        POLICY_LOSSES[name] = fn
-        return fn
-
-    return decorate
-
-
-def get_loss(name: str) -> PolicyLoss:
-    if name not in POLICY_LOSSES:
-        raise KeyError(f"unknown policy loss {name!r}; registered: {sorted(POLICY_LOSSES)}")
-    return POLICY_LOSSES[name]
+POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
+register_loss = POLICY_LOSSES.register
+get_loss = POLICY_LOSSES.get
 
 
 @register_loss("grpo")
