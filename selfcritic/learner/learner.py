@@ -3,6 +3,10 @@
 It runs in the driver process on one device. Each micro-batch's forward also measures how far the
 engine's sampling logprobs are from the learner's own on the same weights (before the update):
 `logprob_diff_max` is the parity check the design asks for, reported every step.
+Old-policy logprobs: the engine's, when trusted (`learner.old_logprobs`), or the learner's own.
+With one optimizer step per batch, the learner's own logprobs before the update are exactly those
+of this step's forward (same weights, same tokens), so "recompute" costs no extra pass here;
+several passes over one batch would need a separate no-grad pass first.
 Left out: the Ray learner group with FSDP2, the calibration and PTX losses, token-count
 micro-batching (the learner issue adds them).
 """
@@ -19,7 +23,7 @@ from selfcritic.learner.logprobs import pad_batch, token_logprobs
 from selfcritic.learner.losses import get_loss
 from selfcritic.model.build import load_model
 from selfcritic.optim.muonclip import build_muonclip
-from selfcritic.rollout.weights import serialize, to_checkpoint_names
+from selfcritic.rollout.weights import to_checkpoint_names
 
 
 @dataclass(frozen=True)
@@ -33,11 +37,21 @@ class PolicyBatch:
     temperature: float
 
 
+def trust_engine_logprobs(setting: str, rollout_dtype: str, on_gpu: bool) -> bool:
+    """Resolve `learner.old_logprobs`: "auto" trusts the engine only where parity is verified
+    (float32 on CPU: about 1e-6); bfloat16 or GPUs recompute."""
+    if setting == "auto":
+        return rollout_dtype == "float32" and not on_gpu
+    return setting == "engine"
+
+
 class Learner:
     """Holds the trainable model and its optimizer."""
 
-    def __init__(self, model_path: Path, cfg: LearnerConfig, optim_cfg: OptimConfig) -> None:
-        self.cfg = cfg
+    def __init__(
+        self, model_path: Path, cfg: LearnerConfig, optim_cfg: OptimConfig, trust_engine: bool
+    ) -> None:
+        self.cfg, self.trust_engine = cfg, trust_engine
         self.model = load_model(model_path)
         self.model.train()
         self.optimizer = build_muonclip(self.model, optim_cfg)
@@ -79,7 +93,8 @@ class Learner:
             old[row, len(prompt) - 1 : len(prompt) - 1 + len(logprobs)] = torch.tensor(logprobs)
         advantages = torch.tensor(batch.advantages[rows], dtype=torch.float32)
         logprobs = token_logprobs(self.model, ids, attention, batch.temperature)
-        loss, stats = self.loss_fn(logprobs, old, advantages, mask, self.cfg.clip_eps, total)
+        reference = old if self.trust_engine else logprobs.detach()
+        loss, stats = self.loss_fn(logprobs, reference, advantages, mask, self.cfg.clip_eps, total)
         loss.backward()
         diff = float(((logprobs.detach() - old).abs() * mask).max())
         return loss.detach(), stats, diff, int(mask.sum())
@@ -87,6 +102,3 @@ class Learner:
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """Weights and trained buffers under checkpoint names (what engines load)."""
         return to_checkpoint_names(self.model.state_dict())
-
-    def weights_payload(self) -> bytes:
-        return serialize(self.checkpoint_state())

@@ -1,34 +1,74 @@
 """A pool of rollout engines, each inside a Ray actor.
 
-Prompts are split into contiguous shards, one per engine, and results come back in prompt
-order with exactly n samples each. Weights are put in Ray's object store once and loaded by every
-engine. Left out: restarting dead engines, retries and bucketed transfer (the rollout issue).
+- generate: prompts are split into contiguous shards, one per engine, and results come back in
+  prompt order with exactly n samples each, or the call fails: never a partial batch.
+- faults: an engine whose actor died is restarted and re-synced to the current weights before it
+  serves again; a shard whose generation failed is retried once (on the restarted engine if it
+  died), and a second failure raises RolloutError naming the engine and the cause.
+- weight sync: a checkpoint-named state is cut into buckets of `rollout.sync_bucket_mb`, each put
+  once in Ray's object store as numpy arrays (shared memory on one node: engines on this node read
+  them without a copy); every engine gathers the buckets and applies them in one in-place load.
+  The buckets of the current version are kept for re-syncing a restarted engine. A cross-node
+  NCCL broadcast would replace only `_send_buckets`.
+- shutdown: engines stop their engine cores before their actors are killed (no /dev/shm leftovers).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 from selfcritic.config import RolloutConfig
 from selfcritic.rollout.types import Sample, SamplingSpec
+from selfcritic.rollout.weights import split_into_buckets
+
+
+class RolloutError(RuntimeError):
+    """Generation failed twice on one engine: the step cannot have its full batch."""
 
 
 class _EngineActor:
     """Hosts one engine in a Ray worker process."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig) -> None:
-        from selfcritic.rollout.vllm_engine import VLLMEngine
+        if cfg.engine == "transformers":
+            from selfcritic.rollout.hf_engine import TransformersEngine
 
-        self.engine = VLLMEngine(Path(model_path), cfg)
+            self.engine = TransformersEngine(Path(model_path), cfg)
+        else:
+            from selfcritic.rollout.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(Path(model_path), cfg)
+        self.buckets: dict = {}
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         return self.engine.generate(prompts, spec)
 
-    def update_weights(self, payload: bytes, version: int) -> None:
-        self.engine.update_weights(payload, version)
+    def update_weights(self, version: int, *buckets: dict) -> int:
+        """Load the buckets (Ray resolves the object refs passed as arguments) as one state."""
+        state = {name: array for bucket in buckets for name, array in bucket.items()}
+        self.engine.update_weights(state, version)
+        return version
+
+    def weight_version(self) -> int:
+        return self.engine.weight_version
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+
+
+def _shareable(tensor):
+    """A numpy view where numpy has the dtype (Ray shares those without a copy), else the
+    tensor itself (bfloat16: pickled, one copy)."""
+    tensor = tensor.detach().cpu()
+    try:
+        return tensor.numpy()
+    except TypeError:
+        return tensor
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
@@ -48,40 +88,98 @@ class RolloutPool:
     def __init__(self, model_path: Path, cfg: RolloutConfig) -> None:
         import ray
 
-        actor_cls = ray.remote(
-            num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine, max_concurrency=1
+        self.model_path, self.cfg = str(model_path), cfg
+        self._actor_cls = ray.remote(
+            num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine, max_restarts=0
         )(_EngineActor)
-        self.actors = [actor_cls.remote(str(model_path), cfg) for _ in range(cfg.num_engines)]
+        self.actors = [self._start_actor() for _ in range(cfg.num_engines)]
         ray.get([actor.__ray_ready__.remote() for actor in self.actors])
         self.weight_version = 0
+        self._bucket_refs: list = []  # the current version's buckets, for re-syncing
+        self.restarts = 0
+
+    def _start_actor(self):
+        return self._actor_cls.remote(self.model_path, self.cfg)
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         import ray
 
         shards = split_evenly(prompts, len(self.actors))
-        futures = [
-            actor.generate.remote(shard, spec)
-            for actor, shard in zip(self.actors, shards, strict=True)
-            if shard
-        ]
-        groups = [group for result in ray.get(futures) for group in result]
+        futures = {i: self.actors[i].generate.remote(s, spec) for i, s in enumerate(shards) if s}
+        groups: list[list[Sample]] = []
+        for index, future in futures.items():
+            try:
+                groups.extend(ray.get(future))
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as first:
+                groups.extend(self._retry(index, shards[index], spec, first))
         if len(groups) != len(prompts) or any(len(group) != spec.n for group in groups):
-            raise RuntimeError("rollout pool returned a partial batch")
+            raise RolloutError("the engines returned a partial batch")
         return groups
 
-    def update_weights(self, payload: bytes) -> int:
-        """Load new weights into every engine; returns the new weight version."""
+    def _retry(self, index: int, shard, spec: SamplingSpec, first: Exception):
+        """Second and last attempt for one shard, on a restarted engine if the actor died."""
         import ray
 
+        if isinstance(first, ray.exceptions.RayActorError):
+            self.restart(index)
+        try:
+            return ray.get(self.actors[index].generate.remote(shard, spec))
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as second:
+            raise RolloutError(
+                f"engine {index} failed to generate twice ({type(first).__name__}, then "
+                f"{type(second).__name__}: {second}); the step has no complete batch"
+            ) from second
+
+    def restart(self, index: int) -> None:
+        """Replace engine `index` and bring it to the current weights before it serves."""
+        import ray
+
+        ray.kill(self.actors[index], no_restart=True)
+        actor = self._start_actor()
+        ray.get(actor.__ray_ready__.remote())
+        if self._bucket_refs:
+            ray.get(actor.update_weights.remote(self.weight_version, *self._bucket_refs))
+        self.actors[index] = actor
+        self.restarts += 1
+
+    def update_weights(self, state: dict) -> int:
+        """Load a checkpoint-named state into every engine; returns the new weight version."""
+        import ray
+
+        bucket_bytes = int(self.cfg.sync_bucket_mb * 1024 * 1024)
+        self._bucket_refs = self._send_buckets(split_into_buckets(state, bucket_bytes))
         self.weight_version += 1
-        ref = ray.put(payload)
-        ray.get([actor.update_weights.remote(ref, self.weight_version) for actor in self.actors])
+        ray.get(
+            [
+                actor.update_weights.remote(self.weight_version, *self._bucket_refs)
+                for actor in self.actors
+            ]
+        )
         return self.weight_version
+
+    def _send_buckets(self, buckets: list[dict]) -> list:
+        """Put each bucket once in the object store, as numpy (read without copy on this node)."""
+        import ray
+
+        return [ray.put({name: _shareable(t) for name, t in bucket.items()}) for bucket in buckets]
+
+    def engine_pids(self) -> list[int]:
+        import ray
+
+        return ray.get([actor.pid.remote() for actor in self.actors])
+
+    def engine_versions(self) -> list[int]:
+        import ray
+
+        return ray.get([actor.weight_version.remote() for actor in self.actors])
 
     def shutdown(self) -> None:
         import ray
 
-        ray.get([actor.shutdown.remote() for actor in self.actors])
         for actor in self.actors:
-            ray.kill(actor)
+            # an engine already dead has nothing left to stop
+            with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                ray.get(actor.shutdown.remote(), timeout=60)
+            ray.kill(actor, no_restart=True)
         self.actors = []
+        self._bucket_refs = []

@@ -1,4 +1,8 @@
-"""What rollout engines take and return, and the protocol they follow."""
+"""What rollout engines take and return, and the protocol they follow.
+
+`temperature_at` is the sampling-temperature schedule (Kimi K1.5/K2 decay it from high, for
+exploration, to low over training).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ class SamplingSpec:
     top_p: float = 1.0
     seed: int | None = None  # per-call seed; None leaves the engine's generator as it is
     ignore_eos: bool = False  # keep generating past end-of-sequence (benchmarks: fixed lengths)
+    stop: tuple[str, ...] = ()  # strings that end a sample (not included in its text)
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,21 @@ class RolloutEngine(Protocol):
         """For each prompt (token ids), exactly `spec.n` samples, in prompt order."""
         ...
 
-    def update_weights(self, payload: bytes, version: int) -> None:
-        """Load weights (safetensors bytes, checkpoint names) in place; tag later samples."""
+    def update_weights(self, state: dict, version: int) -> None:
+        """Load {checkpoint name: tensor or array} in place; tag later samples with `version`."""
         ...
 
     def shutdown(self) -> None: ...
+
+
+def temperature_at(step: int, steps: int, start: float, final: float | None, kind: str) -> float:
+    """Temperature for `step` (1-based) of `steps`: constant when `final` is None, else linear
+    or cosine from `start` at step 1 to `final` at the last step."""
+    import math
+
+    if final is None or steps <= 1:
+        return start
+    progress = (step - 1) / (steps - 1)
+    if kind == "cosine":
+        progress = (1 - math.cos(math.pi * progress)) / 2
+    return start + (final - start) * progress

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from selfcritic.config import RolloutConfig
 from selfcritic.rollout.types import Sample, SamplingSpec
+from selfcritic.rollout.weights import serialize
 
 _EXTENSION = "selfcritic.rollout.worker_extension.WeightSyncExtension"
 
@@ -35,6 +36,7 @@ def _engine_kwargs(model_path: Path, cfg: RolloutConfig) -> dict:
         "logprobs_mode": "processed_logprobs",
         "worker_extension_cls": _EXTENSION,
         "enable_prefix_caching": True,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
     }
     if on_cpu():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
@@ -52,7 +54,7 @@ class VLLMEngine:
         from vllm import LLM
 
         self.llm = LLM(**_engine_kwargs(model_path, cfg))
-        self.tokenizer = self.llm.get_tokenizer()
+        self.in_process = cfg.in_process
         self.weight_version = 0
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
@@ -66,6 +68,7 @@ class VLLMEngine:
             logprobs=0,  # the sampled token's own logprob only
             seed=spec.seed,
             ignore_eos=spec.ignore_eos,
+            stop=list(spec.stop) or None,
         )
         requests = [{"prompt_token_ids": list(ids)} for ids in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
@@ -83,7 +86,7 @@ class VLLMEngine:
                 Sample(
                     prompt_ids=prompt,
                     completion_ids=ids,
-                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    text=completion.text,  # stop strings already cut off by vLLM
                     logprobs=logprobs,
                     finish_reason=completion.finish_reason or "length",
                     weight_version=self.weight_version,
@@ -91,8 +94,13 @@ class VLLMEngine:
             )
         return samples
 
-    def update_weights(self, payload: bytes, version: int) -> None:
-        self.llm.collective_rpc("load_weights_from_bytes", args=(payload,))
+    def update_weights(self, state: dict, version: int) -> None:
+        """Load {checkpoint name: tensor or numpy array} in place, then drop cached prefixes."""
+        import torch
+
+        tensors = {name: torch.as_tensor(value) for name, value in state.items()}
+        payload = tensors if self.in_process else serialize(tensors)
+        self.llm.collective_rpc("load_named_tensors", args=(payload,))
         self.llm.reset_prefix_cache()
         self.weight_version = version
 

