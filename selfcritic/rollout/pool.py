@@ -32,6 +32,7 @@ class _EngineActor:
     """Hosts one engine in a Ray worker process."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig) -> None:
+        _normal_priority()
         if cfg.engine == "transformers":
             from selfcritic.rollout.hf_engine import TransformersEngine
 
@@ -59,6 +60,14 @@ class _EngineActor:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+
+
+def _normal_priority() -> None:
+    """Ray starts worker processes at niceness 15; an engine is the step's critical path, and at
+    15 it loses the CPU to Ray's own daemons on a small machine (+30% generation time on 2 cores).
+    Back to 0 where allowed (root); elsewhere it stays as Ray set it."""
+    with contextlib.suppress(PermissionError):
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
 def _shareable(tensor):
