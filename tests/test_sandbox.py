@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +28,16 @@ def test_negative():
     assert add(-1, -1) == -2
 """
 LIMITS = SandboxLimits(wall_s=6.0, cpu_s=3)
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    """After every case: no sandbox process alive, no sandbox directory left in /tmp."""
+    before = set(Path(tempfile.gettempdir()).glob("selfcritic-sandbox-*"))
+    yield
+    time.sleep(0.3)
+    assert _processes_of_uid(65534) == []
+    assert set(Path(tempfile.gettempdir()).glob("selfcritic-sandbox-*")) <= before
 
 
 def run(code: str, limits: SandboxLimits = LIMITS):
