@@ -117,14 +117,18 @@ class RewardConfig:
 
 @dataclass
 class LearnerConfig:
-    """The policy loss and its advantages."""
+    """The policy loss, its advantages and how a batch is split."""
 
-    loss: str = "grpo"  # policy-loss name in the learner's registry
-    clip_eps: float = 0.2  # PPO clipping range of the importance ratio
-    scale_advantages: bool = True  # divide group-centred rewards by the group's std
-    micro_batch_size: int = 16  # sequences per forward/backward pass
-    # Old-policy logprobs: "engine" trusts the sampling logprobs, "recompute" runs a no-grad
-    # forward first, "auto" trusts them only where parity is verified (float32 on CPU).
+    loss: str = "grpo"  # grpo | dr_grpo | dapo | ppo | k2 (selfcritic/learner/losses.py)
+    advantage: str = "grpo"  # grpo (mean and std) | mean (Dr. GRPO, K2) | rloo
+    clip_eps: float = 0.2  # PPO clipping range of the importance ratio (lower side for dapo)
+    clip_eps_high: float = 0.28  # dapo's upper clip ("clip-higher")
+    k2_tau: float = 0.1  # weight of the log-ratio in Kimi's squared objective
+    kl_beta: float = 0.0  # weight of KL(pi || reference) (k3); > 0 loads the reference once
+    filter_zero_variance: bool = True  # drop groups whose rewards are all equal
+    max_tokens_per_micro_batch: int = 4096  # padded tokens (rows x longest) per forward/backward
+    # Old-policy logprobs: "engine" trusts the sampling logprobs, "recompute" uses the learner's
+    # own, "auto" trusts them only where parity is verified (float32 on CPU).
     old_logprobs: str = "auto"
 
 
@@ -266,8 +270,26 @@ def validate(cfg: Config) -> None:
     _require(cfg.reward.workers >= 0, "reward.workers", "must be >= 0 (0: serial)")
     _require(cfg.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _require(cfg.reward.budget_penalty >= 0, "reward.budget_penalty", "must be >= 0")
-    _require(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be at least 1")
+    from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS
+    from selfcritic.learner.losses import POLICY_LOSSES
+
+    _require(
+        cfg.learner.loss in POLICY_LOSSES,
+        "learner.loss",
+        f"unknown loss; registered: {POLICY_LOSSES.names()}",
+    )
+    _require(
+        cfg.learner.advantage in ADVANTAGE_ESTIMATORS,
+        "learner.advantage",
+        f"unknown estimator; registered: {ADVANTAGE_ESTIMATORS.names()}",
+    )
+    _require(
+        cfg.learner.max_tokens_per_micro_batch >= cfg.rollout.max_model_len,
+        "learner.max_tokens_per_micro_batch",
+        f"must hold at least one sequence of rollout.max_model_len={cfg.rollout.max_model_len}",
+    )
     _require(cfg.learner.clip_eps > 0, "learner.clip_eps", "must be > 0")
+    _require(cfg.learner.kl_beta >= 0, "learner.kl_beta", "must be >= 0")
     _require(
         cfg.optim.newton_schulz_dtype in ("auto", "float32", "bfloat16"),
         "optim.newton_schulz_dtype",

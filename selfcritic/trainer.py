@@ -22,7 +22,7 @@ from selfcritic.checkpoint import save_hf_checkpoint
 from selfcritic.config import Config
 from selfcritic.critic.self_critic import SelfCritic
 from selfcritic.data.prompts import Prompt, get_source
-from selfcritic.learner.advantages import group_relative
+from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS, informative_groups
 from selfcritic.learner.learner import Learner, PolicyBatch, trust_engine_logprobs
 from selfcritic.rollout.types import Sample, SamplingSpec, temperature_at
 from selfcritic.tracking import Tracker, console_line
@@ -122,19 +122,22 @@ class Trainer:
             with timed(metrics, "time/critic"):
                 critic_scores = self._critique(prompts, groups, step, metrics)
             rewards = self._combine(verifiable, critic_scores, metrics)
-            batch = self._policy_batch(groups, rewards, temperature)
-            with timed(metrics, "time/learn"):
-                learner_metrics = self.learner.step(batch)
-            with timed(metrics, "time/sync"):
-                metrics["weight_version"] = self.pool.update_weights(
-                    self.learner.checkpoint_state()
-                )
+            batch = self._policy_batch(groups, rewards, temperature, metrics)
+            learner_metrics = {} if batch is None else self._learn_and_sync(batch, metrics)
+            metrics["weight_version"] = self.pool.weight_version
         metrics.update({_learner_key(k): v for k, v in learner_metrics.items()})
         metrics.update(_rollout_metrics(groups, metrics["time/rollout"]))
         self.tracker.log(step, metrics)
         if step % cfg.trainer.log_every == 0:
             print(console_line(step, cfg.trainer.steps, metrics), flush=True)
         return metrics
+
+    def _learn_and_sync(self, batch: PolicyBatch, metrics: dict) -> dict[str, float]:
+        with timed(metrics, "time/learn"):
+            learner_metrics = self.learner.step(batch)
+        with timed(metrics, "time/sync"):
+            self.pool.update_weights(self.learner.checkpoint_state())
+        return learner_metrics
 
     def _verify(self, prompts: list[Prompt], groups, metrics) -> torch.Tensor:
         """Verifier scores (0 where a prompt has no reference) minus budget penalties [G, n]."""
@@ -192,16 +195,26 @@ class Trainer:
         return rewards
 
     def _policy_batch(
-        self, groups: list[list[Sample]], rewards: torch.Tensor, temperature: float
-    ) -> PolicyBatch:
-        advantages = group_relative(rewards, scale=self.cfg.learner.scale_advantages)
-        samples = [sample for group in groups for sample in group]
+        self, groups: list[list[Sample]], rewards: torch.Tensor, temperature: float, metrics: dict
+    ) -> PolicyBatch | None:
+        """Advantages per sample; groups without reward variance dropped when configured."""
+        keep = (
+            informative_groups(rewards)
+            if self.cfg.learner.filter_zero_variance
+            else torch.ones(len(groups), dtype=torch.bool)
+        )
+        metrics["learner/informative_groups"] = float(keep.float().mean())
+        if not keep.any():
+            return None
+        advantages = ADVANTAGE_ESTIMATORS.get(self.cfg.learner.advantage)(rewards[keep])
+        samples = [s for group, k in zip(groups, keep.tolist(), strict=True) if k for s in group]
         return PolicyBatch(
             prompts=[s.prompt_ids for s in samples],
             completions=[s.completion_ids for s in samples],
             old_logprobs=[s.logprobs for s in samples],
             advantages=advantages.flatten().tolist(),
             temperature=temperature,
+            max_new_tokens=self.cfg.sampling.max_tokens,
         )
 
     def _teardown(self) -> None:

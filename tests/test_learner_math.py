@@ -1,55 +1,109 @@
-"""Advantages, the GRPO loss and logprob gathering, against values worked out by hand."""
+"""Advantages, the policy losses, KL and logprob gathering, against values worked out by hand;
+and the learner's update independent of how a batch is split into micro-batches."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from selfcritic.learner.advantages import group_relative
+from selfcritic.config import LearnerConfig, OptimConfig
+from selfcritic.learner.advantages import group_relative, informative_groups, leave_one_out
+from selfcritic.learner.learner import Learner, PolicyBatch, token_micro_batches
 from selfcritic.learner.logprobs import pad_batch, token_logprobs
-from selfcritic.learner.losses import grpo_loss
+from selfcritic.learner.losses import POLICY_LOSSES, LossScale, get_loss, kl_k3
+
+# Two sequences. Sequence 0: tokens with log-ratios 0.1 and 0.5, advantage +1.
+# Sequence 1: one token with log-ratio -0.5 (its second position is padding), advantage -1.
+NEW = [[0.1, 0.5], [-0.5, 3.0]]
+MASK = [[1.0, 1.0], [1.0, 0.0]]
+ADV = [1.0, -1.0]
+SCALE = LossScale(
+    total_sequences=2, total_tokens=3, max_new_tokens=4, clip_eps=0.2, clip_eps_high=0.3, k2_tau=0.5
+)
 
 
-def test_group_relative_advantages():
+def run_loss(name: str):
+    new = torch.tensor(NEW, requires_grad=True)
+    loss, stats = get_loss(name)(
+        new, torch.zeros(2, 2), torch.tensor(ADV), torch.tensor(MASK), SCALE
+    )
+    loss.backward()
+    return float(loss.detach()), stats, new.grad
+
+
+e = math.exp
+# per-token PPO terms -min(r A, clip(r) A) with clip range [0.8, 1.2]:
+T0 = -e(0.1)  # r = 1.105 inside the range
+T1 = -1.2  # r = 1.649 clipped at 1.2 (A > 0)
+T2 = 0.8  # r = 0.607, A = -1: min(-0.607, -0.8) = -0.8
+
+
+def test_grpo_by_hand():
+    loss, stats, grad = run_loss("grpo")
+    assert loss == pytest.approx(((T0 + T1) / 2 + T2) / 2, abs=1e-6)
+    assert stats["clip_fraction"] == pytest.approx(2 / 3)
+    # only the unclipped token carries gradient: d(-e^x / 2 / 2)/dx at 0.1
+    assert grad[0, 0] == pytest.approx(-e(0.1) / 4, abs=1e-6)
+    assert float(grad[0, 1]) == float(grad[1, 0]) == float(grad[1, 1]) == 0.0
+
+
+def test_dr_grpo_by_hand():
+    loss, _, grad = run_loss("dr_grpo")
+    assert loss == pytest.approx((T0 + T1 + T2) / (2 * 4), abs=1e-6)  # sequences x budget
+    assert grad[0, 0] == pytest.approx(-e(0.1) / 8, abs=1e-6)
+
+
+def test_dapo_clip_higher_by_hand():
+    loss, stats, _ = run_loss("dapo")
+    t1_dapo = -1.3  # upper clip 1 + 0.3
+    assert loss == pytest.approx((T0 + t1_dapo + T2) / 3, abs=1e-6)  # all tokens of the batch
+    assert stats["clip_fraction"] == pytest.approx(2 / 3)
+
+
+def test_ppo_by_hand():
+    loss, _, _ = run_loss("ppo")
+    assert loss == pytest.approx((T0 + T1 + T2) / 3, abs=1e-6)
+
+
+def test_k2_squared_objective_and_its_gradient_by_hand():
+    loss, _, grad = run_loss("k2")
+    s0, s1 = 0.1 + 0.5, -0.5  # whole-sequence log ratios (padding excluded)
+    q0, q1 = 1.0 - 0.5 * s0, -1.0 - 0.5 * s1  # A - tau * log(pi / pi_old)
+    assert loss == pytest.approx((q0**2 + q1**2) / 2, abs=1e-6)
+    # d/d logp_t of (A - tau S)^2 / B = 2 (A - tau S)(-tau) / B, the same for each token of it
+    assert grad[0, 0] == pytest.approx(2 * q0 * -0.5 / 2, abs=1e-6)
+    assert grad[0, 1] == pytest.approx(2 * q0 * -0.5 / 2, abs=1e-6)
+    assert grad[1, 0] == pytest.approx(2 * q1 * -0.5 / 2, abs=1e-6)
+    assert float(grad[1, 1]) == 0.0
+
+
+def test_kl_k3_by_hand():
+    logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -2.0])
+    # delta = ref - logp = -0.5 and 0: k3 = e^-0.5 + 0.5 - 1 and 0
+    assert torch.allclose(kl_k3(logp, ref), torch.tensor([e(-0.5) - 0.5, 0.0]), atol=1e-7)
+
+
+def test_advantages_by_hand():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
-    # group 0: mean 0.5, population std 0.5 -> +-1; group 1: no variance -> zeros
     expected = torch.tensor([[1.0, -1.0, -1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
     assert torch.allclose(group_relative(rewards), expected, atol=1e-5)
-    centred = torch.tensor([[0.5, -0.5, -0.5, 0.5], [0.0, 0.0, 0.0, 0.0]])
-    assert torch.allclose(group_relative(rewards, scale=False), centred)
-
-
-def test_grpo_loss_by_hand():
-    # Sequence 0: two tokens, ratios e^0.1 (inside clip 0.2) and e^0.5 (clipped at 1.2), A=+1.
-    # Sequence 1: one token (second is padding), ratio e^-0.5 (below 0.8), A=-1.
-    old = torch.zeros(2, 2)
-    new = torch.tensor([[0.1, 0.5], [-0.5, 3.0]], requires_grad=True)
-    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    advantages = torch.tensor([1.0, -1.0])
-    loss, stats = grpo_loss(new, old, advantages, mask, clip_eps=0.2, total_sequences=2)
-    seq0 = -(math.exp(0.1) + min(math.exp(0.5), 1.2)) / 2  # min(r*A, clip(r)*A) with A>0
-    seq1 = -min(-math.exp(-0.5), -0.8)  # A=-1: min(r*A, clip(r)*A) = min(-0.61, -0.8) = -0.8
-    assert abs(float(loss.detach()) - (seq0 + seq1) / 2) < 1e-6
-    assert abs(stats["clip_fraction"] - 2 / 3) < 1e-6  # tokens 2 and 3 of 3 real tokens
-    loss.backward()
-    # only the unclipped token carries gradient: d/dx of -(e^x)/2/2 at x=0.1
-    assert abs(float(new.grad[0, 0]) + math.exp(0.1) / 4) < 1e-6
-    assert float(new.grad[0, 1]) == 0.0 and float(new.grad[1, 0]) == 0.0
-    assert float(new.grad[1, 1]) == 0.0  # padding
-
-
-def test_micro_batches_add_up_to_the_full_batch():
-    torch.manual_seed(0)
-    new, old = torch.randn(6, 5), torch.randn(6, 5) * 0.1
-    mask = (torch.rand(6, 5) > 0.3).float()
-    advantages = torch.randn(6)
-    full, _ = grpo_loss(new, old, advantages, mask, 0.2, total_sequences=6)
-    parts = sum(
-        grpo_loss(new[s], old[s], advantages[s], mask[s], 0.2, total_sequences=6)[0]
-        for s in (slice(0, 1), slice(1, 4), slice(4, 6))
+    assert torch.allclose(
+        group_relative(rewards, scale=False), torch.tensor([[0.5, -0.5, -0.5, 0.5], [0.0] * 4])
     )
-    assert torch.allclose(full, parts, atol=1e-6)
+    # RLOO: 1 - mean(0, 0, 1) = 2/3; 0 - mean(1, 0, 1) = -2/3
+    assert torch.allclose(
+        leave_one_out(rewards[:1]), torch.tensor([[2 / 3, -2 / 3, -2 / 3, 2 / 3]])
+    )
+    assert informative_groups(rewards).tolist() == [True, False]
+
+
+def test_token_micro_batches():
+    # padded size = rows x longest: [3, 3] -> 6; adding 5 -> 3 x 5 = 15 > 10, so a new group;
+    # [5, 2] -> 2 x 5 = 10 fits; adding 9 -> 27, so 9 goes alone
+    assert token_micro_batches([3, 3, 5, 2, 9], max_tokens=10) == [[0, 1], [2, 3], [4]]
+    assert token_micro_batches([4, 4], max_tokens=8) == [[0, 1]]
 
 
 def test_pad_batch_marks_completion_targets():
@@ -76,6 +130,38 @@ def test_token_logprobs_apply_temperature():
     ids = torch.tensor([[0, 2, 1]])
     result = token_logprobs(_TableModel(table), ids, torch.ones_like(ids), temperature=2.0)
     # token 2 after token 0: logits/2 = [0, .5, 1]; token 1 after token 2: [0, 0, 1.5]
-    first = 1.0 - math.log(1 + math.exp(0.5) + math.exp(1.0))
-    second = 0.0 - math.log(2 + math.exp(1.5))
+    first = 1.0 - math.log(1 + e(0.5) + e(1.0))
+    second = 0.0 - math.log(2 + e(1.5))
     assert torch.allclose(result, torch.tensor([[first, second]]), atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", POLICY_LOSSES.names())
+def test_one_or_many_micro_batches_give_the_same_update(loss, nano_model_path):
+    """The same batch, unequal lengths, split unevenly or not at all: the same new weights."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = [3, 9, 5, 12, 7, 4, 10, 6]
+    batch = PolicyBatch(
+        prompts=[(1, 56, 81, 98)] * 8,
+        completions=[
+            tuple(torch.randint(3, 99, (n,), generator=generator).tolist()) for n in lengths
+        ],
+        old_logprobs=[
+            tuple((-4.6 + 0.1 * torch.randn(n, generator=generator)).tolist()) for n in lengths
+        ],
+        advantages=torch.randn(8, generator=generator).tolist(),
+        temperature=0.9,
+        max_new_tokens=12,
+    )
+    weights = []
+    for budget in (10_000, 40):  # one micro-batch, then several of uneven sizes
+        cfg = LearnerConfig(loss=loss, max_tokens_per_micro_batch=budget, kl_beta=0.05)
+        learner = Learner(nano_model_path, cfg, OptimConfig(qk_clip=False), trust_engine=True)
+        metrics = learner.step(batch)
+        weights.append(
+            (metrics, {n: p.detach().clone() for n, p in learner.model.named_parameters()})
+        )
+    (one, params_one), (many, params_many) = weights
+    assert one["micro_batches"] == 1 and many["micro_batches"] >= 4
+    assert one["loss"] == pytest.approx(many["loss"], rel=1e-4, abs=1e-6)
+    for name, value in params_one.items():
+        assert torch.allclose(value, params_many[name], atol=1e-5), name

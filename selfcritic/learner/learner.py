@@ -1,14 +1,15 @@
 """The learner: one policy-gradient optimisation step on a batch of scored samples.
 
-It runs in the driver process on one device. Each micro-batch's forward also measures how far the
-engine's sampling logprobs are from the learner's own on the same weights (before the update):
-`logprob_diff_max` is the parity check the design asks for, reported every step.
+It runs in the driver process on one device. A batch is split into micro-batches of at most
+`learner.max_tokens_per_micro_batch` padded tokens; gradients accumulate and every loss is
+normalised by whole-batch totals (`LossScale`), so the update does not depend on the split.
+Each micro-batch's forward also measures how far the engine's sampling logprobs are from the
+learner's own on the same weights (before the update): `logprob_diff_max`, every step.
 Old-policy logprobs: the engine's, when trusted (`learner.old_logprobs`), or the learner's own.
 With one optimizer step per batch, the learner's own logprobs before the update are exactly those
-of this step's forward (same weights, same tokens), so "recompute" costs no extra pass here;
-several passes over one batch would need a separate no-grad pass first.
-Left out: the Ray learner group with FSDP2, the calibration and PTX losses, token-count
-micro-batching (the learner issue adds them).
+of this step's forward (same weights, same tokens), so "recompute" costs no extra pass here.
+With `kl_beta` > 0 a frozen reference model (the starting weights, loaded once) adds beta * KL.
+Left out: the Ray learner group with FSDP2, calibration and PTX losses (open work).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from selfcritic.config import LearnerConfig, OptimConfig
 from selfcritic.learner.logprobs import pad_batch, token_logprobs
-from selfcritic.learner.losses import get_loss
+from selfcritic.learner.losses import NORMALISATION, LossScale, get_loss, kl_k3, normalise
 from selfcritic.model.build import load_model
 from selfcritic.optim.muonclip import build_muonclip
 from selfcritic.rollout.weights import to_checkpoint_names
@@ -35,6 +36,7 @@ class PolicyBatch:
     old_logprobs: list[tuple[float, ...]]
     advantages: list[float]
     temperature: float
+    max_new_tokens: int  # the generation budget (Dr. GRPO's normaliser)
 
 
 def trust_engine_logprobs(setting: str, rollout_dtype: str, on_gpu: bool) -> bool:
@@ -45,8 +47,24 @@ def trust_engine_logprobs(setting: str, rollout_dtype: str, on_gpu: bool) -> boo
     return setting == "engine"
 
 
+def token_micro_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Consecutive row groups whose padded size (rows x longest) stays within `max_tokens`."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for row, length in enumerate(lengths):
+        if current and (len(current) + 1) * max(longest, length) > max_tokens:
+            groups.append(current)
+            current, longest = [], 0
+        current.append(row)
+        longest = max(longest, length)
+    if current:
+        groups.append(current)
+    return groups
+
+
 class Learner:
-    """Holds the trainable model and its optimizer."""
+    """Holds the trainable model, its optimizer and (with KL) the frozen reference."""
 
     def __init__(
         self, model_path: Path, cfg: LearnerConfig, optim_cfg: OptimConfig, trust_engine: bool
@@ -58,46 +76,72 @@ class Learner:
         self.max_grad_norm = optim_cfg.max_grad_norm
         self.loss_fn = get_loss(cfg.loss)
         self.pad_id = self.model.config.pad_token_id or 0
+        self.reference = load_model(model_path).eval() if cfg.kl_beta > 0 else None
+        if self.reference is not None:
+            self.reference.requires_grad_(False)
 
     def step(self, batch: PolicyBatch) -> dict[str, float]:
         """Accumulate gradients over micro-batches, clip, and take one optimizer step."""
-        total = len(batch.prompts)
-        sums = {"loss": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0}
-        diff_max, tokens = 0.0, 0
-        for start in range(0, total, self.cfg.micro_batch_size):
-            rows = slice(start, start + self.cfg.micro_batch_size)
-            loss, stats, diff, count = self._micro_step(batch, rows, total)
-            sums["loss"] += float(loss)
+        lengths = [len(p) + len(c) for p, c in zip(batch.prompts, batch.completions, strict=True)]
+        scale = LossScale(
+            total_sequences=len(lengths),
+            total_tokens=sum(len(c) for c in batch.completions),
+            max_new_tokens=batch.max_new_tokens,
+            clip_eps=self.cfg.clip_eps,
+            clip_eps_high=self.cfg.clip_eps_high,
+            k2_tau=self.cfg.k2_tau,
+        )
+        totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0, "diff": 0.0}
+        groups = token_micro_batches(lengths, self.cfg.max_tokens_per_micro_batch)
+        for rows in groups:
+            part = self._micro_step(batch, rows, scale)
+            for key in ("loss", "kl"):
+                totals[key] += part[key]
             for key in ("clip_fraction", "ratio_mean"):
-                sums[key] += stats[key] * count
-            diff_max, tokens = max(diff_max, diff), tokens + count
+                totals[key] += part[key] * part["tokens"] / max(scale.total_tokens, 1)
+            totals["diff"] = max(totals["diff"], part["diff"])
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         optimizer_metrics = self.optimizer.step()
         self.optimizer.zero_grad()
         return optimizer_metrics | {
-            "loss": sums["loss"],
-            "clip_fraction": sums["clip_fraction"] / max(tokens, 1),
-            "ratio_mean": sums["ratio_mean"] / max(tokens, 1),
+            "loss": totals["loss"],
+            "kl": totals["kl"],
+            "clip_fraction": totals["clip_fraction"],
+            "ratio_mean": totals["ratio_mean"],
             "grad_norm": float(grad_norm),
-            "logprob_diff_max": diff_max,
-            "tokens": float(tokens),
+            "logprob_diff_max": totals["diff"],
+            "tokens": float(scale.total_tokens),
+            "micro_batches": float(len(groups)),
         }
 
-    def _micro_step(self, batch: PolicyBatch, rows: slice, total: int):
-        prompts, completions = batch.prompts[rows], batch.completions[rows]
-        ids, attention, mask = pad_batch(prompts, completions, self.pad_id)
-        old = torch.zeros_like(mask)
-        for row, (prompt, logprobs) in enumerate(
-            zip(prompts, batch.old_logprobs[rows], strict=True)
-        ):
-            old[row, len(prompt) - 1 : len(prompt) - 1 + len(logprobs)] = torch.tensor(logprobs)
-        advantages = torch.tensor(batch.advantages[rows], dtype=torch.float32)
+    def _micro_step(self, batch: PolicyBatch, rows: list[int], scale: LossScale) -> dict:
+        prompts = [batch.prompts[r] for r in rows]
+        ids, attention, mask = pad_batch(prompts, [batch.completions[r] for r in rows], self.pad_id)
+        engine = torch.zeros_like(mask)
+        for i, row in enumerate(rows):
+            start = len(prompts[i]) - 1
+            engine[i, start : start + len(batch.old_logprobs[row])] = torch.tensor(
+                batch.old_logprobs[row]
+            )
+        advantages = torch.tensor([batch.advantages[r] for r in rows], dtype=torch.float32)
         logprobs = token_logprobs(self.model, ids, attention, batch.temperature)
-        reference = old if self.trust_engine else logprobs.detach()
-        loss, stats = self.loss_fn(logprobs, reference, advantages, mask, self.cfg.clip_eps, total)
+        old = engine if self.trust_engine else logprobs.detach()
+        loss, stats = self.loss_fn(logprobs, old, advantages, mask, scale)
+        kl = torch.zeros(())
+        if self.reference is not None:
+            with torch.no_grad():
+                reference = token_logprobs(self.reference, ids, attention, batch.temperature)
+            kl = normalise(kl_k3(logprobs, reference), mask, NORMALISATION[self.cfg.loss], scale)
+            loss = loss + self.cfg.kl_beta * kl
         loss.backward()
-        diff = float(((logprobs.detach() - old).abs() * mask).max())
-        return loss.detach(), stats, diff, int(mask.sum())
+        diff = float(((logprobs.detach() - engine).abs() * mask).max())
+        return {
+            "loss": float(loss.detach()),
+            "kl": float(kl.detach()),
+            "diff": diff,
+            "tokens": int(mask.sum()),
+            **stats,
+        }
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """Weights and trained buffers under checkpoint names (what engines load)."""

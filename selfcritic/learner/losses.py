@@ -1,19 +1,43 @@
-"""Policy losses as pure tensor functions, found by name.
+"""Policy losses as pure tensor functions, found by name (`learner.loss`).
 
-Every loss takes the learner's logprobs of the sampled tokens [B, T] (with grad), the logprobs
-they were sampled with [B, T], one advantage per sequence [B] and a mask of completion tokens
-[B, T], and returns (loss, stats). `total_sequences` is the number of sequences in the whole
-batch, so that micro-batch losses add up to the full-batch loss. Left out: the other GRPO-family
-losses, KL to a reference and importance-sampling correction (the learner issue adds them).
+Every loss takes the learner's logprobs of the sampled tokens [B, T] (with grad), the old
+policy's logprobs [B, T], one advantage per sequence [B], a mask of completion tokens [B, T] and
+a `LossScale` holding the whole batch's totals, so that micro-batch losses add up exactly to the
+full-batch loss however the batch is split. Each returns (loss, stats).
+
+| name | per-token term | normaliser |
+| --- | --- | --- |
+| grpo | -min(r A, clip(r, 1-e, 1+e) A) | mean over each sequence's tokens, then over sequences |
+| dr_grpo | the same | sum over tokens / (sequences x max new tokens), a constant (Dr. GRPO) |
+| dapo | -min(r A, clip(r, 1-e_low, 1+e_high) A), clip-higher | mean over all tokens of the batch |
+| ppo | the same with e_high = e_low | mean over all tokens of the batch |
+| k2 | per sequence: (A - tau * sum_t log(pi/pi_old))^2, A = r - mean r | mean over sequences |
+
+`kl_k3` is the k3 estimator of KL(pi || pi_ref) per token, exp(ref - logp) - (ref - logp) - 1;
+the learner adds beta times it, normalised like the policy term.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from selfcritic.registry import Registry
+
+
+@dataclass(frozen=True)
+class LossScale:
+    """Whole-batch quantities every micro-batch needs to normalise the same way."""
+
+    total_sequences: int
+    total_tokens: int
+    max_new_tokens: int  # the generation budget (Dr. GRPO's constant)
+    clip_eps: float = 0.2
+    clip_eps_high: float = 0.28  # DAPO's upper clip
+    k2_tau: float = 0.1  # K1.5/K2: weight of the log-ratio in the squared objective
+
 
 PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
@@ -21,29 +45,79 @@ register_loss = POLICY_LOSSES.register
 get_loss = POLICY_LOSSES.get
 
 
-@register_loss("grpo")
-def grpo_loss(
-    logprobs: torch.Tensor,  # [B, T] learner, with grad
-    old_logprobs: torch.Tensor,  # [B, T] sampling-time
-    advantages: torch.Tensor,  # [B]
-    mask: torch.Tensor,  # [B, T] 1.0 on completion tokens
-    clip_eps: float,
-    total_sequences: int,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO-clipped surrogate, averaged over each sequence's tokens, then over sequences."""
+def _clipped_terms(logprobs, old_logprobs, advantages, low: float, high: float):
+    """Per-token PPO terms [B, T] and whether clipping chose the term."""
     ratio = torch.exp(logprobs - old_logprobs)  # [B, T]
     adv = advantages.unsqueeze(1)  # [B, 1]
     unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv
-    per_token = -torch.minimum(unclipped, clipped)  # [B, T]
-    tokens = mask.sum(dim=1).clamp(min=1)  # [B]
-    per_sequence = (per_token * mask).sum(dim=1) / tokens  # [B]
-    loss = per_sequence.sum() / total_sequences
+    clipped = torch.clamp(ratio, 1 - low, 1 + high) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    return per_token, ratio, (clipped < unclipped)
+
+
+def _stats(ratio, was_clipped, mask) -> dict[str, float]:
     with torch.no_grad():
-        was_clipped = ((unclipped - clipped).abs() > 0).float()
         count = mask.sum().clamp(min=1)
-        stats = {
-            "clip_fraction": float((was_clipped * mask).sum() / count),
+        return {
+            "clip_fraction": float((was_clipped.float() * mask).sum() / count),
             "ratio_mean": float((ratio * mask).sum() / count),
         }
-    return loss, stats
+
+
+def sequence_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B]: each sequence's mean over its completion tokens."""
+    return (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+def normalise(per_token: torch.Tensor, mask: torch.Tensor, how: str, scale: LossScale):
+    """Reduce [B, T] per-token values to this micro-batch's share of the batch loss."""
+    if how == "sequence":
+        return sequence_mean(per_token, mask).sum() / scale.total_sequences
+    if how == "constant":
+        return (per_token * mask).sum() / (scale.total_sequences * scale.max_new_tokens)
+    return (per_token * mask).sum() / max(scale.total_tokens, 1)  # "token"
+
+
+NORMALISATION = {
+    "grpo": "sequence",
+    "dr_grpo": "constant",
+    "dapo": "token",
+    "ppo": "token",
+    "k2": "sequence",
+}
+
+
+def _ppo_family(name: str, high_of):
+    def loss(logprobs, old_logprobs, advantages, mask, scale: LossScale):
+        per_token, ratio, was_clipped = _clipped_terms(
+            logprobs, old_logprobs, advantages, scale.clip_eps, high_of(scale)
+        )
+        return normalise(per_token, mask, NORMALISATION[name], scale), _stats(
+            ratio, was_clipped, mask
+        )
+
+    loss.__name__ = f"{name}_loss"
+    return register_loss(name)(loss)
+
+
+grpo_loss = _ppo_family("grpo", lambda s: s.clip_eps)
+dr_grpo_loss = _ppo_family("dr_grpo", lambda s: s.clip_eps)
+dapo_loss = _ppo_family("dapo", lambda s: s.clip_eps_high)
+ppo_loss = _ppo_family("ppo", lambda s: s.clip_eps)
+
+
+@register_loss("k2")
+def k2_loss(logprobs, old_logprobs, advantages, mask, scale: LossScale):
+    """Kimi K1.5/K2: mean over samples of (r - mean r - tau * log(pi(y|x) / pi_old(y|x)))^2."""
+    log_ratio = ((logprobs - old_logprobs) * mask).sum(dim=1)  # [B] whole-sequence log ratio
+    per_sequence = (advantages - scale.k2_tau * log_ratio) ** 2  # [B]
+    ratio = torch.exp(logprobs - old_logprobs)
+    return per_sequence.sum() / scale.total_sequences, _stats(
+        ratio, torch.zeros_like(mask, dtype=torch.bool), mask
+    )
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """[B, T] k3 estimate of KL(pi || pi_ref) per sampled token (non-negative, unbiased)."""
+    delta = ref_logprobs - logprobs
+    return torch.exp(delta) - delta - 1
