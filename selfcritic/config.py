@@ -125,6 +125,10 @@ class LearnerConfig:
     clip_eps_high: float = 0.28  # dapo's upper clip ("clip-higher")
     k2_tau: float = 0.1  # weight of the log-ratio in Kimi's squared objective
     kl_beta: float = 0.0  # weight of KL(pi || reference) (k3); > 0 loads the reference once
+    tis_cap: float | None = 2.0  # truncated importance sampling cap when old logprobs are the
+    # learner's own (engine logprobs not trusted); None turns the correction off
+    calibration_weight: float = 1.0  # weight of the critic-calibration cross-entropy
+    ptx_weight: float = 0.0  # weight of the language-model loss on curated (PTX) sequences
     filter_zero_variance: bool = True  # drop groups whose rewards are all equal
     max_tokens_per_micro_batch: int = 4096  # padded tokens (rows x longest) per forward/backward
     # Old-policy logprobs: "engine" trusts the sampling logprobs, "recompute" uses the learner's
@@ -290,6 +294,13 @@ def validate(cfg: Config) -> None:
     )
     _require(cfg.learner.clip_eps > 0, "learner.clip_eps", "must be > 0")
     _require(cfg.learner.kl_beta >= 0, "learner.kl_beta", "must be >= 0")
+    _require(
+        cfg.learner.tis_cap is None or cfg.learner.tis_cap >= 1,
+        "learner.tis_cap",
+        "must be >= 1 (or null)",
+    )
+    _require(cfg.learner.calibration_weight >= 0, "learner.calibration_weight", "must be >= 0")
+    _require(cfg.learner.ptx_weight >= 0, "learner.ptx_weight", "must be >= 0")
     _require(
         cfg.optim.newton_schulz_dtype in ("auto", "float32", "bfloat16"),
         "optim.newton_schulz_dtype",

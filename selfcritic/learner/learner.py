@@ -9,7 +9,10 @@ Old-policy logprobs: the engine's, when trusted (`learner.old_logprobs`), or the
 With one optimizer step per batch, the learner's own logprobs before the update are exactly those
 of this step's forward (same weights, same tokens), so "recompute" costs no extra pass here.
 With `kl_beta` > 0 a frozen reference model (the starting weights, loaded once) adds beta * KL.
-Left out: the Ray learner group with FSDP2, calibration and PTX losses (open work).
+Not trusting the engine, the policy terms are weighted by truncated importance sampling
+(min(pi_old / pi_engine, tis_cap)). In the same optimizer step: the critic-calibration loss on
+the batch's `CriticExample`s and the PTX language-model loss on its curated sequences, each with
+its weight and its own metric. Left out: the Ray learner group with FSDP2 (open work).
 """
 
 from __future__ import annotations
@@ -20,8 +23,18 @@ from pathlib import Path
 import torch
 
 from selfcritic.config import LearnerConfig, OptimConfig
+from selfcritic.critic.examples import CriticExample
 from selfcritic.learner.logprobs import pad_batch, token_logprobs
-from selfcritic.learner.losses import NORMALISATION, LossScale, get_loss, kl_k3, normalise
+from selfcritic.learner.losses import (
+    NORMALISATION,
+    LossScale,
+    calibration_loss,
+    get_loss,
+    kl_k3,
+    normalise,
+    ptx_loss,
+    truncated_is_weights,
+)
 from selfcritic.model.build import load_model
 from selfcritic.optim.muonclip import build_muonclip
 from selfcritic.rollout.weights import to_checkpoint_names
@@ -37,6 +50,8 @@ class PolicyBatch:
     advantages: list[float]
     temperature: float
     max_new_tokens: int  # the generation budget (Dr. GRPO's normaliser)
+    critic_examples: tuple[CriticExample, ...] = ()  # closed-loop calibration targets
+    ptx_sequences: tuple[tuple[int, ...], ...] = ()  # curated token sequences (PTX loss)
 
 
 def trust_engine_logprobs(setting: str, rollout_dtype: str, on_gpu: bool) -> bool:
@@ -81,7 +96,18 @@ class Learner:
             self.reference.requires_grad_(False)
 
     def step(self, batch: PolicyBatch) -> dict[str, float]:
-        """Accumulate gradients over micro-batches, clip, and take one optimizer step."""
+        """Policy, calibration and PTX gradients over micro-batches, then one optimizer step."""
+        metrics = self._policy_terms(batch) if batch.prompts else {}
+        if batch.critic_examples and self.cfg.calibration_weight > 0:
+            metrics["calibration_loss"] = self._calibration_term(batch.critic_examples)
+        if batch.ptx_sequences and self.cfg.ptx_weight > 0:
+            metrics["ptx_loss"] = self._ptx_term(batch.ptx_sequences)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        optimizer_metrics = self.optimizer.step()
+        self.optimizer.zero_grad()
+        return optimizer_metrics | metrics | {"grad_norm": float(grad_norm)}
+
+    def _policy_terms(self, batch: PolicyBatch) -> dict[str, float]:
         lengths = [len(p) + len(c) for p, c in zip(batch.prompts, batch.completions, strict=True)]
         scale = LossScale(
             total_sequences=len(lengths),
@@ -91,28 +117,18 @@ class Learner:
             clip_eps_high=self.cfg.clip_eps_high,
             k2_tau=self.cfg.k2_tau,
         )
-        totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0, "diff": 0.0}
+        keys = ("loss", "kl", "clip_fraction", "ratio_mean", "entropy", "tis_weight_mean")
+        totals = dict.fromkeys(keys, 0.0) | {"logprob_diff_max": 0.0}
         groups = token_micro_batches(lengths, self.cfg.max_tokens_per_micro_batch)
         for rows in groups:
             part = self._micro_step(batch, rows, scale)
-            for key in ("loss", "kl"):
+            share = part.pop("tokens") / max(scale.total_tokens, 1)
+            for key in ("loss", "kl"):  # already normalised by whole-batch totals
                 totals[key] += part[key]
-            for key in ("clip_fraction", "ratio_mean"):
-                totals[key] += part[key] * part["tokens"] / max(scale.total_tokens, 1)
-            totals["diff"] = max(totals["diff"], part["diff"])
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-        optimizer_metrics = self.optimizer.step()
-        self.optimizer.zero_grad()
-        return optimizer_metrics | {
-            "loss": totals["loss"],
-            "kl": totals["kl"],
-            "clip_fraction": totals["clip_fraction"],
-            "ratio_mean": totals["ratio_mean"],
-            "grad_norm": float(grad_norm),
-            "logprob_diff_max": totals["diff"],
-            "tokens": float(scale.total_tokens),
-            "micro_batches": float(len(groups)),
-        }
+            for key in keys[2:]:  # token means: weight by this micro-batch's share of tokens
+                totals[key] += part[key] * share
+            totals["logprob_diff_max"] = max(totals["logprob_diff_max"], part["diff"])
+        return totals | {"tokens": float(scale.total_tokens), "micro_batches": float(len(groups))}
 
     def _micro_step(self, batch: PolicyBatch, rows: list[int], scale: LossScale) -> dict:
         prompts = [batch.prompts[r] for r in rows]
@@ -124,9 +140,14 @@ class Learner:
                 batch.old_logprobs[row]
             )
         advantages = torch.tensor([batch.advantages[r] for r in rows], dtype=torch.float32)
-        logprobs = token_logprobs(self.model, ids, attention, batch.temperature)
+        logprobs, entropy = token_logprobs(
+            self.model, ids, attention, batch.temperature, with_entropy=True
+        )
         old = engine if self.trust_engine else logprobs.detach()
-        loss, stats = self.loss_fn(logprobs, old, advantages, mask, scale)
+        weights = None
+        if not self.trust_engine and self.cfg.tis_cap is not None:
+            weights = truncated_is_weights(old, engine, self.cfg.tis_cap)
+        loss, stats = self.loss_fn(logprobs, old, advantages, mask, scale, token_weights=weights)
         kl = torch.zeros(())
         if self.reference is not None:
             with torch.no_grad():
@@ -134,14 +155,65 @@ class Learner:
             kl = normalise(kl_k3(logprobs, reference), mask, NORMALISATION[self.cfg.loss], scale)
             loss = loss + self.cfg.kl_beta * kl
         loss.backward()
-        diff = float(((logprobs.detach() - engine).abs() * mask).max())
+        count = mask.sum().clamp(min=1)
         return {
             "loss": float(loss.detach()),
             "kl": float(kl.detach()),
-            "diff": diff,
-            "tokens": int(mask.sum()),
             **stats,
+            "entropy": float((entropy * mask).sum() / count),
+            "tis_weight_mean": float((weights * mask).sum() / count)
+            if weights is not None
+            else 1.0,
+            "diff": float(((logprobs.detach() - engine).abs() * mask).max()),
+            "tokens": int(mask.sum()),
         }
+
+    def _calibration_term(self, examples: tuple[CriticExample, ...]) -> float:
+        """Backpropagate weight * calibration cross-entropy; returns the loss value."""
+        total_weight = sum(e.weight for e in examples)
+        lengths = [len(e.prompt_ids) for e in examples]
+        value = 0.0
+        for rows in token_micro_batches(lengths, self.cfg.max_tokens_per_micro_batch):
+            chunk = [examples[r] for r in rows]
+            logits = self._last_position_logits([e.prompt_ids for e in chunk])
+            verdict_ids = torch.tensor([e.verdict_token_ids for e in chunk])  # [N, K]
+            loss = calibration_loss(
+                logits.gather(-1, verdict_ids),
+                torch.tensor([e.target_probs for e in chunk]),
+                torch.tensor([e.weight for e in chunk]),
+                total_weight,
+            )
+            (self.cfg.calibration_weight * loss).backward()
+            value += float(loss.detach())
+        return value
+
+    def _last_position_logits(self, prompts: list[tuple[int, ...]]) -> torch.Tensor:
+        """[N, V] next-token logits after each prompt (right-padded batch)."""
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = torch.tensor(prompt)
+            attention[row, : len(prompt)] = 1
+        logits = self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+        last = torch.tensor([len(p) - 1 for p in prompts])
+        return logits[torch.arange(len(prompts)), last].float()
+
+    def _ptx_term(self, sequences: tuple[tuple[int, ...], ...]) -> float:
+        """Backpropagate weight * language-model loss on curated sequences; returns its value."""
+        total = sum(len(s) - 1 for s in sequences)
+        value = 0.0
+        for rows in token_micro_batches(
+            [len(s) for s in sequences], self.cfg.max_tokens_per_micro_batch
+        ):
+            chunk = [sequences[r] for r in rows]
+            ids, attention, mask = pad_batch(
+                [s[:1] for s in chunk], [s[1:] for s in chunk], self.pad_id
+            )
+            loss = ptx_loss(token_logprobs(self.model, ids, attention, 1.0), mask, total)
+            (self.cfg.ptx_weight * loss).backward()
+            value += float(loss.detach())
+        return value
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """Weights and trained buffers under checkpoint names (what engines load)."""

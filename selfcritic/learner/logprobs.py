@@ -31,9 +31,19 @@ def pad_batch(
 
 
 def token_logprobs(
-    model: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Logprob of each next token [B, L-1] under softmax(logits / temperature)."""
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    attention: torch.Tensor,
+    temperature: float,
+    with_entropy: bool = False,
+):
+    """Logprob of each next token [B, L-1] under softmax(logits / temperature); with
+    `with_entropy`, also the entropy of that distribution at each position [B, L-1] (no grad)."""
     logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
     logprobs = torch.log_softmax(logits / temperature, dim=-1)
-    return logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    chosen = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return chosen
+    with torch.no_grad():
+        entropy = -(logprobs.exp() * logprobs).sum(dim=-1)
+    return chosen, entropy

@@ -14,7 +14,10 @@ full-batch loss however the batch is split. Each returns (loss, stats).
 | k2 | per sequence: (A - tau * sum_t log(pi/pi_old))^2, A = r - mean r | mean over sequences |
 
 `kl_k3` is the k3 estimator of KL(pi || pi_ref) per token, exp(ref - logp) - (ref - logp) - 1;
-the learner adds beta times it, normalised like the policy term.
+the learner adds beta times it, normalised like the policy term. The PPO-family losses take
+optional per-token `token_weights` (truncated importance sampling between the engine's and the
+learner's old logprobs); Kimi's squared objective has no per-token term to weight and ignores
+them. `calibration_loss` and `ptx_loss` are the critic-calibration and language-model terms.
 """
 
 from __future__ import annotations
@@ -88,10 +91,12 @@ NORMALISATION = {
 
 
 def _ppo_family(name: str, high_of):
-    def loss(logprobs, old_logprobs, advantages, mask, scale: LossScale):
+    def loss(logprobs, old_logprobs, advantages, mask, scale: LossScale, token_weights=None):
         per_token, ratio, was_clipped = _clipped_terms(
             logprobs, old_logprobs, advantages, scale.clip_eps, high_of(scale)
         )
+        if token_weights is not None:
+            per_token = per_token * token_weights
         return normalise(per_token, mask, NORMALISATION[name], scale), _stats(
             ratio, was_clipped, mask
         )
@@ -107,7 +112,7 @@ ppo_loss = _ppo_family("ppo", lambda s: s.clip_eps)
 
 
 @register_loss("k2")
-def k2_loss(logprobs, old_logprobs, advantages, mask, scale: LossScale):
+def k2_loss(logprobs, old_logprobs, advantages, mask, scale: LossScale, token_weights=None):
     """Kimi K1.5/K2: mean over samples of (r - mean r - tau * log(pi(y|x) / pi_old(y|x)))^2."""
     log_ratio = ((logprobs - old_logprobs) * mask).sum(dim=1)  # [B] whole-sequence log ratio
     per_sequence = (advantages - scale.k2_tau * log_ratio) ** 2  # [B]
@@ -121,3 +126,25 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """[B, T] k3 estimate of KL(pi || pi_ref) per sampled token (non-negative, unbiased)."""
     delta = ref_logprobs - logprobs
     return torch.exp(delta) - delta - 1
+
+
+def truncated_is_weights(old_logprobs, engine_logprobs, cap: float) -> torch.Tensor:
+    """[B, T] min(pi_old / pi_engine, cap): corrects for sampling from the engine's numerics."""
+    return torch.clamp(torch.exp(old_logprobs - engine_logprobs), max=cap).detach()
+
+
+def calibration_loss(
+    verdict_logits: torch.Tensor,  # [N, K] logits of the K verdict tokens at the verdict position
+    target_probs: torch.Tensor,  # [N, K]
+    weights: torch.Tensor,  # [N]
+    total_weight: float,
+) -> torch.Tensor:
+    """Weighted cross-entropy between the verdict distribution (softmax over the K verdict tokens)
+    and the targets, divided by the whole batch's total weight."""
+    per_example = -(target_probs * torch.log_softmax(verdict_logits, dim=-1)).sum(dim=-1)  # [N]
+    return (weights * per_example).sum() / max(total_weight, 1e-12)
+
+
+def ptx_loss(logprobs: torch.Tensor, mask: torch.Tensor, total_tokens: int) -> torch.Tensor:
+    """Language-model loss: negative logprob of the curated tokens, over the batch's tokens."""
+    return -(logprobs * mask).sum() / max(total_tokens, 1)

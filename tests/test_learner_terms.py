@@ -1,0 +1,101 @@
+"""The learner's other terms: critic calibration, PTX, truncated importance sampling, entropy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from selfcritic.config import LearnerConfig, OptimConfig
+from selfcritic.critic.examples import CriticExample
+from selfcritic.learner.learner import Learner, PolicyBatch
+from selfcritic.learner.losses import calibration_loss, ptx_loss, truncated_is_weights
+
+
+def test_calibration_loss_by_hand():
+    # softmax over verdict logits [2, 0]: log-probs [2 - L, -L] with L = log(e^2 + 1)
+    big_l = math.log(math.exp(2) + 1)
+    loss = calibration_loss(
+        torch.tensor([[2.0, 0.0]]),
+        torch.tensor([[0.25, 0.75]]),
+        torch.tensor([2.0]),
+        total_weight=4.0,
+    )
+    cross_entropy = -(0.25 * (2 - big_l) + 0.75 * -big_l)
+    assert float(loss) == pytest.approx(2.0 * cross_entropy / 4.0)
+
+
+def test_ptx_and_tis_by_hand():
+    logprobs = torch.tensor([[-1.0, -2.0], [-3.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    assert float(ptx_loss(logprobs, mask, total_tokens=3)) == pytest.approx(6.0 / 3)
+    weights = truncated_is_weights(torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -1.0]), cap=2)
+    assert torch.allclose(weights, torch.tensor([2.0, math.exp(-1)]))  # e^1 capped at 2
+
+
+def _empty_batch(**extra) -> PolicyBatch:
+    return PolicyBatch(
+        prompts=[],
+        completions=[],
+        old_logprobs=[],
+        advantages=[],
+        temperature=1.0,
+        max_new_tokens=8,
+        **extra,
+    )
+
+
+def _tokens(path, text):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return tokenizer, [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False).input_ids]
+
+
+def test_calibration_moves_the_verdict_toward_its_target(nano_model_path):
+    tokenizer, prompt = _tokens(nano_model_path, "C: Q: 3+4=\nX: 7\nY: 8\ncorrect->")
+    x, y = tokenizer.convert_tokens_to_ids(["X", "Y"])
+    example = CriticExample(tuple(prompt), (x, y), (1.0, 0.0))
+    learner = Learner(nano_model_path, LearnerConfig(), OptimConfig(), trust_engine=True)
+
+    def p_x() -> float:
+        with torch.no_grad():
+            logits = learner._last_position_logits([tuple(prompt)])[0, [x, y]]
+        return float(torch.softmax(logits, -1)[0])
+
+    before = p_x()
+    losses = [
+        learner.step(_empty_batch(critic_examples=(example,)))["calibration_loss"] for _ in range(5)
+    ]
+    assert losses[0] == pytest.approx(-math.log(before), rel=1e-4)  # CE of target (1, 0)
+    assert p_x() > max(0.9, before + 0.3)
+
+
+def test_ptx_lowers_the_curated_text_loss(nano_model_path):
+    _, sequence = _tokens(nano_model_path, "Q: 2+2=\nA: 4")
+    learner = Learner(
+        nano_model_path, LearnerConfig(ptx_weight=1.0), OptimConfig(), trust_engine=True
+    )
+    losses = [
+        learner.step(_empty_batch(ptx_sequences=(tuple(sequence),)))["ptx_loss"] for _ in range(5)
+    ]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_untrusted_engine_logprobs_are_corrected_and_entropy_reported(nano_model_path):
+    batch = PolicyBatch(
+        prompts=[(1, 56, 81, 98)] * 2,
+        completions=[(20, 21, 22), (23, 24)],
+        old_logprobs=[(-100.0,) * 3, (-100.0,) * 2],
+        advantages=[1.0, -1.0],
+        temperature=1.0,
+        max_new_tokens=4,
+    )
+    learner = Learner(
+        nano_model_path, LearnerConfig(tis_cap=2.0), OptimConfig(), trust_engine=False
+    )
+    metrics = learner.step(batch)
+    assert metrics["tis_weight_mean"] == pytest.approx(2.0)  # e^(~95) capped at 2 everywhere
+    assert metrics["logprob_diff_max"] > 90  # the mismatch is reported, not hidden
+    assert 0 < metrics["entropy"] <= math.log(100) + 1e-4  # at most uniform over the vocabulary
