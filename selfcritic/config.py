@@ -98,7 +98,8 @@ class CriticConfig:
     enabled: bool = True
     rubric: str = "nano"  # rubric name in rewards/rubrics
     pairs_per_group: int = 1  # pairs judged per group (each in both orders)
-    max_tokens: int = 2  # tokens the critic may write before its verdict is parsed
+    verdict_mode: str = "probability"  # probability (verdict-token logprobs) | generative
+    max_tokens: int = 2  # generative mode: tokens the critic may write before its verdict
 
 
 @dataclass
@@ -264,6 +265,11 @@ def validate(cfg: Config) -> None:
         registry.verifier_exists(cfg.reward.verifier),
         "reward.verifier",
         f"unknown verifier; registered: {registry.verifier_names()}",
+    )
+    _require(
+        cfg.critic.verdict_mode in ("probability", "generative"),
+        "critic.verdict_mode",
+        "must be probability or generative",
     )
     if cfg.critic.enabled:
         _require(

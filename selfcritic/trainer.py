@@ -20,6 +20,7 @@ from rewards.pool import VerifierPool
 from rewards.registry import load_rubric
 from selfcritic.checkpoint import save_hf_checkpoint
 from selfcritic.config import Config
+from selfcritic.critic.prompts import VERDICT_LETTERS
 from selfcritic.critic.self_critic import SelfCritic
 from selfcritic.data.prompts import Prompt, get_source
 from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS, informative_groups
@@ -83,7 +84,12 @@ class Trainer:
             rewards.verifier, rewards.verifier_options, rewards.workers, rewards.timeout_s
         )
         self.critic = (
-            SelfCritic(cfg.critic, load_rubric(cfg.critic.rubric), self.encode)
+            SelfCritic(
+                cfg.critic,
+                load_rubric(cfg.critic.rubric),
+                self.encode,
+                verdict_token_ids(self.tokenizer),
+            )
             if cfg.critic.enabled
             else None
         )
@@ -228,6 +234,14 @@ class Trainer:
             self.tracker.finish()
         if self.owns_ray:
             ray.shutdown()
+
+
+def verdict_token_ids(tokenizer) -> tuple[int, int]:
+    """The single-token ids of the verdict letters; a tokenizer that splits them is refused."""
+    ids = [tokenizer(letter, add_special_tokens=False).input_ids for letter in VERDICT_LETTERS]
+    if any(len(i) != 1 for i in ids):
+        raise ValueError(f"verdict letters {VERDICT_LETTERS} must be one token each, got {ids}")
+    return ids[0][0], ids[1][0]
 
 
 def _learner_key(name: str) -> str:

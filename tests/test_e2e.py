@@ -73,8 +73,10 @@ def test_training_loop_end_to_end(tmp_path, cache_dir):
         assert math.isfinite(record["learner/loss"]) and math.isfinite(record["learner/grad_norm"])
         # the engine's sampling logprobs equal the learner's own on the same weights
         assert record["learner/logprob_diff_max"] < 1e-4
-        # every group got its pairs judged on both rubric aspects
+        # every group got its pairs judged on both rubric aspects, each verdict read from the
+        # engine's verdict-token probabilities (the default mode: nothing to parse, nothing invalid)
         assert record["critic/judgements"] == 8 * 2 * 2
+        assert record["critic/invalid_rate"] == 0.0
     assert [r["weight_version"] for r in records] == [1, 2, 3]
     # 6 tokens sampled against a budget of 5: a random model rarely stops early
     assert max(r["reward/over_budget_rate"] for r in records) > 0

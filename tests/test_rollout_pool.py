@@ -113,3 +113,35 @@ def test_stop_strings_end_samples(pool):
     )
     for sample in (s for g in groups for s in g):
         assert not any(letter in sample.text for letter in "eao")
+
+
+def test_probability_verdicts_equal_the_learners(pool, nano_model_path):
+    """The critic's probability mode reads exactly the verdict distribution the learner's
+    calibration loss trains: softmax over the X and Y logits after the critic prompt."""
+    from transformers import AutoTokenizer
+
+    from selfcritic.config import CriticConfig
+    from selfcritic.critic.prompts import pair_prompt
+    from selfcritic.critic.self_critic import SelfCritic
+    from selfcritic.trainer import verdict_token_ids
+
+    model = pytest.shared_model  # the weights the pool serves now
+    tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
+    verdicts = verdict_token_ids(tokenizer)
+    critic = SelfCritic(
+        CriticConfig(verdict_mode="probability"),
+        None,
+        lambda text: [1, *tokenizer(text, add_special_tokens=False).input_ids],
+        verdicts,
+    )
+    texts = [
+        pair_prompt("Q: 3+4=", " 7", " 8", "correct"),
+        pair_prompt("Q: 1+1=", " 5", " 2", "no_praise"),
+    ]
+    prompts = [critic.encode(t) for t in texts]
+    answers = pool.generate(prompts, critic._spec())
+    for prompt, answer in zip(prompts, answers, strict=True):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt])).logits[0, -1, list(verdicts)]
+        expected = float(torch.softmax(logits, -1)[0])
+        assert critic.read(answer[0]) == pytest.approx(expected, abs=1e-4)

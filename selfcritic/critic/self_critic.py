@@ -1,16 +1,23 @@
 """SelfCritic: pairwise judging of each group's responses by the policy's own engine.
 
 For each group a few pairs are scheduled; each pair is judged on every rubric aspect in both
-orders (X/Y swapped), all in one batched, greedy engine call. A pair's outcome is a win only when
-both orders agree; a verdict that flips with the order, or one that cannot be parsed, is a tie.
-Each sample's score is its weighted win rate over aspects (0.5 when it was not compared), centred
-per group. Left out: the probability verdict mode, Bradley-Terry aggregation, mandatory-aspect
-precedence and calibration (the critic issue adds them).
+orders (X/Y swapped), all in one batched engine call. Two verdict modes (`critic.verdict_mode`):
+- probability (default): one prefill per pair and order and one token restricted to the verdict
+  letters; the engine's logprobs of both letters give P(X) directly: soft, no parser, and the
+  same distribution the learner's calibration loss trains;
+- generative: greedy decoding of `critic.max_tokens` tokens, parsed (first letter X or Y);
+  anything else is an invalid verdict, counted and treated as a tie.
+Either way a verdict is P(X wins) in [0, 1], and the pair's outcome for the response shown first
+is the mean over both orders of its win probability, so a verdict that flips with the order is a
+tie. Each sample's score is its weighted win rate over aspects (0.5 when not compared), centred
+per group. Left out: Bradley-Terry aggregation, mandatory-aspect precedence and calibration
+(the critic issue adds them).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,9 +36,9 @@ class PairVerdict:
     first: int
     second: int
     aspect: str
-    forward: str | None  # verdict with `first` shown as X
-    backward: str | None  # verdict with `second` shown as X
-    outcome: float  # for `first`: 1 win, 0 loss, 0.5 tie
+    forward: float | None  # P(X wins) with `first` shown as X; None: invalid
+    backward: float | None  # P(X wins) with `second` shown as X
+    outcome: float  # for `first`: 1 win, 0 loss, 0.5 tie, or in between (soft)
 
 
 @dataclass
@@ -45,7 +52,7 @@ class CritiqueResult:
 
     def metrics(self) -> dict[str, float]:
         calls = max(2 * self.judged, 1)
-        valid_pairs = sum(1 for v in self.verdicts if v.forward and v.backward)
+        valid_pairs = sum(1 for v in self.verdicts if None not in (v.forward, v.backward))
         consistency = 1 - self.inconsistent / valid_pairs if valid_pairs else float("nan")
         return {
             "critic/invalid_rate": self.invalid / calls,
@@ -62,13 +69,25 @@ def schedule_pairs(n: int, count: int, rng: random.Random) -> list[tuple[int, in
     return pairs[:count]
 
 
-def pair_outcome(forward: str | None, backward: str | None) -> float:
-    """Outcome for the response shown first in `forward`: a win needs both orders to agree."""
-    if forward == "X" and backward == "Y":
-        return 1.0
-    if forward == "Y" and backward == "X":
-        return 0.0
-    return 0.5
+def pair_outcome(forward: float | None, backward: float | None) -> float:
+    """Outcome for the response shown first in `forward`, from P(X wins) in both orders: the mean
+    of its win probabilities (`forward`, and 1 - `backward` where it is shown as Y); 0.5 when
+    either verdict is invalid. Hard verdicts that flip with the order give exactly 0.5."""
+    if forward is None or backward is None:
+        return 0.5
+    return (forward + 1.0 - backward) / 2
+
+
+def order_flipped(forward: float | None, backward: float | None) -> bool:
+    """Both orders valid and both preferring the same position (so different responses)."""
+    if forward is None or backward is None:
+        return False
+    return (forward > 0.5) == (backward > 0.5)
+
+
+def letter_probability(letter: str | None) -> float | None:
+    """A parsed generative verdict as P(X wins)."""
+    return {"X": 1.0, "Y": 0.0}.get(letter) if letter else None
 
 
 def win_rates(n: int, outcomes: list[tuple[int, int, float]]) -> list[float]:
@@ -85,8 +104,38 @@ def win_rates(n: int, outcomes: list[tuple[int, int, float]]) -> list[float]:
 class SelfCritic:
     """Judges groups with a RolloutEngine-like `generate`; `encode` turns text into prompt ids."""
 
-    def __init__(self, cfg: CriticConfig, rubric: Rubric, encode: Callable[[str], list[int]]):
-        self.cfg, self.rubric, self.encode = cfg, rubric, encode
+    def __init__(
+        self,
+        cfg: CriticConfig,
+        rubric: Rubric,
+        encode: Callable[[str], list[int]],
+        verdict_ids: tuple[int, int],  # token ids of "X" and "Y"
+    ):
+        self.cfg, self.rubric, self.encode, self.verdict_ids = cfg, rubric, encode, verdict_ids
+
+    def _spec(self) -> SamplingSpec:
+        if self.cfg.verdict_mode == "probability":
+            return SamplingSpec(
+                n=1,
+                temperature=1.0,
+                max_tokens=1,
+                allowed_token_ids=self.verdict_ids,
+                top_logprobs=2,
+            )
+        return SamplingSpec(n=1, temperature=0.0, max_tokens=self.cfg.max_tokens)
+
+    def read(self, answer: Sample) -> float | None:
+        """P(X wins) from one critic answer; None when it holds no verdict."""
+        if self.cfg.verdict_mode != "probability":
+            return letter_probability(parse_verdict(answer.text))
+        if not answer.top_logprobs:
+            return None
+        first = answer.top_logprobs[0]
+        x, y = (first.get(token) for token in self.verdict_ids)
+        if x is None or y is None:
+            return None
+        p_x, p_y = math.exp(x), math.exp(y)
+        return p_x / (p_x + p_y)
 
     def score(self, questions: list[str], groups: list[list[Sample]], engine, seed: int):
         rng = random.Random(seed)
@@ -99,8 +148,7 @@ class SelfCritic:
                     jobs.append((g, first, second, aspect.name))
                     prompts.append(self.encode(pair_prompt(question, a, b, aspect.name)))
                     prompts.append(self.encode(pair_prompt(question, b, a, aspect.name)))
-        spec = SamplingSpec(n=1, temperature=0.0, max_tokens=self.cfg.max_tokens)
-        answers = engine.generate(prompts, spec) if prompts else []
+        answers = engine.generate(prompts, self._spec()) if prompts else []
         return self._aggregate(groups, jobs, prompts, answers)
 
     def _aggregate(self, groups, jobs, prompts, answers) -> CritiqueResult:
@@ -108,14 +156,14 @@ class SelfCritic:
         weights = {aspect.name: aspect.weight for aspect in self.rubric.aspects}
         per_group: list[dict[str, list]] = [{name: [] for name in weights} for _ in groups]
         for index, (g, first, second, aspect) in enumerate(jobs):
-            forward = parse_verdict(answers[2 * index][0].text)
-            backward = parse_verdict(answers[2 * index + 1][0].text)
+            forward = self.read(answers[2 * index][0])
+            backward = self.read(answers[2 * index + 1][0])
             outcome = pair_outcome(forward, backward)
             result.verdicts.append(
                 PairVerdict(g, first, second, aspect, forward, backward, outcome)
             )
             result.invalid += (forward is None) + (backward is None)
-            result.inconsistent += bool(forward and backward and forward == backward)
+            result.inconsistent += order_flipped(forward, backward)
             per_group[g][aspect].append((first, second, outcome))
         result.judged = len(jobs)
         result.tokens = sum(len(p) for p in prompts) + sum(

@@ -49,7 +49,10 @@ class TransformersEngine:
         new_tokens = out.sequences[:, width:]
         logprobs = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], dim=1)
         chosen = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)  # [rows, new]
-        samples = [self._sample(rows[r], new_tokens[r], chosen[r], spec) for r in range(len(rows))]
+        samples = [
+            self._sample(rows[r], new_tokens[r], chosen[r], logprobs[r], spec)
+            for r in range(len(rows))
+        ]
         return [samples[i * spec.n : (i + 1) * spec.n] for i in range(len(prompts))]
 
     def _generate_kwargs(self, ids, mask, spec: SamplingSpec) -> dict:
@@ -70,9 +73,19 @@ class TransformersEngine:
             kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
         if spec.stop:
             kwargs.update(stop_strings=list(spec.stop), tokenizer=self.tokenizer)
+        if spec.allowed_token_ids:
+            allowed = list(spec.allowed_token_ids)
+            kwargs["prefix_allowed_tokens_fn"] = lambda batch_id, ids: allowed
         return kwargs
 
-    def _sample(self, prompt, tokens: torch.Tensor, logprobs: torch.Tensor, spec) -> Sample:
+    def _sample(
+        self,
+        prompt,
+        tokens: torch.Tensor,
+        logprobs: torch.Tensor,
+        distributions: torch.Tensor,
+        spec,
+    ) -> Sample:
         ids = tokens.tolist()
         finish = "length"
         if not spec.ignore_eos and self.eos_id in ids:
@@ -98,3 +111,13 @@ class TransformersEngine:
 
     def shutdown(self) -> None:
         self.model = None
+
+
+def _top(distributions: torch.Tensor, k: int) -> tuple[dict[int, float], ...]:
+    """The k most likely tokens' logprobs at each position ([positions, vocab] log-probs)."""
+    if k == 0:
+        return ()
+    values, indices = distributions.topk(k, dim=-1)
+    return tuple(
+        dict(zip(i.tolist(), v.tolist(), strict=True)) for i, v in zip(indices, values, strict=True)
+    )

@@ -21,6 +21,8 @@ class SamplingSpec:
     seed: int | None = None  # per-call seed; None leaves the engine's generator as it is
     ignore_eos: bool = False  # keep generating past end-of-sequence (benchmarks: fixed lengths)
     stop: tuple[str, ...] = ()  # strings that end a sample (not included in its text)
+    allowed_token_ids: tuple[int, ...] = ()  # restrict sampling to these (the critic's verdicts)
+    top_logprobs: int = 0  # also report the k most likely tokens' logprobs at each position
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Sample:
     logprobs: tuple[float, ...]  # of the sampled tokens, under the distribution sampled from
     finish_reason: str  # "stop" (end of sequence or stop string) or "length"
     weight_version: int
+    top_logprobs: tuple[dict[int, float], ...] = ()  # per position, when SamplingSpec asks
 
 
 class RolloutEngine(Protocol):

@@ -65,16 +65,17 @@ class VLLMEngine:
             temperature=spec.temperature,
             top_p=spec.top_p,
             max_tokens=spec.max_tokens,
-            logprobs=0,  # the sampled token's own logprob only
+            logprobs=spec.top_logprobs,  # 0: the sampled token's own logprob only
+            allowed_token_ids=list(spec.allowed_token_ids) or None,
             seed=spec.seed,
             ignore_eos=spec.ignore_eos,
             stop=list(spec.stop) or None,
         )
         requests = [{"prompt_token_ids": list(ids)} for ids in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
-        return [self._samples(output) for output in outputs]
+        return [self._samples(output, spec.top_logprobs) for output in outputs]
 
-    def _samples(self, output) -> list[Sample]:
+    def _samples(self, output, top_logprobs: int) -> list[Sample]:
         prompt = tuple(output.prompt_token_ids)
         samples = []
         for completion in sorted(output.outputs, key=lambda c: c.index):
@@ -90,6 +91,12 @@ class VLLMEngine:
                     logprobs=logprobs,
                     finish_reason=completion.finish_reason or "length",
                     weight_version=self.weight_version,
+                    top_logprobs=tuple(
+                        {token: entry.logprob for token, entry in step.items()}
+                        for step in completion.logprobs
+                    )
+                    if top_logprobs
+                    else (),
                 )
             )
         return samples
