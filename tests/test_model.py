@@ -64,3 +64,12 @@ def test_checkpoint_without_routing_fields_gets_an_overlay(nano_model_path, tmp_
     assert load_model(overlay).config.n_routed_experts == 8  # weights reachable through links
     complete = prepare_model(ModelConfig(path=str(nano_model_path)), tmp_path / "cache")
     assert complete == nano_model_path  # nothing to add: used as it is
+
+
+def test_cache_key_follows_the_recipe(nano_model_path, cache_dir, monkeypatch):
+    """Another seed, or another tokenizer alphabet, never reuses a cached model."""
+    from selfcritic.model import build
+
+    assert prepare_model(ModelConfig(seed=1), cache_dir) != nano_model_path
+    monkeypatch.setattr(build, "ALPHABET", (*build.ALPHABET, "\t"))
+    assert prepare_model(ModelConfig(), cache_dir) != nano_model_path

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from selfcritic.config import ModelConfig
-from selfcritic.data.tokenizer import build_char_tokenizer, vocab_size
+from selfcritic.data.tokenizer import ALPHABET, SPECIAL_TOKENS, build_char_tokenizer, vocab_size
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
 _COMPLETE_MARKER = ".complete"
+_BUILD_FORMAT = 1  # bump when _build_locally writes different files for the same recipe
 # Config fields vLLM needs to read DeepseekV3 routing (see shared/notes/platform.md).
 VLLM_ROUTING_FIELDS = {"topk_method": "noaux_tc", "scoring_func": "sigmoid"}
 
@@ -56,7 +57,10 @@ def prepare_model(cfg: ModelConfig, cache_dir: Path) -> Path:
     if cfg.path:
         return _checkpoint_for_engines(Path(cfg.path).expanduser(), cache_dir)
     fields = deepseek_config_dict(cfg)
-    key = hashlib.sha256(json.dumps([fields, cfg.seed], sort_keys=True).encode()).hexdigest()[:12]
+    # The key covers everything the built files depend on: a change of dimensions, seed,
+    # tokenizer alphabet or build format gets a new directory instead of a stale cached model.
+    recipe = [fields, cfg.seed, ALPHABET, SPECIAL_TOKENS, _BUILD_FORMAT]
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     target = cache_dir / "models" / f"{cfg.preset}-{key}"
     if (target / _COMPLETE_MARKER).exists():
         return target
