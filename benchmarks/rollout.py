@@ -103,7 +103,7 @@ def main() -> None:
     cache = Path(tempfile.gettempdir()) / "selfcritic-bench"
     w1 = prepare_model(ModelConfig(preset="w1", arch=ArchConfig(vocab_size=512)), cache)
     small = prepare_model(load_preset("small"), cache)
-    prompts, tokens, rows = w1_prompts(), PROMPTS * SAMPLES * NEW_TOKENS, []
+    prompts, tokens = w1_prompts(), PROMPTS * SAMPLES * NEW_TOKENS
 
     learn_w1 = learner_step_seconds(w1, PROMPTS * SAMPLES, args.repeats)
     learn_small = learner_step_seconds(small, 16, 1)
@@ -137,7 +137,6 @@ def main() -> None:
         ("small", sync_small, copy_small, learn_small, pool_gen),
     ):
         step = gen + learn + sync
-        rows.append((name, sync, copy, sync / copy, sync / step))
         print(
             f"  sync {name:6s} {sync:7.3f} s vs copy {copy:6.3f} s = {sync / copy:5.1f} x;"
             f" {sync / step:5.1%} of an RL step of {step:.2f} s"

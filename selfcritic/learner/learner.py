@@ -189,12 +189,7 @@ class Learner:
 
     def _last_position_logits(self, prompts: list[tuple[int, ...]]) -> torch.Tensor:
         """[N, V] next-token logits after each prompt (right-padded batch)."""
-        width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        for row, prompt in enumerate(prompts):
-            ids[row, : len(prompt)] = torch.tensor(prompt)
-            attention[row, : len(prompt)] = 1
+        ids, attention, _ = pad_batch(prompts, [()] * len(prompts), self.pad_id)
         logits = self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
         last = torch.tensor([len(p) - 1 for p in prompts])
         return logits[torch.arange(len(prompts)), last].float()

@@ -31,7 +31,6 @@ class TransformersEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.generator_seed = cfg.seed
         self.weight_version = 0
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:

@@ -41,7 +41,6 @@ class _EngineActor:
             from selfcritic.rollout.vllm_engine import VLLMEngine
 
             self.engine = VLLMEngine(Path(model_path), cfg)
-        self.buckets: dict = {}
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         return self.engine.generate(prompts, spec)
