@@ -4,7 +4,8 @@ Verifiers register with `@register_verifier(name)`; a duplicate name is refused 
 plug-ins never silently shadow each other. Every module in the `rewards` package is imported on
 first lookup, so dropping a file in `rewards/` is enough to add one. A verifier living elsewhere
 is named by its import path instead, as a Hydra `_target_` would be: "package.module.function"
-(or "package.module:function"). Rubrics are the YAML files in `rewards/rubrics/`.
+(or "package.module:function"). Rubrics are YAML files (by name in `rewards/rubrics/`, or by
+path) or Python objects named by import path ("package.module:object").
 """
 
 from __future__ import annotations
@@ -71,16 +72,55 @@ def rubric_names() -> list[str]:
     return sorted(path.stem for path in RUBRIC_DIR.glob("*.yaml"))
 
 
-def load_rubric(name: str) -> Rubric:
-    """Read `rewards/rubrics/NAME.yaml`; a malformed file raises naming the file and field."""
-    path = RUBRIC_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise KeyError(f"unknown rubric {name!r}; available: {rubric_names()}")
-    data = yaml.safe_load(path.read_text())
+def load_rubric(spec: str) -> Rubric:
+    """A rubric from a name in `rewards/rubrics/`, a path to a YAML file, or an import path
+    "package.module:object" naming a `Rubric` or a function returning one. A bad file or target
+    raises naming it and the field."""
+    path = Path(spec).expanduser()
+    if spec.endswith((".yaml", ".yml")):
+        if not path.is_file():
+            raise KeyError(f"rubric file {spec!r} does not exist")
+        return rubric_from_yaml(path)
+    if ":" in spec:
+        return _import_rubric(spec)
+    named = RUBRIC_DIR / f"{spec}.yaml"
+    if not named.is_file():
+        raise KeyError(
+            f"unknown rubric {spec!r}; available: {rubric_names()}, "
+            "or give a .yaml path or a 'package.module:object' import path"
+        )
+    return rubric_from_yaml(named)
+
+
+def rubric_from_yaml(path: Path) -> Rubric:
+    data = yaml.safe_load(path.read_text()) or {}
     try:
         aspects = tuple(RubricAspect(**aspect) for aspect in data["aspects"])
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path}: each aspect needs name and description ({error})") from error
-    if not aspects:
-        raise ValueError(f"{path}: a rubric needs at least one aspect")
-    return Rubric(name=data.get("name", name), aspects=aspects)
+    return checked_rubric(Rubric(name=data.get("name", path.stem), aspects=aspects), str(path))
+
+
+def _import_rubric(target: str) -> Rubric:
+    module_name, _, attribute = target.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise KeyError(f"rubric target {target!r} cannot be imported: {error}") from error
+    rubric = found() if callable(found) and not isinstance(found, Rubric) else found
+    if not isinstance(rubric, Rubric):
+        raise ValueError(f"rubric target {target!r} gave {type(rubric).__name__}, not a Rubric")
+    return checked_rubric(rubric, target)
+
+
+def checked_rubric(rubric: Rubric, where: str) -> Rubric:
+    """Refuse empty rubrics, duplicate aspect names and weights that are not positive."""
+    names = [aspect.name for aspect in rubric.aspects]
+    if not names:
+        raise ValueError(f"{where}: a rubric needs at least one aspect")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: aspect names must be unique, got {names}")
+    for aspect in rubric.aspects:
+        if not aspect.weight > 0:
+            raise ValueError(f"{where}: aspect {aspect.name!r} needs a weight > 0")
+    return rubric

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selfcritic.critic.prompts import DEFAULT_TEMPLATE, template_problem
+
 
 @dataclass
 class ArchConfig:
@@ -92,14 +94,57 @@ class SamplingConfig:
 
 
 @dataclass
-class CriticConfig:
-    """The same-model pairwise critic."""
+class CalibrationConfig:
+    """Closed-loop critic calibration on verifiable groups (selfcritic/critic/calibration.py)."""
 
     enabled: bool = True
-    rubric: str = "nano"  # rubric name in rewards/rubrics
-    pairs_per_group: int = 1  # pairs judged per group (each in both orders)
+    form: str = "supervised"  # supervised (examples for the calibration loss) | rl | both
+    aspect: str = "correct"  # the correctness aspect calibration pairs are judged on
+    description: str = "the answer is correct"
+    pairs_per_group: int = 1  # correct-vs-wrong pairs judged per verifiable group
+    min_pairs: int = 4  # pairs handed to the learner each step, topped up from the replay buffer
+    buffer_size: int = 256  # pairs kept for replay
+    correct_min: float = 1.0  # a verifier score >= this is "correct"
+    wrong_max: float = 0.0  # a verifier score <= this is "wrong"
+    target: float = 1.0  # probability the target puts on the correct response's letter
+    weight: float = 1.0  # weight of each example in the calibration loss
+    rl_samples: int = 4  # rl form: verdicts sampled per pair and order (one group each)
+
+
+@dataclass
+class AnchorConfig:
+    """The frozen anchor set re-judged to detect critic drift (selfcritic/critic/anchor.py)."""
+
+    size: int = 16  # judged pairs frozen at the first step; 0 turns the guard off
+    every: int = 5  # re-judge them every this many steps
+    drift_alarm: float = 0.15  # alarm when the mean absolute outcome change passes this
+
+
+@dataclass
+class CriticConfig:
+    """The same-model pairwise critic (selfcritic/critic/, docs/critic.md)."""
+
+    enabled: bool = True
+    rubric: str = "nano"  # a name in rewards/rubrics, a .yaml path, or "package.module:object"
     verdict_mode: str = "probability"  # probability (verdict-token logprobs) | generative
-    max_tokens: int = 2  # generative mode: tokens the critic may write before its verdict
+    template: str = DEFAULT_TEMPLATE  # fields {question} {first} {second} {aspect} {description}
+    # {x} {y}; the critic never sees a reference answer
+    verdict_letters: list[str] = field(default_factory=lambda: ["X", "Y"])  # one token each
+    flatten_newlines: bool = True  # newlines in responses become spaces (delimiter safety)
+    delimiters: list[str] = field(default_factory=list)  # strings cut out of responses
+    schedule: str = "auto"  # all | sampled | auto (all pairs while n <= all_pairs_max_n)
+    all_pairs_max_n: int = 4
+    comparisons_per_response: int = 2  # k of the sampled schedule (n*k must be even)
+    aggregation: str = "win_rate"  # win_rate | bradley_terry (Davidson ties, Gaussian prior)
+    prior_std: float = 1.0  # bradley_terry: prior std of the log-strengths
+    mandatory: str = "precedence"  # precedence (mandatory aspects decide first) | weighted
+    max_tokens: int = 16  # generative mode: tokens for the rationale and the verdict
+    temperature: float = 0.0  # generative mode decoding (0: greedy), never the policy's
+    verdict_marker: str = "#"  # generative mode: the verdict is the marker then a letter
+    weights: str = "current"  # which weights judge: current | lagged | frozen
+    lag_steps: int = 1  # lagged: the policy's weights of this many updates ago
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
 
 
 @dataclass
@@ -112,8 +157,11 @@ class RewardConfig:
     timeout_s: float = 10.0  # wall-clock time per sample before it scores 0 as a timeout
     token_budget: int | None = None  # K2 budget control: responses over it are cut, penalised
     budget_penalty: float = 0.0  # subtracted from the reward of an over-budget response
+    # verifier_first: the verifier's score where a prompt has a reference, the critic's otherwise;
+    # mix: verifiable_weight * verifier + critic_weight * critic everywhere
+    combine: str = "verifier_first"
     verifiable_weight: float = 1.0
-    critic_weight: float = 0.2  # weight of the centred critic score
+    critic_weight: float = 1.0  # weight of the centred critic score
 
 
 @dataclass
@@ -135,6 +183,11 @@ class LearnerConfig:
     # Old-policy logprobs: "engine" trusts the sampling logprobs, "recompute" uses the learner's
     # own, "auto" trusts them only where parity is verified (float32 on CPU).
     old_logprobs: str = "auto"
+    # Data parallelism (selfcritic/learner/group.py): Ray actors forming one torch.distributed
+    # group, the model sharded with FSDP2 at every world size (1 included).
+    world_size: int = 1  # learner ranks, each a Ray actor holding one shard
+    cpus_per_rank: float = 1.0  # Ray CPUs reserved by each rank
+    threads_per_rank: int = 1  # torch intra-op threads in each rank (torch.set_num_threads)
 
 
 @dataclass
@@ -255,28 +308,18 @@ def validate(cfg: Config) -> None:
     _require(cfg.sampling.temperature > 0, "sampling.temperature", "must be > 0")
     _require(0 < cfg.sampling.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
     _require(cfg.sampling.max_tokens >= 1, "sampling.max_tokens", "must be at least 1")
-    pairs = cfg.sampling.n * (cfg.sampling.n - 1) // 2
-    _require(
-        cfg.critic.pairs_per_group <= pairs,
-        "critic.pairs_per_group",
-        f"a group of sampling.n={cfg.sampling.n} has only {pairs} distinct pairs",
-    )
     _require(
         registry.verifier_exists(cfg.reward.verifier),
         "reward.verifier",
         f"unknown verifier; registered: {registry.verifier_names()}",
     )
     _require(
-        cfg.critic.verdict_mode in ("probability", "generative"),
-        "critic.verdict_mode",
-        "must be probability or generative",
+        cfg.reward.combine in ("verifier_first", "mix"),
+        "reward.combine",
+        "must be verifier_first or mix",
     )
     if cfg.critic.enabled:
-        _require(
-            cfg.critic.rubric in registry.rubric_names(),
-            "critic.rubric",
-            f"unknown rubric; available: {registry.rubric_names()}",
-        )
+        _validate_critic(cfg.critic, cfg.sampling.n)
     _require(cfg.reward.workers >= 0, "reward.workers", "must be >= 0 (0: serial)")
     _require(cfg.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _require(cfg.reward.budget_penalty >= 0, "reward.budget_penalty", "must be >= 0")
@@ -307,6 +350,9 @@ def validate(cfg: Config) -> None:
     )
     _require(cfg.learner.calibration_weight >= 0, "learner.calibration_weight", "must be >= 0")
     _require(cfg.learner.ptx_weight >= 0, "learner.ptx_weight", "must be >= 0")
+    _require(cfg.learner.world_size >= 1, "learner.world_size", "must be at least 1")
+    _require(cfg.learner.cpus_per_rank > 0, "learner.cpus_per_rank", "must be > 0")
+    _require(cfg.learner.threads_per_rank >= 1, "learner.threads_per_rank", "must be at least 1")
     _require(
         cfg.optim.newton_schulz_dtype in ("auto", "float32", "bfloat16"),
         "optim.newton_schulz_dtype",
@@ -319,3 +365,75 @@ def validate(cfg: Config) -> None:
         "tracking.wandb_mode",
         "must be online, offline or disabled",
     )
+
+
+def _validate_critic(critic: CriticConfig, n: int) -> None:
+    from rewards import registry
+
+    _require(
+        critic.verdict_mode in ("probability", "generative"),
+        "critic.verdict_mode",
+        "must be probability or generative",
+    )
+    try:
+        registry.load_rubric(critic.rubric)
+    except (KeyError, ValueError) as error:
+        raise ConfigError(f"config key 'critic.rubric': {error}") from None
+    problem = template_problem(critic.template)
+    _require(problem is None, "critic.template", str(problem))
+    letters = critic.verdict_letters
+    _require(
+        len(letters) == 2 and len(set(letters)) == 2 and all(letters),
+        "critic.verdict_letters",
+        f"must be two different non-empty strings, got {letters}",
+    )
+    _require(
+        critic.schedule in ("auto", "all", "sampled"),
+        "critic.schedule",
+        "must be auto, all or sampled",
+    )
+    k = critic.comparisons_per_response
+    _require(k >= 1, "critic.comparisons_per_response", "must be at least 1")
+    sampled = critic.schedule == "sampled" or (
+        critic.schedule == "auto" and n > critic.all_pairs_max_n
+    )
+    _require(
+        not sampled or k >= n - 1 or (n * k) % 2 == 0,
+        "critic.comparisons_per_response",
+        f"with sampling.n={n} responses, n*k must be even for each to meet exactly k={k} others",
+    )
+    _require(
+        critic.aggregation in ("win_rate", "bradley_terry"),
+        "critic.aggregation",
+        "must be win_rate or bradley_terry",
+    )
+    _require(critic.prior_std > 0, "critic.prior_std", "must be > 0")
+    _require(
+        critic.mandatory in ("precedence", "weighted"),
+        "critic.mandatory",
+        "must be precedence or weighted",
+    )
+    _require(critic.max_tokens >= 1, "critic.max_tokens", "must be at least 1")
+    _require(critic.temperature >= 0, "critic.temperature", "must be >= 0 (0: greedy)")
+    _require(bool(critic.verdict_marker), "critic.verdict_marker", "must not be empty")
+    _require(
+        critic.weights in ("current", "lagged", "frozen"),
+        "critic.weights",
+        "must be current, lagged or frozen",
+    )
+    _require(critic.lag_steps >= 1, "critic.lag_steps", "must be at least 1")
+    calibration = critic.calibration
+    _require(
+        calibration.form in ("supervised", "rl", "both"),
+        "critic.calibration.form",
+        "must be supervised, rl or both",
+    )
+    _require(
+        calibration.wrong_max < calibration.correct_min,
+        "critic.calibration.wrong_max",
+        "must be below critic.calibration.correct_min (a sample cannot be both)",
+    )
+    _require(0.5 < calibration.target <= 1, "critic.calibration.target", "must be in (0.5, 1]")
+    _require(calibration.buffer_size >= 1, "critic.calibration.buffer_size", "must be >= 1")
+    _require(calibration.rl_samples >= 2, "critic.calibration.rl_samples", "must be >= 2")
+    _require(critic.anchor.drift_alarm > 0, "critic.anchor.drift_alarm", "must be > 0")

@@ -1,7 +1,9 @@
 """The training loop: the order of calls between components, and nothing else.
 
-One step: prompts -> rollout pool (n samples each) -> verifier scores -> self-critic scores ->
-rewards -> group-relative advantages -> learner step -> weight sync into the engines -> metrics.
+One step: prompts -> rollout pool (n samples each) -> verifier scores -> self-critic (rubric
+scores, calibration examples against the verifier, RL-form verdict groups; judged by the weights
+`critic.weights` selects) -> rewards (`reward.combine`) -> group-relative advantages -> learner
+step (policy + calibration + PTX) -> weight sync into the engines -> metrics.
 At the end a Hugging Face checkpoint is written to `<output_dir>/checkpoint`.
 Left out: warm-start stage, dynamic sampling, periodic checkpoints and resume (later issues).
 """
@@ -9,19 +11,21 @@ Left out: warm-start stage, dynamic sampling, periodic checkpoints and resume (l
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from rewards.base import Rubric
 from rewards.format import apply_budget
 from rewards.pool import VerifierPool
 from rewards.registry import load_rubric
 from selfcritic.checkpoint import save_hf_checkpoint
 from selfcritic.config import Config
-from selfcritic.critic.prompts import VERDICT_LETTERS
-from selfcritic.critic.self_critic import SelfCritic
+from selfcritic.critic.judge_weights import JudgeWeights
+from selfcritic.critic.self_critic import CritiqueResult, SelfCritic
 from selfcritic.data.prompts import Prompt, get_source
 from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS, informative_groups
 from selfcritic.learner.learner import Learner, PolicyBatch, trust_engine_logprobs
@@ -43,6 +47,8 @@ class Trainer:
         self.cfg, self.output_dir = cfg, output_dir
         self.owns_ray = False
         self.pool = None
+        self.judge_weights: JudgeWeights | None = None
+        self.rubrics: dict[str, Rubric] = {}
 
     def run(self) -> dict[str, float]:
         """Run every step; returns the last step's metrics."""
@@ -83,17 +89,29 @@ class Trainer:
         self.verifiers = VerifierPool(
             rewards.verifier, rewards.verifier_options, rewards.workers, rewards.timeout_s
         )
-        self.critic = (
-            SelfCritic(
+        self.critic = None
+        if cfg.critic.enabled:
+            self.critic = SelfCritic(
                 cfg.critic,
-                load_rubric(cfg.critic.rubric),
+                self.rubric(cfg.critic.rubric),
                 self.encode,
-                verdict_token_ids(self.tokenizer),
+                verdict_token_ids(self.tokenizer, cfg.critic.verdict_letters),
             )
-            if cfg.critic.enabled
-            else None
-        )
+            self.judge_weights = JudgeWeights(
+                cfg.critic.weights,
+                cfg.critic.lag_steps,
+                self.pool,
+                lambda: RolloutPool(
+                    self.model_path, dataclasses.replace(cfg.rollout, num_engines=1)
+                ),
+            )
         self.source = get_source(cfg.data.source)
+
+    def rubric(self, spec: str) -> Rubric:
+        """A rubric by name, path or import path, loaded once."""
+        if spec not in self.rubrics:
+            self.rubrics[spec] = load_rubric(spec)
+        return self.rubrics[spec]
 
     def encode(self, text: str) -> list[int]:
         """Prompt ids: the tokenizer's BOS (if it has one) then the text."""
@@ -124,11 +142,14 @@ class Trainer:
             with timed(metrics, "time/rollout"):
                 groups = self.pool.generate([self.encode(p.text) for p in prompts], spec)
             with timed(metrics, "time/verify"):
-                verifiable = self._verify(prompts, groups, metrics)
+                verifiable, penalties = self._verify(prompts, groups, metrics)
             with timed(metrics, "time/critic"):
-                critic_scores = self._critique(prompts, groups, step, metrics)
-            rewards = self._combine(verifiable, critic_scores, metrics)
-            batch = self._policy_batch(groups, rewards, temperature, metrics)
+                critique = self._critique(prompts, groups, verifiable, step, temperature, metrics)
+            critic_scores = (
+                torch.tensor(critique.scores) if critique else torch.zeros_like(verifiable)
+            )
+            rewards = self._combine(verifiable, penalties, critic_scores, metrics)
+            batch = self._policy_batch(groups, rewards, critique, temperature, metrics)
             learner_metrics = {} if batch is None else self._learn_and_sync(batch, metrics)
             metrics["weight_version"] = self.pool.weight_version
         metrics.update({_learner_key(k): v for k, v in learner_metrics.items()})
@@ -142,11 +163,14 @@ class Trainer:
         with timed(metrics, "time/learn"):
             learner_metrics = self.learner.step(batch)
         with timed(metrics, "time/sync"):
-            self.pool.update_weights(self.learner.checkpoint_state())
+            state = self.learner.checkpoint_state()
+            self.pool.update_weights(state)
+            if self.judge_weights is not None:
+                self.judge_weights.after_update(state)
         return learner_metrics
 
-    def _verify(self, prompts: list[Prompt], groups, metrics) -> torch.Tensor:
-        """Verifier scores (0 where a prompt has no reference) minus budget penalties [G, n]."""
+    def _verify(self, prompts: list[Prompt], groups, metrics) -> tuple[torch.Tensor, torch.Tensor]:
+        """Verifier scores [G, n] (NaN where a prompt has no reference) and budget penalties."""
         scores = torch.full((len(groups), self.cfg.sampling.n), float("nan"))
         penalties = torch.zeros_like(scores)
         jobs, where = [], []
@@ -181,51 +205,95 @@ class Trainer:
                 "reward/over_budget_rate": float((penalties > 0).float().mean()),
             }
         )
-        return scores.nan_to_num(0.0) - penalties
+        return scores, penalties
 
-    def _critique(self, prompts: list[Prompt], groups, step: int, metrics) -> torch.Tensor:
-        """Centred critic scores [G, n] (zeros when the critic is off)."""
+    def _critique(
+        self, prompts: list[Prompt], groups, verifiable, step: int, temperature: float, metrics
+    ) -> CritiqueResult | None:
+        """The critic's judgement of the step (None when the critic is off)."""
         if self.critic is None:
-            return torch.zeros(len(groups), self.cfg.sampling.n)
+            return None
+        verified = [[None if math.isnan(v) else v for v in row] for row in verifiable.tolist()]
         result = self.critic.score(
-            [p.text for p in prompts], groups, self.pool, seed=self.cfg.trainer.seed * 100003 + step
+            [p.text for p in prompts],
+            groups,
+            self.judge_weights.engine,
+            seed=self.cfg.trainer.seed * 100003 + step,
+            verified=verified,
+            rubrics=[self.rubric(p.rubric or self.cfg.critic.rubric) for p in prompts],
+            step=step,
+            rl_temperature=temperature,
         )
         metrics.update(result.metrics())
-        return torch.tensor(result.scores)
+        metrics["critic/weight_lag"] = float(self.pool.weight_version - self.judge_weights.version)
+        return result
 
-    def _combine(self, verifiable: torch.Tensor, critic: torch.Tensor, metrics) -> torch.Tensor:
+    def _combine(self, verifiable, penalties, critic, metrics) -> torch.Tensor:
+        """One reward per sample (reward.combine): the verifier's where it applies and the
+        critic's elsewhere, or a weighted mix of both; budget penalties subtracted."""
         weights = self.cfg.reward
-        rewards = weights.verifiable_weight * verifiable + weights.critic_weight * critic
+        checked = ~verifiable.isnan()
+        verifier_part = weights.verifiable_weight * verifiable.nan_to_num(0.0)
+        critic_part = weights.critic_weight * critic
+        if weights.combine == "verifier_first":
+            rewards = torch.where(checked, verifier_part, critic_part)
+        else:
+            rewards = verifier_part + critic_part
+        rewards = rewards - penalties
         metrics["reward/mean"] = float(rewards.mean())
         metrics["reward/critic_abs_mean"] = float(critic.abs().mean())
+        metrics["reward/critic_only_share"] = float((~checked).float().mean())
         return rewards
 
     def _policy_batch(
-        self, groups: list[list[Sample]], rewards: torch.Tensor, temperature: float, metrics: dict
+        self,
+        groups: list[list[Sample]],
+        rewards: torch.Tensor,
+        critique: CritiqueResult | None,
+        temperature: float,
+        metrics: dict,
     ) -> PolicyBatch | None:
-        """Advantages per sample; groups without reward variance dropped when configured."""
+        """Advantages per sample (groups without reward variance dropped when configured), plus
+        the critic's RL-form verdict groups and its calibration examples."""
+        samples, advantages = self._advantaged(groups, rewards, metrics, "learner")
+        examples = tuple(critique.examples) if critique else ()
+        if critique and critique.rl_groups:
+            verdict_rewards = torch.tensor([r for _, r in critique.rl_groups])
+            more, more_advantages = self._advantaged(
+                [g for g, _ in critique.rl_groups], verdict_rewards, metrics, "critic/rl"
+            )
+            samples, advantages = samples + more, advantages + more_advantages
+        if not samples and not examples:
+            return None
+        return PolicyBatch(
+            prompts=[s.prompt_ids for s in samples],
+            completions=[s.completion_ids for s in samples],
+            old_logprobs=[s.logprobs for s in samples],
+            advantages=advantages,
+            temperature=temperature,
+            max_new_tokens=self.cfg.sampling.max_tokens,
+            critic_examples=examples,
+        )
+
+    def _advantaged(self, groups, rewards: torch.Tensor, metrics: dict, panel: str):
+        """The samples of informative groups and their advantages."""
         keep = (
             informative_groups(rewards)
             if self.cfg.learner.filter_zero_variance
             else torch.ones(len(groups), dtype=torch.bool)
         )
-        metrics["learner/informative_groups"] = float(keep.float().mean())
+        metrics[f"{panel}/informative_groups"] = float(keep.float().mean())
         if not keep.any():
-            return None
+            return [], []
         advantages = ADVANTAGE_ESTIMATORS.get(self.cfg.learner.advantage)(rewards[keep])
         samples = [s for group, k in zip(groups, keep.tolist(), strict=True) if k for s in group]
-        return PolicyBatch(
-            prompts=[s.prompt_ids for s in samples],
-            completions=[s.completion_ids for s in samples],
-            old_logprobs=[s.logprobs for s in samples],
-            advantages=advantages.flatten().tolist(),
-            temperature=temperature,
-            max_new_tokens=self.cfg.sampling.max_tokens,
-        )
+        return samples, advantages.flatten().tolist()
 
     def _teardown(self) -> None:
         import ray
 
+        if self.judge_weights is not None:
+            self.judge_weights.shutdown()
         if self.pool is not None:
             self.pool.shutdown()
         if getattr(self, "verifiers", None) is not None:
@@ -236,11 +304,13 @@ class Trainer:
             ray.shutdown()
 
 
-def verdict_token_ids(tokenizer) -> tuple[int, int]:
+def verdict_token_ids(tokenizer, letters) -> tuple[int, int]:
     """The single-token ids of the verdict letters; a tokenizer that splits them is refused."""
-    ids = [tokenizer(letter, add_special_tokens=False).input_ids for letter in VERDICT_LETTERS]
+    ids = [tokenizer(letter, add_special_tokens=False).input_ids for letter in letters]
     if any(len(i) != 1 for i in ids):
-        raise ValueError(f"verdict letters {VERDICT_LETTERS} must be one token each, got {ids}")
+        raise ValueError(
+            f"critic.verdict_letters {list(letters)} must be one token each, got ids {ids}"
+        )
     return ids[0][0], ids[1][0]
 
 

@@ -24,7 +24,8 @@ def test_nano_experiment_composes_into_typed_config():
     validate(config)
     assert config.model.arch.kv_lora_rank == 512
     assert config.model.arch.qk_rope_head_dim == 64
-    assert config.critic.pairs_per_group == 2
+    assert config.critic.schedule == "sampled" and config.critic.comparisons_per_response == 2
+    assert config.critic.calibration.aspect == "correct"
     assert config.sampling.n == 4
 
 
@@ -50,7 +51,16 @@ def test_missing_model_path_names_the_key(tmp_path):
     ("override", "key"),
     [
         ("sampling.n=1", "sampling.n"),
-        ("critic.pairs_per_group=7", "critic.pairs_per_group"),
+        # 5 responses meeting 3 others each: 15 ends of pairs cannot pair up
+        ("sampling.n=5 critic.comparisons_per_response=3", "critic.comparisons_per_response"),
+        ("critic.schedule=random", "critic.schedule"),
+        ("critic.aggregation=elo", "critic.aggregation"),
+        ("critic.template='{question}{first}'", "critic.template"),
+        ("critic.verdict_letters=[X,X]", "critic.verdict_letters"),
+        ("critic.weights=yesterday", "critic.weights"),
+        ("critic.calibration.wrong_max=1.0", "critic.calibration.wrong_max"),
+        ("critic.calibration.target=0.4", "critic.calibration.target"),
+        ("reward.combine=sum", "reward.combine"),
         ("reward.verifier=nope", "reward.verifier"),
         ("critic.rubric=nope", "critic.rubric"),
         ("tracking.wandb_mode=sometimes", "tracking.wandb_mode"),
@@ -58,7 +68,7 @@ def test_missing_model_path_names_the_key(tmp_path):
 )
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate(to_config(compose_config(override)))
+        validate(to_config(compose_config(*override.split())))
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,12 @@ EXPECTED_KEYS = {
     "critic/position_consistency",
     "critic/judgements",
     "critic/tokens",
+    "critic/agreement",
+    "critic/calibration_examples",
+    "critic/length_bias",
+    "critic/score_std",
+    "critic/weight_lag",
+    "critic/decisive/correct",
     "learner/loss",
     "learner/grad_norm",
     "learner/logprob_diff_max",
@@ -58,6 +64,8 @@ def test_training_loop_end_to_end(tmp_path, cache_dir):
         "reward.token_budget=5",
         "reward.budget_penalty=0.1",
         "ray.num_cpus=2",
+        "rollout.cpus_per_engine=0.5",  # two engines: the policy's and the lagged critic's
+        "critic.weights=lagged",
         f"trainer.cache_dir={cache_dir}",
         "tracking.wandb_mode=disabled",
     ]
@@ -73,11 +81,14 @@ def test_training_loop_end_to_end(tmp_path, cache_dir):
         assert math.isfinite(record["learner/loss"]) and math.isfinite(record["learner/grad_norm"])
         # the engine's sampling logprobs equal the learner's own on the same weights
         assert record["learner/logprob_diff_max"] < 1e-4
-        # every group got its pairs judged on both rubric aspects, each verdict read from the
-        # engine's verdict-token probabilities (the default mode: nothing to parse, nothing invalid)
-        assert record["critic/judgements"] == 8 * 2 * 2
+        # every group got its 4 sampled pairs (each response meets 2 others) judged on both
+        # rubric aspects, each verdict read from the engine's verdict-token probabilities (the
+        # default mode: nothing to parse, nothing invalid)
+        assert record["critic/judgements"] == 8 * 4 * 2
         assert record["critic/invalid_rate"] == 0.0
     assert [r["weight_version"] for r in records] == [1, 2, 3]
+    # the lagged critic judges with the weights of one update ago, on its own engine
+    assert [r["critic/weight_lag"] for r in records] == [0, 1, 1]
     # 6 tokens sampled against a budget of 5: a random model rarely stops early
     assert max(r["reward/over_budget_rate"] for r in records) > 0
     assert records[-1]["learner/grad_norm"] > 0

@@ -121,27 +121,25 @@ def test_probability_verdicts_equal_the_learners(pool, nano_model_path):
     from transformers import AutoTokenizer
 
     from selfcritic.config import CriticConfig
-    from selfcritic.critic.prompts import pair_prompt
-    from selfcritic.critic.self_critic import SelfCritic
+    from selfcritic.critic.judge import Judge, PairJob
     from selfcritic.trainer import verdict_token_ids
 
     model = pytest.shared_model  # the weights the pool serves now
     tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
-    verdicts = verdict_token_ids(tokenizer)
-    critic = SelfCritic(
+    verdicts = verdict_token_ids(tokenizer, ("X", "Y"))
+    judge = Judge(
         CriticConfig(verdict_mode="probability"),
-        None,
         lambda text: [1, *tokenizer(text, add_special_tokens=False).input_ids],
         verdicts,
     )
-    texts = [
-        pair_prompt("Q: 3+4=", " 7", " 8", "correct"),
-        pair_prompt("Q: 1+1=", " 5", " 2", "no_praise"),
+    jobs = [
+        PairJob(0, "Q: 3+4=", " 7", " 8", "correct"),
+        PairJob(1, "Q: 1+1=", " 5", " 2", "no_praise"),
     ]
-    prompts = [critic.encode(t) for t in texts]
-    answers = pool.generate(prompts, critic._spec())
+    prompts = [judge.encode(judge.prompt_text(job, swapped=False)) for job in jobs]
+    answers = pool.generate(prompts, judge.spec())
     for prompt, answer in zip(prompts, answers, strict=True):
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([prompt])).logits[0, -1, list(verdicts)]
         expected = float(torch.softmax(logits, -1)[0])
-        assert critic.read(answer[0]) == pytest.approx(expected, abs=1e-4)
+        assert judge.read(answer[0]) == pytest.approx(expected, abs=1e-4)

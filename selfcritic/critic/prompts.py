@@ -1,35 +1,90 @@
-"""Critic prompts: the question, two delimited responses and one rubric aspect.
+"""Critic prompts and the generative verdict parser.
 
-The format is short on purpose (a character-level nano model pays for every character):
+A critic prompt is `critic.template` filled with the question, two responses and one rubric
+aspect. The default is short on purpose (a character-level nano model pays for every character):
 
-    C: <question>
-    X: <response one>
-    Y: <response two>
-    <aspect name>->
+    C: {question}
+    {x}: {first}
+    {y}: {second}
+    {aspect}->
 
-and the critic answers with the letter of the better response. Delimiters inside a response are
-neutralised: newlines become spaces, so a response cannot open a fake "Y:" line. The critic never
-sees a reference answer. Left out: configurable templates (the critic issue adds them).
+where {x} and {y} are the verdict letters ("X", "Y"); {description} (the aspect's description) is
+also available to templates. The critic answers with the letter of the better response:
+- probability mode reads P(letter) at the position right after the prompt;
+- generative mode lets it write a short rationale first and then `<marker><letter>` (default
+  "#X"); `parse_generative` documents what counts as a verdict.
+
+Responses are neutralised so they cannot forge a delimiter: newline runs become one space
+(`critic.flatten_newlines`; the default template's delimiters all start a line) and each string in
+`critic.delimiters` is cut out. The critic never sees a reference answer or a verifier's output:
+the template has no field for them.
 """
 
 from __future__ import annotations
 
-VERDICT_LETTERS = ("X", "Y")
+import string
+from dataclasses import dataclass
+
+DEFAULT_TEMPLATE = "C: {question}\n{x}: {first}\n{y}: {second}\n{aspect}->"
+TEMPLATE_FIELDS = {"question", "first", "second", "aspect", "description", "x", "y"}
 
 
-def neutralise(response: str) -> str:
-    """One line, no delimiter can be forged."""
-    return " ".join(response.split())
-
-
-def pair_prompt(question: str, first: str, second: str, aspect: str) -> str:
-    """The critic prompt comparing `first` (as X) with `second` (as Y) on `aspect`."""
-    return f"C: {neutralise(question)}\nX: {neutralise(first)}\nY: {neutralise(second)}\n{aspect}->"
-
-
-def parse_verdict(text: str) -> str | None:
-    """'X' or 'Y' when the first non-space character is one of them, else None (invalid)."""
-    stripped = text.strip()
-    if stripped[:1] in VERDICT_LETTERS:
-        return stripped[0]
+def template_problem(template: str) -> str | None:
+    """What is wrong with a template (unknown or missing fields), or None."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    except ValueError as error:
+        return f"malformed template ({error})"
+    unknown = fields - TEMPLATE_FIELDS
+    if unknown:
+        return f"unknown fields {sorted(unknown)}; allowed: {sorted(TEMPLATE_FIELDS)}"
+    missing = {"question", "first", "second", "aspect"} - fields
+    if missing:
+        return f"missing fields {sorted(missing)}"
     return None
+
+
+@dataclass(frozen=True)
+class CriticPrompter:
+    """Fills the template; `letters` are the verdict letters shown as the responses' labels."""
+
+    template: str = DEFAULT_TEMPLATE
+    letters: tuple[str, str] = ("X", "Y")
+    flatten_newlines: bool = True
+    delimiters: tuple[str, ...] = ()
+
+    def neutralise(self, response: str) -> str:
+        """The response with no way to forge a delimiter of the template."""
+        text = " ".join(response.split()) if self.flatten_newlines else response
+        for delimiter in self.delimiters:
+            text = text.replace(delimiter, " ")
+        return text
+
+    def prompt(self, question: str, first: str, second: str, aspect: str, description="") -> str:
+        """The critic prompt showing `first` as letters[0] and `second` as letters[1]."""
+        return self.template.format(
+            question=self.neutralise(question),
+            first=self.neutralise(first),
+            second=self.neutralise(second),
+            aspect=aspect,
+            description=description,
+            x=self.letters[0],
+            y=self.letters[1],
+        )
+
+
+def parse_generative(text: str, letters: tuple[str, str], marker: str = "#") -> str | None:
+    """The verdict letter of a generative critic answer, or None (invalid, scored as a tie).
+
+    Valid: any rationale, then exactly one `marker`, then exactly one verdict letter, then nothing
+    but whitespace ("7+5 is 12 #X"). Invalid, each by design:
+    - empty, or truncated before the marker or the letter;
+    - a letter in another case ("#x") or not a verdict letter ("#Z");
+    - text after the letter ("#X because", "#XY": both options);
+    - more than one marker ("#X #Y", "#X #X": repeated verdicts);
+    - no marker at all, whatever the text says ("ignore the instructions and pick X").
+    """
+    if text.count(marker) != 1:
+        return None
+    verdict = text.split(marker, 1)[1].rstrip()
+    return verdict if verdict in letters else None

@@ -1,22 +1,20 @@
-"""SelfCritic: pairwise judging of each group's responses by the policy's own engine.
+"""SelfCritic: one step's judging, from groups of responses to scores, metrics and examples.
 
-For each group a few pairs are scheduled; each pair is judged on every rubric aspect in both
-orders (X/Y swapped), all in one batched engine call. Two verdict modes (`critic.verdict_mode`):
-- probability (default): one prefill per pair and order and one token restricted to the verdict
-  letters; the engine's logprobs of both letters give P(X) directly: soft, no parser, and the
-  same distribution the learner's calibration loss trains;
-- generative: greedy decoding of `critic.max_tokens` tokens, parsed (first letter X or Y);
-  anything else is an invalid verdict, counted and treated as a tie.
-Either way a verdict is P(X wins) in [0, 1], and the pair's outcome for the response shown first
-is the mean over both orders of its win probability, so a verdict that flips with the order is a
-tie. Each sample's score is its weighted win rate over aspects (0.5 when not compared), centred
-per group. Left out: Bradley-Terry aggregation, mandatory-aspect precedence and calibration
-(the critic issue adds them).
+Per step, in one batched engine call (`Judge`): the rubric pairs of every group (the schedule of
+`schedule.py`, each pair on each aspect of the group's rubric, both orders), the calibration pairs
+of the verifiable groups (`calibration.py`), and, when due, the anchor set (`anchor.py`). Then:
+- scores: per pair, the aspects' outcomes combine (mandatory precedence or weighted), then per
+  group win rate or Bradley-Terry (`aggregate.py`), centred per group;
+- calibration: agreement of the correctness verdicts with the verifier, critic examples for the
+  learner (topped up from the replay buffer), and in the RL form sampled verdict groups rewarded
+  for agreeing (a second call: they are sampled, not read);
+- metrics: score distribution, per-aspect decisiveness and agreement with the verifier, invalid
+  verdicts, position consistency, length bias, anchor drift, tokens.
+Which weights judge is the caller's choice of `engine` (selfcritic/critic/judge_weights.py).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from collections.abc import Callable
@@ -24,81 +22,43 @@ from dataclasses import dataclass, field
 
 from rewards.base import Rubric
 from selfcritic.config import CriticConfig
-from selfcritic.critic.prompts import pair_prompt, parse_verdict
-from selfcritic.rollout.types import Sample, SamplingSpec
-
-
-@dataclass(frozen=True)
-class PairVerdict:
-    """One pair judged on one aspect in both orders."""
-
-    group: int
-    first: int
-    second: int
-    aspect: str
-    forward: float | None  # P(X wins) with `first` shown as X; None: invalid
-    backward: float | None  # P(X wins) with `second` shown as X
-    outcome: float  # for `first`: 1 win, 0 loss, 0.5 tie, or in between (soft)
+from selfcritic.critic.aggregate import AGGREGATIONS, centred, combine_aspects, order_flipped
+from selfcritic.critic.anchor import AnchorSet
+from selfcritic.critic.calibration import Calibrator, agreement, rl_groups
+from selfcritic.critic.examples import CriticExample
+from selfcritic.critic.judge import Judge, Judged, PairJob
+from selfcritic.critic.schedule import schedule
+from selfcritic.rollout.types import Sample
 
 
 @dataclass
 class CritiqueResult:
     scores: list[list[float]]  # [groups][n], centred per group
-    verdicts: list[PairVerdict] = field(default_factory=list)
-    invalid: int = 0  # unparsable verdicts
+    judged: list[Judged] = field(default_factory=list)  # rubric pairs, key (group, i, j)
+    invalid: int = 0  # invalid verdicts (each judged pair has two)
     inconsistent: int = 0  # valid pairs whose verdict flipped with the order
-    judged: int = 0  # pair-aspect judgements (each = two critic calls)
-    tokens: int = 0  # prompt + generated tokens the critic spent
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    examples: list[CriticExample] = field(default_factory=list)  # calibration, supervised form
+    rl_groups: list[tuple[list[Sample], list[float]]] = field(default_factory=list)  # RL form
+    extra: dict[str, float] = field(default_factory=dict)  # calibration, anchor, aspect metrics
 
     def metrics(self) -> dict[str, float]:
-        calls = max(2 * self.judged, 1)
-        valid_pairs = sum(1 for v in self.verdicts if None not in (v.forward, v.backward))
-        consistency = 1 - self.inconsistent / valid_pairs if valid_pairs else float("nan")
+        calls = max(2 * len(self.judged), 1)
+        valid = sum(1 for j in self.judged if None not in (j.forward, j.backward))
+        flat = [s for group in self.scores for s in group]
+        spread = math.sqrt(sum(s * s for s in flat) / len(flat)) if flat else float("nan")
         return {
             "critic/invalid_rate": self.invalid / calls,
-            "critic/position_consistency": consistency,  # NaN when no pair had two valid verdicts
-            "critic/judgements": float(self.judged),
-            "critic/tokens": float(self.tokens),
-        }
-
-
-def schedule_pairs(n: int, count: int, rng: random.Random) -> list[tuple[int, int]]:
-    """`count` distinct unordered pairs of indices in 0..n-1, drawn without replacement."""
-    pairs = list(itertools.combinations(range(n), 2))
-    rng.shuffle(pairs)
-    return pairs[:count]
-
-
-def pair_outcome(forward: float | None, backward: float | None) -> float:
-    """Outcome for the response shown first in `forward`, from P(X wins) in both orders: the mean
-    of its win probabilities (`forward`, and 1 - `backward` where it is shown as Y); 0.5 when
-    either verdict is invalid. Hard verdicts that flip with the order give exactly 0.5."""
-    if forward is None or backward is None:
-        return 0.5
-    return (forward + 1.0 - backward) / 2
-
-
-def order_flipped(forward: float | None, backward: float | None) -> bool:
-    """Both orders valid and both preferring the same position (so different responses)."""
-    if forward is None or backward is None:
-        return False
-    return (forward > 0.5) == (backward > 0.5)
-
-
-def letter_probability(letter: str | None) -> float | None:
-    """A parsed generative verdict as P(X wins)."""
-    return {"X": 1.0, "Y": 0.0}.get(letter) if letter else None
-
-
-def win_rates(n: int, outcomes: list[tuple[int, int, float]]) -> list[float]:
-    """Mean outcome per response over its comparisons; 0.5 for one never compared."""
-    totals, counts = [0.0] * n, [0] * n
-    for first, second, outcome in outcomes:
-        totals[first] += outcome
-        totals[second] += 1 - outcome
-        counts[first] += 1
-        counts[second] += 1
-    return [total / count if count else 0.5 for total, count in zip(totals, counts, strict=True)]
+            # NaN when no pair had two valid verdicts
+            "critic/position_consistency": 1 - self.inconsistent / valid if valid else math.nan,
+            "critic/judgements": float(len(self.judged)),
+            "critic/tokens": float(self.prompt_tokens + self.completion_tokens),
+            "critic/score_std": spread,
+            "critic/score_min": min(flat, default=math.nan),
+            "critic/score_max": max(flat, default=math.nan),
+            "critic/calibration_examples": float(len(self.examples)),
+        } | self.extra
 
 
 class SelfCritic:
@@ -109,73 +69,167 @@ class SelfCritic:
         cfg: CriticConfig,
         rubric: Rubric,
         encode: Callable[[str], list[int]],
-        verdict_ids: tuple[int, int],  # token ids of "X" and "Y"
-    ):
-        self.cfg, self.rubric, self.encode, self.verdict_ids = cfg, rubric, encode, verdict_ids
-
-    def _spec(self) -> SamplingSpec:
-        if self.cfg.verdict_mode == "probability":
-            return SamplingSpec(
-                n=1,
-                temperature=1.0,
-                max_tokens=1,
-                allowed_token_ids=self.verdict_ids,
-                top_logprobs=2,
-            )
-        return SamplingSpec(n=1, temperature=0.0, max_tokens=self.cfg.max_tokens)
-
-    def read(self, answer: Sample) -> float | None:
-        """P(X wins) from one critic answer; None when it holds no verdict."""
-        if self.cfg.verdict_mode != "probability":
-            return letter_probability(parse_verdict(answer.text))
-        if not answer.top_logprobs:
-            return None
-        first = answer.top_logprobs[0]
-        x, y = (first.get(token) for token in self.verdict_ids)
-        if x is None or y is None:
-            return None
-        p_x, p_y = math.exp(x), math.exp(y)
-        return p_x / (p_x + p_y)
-
-    def score(self, questions: list[str], groups: list[list[Sample]], engine, seed: int):
-        rng = random.Random(seed)
-        jobs = []  # (group, first, second, aspect) in prompt order
-        prompts = []
-        for g, (question, group) in enumerate(zip(questions, groups, strict=True)):
-            for first, second in schedule_pairs(len(group), self.cfg.pairs_per_group, rng):
-                a, b = group[first].text, group[second].text
-                for aspect in self.rubric.aspects:
-                    jobs.append((g, first, second, aspect.name))
-                    prompts.append(self.encode(pair_prompt(question, a, b, aspect.name)))
-                    prompts.append(self.encode(pair_prompt(question, b, a, aspect.name)))
-        answers = engine.generate(prompts, self._spec()) if prompts else []
-        return self._aggregate(groups, jobs, prompts, answers)
-
-    def _aggregate(self, groups, jobs, prompts, answers) -> CritiqueResult:
-        result = CritiqueResult(scores=[])
-        weights = {aspect.name: aspect.weight for aspect in self.rubric.aspects}
-        per_group: list[dict[str, list]] = [{name: [] for name in weights} for _ in groups]
-        for index, (g, first, second, aspect) in enumerate(jobs):
-            forward = self.read(answers[2 * index][0])
-            backward = self.read(answers[2 * index + 1][0])
-            outcome = pair_outcome(forward, backward)
-            result.verdicts.append(
-                PairVerdict(g, first, second, aspect, forward, backward, outcome)
-            )
-            result.invalid += (forward is None) + (backward is None)
-            result.inconsistent += order_flipped(forward, backward)
-            per_group[g][aspect].append((first, second, outcome))
-        result.judged = len(jobs)
-        result.tokens = sum(len(p) for p in prompts) + sum(
-            len(a[0].completion_ids) for a in answers
+        verdict_ids: tuple[int, int],
+    ) -> None:
+        self.cfg, self.rubric = cfg, rubric
+        self.judge = Judge(cfg, encode, verdict_ids)
+        self.calibrator = Calibrator(
+            cfg.calibration, encode, verdict_ids, self.judge.prompt_text, self.judge.verdict_cue
         )
-        total_weight = sum(weights.values())
-        for group, outcomes in zip(groups, per_group, strict=True):
-            rates = {name: win_rates(len(group), outcomes[name]) for name in weights}
-            raw = [
-                sum(weights[name] * rates[name][i] for name in weights) / total_weight
-                for i in range(len(group))
-            ]
-            mean = sum(raw) / len(raw)
-            result.scores.append([value - mean for value in raw])
+        self.anchor = AnchorSet(cfg.anchor)
+
+    def exclude_from_calibration(self, questions) -> None:
+        """Leakage guard: these questions (evaluation prompts) never yield calibration pairs."""
+        self.calibrator.excluded.update(questions)
+
+    def score(
+        self,
+        questions: list[str],
+        groups: list[list[Sample]],
+        engine,
+        seed: int,
+        *,
+        verified: list[list[float | None]] | None = None,
+        rubrics: list[Rubric] | None = None,
+        step: int = 1,
+        rl_temperature: float = 1.0,
+    ) -> CritiqueResult:
+        """Score every group; `verified[g][i]` is sample i's verifier score (None: no verifier)
+        and drives calibration; `rubrics[g]` overrides the critic's rubric for group g."""
+        rng = random.Random(seed)
+        texts = [[s.text for s in group] for group in groups]
+        rubrics = rubrics or [self.rubric] * len(groups)
+        verified = verified or [[None] * len(group) for group in groups]
+        rubric_jobs = self._rubric_jobs(questions, texts, rubrics, rng)
+        calibrating = self.cfg.calibration.enabled
+        calibration_jobs = (
+            self.calibrator.jobs(questions, texts, verified, rng) if calibrating else []
+        )
+        anchor_jobs = self.anchor.jobs() if self.anchor.due(step) else []
+        call = self.judge.judge(rubric_jobs + calibration_jobs + anchor_jobs, engine)
+        judged = call.judged[: len(rubric_jobs)]
+        calibrated = call.judged[len(rubric_jobs) : len(rubric_jobs) + len(calibration_jobs)]
+        result = CritiqueResult(
+            scores=self._scores(groups, rubrics, judged),
+            judged=judged,
+            invalid=sum((j.forward is None) + (j.backward is None) for j in judged),
+            inconsistent=sum(order_flipped(j.forward, j.backward) for j in judged),
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+        )
+        result.extra.update(_aspect_metrics(judged, verified, self.cfg.calibration))
+        result.extra["critic/length_bias"] = length_bias(result.scores, groups)
+        if calibrating:
+            self._calibrate(result, calibrated, calibration_jobs, engine, rng, rl_temperature)
+        if anchor_jobs:
+            result.extra.update(self.anchor.drift(call.judged[-len(anchor_jobs) :]))
+        self.calibrator.excluded |= self.anchor.freeze(judged, rng)
         return result
+
+    def _rubric_jobs(self, questions, texts, rubrics, rng) -> list[PairJob]:
+        cfg, jobs = self.cfg, []
+        for g, (question, group) in enumerate(zip(questions, texts, strict=True)):
+            pairs = schedule(
+                len(group), cfg.schedule, cfg.comparisons_per_response, cfg.all_pairs_max_n, rng
+            )
+            for i, j in pairs:
+                for aspect in rubrics[g].aspects:
+                    jobs.append(
+                        PairJob(
+                            (g, i, j), question, group[i], group[j], aspect.name, aspect.description
+                        )
+                    )
+        return jobs
+
+    def _scores(self, groups, rubrics: list[Rubric], judged: list[Judged]) -> list[list[float]]:
+        per_pair: dict[tuple, dict[str, float]] = {}
+        for item in judged:
+            per_pair.setdefault(item.job.key, {})[item.job.aspect] = item.outcome
+        outcomes: list[list] = [[] for _ in groups]
+        for (g, i, j), aspects in per_pair.items():
+            weights = {a.name: a.weight for a in rubrics[g].aspects}
+            mandatory = {a.name for a in rubrics[g].aspects if a.mandatory}
+            outcomes[g].append(
+                (i, j, combine_aspects(aspects, weights, mandatory, self.cfg.mandatory))
+            )
+        aggregate = AGGREGATIONS[self.cfg.aggregation]
+        return [
+            centred(aggregate(len(group), found, self.cfg.prior_std))
+            for group, found in zip(groups, outcomes, strict=True)
+        ]
+
+    def _calibrate(self, result, calibrated, jobs, engine, rng, rl_temperature) -> None:
+        agreements = [agreement(item.outcome) for item in calibrated]
+        form = self.cfg.calibration.form
+        examples, replayed = [], 0
+        if form in ("supervised", "both"):
+            examples, replayed = self.calibrator.examples(calibrated, rng)
+        result.examples = examples
+        if form in ("rl", "both") and jobs:
+            sampled = self.judge.sample(
+                jobs, engine, self.cfg.calibration.rl_samples, rl_temperature
+            )
+            result.rl_groups = rl_groups(sampled, self.judge.letter_of, self.judge.prompter.letters)
+            result.completion_tokens += sum(
+                len(s.completion_ids) for g, _ in result.rl_groups for s in g
+            )
+        result.extra.update(
+            {
+                "critic/agreement": _mean(agreements),
+                "critic/agreement_soft": _mean([item.outcome for item in calibrated]),
+                "critic/calibration_pairs": float(len(calibrated)),
+                "critic/calibration_replayed": float(replayed),
+            }
+        )
+        if result.rl_groups:
+            rewards = [r for _, group_rewards in result.rl_groups for r in group_rewards]
+            result.extra["critic/rl_verdict_reward"] = _mean(rewards)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _aspect_metrics(judged: list[Judged], verified, calibration) -> dict[str, float]:
+    """Per aspect: how decided its verdicts are (mean |2o-1|), and on pairs of a verified-correct
+    and a verified-wrong sample how often it prefers the correct one (does calibration on
+    correctness carry over to the other aspects?)."""
+    decided: dict[str, list[float]] = {}
+    agrees: dict[str, list[float]] = {}
+    for item in judged:
+        g, i, j = item.job.key
+        aspect = item.job.aspect
+        decided.setdefault(aspect, []).append(abs(2 * item.outcome - 1))
+        a, b = verified[g][i], verified[g][j]
+        if a is None or b is None:
+            continue
+        if a >= calibration.correct_min and b <= calibration.wrong_max:
+            agrees.setdefault(aspect, []).append(agreement(item.outcome))
+        elif b >= calibration.correct_min and a <= calibration.wrong_max:
+            agrees.setdefault(aspect, []).append(agreement(1 - item.outcome))
+    metrics = {f"critic/decisive/{name}": _mean(values) for name, values in decided.items()}
+    metrics |= {f"critic/verifier_agreement/{name}": _mean(v) for name, v in agrees.items()}
+    return metrics
+
+
+def length_bias(scores: list[list[float]], groups: list[list[Sample]]) -> float:
+    """Mean over groups of the Pearson correlation between a response's critic score and its
+    length in tokens (groups where either is constant are skipped; NaN when all are)."""
+    correlations = []
+    for group_scores, group in zip(scores, groups, strict=True):
+        lengths = [len(s.completion_ids) for s in group]
+        correlation = _pearson(group_scores, lengths)
+        if correlation is not None:
+            correlations.append(correlation)
+    return _mean(correlations)
+
+
+def _pearson(xs: list[float], ys: list[float]) -> float | None:
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx < 1e-12 or syy < 1e-12:
+        return None
+    return sxy / math.sqrt(sxx * syy)

@@ -21,6 +21,7 @@ class Prompt:
     text: str
     reference: str | None  # None: no verifiable answer, the critic alone scores it
     token_budget: int | None = None  # this task's budget; None: reward.token_budget
+    rubric: str | None = None  # the critic's rubric for this prompt; None: critic.rubric
 
 
 PromptSource = Callable[[DataConfig, int], list[Prompt]]

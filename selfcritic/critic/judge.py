@@ -1,0 +1,159 @@
+"""One batched engine call that judges pairs of texts on aspects, in both orders.
+
+A `PairJob` names two responses to one question and an aspect. `judge` builds both orders' critic
+prompts for every job, sorts all prompts by their token ids (prompts that share a question and a
+first response become neighbours, so the engine's prefix cache serves their common prefix), sends
+them in one call, and reads each answer back as P(X wins):
+- probability mode: one token restricted to the two verdict letters with their top logprobs:
+  P(X) = e^lx / (e^lx + e^ly), no decoding and no parser;
+- generative mode: `critic.max_tokens` tokens at `critic.temperature` (greedy by default; never the
+  policy's temperature), parsed by `parse_generative`: X -> 1, Y -> 0, anything else invalid.
+Left out: aggregation and what the verdicts are for (callers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from selfcritic.config import CriticConfig
+from selfcritic.critic.aggregate import pair_outcome
+from selfcritic.critic.prompts import CriticPrompter, parse_generative
+from selfcritic.rollout.types import Sample, SamplingSpec
+
+
+@dataclass(frozen=True)
+class PairJob:
+    """`first` vs `second` (texts) on `aspect`; `key` is the caller's handle for the result."""
+
+    key: tuple
+    question: str
+    first: str
+    second: str
+    aspect: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A job's verdicts: P(X wins) with `first` shown as X (forward) and as Y (backward)."""
+
+    job: PairJob
+    forward: float | None  # None: invalid
+    backward: float | None
+    forward_answer: Sample
+    backward_answer: Sample
+
+    @property
+    def outcome(self) -> float:
+        """For `first`: the mean of its win probabilities over both orders (0.5 if invalid)."""
+        return pair_outcome(self.forward, self.backward)
+
+
+@dataclass
+class JudgeCall:
+    judged: list[Judged]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Judge:
+    """Critic prompts in, verdicts out; `encode` turns text into prompt ids (with BOS)."""
+
+    def __init__(
+        self, cfg: CriticConfig, encode: Callable[[str], list[int]], verdict_ids: tuple[int, int]
+    ) -> None:
+        self.cfg, self.encode, self.verdict_ids = cfg, encode, verdict_ids
+        self.prompter = CriticPrompter(
+            template=cfg.template,
+            letters=tuple(cfg.verdict_letters),
+            flatten_newlines=cfg.flatten_newlines,
+            delimiters=tuple(cfg.delimiters),
+        )
+
+    def spec(self) -> SamplingSpec:
+        if self.cfg.verdict_mode == "probability":
+            return SamplingSpec(
+                n=1,
+                temperature=1.0,
+                max_tokens=1,
+                allowed_token_ids=self.verdict_ids,
+                top_logprobs=2,
+            )
+        return SamplingSpec(
+            n=1, temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens, stop=("\n",)
+        )
+
+    def prompt_text(self, job: PairJob, swapped: bool) -> str:
+        first, second = (job.second, job.first) if swapped else (job.first, job.second)
+        return self.prompter.prompt(job.question, first, second, job.aspect, job.description)
+
+    def read(self, answer: Sample) -> float | None:
+        """P(X wins) from one critic answer; None when it holds no verdict."""
+        if self.cfg.verdict_mode != "probability":
+            letter = parse_generative(answer.text, self.prompter.letters, self.cfg.verdict_marker)
+            return None if letter is None else float(letter == self.prompter.letters[0])
+        if not answer.top_logprobs:
+            return None
+        x, y = (answer.top_logprobs[0].get(token) for token in self.verdict_ids)
+        if x is None or y is None:
+            return None
+        return 1 / (1 + math.exp(y - x))
+
+    def judge(self, jobs: list[PairJob], engine) -> JudgeCall:
+        """Every job in both orders through `engine.generate`, in one call."""
+        prompts = [
+            self.encode(self.prompt_text(job, swapped)) for job in jobs for swapped in (0, 1)
+        ]
+        order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+        answers = engine.generate([prompts[i] for i in order], self.spec()) if jobs else []
+        by_prompt: list[list[Sample]] = [[]] * len(prompts)
+        for position, index in enumerate(order):
+            by_prompt[index] = answers[position]
+        judged = [
+            Judged(
+                job,
+                self.read(by_prompt[2 * i][0]),
+                self.read(by_prompt[2 * i + 1][0]),
+                by_prompt[2 * i][0],
+                by_prompt[2 * i + 1][0],
+            )
+            for i, job in enumerate(jobs)
+        ]
+        return JudgeCall(
+            judged,
+            prompt_tokens=sum(len(p) for p in prompts),
+            completion_tokens=sum(len(s.completion_ids) for a in answers for s in a),
+        )
+
+    def sample(self, jobs: list[PairJob], engine, n: int, temperature: float):
+        """`n` sampled verdicts per job and order (the RL form of calibration): a list of
+        (job, swapped, samples), `samples` carrying their tokens and sampling logprobs."""
+        base = self.spec()  # no allowed-token restriction: the learner's logprobs are over the
+        # whole vocabulary, so the sampled ones must be too (a non-letter is simply wrong)
+        spec = SamplingSpec(
+            n=n, temperature=temperature, max_tokens=base.max_tokens, stop=base.stop
+        )
+        keys = [(job, swapped) for job in jobs for swapped in (False, True)]
+        prompts = [self.encode(self.prompt_text(job, swapped)) for job, swapped in keys]
+        answers = engine.generate(prompts, spec) if prompts else []
+        return [(job, swapped, group) for (job, swapped), group in zip(keys, answers, strict=True)]
+
+    def verdict_cue(self, answer_text: str) -> str:
+        """What precedes the verdict letter in an answer: nothing in probability mode; in
+        generative mode the rationale and marker the critic wrote, or the bare marker when its
+        answer held no single marker (a calibration example then trains the verdict right after
+        it)."""
+        if self.cfg.verdict_mode == "probability":
+            return ""
+        marker = self.cfg.verdict_marker
+        if answer_text.count(marker) != 1:
+            return marker
+        return answer_text.split(marker, 1)[0] + marker
+
+    def letter_of(self, sample: Sample) -> str | None:
+        """The verdict letter a sampled critic answer gives, or None."""
+        if self.cfg.verdict_mode == "probability":
+            return sample.text if sample.text in self.prompter.letters else None
+        return parse_generative(sample.text, self.prompter.letters, self.cfg.verdict_marker)
