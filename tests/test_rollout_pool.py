@@ -143,3 +143,64 @@ def test_probability_verdicts_equal_the_learners(pool, nano_model_path):
             logits = model(input_ids=torch.tensor([prompt])).logits[0, -1, list(verdicts)]
         expected = float(torch.softmax(logits, -1)[0])
         assert judge.read(answer[0]) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["probability", "generative"])
+def test_critic_scores_real_groups(pool, nano_model_path, mode):
+    """The whole critic on groups the real engine sampled, in both verdict modes: finite centred
+    scores, every metric, and calibration examples whose targets follow the verifier."""
+    import math
+
+    from transformers import AutoTokenizer
+
+    from rewards.registry import load_rubric
+    from selfcritic.config import AnchorConfig, CalibrationConfig, CriticConfig
+    from selfcritic.critic.self_critic import SelfCritic
+    from selfcritic.trainer import verdict_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
+    verdicts = verdict_token_ids(tokenizer, ("X", "Y"))
+    cfg = CriticConfig(
+        verdict_mode=mode,
+        max_tokens=6,
+        calibration=CalibrationConfig(min_pairs=0, pairs_per_group=2),
+        anchor=AnchorConfig(size=4, every=1),
+    )
+
+    def encode(text):
+        return [1, *tokenizer(text, add_special_tokens=False).input_ids]
+
+    critic = SelfCritic(cfg, load_rubric("nano"), encode, verdicts)
+    questions = ["Q: 3+4=\nA:", "Q: 2+2=\nA:"]
+    groups = pool.generate(
+        [encode(q) for q in questions], SamplingSpec(n=4, temperature=1.0, max_tokens=6)
+    )
+    verified = [[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0]]  # as if a verifier had ruled
+    for step in (1, 2):  # the second step re-judges the anchor set frozen in the first
+        result = critic.score(questions, groups, pool, seed=step, verified=verified, step=step)
+        metrics = result.metrics()
+        for scores in result.scores:
+            assert len(scores) == 4 and all(math.isfinite(x) for x in scores)
+            assert sum(scores) == pytest.approx(0.0, abs=1e-9)
+        assert metrics["critic/judgements"] == 2 * 6 * 2  # groups x all pairs x aspects
+        assert 0 <= metrics["critic/invalid_rate"] <= 1
+        assert metrics["critic/tokens"] > 0
+        for key in ("critic/agreement", "critic/length_bias", "critic/score_std"):
+            assert key in metrics
+    if mode == "probability":  # soft verdicts are always valid; generative ones may not be
+        assert metrics["critic/invalid_rate"] == 0
+    assert metrics["critic/anchor_drift"] == pytest.approx(0.0, abs=1e-4)  # same weights
+    rulings: dict[tuple[str, str], set[float]] = {}  # (question, shown text) -> verdicts
+    for question, group, scores in zip(questions, groups, verified, strict=True):
+        for sample, score in zip(group, scores, strict=True):
+            key = (" ".join(question.split()), " ".join(sample.text.split()))
+            rulings.setdefault(key, set()).add(score)
+    assert result.examples
+    for example in result.examples:  # the correct response's letter carries the target
+        text = tokenizer.decode(example.prompt_ids[1:])
+        question = text.split("C: ")[1].split("\nX: ")[0]
+        x_line = text.split("\nX: ")[1].split("\nY: ")[0]
+        assert example.verdict_token_ids == verdicts
+        ruling = rulings[(question, x_line)]
+        if len(ruling) == 1:  # the same text both right and wrong cannot be told apart
+            assert example.target_probs[0] == ruling.pop()
