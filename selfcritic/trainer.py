@@ -24,6 +24,7 @@ from rewards.pool import VerifierPool
 from rewards.registry import load_rubric
 from selfcritic.checkpoint import save_hf_checkpoint
 from selfcritic.config import Config
+from selfcritic.critic.judge import prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
 from selfcritic.critic.self_critic import CritiqueResult, SelfCritic
 from selfcritic.data.prompts import Prompt, get_source
@@ -77,6 +78,7 @@ class Trainer:
         cache = Path(cfg.trainer.cache_dir).expanduser()
         self.model_path = prepare_model(cfg.model, cache)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
+        self._encode = prompt_encoder(self.tokenizer)
         self.tracker = Tracker(cfg.tracking, self.output_dir, dataclasses.asdict(cfg))
         self.owns_ray = start_ray(cfg.ray)
         self.pool = RolloutPool(self.model_path, cfg.rollout)
@@ -115,9 +117,7 @@ class Trainer:
 
     def encode(self, text: str) -> list[int]:
         """Prompt ids: the tokenizer's BOS (if it has one) then the text."""
-        ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        bos = self.tokenizer.bos_token_id
-        return ([bos] if bos is not None else []) + ids
+        return self._encode(text)
 
     def step(self, step: int) -> dict[str, float]:
         cfg, metrics = self.cfg, {}
@@ -302,16 +302,6 @@ class Trainer:
             self.tracker.finish()
         if self.owns_ray:
             ray.shutdown()
-
-
-def verdict_token_ids(tokenizer, letters) -> tuple[int, int]:
-    """The single-token ids of the verdict letters; a tokenizer that splits them is refused."""
-    ids = [tokenizer(letter, add_special_tokens=False).input_ids for letter in letters]
-    if any(len(i) != 1 for i in ids):
-        raise ValueError(
-            f"critic.verdict_letters {list(letters)} must be one token each, got ids {ids}"
-        )
-    return ids[0][0], ids[1][0]
 
 
 def _learner_key(name: str) -> str:

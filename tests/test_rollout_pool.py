@@ -122,7 +122,7 @@ def test_probability_verdicts_equal_the_learners(pool, nano_model_path):
 
     from selfcritic.config import CriticConfig
     from selfcritic.critic.judge import Judge, PairJob
-    from selfcritic.trainer import verdict_token_ids
+    from selfcritic.critic.judge import verdict_token_ids
 
     model = pytest.shared_model  # the weights the pool serves now
     tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
@@ -156,7 +156,7 @@ def test_critic_scores_real_groups(pool, nano_model_path, mode):
     from rewards.registry import load_rubric
     from selfcritic.config import AnchorConfig, CalibrationConfig, CriticConfig
     from selfcritic.critic.self_critic import SelfCritic
-    from selfcritic.trainer import verdict_token_ids
+    from selfcritic.critic.judge import verdict_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
     verdicts = verdict_token_ids(tokenizer, ("X", "Y"))

@@ -23,6 +23,26 @@ from selfcritic.critic.prompts import CriticPrompter, parse_generative
 from selfcritic.rollout.types import Sample, SamplingSpec
 
 
+def prompt_encoder(tokenizer) -> Callable[[str], list[int]]:
+    """text -> prompt ids: the tokenizer's BOS (if it has one), then the text's tokens."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+    def encode(text: str) -> list[int]:
+        return bos + tokenizer(text, add_special_tokens=False).input_ids
+
+    return encode
+
+
+def verdict_token_ids(tokenizer, letters) -> tuple[int, int]:
+    """The single-token ids of the verdict letters; a tokenizer that splits them is refused."""
+    ids = [tokenizer(letter, add_special_tokens=False).input_ids for letter in letters]
+    if any(len(i) != 1 for i in ids):
+        raise ValueError(
+            f"critic.verdict_letters {list(letters)} must be one token each, got ids {ids}"
+        )
+    return ids[0][0], ids[1][0]
+
+
 @dataclass(frozen=True)
 class PairJob:
     """`first` vs `second` (texts) on `aspect`; `key` is the caller's handle for the result."""

@@ -55,7 +55,7 @@ def deepseek_config_dict(cfg: ModelConfig) -> dict:
 def prepare_model(cfg: ModelConfig, cache_dir: Path) -> Path:
     """Return a directory holding a loadable checkpoint and tokenizer, building it if needed."""
     if cfg.path:
-        return _checkpoint_for_engines(Path(cfg.path).expanduser(), cache_dir)
+        return checkpoint_for_engines(Path(cfg.path).expanduser(), cache_dir)
     fields = deepseek_config_dict(cfg)
     # The key covers everything the built files depend on: a change of dimensions, seed,
     # tokenizer alphabet or build format gets a new directory instead of a stale cached model.
@@ -85,7 +85,7 @@ def _build_locally(fields: dict, seed: int, target: Path) -> None:
     staging.rename(target)
 
 
-def _checkpoint_for_engines(path: Path, cache_dir: Path) -> Path:
+def checkpoint_for_engines(path: Path, cache_dir: Path) -> Path:
     """`path` itself, or an overlay with the routing fields vLLM needs added to config.json."""
     config_file = path / "config.json"
     if not config_file.is_file():
