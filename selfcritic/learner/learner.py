@@ -12,7 +12,9 @@ With `kl_beta` > 0 a frozen reference model (the starting weights, loaded once) 
 Not trusting the engine, the policy terms are weighted by truncated importance sampling
 (min(pi_old / pi_engine, tis_cap)). In the same optimizer step: the critic-calibration loss on
 the batch's `CriticExample`s and the PTX language-model loss on its curated sequences, each with
-its weight and its own metric. Left out: the Ray learner group with FSDP2 (open work).
+its weight and its own metric. `step` takes optional whole-batch totals (`BatchTotals`): a rank
+of the data-parallel learner group (selfcritic/learner/group.py: Ray actors, FSDP2, MuonClip
+all-reduces) steps on its slice of the batch but normalises by the whole batch's totals.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from selfcritic.config import LearnerConfig, OptimConfig
 from selfcritic.critic.examples import CriticExample
+from selfcritic.learner.distributed import BatchTotals
 from selfcritic.learner.logprobs import pad_batch, token_logprobs
 from selfcritic.learner.losses import (
     NORMALISATION,
@@ -85,33 +88,48 @@ class Learner:
         self, model_path: Path, cfg: LearnerConfig, optim_cfg: OptimConfig, trust_engine: bool
     ) -> None:
         self.cfg, self.trust_engine = cfg, trust_engine
-        self.model = load_model(model_path)
+        self.model = self._load_model(model_path, trainable=True)
         self.model.train()
         self.optimizer = build_muonclip(self.model, optim_cfg)
         self.max_grad_norm = optim_cfg.max_grad_norm
         self.loss_fn = get_loss(cfg.loss)
         self.pad_id = self.model.config.pad_token_id or 0
-        self.reference = load_model(model_path).eval() if cfg.kl_beta > 0 else None
-        if self.reference is not None:
+        self.reference = None
+        if cfg.kl_beta > 0:
+            self.reference = self._load_model(model_path, trainable=False).eval()
             self.reference.requires_grad_(False)
 
-    def step(self, batch: PolicyBatch) -> dict[str, float]:
-        """Policy, calibration and PTX gradients over micro-batches, then one optimizer step."""
-        metrics = self._policy_terms(batch) if batch.prompts else {}
+    def _load_model(self, model_path: Path, trainable: bool) -> torch.nn.Module:
+        """The policy (`trainable`) or the frozen reference; the group's ranks shard them."""
+        return load_model(model_path)
+
+    def step(self, batch: PolicyBatch, totals: BatchTotals | None = None) -> dict[str, float]:
+        """Policy, calibration and PTX gradients over micro-batches, then one optimizer step.
+        `totals`: the normalisers of the whole batch when `batch` is one rank's slice of it."""
+        metrics = self._gradients(batch, totals or BatchTotals.of(batch))
+        return self._optimizer_step(metrics)
+
+    def _gradients(self, batch: PolicyBatch, totals: BatchTotals) -> dict[str, float]:
+        metrics = self._policy_terms(batch, totals) if batch.prompts else {}
         if batch.critic_examples and self.cfg.calibration_weight > 0:
-            metrics["calibration_loss"] = self._calibration_term(batch.critic_examples)
+            metrics["calibration_loss"] = self._calibration_term(batch.critic_examples, totals)
         if batch.ptx_sequences and self.cfg.ptx_weight > 0:
-            metrics["ptx_loss"] = self._ptx_term(batch.ptx_sequences)
+            metrics["ptx_loss"] = self._ptx_term(batch.ptx_sequences, totals)
+        return metrics
+
+    def _optimizer_step(self, metrics: dict[str, float]) -> dict[str, float]:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
+            grad_norm = grad_norm.full_tensor()
         optimizer_metrics = self.optimizer.step()
         self.optimizer.zero_grad()
         return optimizer_metrics | metrics | {"grad_norm": float(grad_norm)}
 
-    def _policy_terms(self, batch: PolicyBatch) -> dict[str, float]:
+    def _policy_terms(self, batch: PolicyBatch, totals: BatchTotals) -> dict[str, float]:
         lengths = [len(p) + len(c) for p, c in zip(batch.prompts, batch.completions, strict=True)]
         scale = LossScale(
-            total_sequences=len(lengths),
-            total_tokens=sum(len(c) for c in batch.completions),
+            total_sequences=totals.sequences,
+            total_tokens=totals.tokens,
             max_new_tokens=batch.max_new_tokens,
             clip_eps=self.cfg.clip_eps,
             clip_eps_high=self.cfg.clip_eps_high,
@@ -168,9 +186,9 @@ class Learner:
             "tokens": int(mask.sum()),
         }
 
-    def _calibration_term(self, examples: tuple[CriticExample, ...]) -> float:
+    def _calibration_term(self, examples: tuple[CriticExample, ...], totals: BatchTotals) -> float:
         """Backpropagate weight * calibration cross-entropy; returns the loss value."""
-        total_weight = sum(e.weight for e in examples)
+        total_weight = totals.calibration_weight
         lengths = [len(e.prompt_ids) for e in examples]
         value = 0.0
         for rows in token_micro_batches(lengths, self.cfg.max_tokens_per_micro_batch):
@@ -194,9 +212,9 @@ class Learner:
         last = torch.tensor([len(p) - 1 for p in prompts])
         return logits[torch.arange(len(prompts)), last].float()
 
-    def _ptx_term(self, sequences: tuple[tuple[int, ...], ...]) -> float:
+    def _ptx_term(self, sequences: tuple[tuple[int, ...], ...], totals: BatchTotals) -> float:
         """Backpropagate weight * language-model loss on curated sequences; returns its value."""
-        total = sum(len(s) - 1 for s in sequences)
+        total = totals.ptx_tokens
         value = 0.0
         for rows in token_micro_batches(
             [len(s) for s in sequences], self.cfg.max_tokens_per_micro_batch

@@ -8,7 +8,9 @@ maxima block by block over query positions (memory grows with block x keys, neve
 and then hands the real attention to transformers' SDPA kernel. The boolean mask comes from the
 SDPA mask builder, registered under the same name (a custom attention name without a mask
 function would silently get no padding mask). Capture runs only for modules in training mode
-with gradients enabled: no-grad and generation passes pay nothing.
+with gradients enabled: no-grad and generation passes pay nothing. Under data parallelism each
+rank sees only its slice of the batch: `all_reduce` takes the MAX over ranks, so that every rank
+clips the same heads by the same factors.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class AttentionLogitCapture:
     def __init__(self, block_size: int = 128) -> None:
         self.block_size = block_size
         self.max_logits: dict[int, torch.Tensor] = {}
+        self.heads: dict[int, int] = {}  # layer -> attention heads, filled by `install`
 
     def reset(self) -> None:
         self.max_logits = {}
@@ -40,7 +43,31 @@ class AttentionLogitCapture:
         for module in model.modules():
             if hasattr(module, "kv_b_proj") or hasattr(module, "q_proj"):
                 module._logit_capture = self
+                if getattr(module, "layer_idx", None) is not None:
+                    heads = getattr(module, "num_heads", None) or module.config.num_attention_heads
+                    self.heads[module.layer_idx] = heads
         return self
+
+    @torch.no_grad()
+    def all_reduce(self) -> None:
+        """Replace this rank's maxima by the maxima over all ranks (a collective). A layer no
+        rank recorded stays absent; one recorded anywhere is present on every rank."""
+        import torch.distributed as dist
+
+        if not self.heads:
+            return
+        layers = sorted(self.heads)
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        table = torch.full((len(layers), max(self.heads.values())), float("-inf"), device=device)
+        for row, layer in enumerate(layers):
+            if layer in self.max_logits:
+                table[row, : self.heads[layer]] = self.max_logits[layer]
+        dist.all_reduce(table, op=dist.ReduceOp.MAX)
+        self.max_logits = {
+            layer: table[row, : self.heads[layer]].clone()
+            for row, layer in enumerate(layers)
+            if torch.isfinite(table[row]).any()
+        }
 
 
 def head_max_logits(

@@ -4,7 +4,9 @@ After each optimizer step, for every MoE layer: bias += u * sign(mean load - loa
 a load is the number of tokens routed to the expert in this step's training forwards (counted by
 forward hooks on the routers, only in training mode with gradients on). The bias only chooses
 experts; gate weights never see it (transformers' router already works that way).
-Metric: load imbalance per layer, max load / mean load (1.0 is perfect balance).
+Metric: load imbalance per layer, max load / mean load (1.0 is perfect balance). Under data
+parallelism each rank counts only its slice: `all_reduce` SUMS the counts over ranks before the
+update, so every rank applies the same bias change and the biases stay identical everywhere.
 Left out: excluding padding tokens from the counts (the router does not see the mask).
 """
 
@@ -36,6 +38,30 @@ class RouterBalancer:
             self.loads[name] = self.loads.get(name, 0) + counts.detach().float()
 
         return hook
+
+    @torch.no_grad()
+    def all_reduce(self) -> None:
+        """Replace this rank's counts by the sums over all ranks (a collective). A router that
+        no rank counted stays absent; one counted anywhere is present on every rank."""
+        import torch.distributed as dist
+
+        names = sorted(self.routers)
+        if not names:
+            return
+        experts = max(router.num_experts for router in self.routers.values())
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        table = torch.zeros(len(names), experts + 1, device=device)  # last column: counted here
+        for row, name in enumerate(names):
+            if name in self.loads:
+                load = self.loads[name]
+                table[row, : load.numel()] = load
+                table[row, -1] = 1.0
+        dist.all_reduce(table, op=dist.ReduceOp.SUM)
+        self.loads = {
+            name: table[row, : self.routers[name].num_experts].clone()
+            for row, name in enumerate(names)
+            if table[row, -1] > 0
+        }
 
     @torch.no_grad()
     def step(self) -> dict[str, float]:

@@ -7,6 +7,9 @@ to AdamW. Every trainable parameter must land in exactly one group: an assertion
 One `step()` = both optimizers' steps, then QK-Clip on the heads whose max logit (recorded during
 this step's training forwards) passed tau, then the auxiliary-loss-free router-bias update.
 `param_groups` lists both optimizers' groups, so torch LR schedulers drive it like any optimizer.
+Inside a torch.distributed group (the learner group's FSDP2 ranks) the recorded max logits are
+all-reduced with MAX and the router loads with SUM before QK-Clip and the bias update, so every
+rank takes the same decisions; Muon orthogonalises whole matrices (see muon.py).
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ class MuonClip(torch.optim.Optimizer):
             raise ValueError("MuonClip.step takes no closure")
         for optimizer in self.optimizers.values():
             optimizer.step()
+        if _in_process_group():
+            if self.capture is not None:
+                self.capture.all_reduce()
+            self.balancer.all_reduce()
         metrics: dict[str, float] = {}
         if self.capture is not None:
             metrics.update(apply_qk_clip(self.model, self.capture.max_logits, self.qk_clip_tau))
@@ -127,6 +134,12 @@ def build_muonclip(model: torch.nn.Module, cfg: OptimConfig) -> MuonClip:
         balancer=RouterBalancer(model, cfg.router_bias_update),
         qk_clip_tau=cfg.qk_clip_tau,
     )
+
+
+def _in_process_group() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def _check_partition(model: torch.nn.Module, named: dict) -> None:

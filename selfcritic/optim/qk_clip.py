@@ -8,7 +8,9 @@ For head h with S_max(h) > tau, gamma_h = tau / S_max(h), and for MLA:
 - the shared rotary key (kv_a_proj_with_mqa) and the value rows are untouched, so clipping one head
   leaves the others exactly as they were.
 The logit q . k = q_nope . k_nope + q_rope . k_rope therefore scales by exactly gamma_h.
-Heads at or under tau are not touched (bit for bit). Left out: plain multi-head attention layouts.
+Heads at or under tau are not touched (bit for bit: their rows are multiplied by 1.0). Weights
+sharded by FSDP2 (DTensors, rows split across ranks) scale their local rows; every rank computes
+the same factors from the same all-reduced maxima. Left out: plain multi-head attention layouts.
 """
 
 from __future__ import annotations
@@ -29,13 +31,28 @@ def clip_mla_heads(attention: torch.nn.Module, gamma: torch.Tensor) -> int:
         return 0
     nope, rope, value = attention.qk_nope_head_dim, attention.qk_rope_head_dim, attention.v_head_dim
     query = attention.q_b_proj if attention.q_lora_rank is not None else attention.q_proj
-    q_rows = query.weight.view(attention.num_heads, nope + rope, -1)  # [H, nope+rope, in]
-    kv_rows = attention.kv_b_proj.weight.view(attention.num_heads, nope + value, -1)
-    g = gamma[heads].to(q_rows.dtype)[:, None, None]
-    q_rows[heads, :nope] *= g.sqrt()
-    q_rows[heads, nope:] *= g
-    kv_rows[heads, :nope] *= g.sqrt()  # key rows; value rows [nope:] untouched
+    g = gamma[heads].to(query.weight.dtype)[:, None]
+    q_scale = torch.ones(
+        attention.num_heads, nope + rope, dtype=g.dtype, device=g.device
+    )  # per output row
+    q_scale[heads, :nope] = g.sqrt()
+    q_scale[heads, nope:] = g
+    kv_scale = torch.ones(attention.num_heads, nope + value, dtype=g.dtype, device=g.device)
+    kv_scale[heads, :nope] = g.sqrt()  # key rows; value rows [nope:] untouched
+    _scale_rows(query.weight, q_scale.flatten())
+    _scale_rows(attention.kv_b_proj.weight, kv_scale.flatten())
     return int(heads.numel())
+
+
+def _scale_rows(weight: torch.Tensor, scale: torch.Tensor) -> None:
+    """weight[r, :] *= scale[r]; a DTensor weight (FSDP2, rows sharded) scales its own rows."""
+    scale = scale.to(weight.device)[:, None]  # [out, 1]
+    if hasattr(weight, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        # every rank holds the same scale: take the rows laid out like the weight's shard
+        scale = distribute_tensor(scale, weight.device_mesh, weight.placements, src_data_rank=None)
+    weight.mul_(scale)
 
 
 def apply_qk_clip(

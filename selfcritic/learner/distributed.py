@@ -1,0 +1,157 @@
+"""torch.distributed plumbing of the learner group: rendezvous, FSDP2 sharding, batch slices.
+
+- Rendezvous: rank 0 picks a free TCP port on its node's IP; every rank joins with
+  `init_process_group` over TCP (gloo on CPU, NCCL when the rank has a GPU).
+- Sharding: `shard_model` applies FSDP2's `fully_shard` to each decoder layer, then to the root,
+  at every world size (1 included), so the tested path is the path used at scale. Gradients are
+  SUMMED over ranks (FSDP2 averages by default): every rank's loss is already normalised by the
+  whole batch's totals, so the sum is the full-batch gradient.
+- Slicing: `split_batch` cuts a `PolicyBatch` into contiguous per-rank slices of its sequences,
+  critic examples and PTX sequences; `BatchTotals` carries the whole batch's normalisers.
+Left out: hybrid sharding across nodes (HSDP) and expert parallelism.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from selfcritic.learner.learner import PolicyBatch
+
+
+@dataclass(frozen=True)
+class BatchTotals:
+    """Whole-batch normalisers, identical on every rank whatever its slice."""
+
+    sequences: int  # policy sequences
+    tokens: int  # policy completion tokens
+    calibration_weight: float  # sum of the critic examples' weights
+    ptx_tokens: int  # predicted tokens of the PTX sequences
+
+    @staticmethod
+    def of(batch: PolicyBatch) -> BatchTotals:
+        return BatchTotals(
+            sequences=len(batch.prompts),
+            tokens=sum(len(c) for c in batch.completions),
+            calibration_weight=sum(e.weight for e in batch.critic_examples),
+            ptx_tokens=sum(len(s) - 1 for s in batch.ptx_sequences),
+        )
+
+
+def _slices(count: int, parts: int) -> list[slice]:
+    """Contiguous near-equal slices (the first `count % parts` one item longer)."""
+    size, extra = divmod(count, parts)
+    bounds = [0]
+    for part in range(parts):
+        bounds.append(bounds[-1] + size + (1 if part < extra else 0))
+    return [slice(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+def split_batch(batch: PolicyBatch, parts: int) -> list[PolicyBatch]:
+    """Per-rank slices of the sequences, critic examples and PTX sequences (any may be empty)."""
+    policy = _slices(len(batch.prompts), parts)
+    critic = _slices(len(batch.critic_examples), parts)
+    ptx = _slices(len(batch.ptx_sequences), parts)
+    return [
+        replace(
+            batch,
+            prompts=batch.prompts[p],
+            completions=batch.completions[p],
+            old_logprobs=batch.old_logprobs[p],
+            advantages=batch.advantages[p],
+            critic_examples=batch.critic_examples[c],
+            ptx_sequences=batch.ptx_sequences[x],
+        )
+        for p, c, x in zip(policy, critic, ptx, strict=True)
+    ]
+
+
+def node_ip() -> str:
+    """This node's IP as Ray sees it (127.0.0.1 without Ray)."""
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - outside a Ray worker: one machine
+        return "127.0.0.1"
+
+
+def free_port(host: str) -> int:
+    """A TCP port that was free on `host` a moment ago (rank 0 binds it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def backend() -> str:
+    import torch
+
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_process_group(rank: int, world_size: int, host: str, port: int) -> None:
+    """Join the group; the call returns once every rank has joined."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(0)  # Ray exposes each rank's own GPU as device 0
+    dist.init_process_group(
+        backend=backend(),
+        init_method=f"tcp://{host}:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(minutes=10),
+    )
+
+
+def is_distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def shard_model(model: torch.nn.Module, reshard_root: bool | None = None) -> torch.nn.Module:
+    """FSDP2 over every decoder layer, then the root; gradients summed over ranks."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model, reshard_after_forward=reshard_root)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            # SUM, not AVG: with divide factor 1 and sum-only collectives FSDP2 neither pre- nor
+            # post-divides (gloo has no PREMUL_SUM, so the factor must not turn into one).
+            module.set_force_sum_reduction_for_comms(True)
+            module.set_gradient_divide_factor(1.0)
+    return model
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor (a collective: every rank must call it); a plain tensor
+    as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def like_sharded(full: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`full` laid out like the DTensor `reference` (this rank's slice, no communication:
+    every rank holds the same `full`); a plain `reference` gets `full` itself."""
+    if not hasattr(reference, "device_mesh"):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full, reference.device_mesh, reference.placements, src_data_rank=None)
+
+
+def normal_priority() -> None:
+    """Ray starts workers at niceness 15; a learner rank is the step's critical path."""
+    with contextlib.suppress(PermissionError):
+        os.setpriority(os.PRIO_PROCESS, 0, 0)

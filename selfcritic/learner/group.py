@@ -1,0 +1,230 @@
+"""The data-parallel learner group: `learner.world_size` Ray actors, one FSDP2 shard each.
+
+- Start: rank 0 picks a free port on its node's IP; every rank joins one torch.distributed
+  group there (gloo on CPU, NCCL with GPUs), loads the checkpoint and shards it with FSDP2
+  (each decoder layer, then the root) at every world size, 1 included.
+- Step: the driver cuts the batch into contiguous per-rank slices of its policy sequences,
+  critic examples and PTX sequences, and sends each rank its slice with the WHOLE batch's
+  normalisers (`BatchTotals`) and the number of micro-batches per phase of the busiest rank
+  (`phase_passes`). FSDP2 SUMS the gradients over ranks (not its default average): each rank's
+  losses are already divided by whole-batch totals, so K ranks give the update one learner
+  gives on the whole batch. MuonClip then steps identically everywhere: Muon orthogonalises
+  whole matrices, max attention logits are all-reduced with MAX and router loads with SUM.
+- Metrics: losses and token-weighted means are summed over ranks (each rank's share is already
+  weighted by its fraction of the whole batch), `logprob_diff_max` is the max over ranks, the
+  rest (grad norm, MuonClip, router balance: identical on every rank) come from rank 0; plus
+  `tokens_per_second`, every real token the step read (policy, critic and PTX sequences) over
+  the step's wall time.
+- Weights: `checkpoint_state` gathers the full weights (a collective on every rank) and rank 0
+  returns them under checkpoint names; `save_checkpoint` writes a Hugging Face checkpoint from
+  rank 0.
+Left out: GPU placement of the model (the learner runs on CPU tensors; with GPUs the group only
+picks NCCL) and resuming optimizer state (the checkpoint holds weights only).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from selfcritic.config import LearnerConfig, OptimConfig
+from selfcritic.learner.distributed import BatchTotals, split_batch
+from selfcritic.learner.learner import PolicyBatch
+from selfcritic.learner.sharded import PHASES, phase_passes
+
+_SUMMED = (
+    "loss",
+    "kl",
+    "clip_fraction",
+    "ratio_mean",
+    "entropy",
+    "tis_weight_mean",
+    "calibration_loss",
+    "ptx_loss",
+    "micro_batches",
+)
+_MAXED = ("logprob_diff_max",)
+
+
+class _LearnerRank:
+    """One rank, inside a Ray worker process."""
+
+    def __init__(self, threads: int) -> None:
+        from selfcritic.learner.distributed import normal_priority
+
+        normal_priority()
+        torch.set_num_threads(threads)
+        self.learner = None
+
+    def address(self) -> tuple[str, int]:
+        from selfcritic.learner.distributed import free_port, node_ip
+
+        host = node_ip()
+        return host, free_port(host)
+
+    def setup(
+        self,
+        rank: int,
+        world_size: int,
+        host: str,
+        port: int,
+        model_path: str,
+        cfg: LearnerConfig,
+        optim_cfg: OptimConfig,
+        trust_engine: bool,
+    ) -> int:
+        from selfcritic.learner.distributed import init_process_group
+        from selfcritic.learner.sharded import ShardedLearner
+
+        init_process_group(rank, world_size, host, port)
+        self.rank = rank
+        self.learner = ShardedLearner(Path(model_path), cfg, optim_cfg, trust_engine)
+        return os.getpid()
+
+    def step(self, batch: PolicyBatch, totals: BatchTotals, passes: dict[str, int]) -> dict:
+        return self.learner.step_slice(batch, totals, passes)
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor] | None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from selfcritic.rollout.weights import to_checkpoint_names
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(self.learner.model, options=options)  # every rank gathers
+        return to_checkpoint_names(state) if self.rank == 0 else None
+
+    def save_checkpoint(self, out_dir: str, model_path: str) -> str | None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(self.learner.model, options=options)
+        if self.rank != 0:
+            return None
+        from transformers import AutoModelForCausalLM
+
+        from selfcritic.checkpoint import save_hf_checkpoint
+
+        model = AutoModelForCausalLM.from_config(self.learner.model.config, dtype=torch.float32)
+        model.load_state_dict(state, strict=True)
+        return str(save_hf_checkpoint(model, Path(model_path), Path(out_dir)))
+
+    def describe(self) -> str:
+        return self.learner.optimizer.describe()
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def combine_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """One metrics dict from every rank's: sums, maxima, and rank 0's identical values."""
+    combined: dict[str, float] = {}
+    for metrics in per_rank:
+        for key, value in metrics.items():
+            if key not in combined:
+                combined[key] = value
+            elif key in _SUMMED:
+                combined[key] += value
+            elif key in _MAXED:
+                combined[key] = max(combined[key], value)
+    return combined
+
+
+def _tokens_read(batch: PolicyBatch) -> int:
+    policy = sum(len(p) + len(c) for p, c in zip(batch.prompts, batch.completions, strict=True))
+    critic = sum(len(e.prompt_ids) for e in batch.critic_examples)
+    return policy + critic + sum(len(s) for s in batch.ptx_sequences)
+
+
+class LearnerGroup:
+    """`cfg.world_size` learner ranks stepping as one learner; Ray must already be running."""
+
+    def __init__(
+        self, model_path: Path, cfg: LearnerConfig, optim_cfg: OptimConfig, trust_engine: bool
+    ) -> None:
+        import ray
+
+        self.cfg = cfg
+        actor = ray.remote(num_cpus=cfg.cpus_per_rank)(_LearnerRank)
+        self.ranks = [actor.remote(cfg.threads_per_rank) for _ in range(cfg.world_size)]
+        try:
+            host, port = ray.get(self.ranks[0].address.remote())
+            self.pids = ray.get(
+                [
+                    rank.setup.remote(
+                        index,
+                        cfg.world_size,
+                        host,
+                        port,
+                        str(model_path),
+                        cfg,
+                        optim_cfg,
+                        trust_engine,
+                    )
+                    for index, rank in enumerate(self.ranks)
+                ]
+            )
+        except Exception:
+            self._kill()
+            raise
+
+    def step(self, batch: PolicyBatch) -> dict[str, float]:
+        """One optimizer step on the whole `batch`, split across the ranks."""
+        import ray
+
+        start = time.perf_counter()
+        slices = split_batch(batch, len(self.ranks))
+        totals = BatchTotals.of(batch)
+        counts = [phase_passes(part, self.cfg) for part in slices]
+        passes = {phase: max(c[phase] for c in counts) for phase in PHASES}
+        per_rank = ray.get(
+            [
+                rank.step.remote(part, totals, passes)
+                for rank, part in zip(self.ranks, slices, strict=True)
+            ]
+        )
+        metrics = combine_metrics(per_rank)
+        seconds = time.perf_counter() - start
+        return metrics | {"tokens_per_second": _tokens_read(batch) / max(seconds, 1e-9)}
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """Full weights and trained buffers under checkpoint names (rank 0's gathered copy)."""
+        import ray
+
+        return ray.get([rank.checkpoint_state.remote() for rank in self.ranks])[0]
+
+    def save_checkpoint(self, out_dir: Path, model_path: Path) -> Path:
+        """A Hugging Face checkpoint of the current weights (tokenizer files from `model_path`)."""
+        import ray
+
+        paths = ray.get(
+            [rank.save_checkpoint.remote(str(out_dir), str(model_path)) for rank in self.ranks]
+        )
+        return Path(paths[0])
+
+    def describe(self) -> str:
+        import ray
+
+        return ray.get(self.ranks[0].describe.remote())
+
+    def shutdown(self) -> None:
+        import ray
+
+        if not self.ranks:
+            return
+        try:
+            ray.get([rank.shutdown.remote() for rank in self.ranks], timeout=60)
+        finally:
+            self._kill()
+
+    def _kill(self) -> None:
+        import ray
+
+        for rank in self.ranks:
+            ray.kill(rank)
+        self.ranks = []

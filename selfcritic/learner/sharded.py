@@ -1,0 +1,82 @@
+"""One rank of the learner group: the `Learner` on an FSDP2-sharded model and a slice of the batch.
+
+FSDP2 gathers each layer's parameters in every forward and backward and reduce-scatters the
+gradients after each backward: collectives that every rank must enter in the same order. A rank
+whose slice needs fewer micro-batches in a phase (policy, calibration, PTX) than the busiest rank
+therefore runs "dummy" passes at the end of that phase: the same sequence of forwards and
+backward on a two-token input with a loss of exactly zero, its attention maxima and router
+counts discarded. `phase_passes` counts the micro-batches of a slice, so the group's driver can
+tell every rank how many passes each phase takes (the maximum over ranks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from selfcritic.config import LearnerConfig
+from selfcritic.learner.distributed import BatchTotals, shard_model
+from selfcritic.learner.learner import Learner, PolicyBatch, token_micro_batches
+from selfcritic.model.build import load_model
+
+PHASES = ("policy", "calibration", "ptx")
+
+
+def phase_passes(batch: PolicyBatch, cfg: LearnerConfig) -> dict[str, int]:
+    """Micro-batches the `Learner` runs for each phase of `batch` (0 when it skips the phase)."""
+    limit = cfg.max_tokens_per_micro_batch
+    policy = [len(p) + len(c) for p, c in zip(batch.prompts, batch.completions, strict=True)]
+    calibration = [len(e.prompt_ids) for e in batch.critic_examples]
+    ptx = [len(s) for s in batch.ptx_sequences]
+    return {
+        "policy": len(token_micro_batches(policy, limit)) if policy else 0,
+        "calibration": len(token_micro_batches(calibration, limit))
+        if calibration and cfg.calibration_weight > 0
+        else 0,
+        "ptx": len(token_micro_batches(ptx, limit)) if ptx and cfg.ptx_weight > 0 else 0,
+    }
+
+
+class ShardedLearner(Learner):
+    """A `Learner` whose models are sharded with FSDP2 inside an initialised process group."""
+
+    def _load_model(self, model_path: Path, trainable: bool) -> torch.nn.Module:
+        # the frozen reference never runs a backward: reshard its root after each forward too
+        return shard_model(load_model(model_path), reshard_root=None if trainable else True)
+
+    def step_slice(
+        self, batch: PolicyBatch, totals: BatchTotals, passes: dict[str, int]
+    ) -> dict[str, float]:
+        """Gradients of this rank's slice (normalised by `totals`), padded to `passes` per
+        phase with dummy passes; then the optimizer step, identical on every rank."""
+        mine = phase_passes(batch, self.cfg)
+        metrics = self._policy_terms(batch, totals) if mine["policy"] else {}
+        self._dummy_passes(passes["policy"] - mine["policy"], with_reference=True)
+        if mine["calibration"]:
+            metrics["calibration_loss"] = self._calibration_term(batch.critic_examples, totals)
+        self._dummy_passes(passes["calibration"] - mine["calibration"], with_reference=False)
+        if mine["ptx"]:
+            metrics["ptx_loss"] = self._ptx_term(batch.ptx_sequences, totals)
+        self._dummy_passes(passes["ptx"] - mine["ptx"], with_reference=False)
+        return self._optimizer_step(metrics)
+
+    def _dummy_passes(self, count: int, with_reference: bool) -> None:
+        """`count` forward(s)+backward with zero loss: the collectives of a real micro-batch.
+        A policy pass also runs the reference's forward, as a real policy micro-batch does."""
+        if count <= 0:
+            return
+        capture, balancer = self.optimizer.capture, self.optimizer.balancer
+        saved_maxima = dict(capture.max_logits) if capture is not None else None
+        saved_loads = dict(balancer.loads)
+        ids = torch.full((1, 2), self.pad_id, dtype=torch.long)
+        attention = torch.ones_like(ids)
+        for _ in range(count):
+            logits = self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+            if with_reference and self.reference is not None:
+                with torch.no_grad():
+                    self.reference(input_ids=ids, attention_mask=attention, use_cache=False)
+            (logits.float().sum() * 0.0).backward()
+        if capture is not None:
+            capture.max_logits = saved_maxima
+        balancer.loads = saved_loads
