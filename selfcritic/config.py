@@ -77,6 +77,7 @@ class RolloutConfig:
     max_model_len: int = 256
     in_process: bool = True  # run the vLLM engine core inside the actor (faster start on CPU)
     sync_bucket_mb: float = 64.0  # weight sync transfer unit (Ray object store objects)
+    prefix_caching: bool = True  # reuse the KV of shared prompt prefixes (critic prompts share)
     seed: int = 0
 
 

@@ -35,7 +35,7 @@ def _engine_kwargs(model_path: Path, cfg: RolloutConfig) -> dict:
         "seed": cfg.seed,
         "logprobs_mode": "processed_logprobs",
         "worker_extension_cls": _EXTENSION,
-        "enable_prefix_caching": True,
+        "enable_prefix_caching": cfg.prefix_caching,
         "tensor_parallel_size": cfg.tensor_parallel_size,
     }
     if on_cpu():
