@@ -321,6 +321,8 @@ def validate(cfg: Config) -> None:
     )
     if cfg.critic.enabled:
         _validate_critic(cfg.critic, cfg.sampling.n)
+    if cfg.ray.address is None:  # a local Ray: its size is known now (a cluster's at start)
+        _check_local_cpus(cfg)
     _require(cfg.reward.workers >= 0, "reward.workers", "must be >= 0 (0: serial)")
     _require(cfg.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _require(cfg.reward.budget_penalty >= 0, "reward.budget_penalty", "must be >= 0")
@@ -438,3 +440,32 @@ def _validate_critic(critic: CriticConfig, n: int) -> None:
     _require(calibration.buffer_size >= 1, "critic.calibration.buffer_size", "must be >= 1")
     _require(calibration.rl_samples >= 2, "critic.calibration.rl_samples", "must be >= 2")
     _require(critic.anchor.drift_alarm > 0, "critic.anchor.drift_alarm", "must be > 0")
+
+
+def actor_cpus(cfg: Config) -> dict[str, float]:
+    """Ray CPUs each kind of actor reserves, by the config keys that set them."""
+    engines = cfg.rollout.num_engines
+    if cfg.critic.enabled and cfg.critic.weights != "current":
+        engines += 1  # the lagged or frozen critic's own engine
+    return {
+        "rollout.num_engines x rollout.cpus_per_engine (+1 engine for a lagged/frozen critic)": (
+            engines * cfg.rollout.cpus_per_engine
+        ),
+        "learner.world_size x learner.cpus_per_rank": cfg.learner.world_size
+        * cfg.learner.cpus_per_rank,
+    }
+
+
+def _check_local_cpus(cfg: Config) -> None:
+    import os
+
+    available = cfg.ray.num_cpus or os.cpu_count() or 1
+    needs = actor_cpus(cfg)
+    wanted = "; ".join(f"{key} = {value:g}" for key, value in needs.items())
+    _require(
+        sum(needs.values()) <= available + 1e-9,
+        "rollout.cpus_per_engine",
+        f"the actors need {sum(needs.values()):g} Ray CPUs but a local Ray has {available} "
+        f"({wanted}); lower rollout.cpus_per_engine or learner.cpus_per_rank (fractions are "
+        "fine: they reserve, the threads settings decide the work) or raise ray.num_cpus",
+    )

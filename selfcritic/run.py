@@ -40,7 +40,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     output_dir = Path(config.trainer.output_dir or HydraConfig.get().runtime.output_dir)
     print(f"output directory: {output_dir}")
-    Trainer(config, output_dir).run()
+    try:
+        Trainer(config, output_dir).run()
+    except ConfigError as error:  # found while setting up (e.g. Ray has too few CPUs)
+        print(f"configuration error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

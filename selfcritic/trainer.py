@@ -22,14 +22,13 @@ from rewards.base import Rubric
 from rewards.format import apply_budget
 from rewards.pool import VerifierPool
 from rewards.registry import load_rubric
-from selfcritic.checkpoint import save_hf_checkpoint
-from selfcritic.config import Config
+from selfcritic.config import Config, actor_cpus
 from selfcritic.critic.judge import prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
 from selfcritic.critic.self_critic import CritiqueResult, SelfCritic
 from selfcritic.data.prompts import Prompt, get_source
 from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS, informative_groups
-from selfcritic.learner.learner import Learner, PolicyBatch, trust_engine_logprobs
+from selfcritic.learner.learner import PolicyBatch, trust_engine_logprobs
 from selfcritic.rollout.types import Sample, SamplingSpec, temperature_at
 from selfcritic.tracking import Tracker, console_line
 
@@ -59,9 +58,7 @@ class Trainer:
             for step in range(1, self.cfg.trainer.steps + 1):
                 metrics = self.step(step)
             with timed(metrics, "time/checkpoint"):
-                save_hf_checkpoint(
-                    self.learner.model, self.model_path, self.output_dir / "checkpoint"
-                )
+                self.learner.save_checkpoint(self.output_dir / "checkpoint", self.model_path)
             print(f"checkpoint: {self.output_dir / 'checkpoint'}")
             return metrics
         finally:
@@ -70,7 +67,8 @@ class Trainer:
     def _setup(self) -> None:
         from transformers import AutoTokenizer
 
-        from selfcritic.cluster import start_ray
+        from selfcritic.cluster import check_cpus, start_ray
+        from selfcritic.learner.group import LearnerGroup
         from selfcritic.model.build import prepare_model
         from selfcritic.rollout.pool import RolloutPool
 
@@ -81,12 +79,13 @@ class Trainer:
         self._encode = prompt_encoder(self.tokenizer)
         self.tracker = Tracker(cfg.tracking, self.output_dir, dataclasses.asdict(cfg))
         self.owns_ray = start_ray(cfg.ray)
+        check_cpus(actor_cpus(cfg))
         self.pool = RolloutPool(self.model_path, cfg.rollout)
         trust = trust_engine_logprobs(
             cfg.learner.old_logprobs, cfg.rollout.dtype, torch.cuda.is_available()
         )
-        self.learner = Learner(self.model_path, cfg.learner, cfg.optim, trust_engine=trust)
-        print(f"model: {self.model_path}\noptimizer groups:\n{self.learner.optimizer.describe()}")
+        self.learner = LearnerGroup(self.model_path, cfg.learner, cfg.optim, trust_engine=trust)
+        print(f"model: {self.model_path}\noptimizer groups:\n{self.learner.describe()}")
         rewards = cfg.reward
         self.verifiers = VerifierPool(
             rewards.verifier, rewards.verifier_options, rewards.workers, rewards.timeout_s
@@ -163,10 +162,10 @@ class Trainer:
         with timed(metrics, "time/learn"):
             learner_metrics = self.learner.step(batch)
         with timed(metrics, "time/sync"):
-            state = self.learner.checkpoint_state()
-            self.pool.update_weights(state)
+            buckets = self.learner.weight_buckets(self.cfg.rollout.sync_bucket_mb)
+            self.pool.load_buckets(buckets)
             if self.judge_weights is not None:
-                self.judge_weights.after_update(state)
+                self.judge_weights.after_update(buckets)
         return learner_metrics
 
     def _verify(self, prompts: list[Prompt], groups, metrics) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,6 +293,8 @@ class Trainer:
 
         if self.judge_weights is not None:
             self.judge_weights.shutdown()
+        if getattr(self, "learner", None) is not None:
+            self.learner.shutdown()
         if self.pool is not None:
             self.pool.shutdown()
         if getattr(self, "verifiers", None) is not None:

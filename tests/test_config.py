@@ -61,6 +61,9 @@ def test_missing_model_path_names_the_key(tmp_path):
         ("critic.calibration.wrong_max=1.0", "critic.calibration.wrong_max"),
         ("critic.calibration.target=0.4", "critic.calibration.target"),
         ("reward.combine=sum", "reward.combine"),
+        # a frozen critic's engine + the policy's + the learner: 3 CPUs on a 2-CPU Ray
+        ("ray.num_cpus=2 critic.weights=frozen", "rollout.cpus_per_engine"),
+        ("learner.world_size=0", "learner.world_size"),
         ("reward.verifier=nope", "reward.verifier"),
         ("critic.rubric=nope", "critic.rubric"),
         ("tracking.wandb_mode=sometimes", "tracking.wandb_mode"),

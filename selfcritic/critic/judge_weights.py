@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-import torch
-
 
 class JudgeWeights:
     """Holds the engine the critic uses and keeps its weights at the configured lag."""
@@ -24,15 +22,15 @@ class JudgeWeights:
         self.mode, self.lag_steps = mode, lag_steps
         self.engine = policy_pool if mode == "current" else start_pool()
         self.owns_engine = mode != "current"
-        self.pending: deque[dict[str, torch.Tensor]] = deque()
+        self.pending: deque[list] = deque()
 
-    def after_update(self, state: dict[str, torch.Tensor]) -> None:
-        """The policy's weights just became `state` (checkpoint names, as synced)."""
+    def after_update(self, bucket_refs: list) -> None:
+        """The policy's weights just became those in `bucket_refs` (as synced to its pool)."""
         if self.mode != "lagged":
             return
-        self.pending.append({name: tensor.detach().clone() for name, tensor in state.items()})
+        self.pending.append(bucket_refs)
         if len(self.pending) > self.lag_steps:
-            self.engine.update_weights(self.pending.popleft())
+            self.engine.load_buckets(self.pending.popleft())
 
     @property
     def version(self) -> int:

@@ -96,6 +96,15 @@ class _LearnerRank:
         state = get_model_state_dict(self.learner.model, options=options)  # every rank gathers
         return to_checkpoint_names(state) if self.rank == 0 else None
 
+    def weight_buckets(self, bucket_mb: float) -> list | None:
+        """Gather the full weights (every rank takes part); rank 0 puts them into the object
+        store in buckets and returns the refs, so the weights travel from rank 0 to the
+        engines without passing through the driver."""
+        from selfcritic.rollout.weights import put_buckets
+
+        state = self.checkpoint_state()
+        return put_buckets(state, bucket_mb) if self.rank == 0 else None
+
     def save_checkpoint(self, out_dir: str, model_path: str) -> str | None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -197,6 +206,13 @@ class LearnerGroup:
         import ray
 
         return ray.get([rank.checkpoint_state.remote() for rank in self.ranks])[0]
+
+    def weight_buckets(self, bucket_mb: float) -> list:
+        """Refs to the full weights in the object store, put there by rank 0 (for
+        `RolloutPool.load_buckets`)."""
+        import ray
+
+        return ray.get([rank.weight_buckets.remote(bucket_mb) for rank in self.ranks])[0]
 
     def save_checkpoint(self, out_dir: Path, model_path: Path) -> Path:
         """A Hugging Face checkpoint of the current weights (tokenizer files from `model_path`)."""

@@ -7,9 +7,10 @@
   died), and a second failure raises RolloutError naming the engine and the cause.
 - weight sync: a checkpoint-named state is cut into buckets of `rollout.sync_bucket_mb`, each put
   once in Ray's object store as numpy arrays (shared memory on one node: engines on this node read
-  them without a copy); every engine gathers the buckets and applies them in one in-place load.
-  The buckets of the current version are kept for re-syncing a restarted engine. A cross-node
-  NCCL broadcast would replace only `_send_buckets`.
+  them without a copy) by whoever holds the weights (`put_buckets`; in training, the learner's
+  rank 0, so they never pass through the driver); every engine gathers the buckets and applies
+  them in one in-place load (`load_buckets`). The buckets of the current version are kept for
+  re-syncing a restarted engine. A cross-node NCCL broadcast would replace `put_buckets`.
 - shutdown: engines stop their engine cores before their actors are killed (no /dev/shm leftovers).
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from selfcritic.config import RolloutConfig
 from selfcritic.rollout.types import Sample, SamplingSpec
-from selfcritic.rollout.weights import split_into_buckets
+from selfcritic.rollout.weights import put_buckets
 
 
 class RolloutError(RuntimeError):
@@ -67,16 +68,6 @@ def _normal_priority() -> None:
     Back to 0 where allowed (root); elsewhere it stays as Ray set it."""
     with contextlib.suppress(PermissionError):
         os.setpriority(os.PRIO_PROCESS, 0, 0)
-
-
-def _shareable(tensor):
-    """A numpy view where numpy has the dtype (Ray shares those without a copy), else the
-    tensor itself (bfloat16: pickled, one copy)."""
-    tensor = tensor.detach().cpu()
-    try:
-        return tensor.numpy()
-    except TypeError:
-        return tensor
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
@@ -152,10 +143,14 @@ class RolloutPool:
 
     def update_weights(self, state: dict) -> int:
         """Load a checkpoint-named state into every engine; returns the new weight version."""
+        return self.load_buckets(put_buckets(state, self.cfg.sync_bucket_mb))
+
+    def load_buckets(self, bucket_refs: list) -> int:
+        """Load weights already in the object store (refs from `put_buckets`, whoever put
+        them) into every engine; returns the new weight version."""
         import ray
 
-        bucket_bytes = int(self.cfg.sync_bucket_mb * 1024 * 1024)
-        self._bucket_refs = self._send_buckets(split_into_buckets(state, bucket_bytes))
+        self._bucket_refs = list(bucket_refs)
         self.weight_version += 1
         ray.get(
             [
@@ -164,12 +159,6 @@ class RolloutPool:
             ]
         )
         return self.weight_version
-
-    def _send_buckets(self, buckets: list[dict]) -> list:
-        """Put each bucket once in the object store, as numpy (read without copy on this node)."""
-        import ray
-
-        return [ray.put({name: _shareable(t) for name, t in bucket.items()}) for bucket in buckets]
 
     def engine_pids(self) -> list[int]:
         import ray

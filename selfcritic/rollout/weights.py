@@ -82,6 +82,26 @@ def split_into_buckets(state: dict[str, torch.Tensor], bucket_bytes: int) -> lis
     return buckets
 
 
+def shareable(tensor):
+    """A numpy view where numpy has the dtype (Ray shares those without a copy), else the
+    tensor itself (bfloat16: pickled, one copy)."""
+    tensor = tensor.detach().cpu()
+    try:
+        return tensor.numpy()
+    except TypeError:
+        return tensor
+
+
+def put_buckets(state: dict[str, torch.Tensor], bucket_mb: float) -> list:
+    """Put `state` into Ray's object store as buckets of at most `bucket_mb`, each once, from
+    the calling process (the learner's rank 0 sends its own gathered weights); returns the refs
+    the engines load from."""
+    import ray
+
+    buckets = split_into_buckets(state, int(bucket_mb * 1024 * 1024))
+    return [ray.put({name: shareable(t) for name, t in bucket.items()}) for bucket in buckets]
+
+
 def serialize(state: dict[str, torch.Tensor]) -> bytes:
     """Tensors as safetensors bytes (for engines in another process than their host)."""
     from safetensors.torch import save
