@@ -7,6 +7,7 @@ before any work starts. Left out: a schema per plug-in (verifiers and rubrics ar
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,7 @@ class TrainerConfig:
     output_dir: str | None = None  # None: Hydra's run directory
     cache_dir: str = "~/.cache/selfcritic"  # built models and tokenizers, reused across runs
     log_every: int = 1
+    overwrite: bool = False  # allow writing into an output directory that holds an earlier run
 
 
 @dataclass
@@ -469,3 +471,25 @@ def _check_local_cpus(cfg: Config) -> None:
         f"({wanted}); lower rollout.cpus_per_engine or learner.cpus_per_rank (fractions are "
         "fine: they reserve, the threads settings decide the work) or raise ray.num_cpus",
     )
+
+
+RUN_OUTPUTS = ("metrics.jsonl", "checkpoint")  # what a run leaves in its output directory
+
+
+def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuse an output directory that already holds a run, unless `trainer.overwrite`: a second
+    run would mix its metrics into the first one's and replace its checkpoint."""
+    found = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    _require(
+        not found or overwrite,
+        "trainer.output_dir",
+        f"{str(output_dir)!r} already holds a run ({', '.join(found)}); choose another "
+        "directory, or set trainer.overwrite=true to replace it",
+    )
+    if found and overwrite:
+        for name in found:
+            path = output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()

@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from selfcritic.config import Config, ConfigError, register_configs, validate
+from selfcritic.config import Config, ConfigError, check_output_dir, register_configs, validate
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -33,12 +33,13 @@ def main(cfg: DictConfig) -> None:
     from selfcritic.trainer import Trainer
 
     config = to_config(cfg)
+    output_dir = Path(config.trainer.output_dir or HydraConfig.get().runtime.output_dir)
     try:
         validate(config)
+        check_output_dir(output_dir, config.trainer.overwrite)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         sys.exit(2)
-    output_dir = Path(config.trainer.output_dir or HydraConfig.get().runtime.output_dir)
     print(f"output directory: {output_dir}")
     try:
         Trainer(config, output_dir).run()

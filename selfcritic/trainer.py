@@ -222,6 +222,7 @@ class Trainer:
             rubrics=[self.rubric(p.rubric or self.cfg.critic.rubric) for p in prompts],
             step=step,
             rl_temperature=temperature,
+            rl_engine=self.pool,
         )
         metrics.update(result.metrics())
         metrics["critic/weight_lag"] = float(self.pool.weight_version - self.judge_weights.version)

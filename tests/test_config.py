@@ -98,3 +98,26 @@ def test_cli_fails_before_any_work(tmp_path, override, expected):
     assert expected in result.stderr
     assert not (tmp_path / "cache").exists()
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_an_output_directory_holding_a_run_is_not_overwritten(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "selfcritic.run",
+            "+experiment=nano",
+            f"trainer.output_dir={run}",
+            f"trainer.cache_dir={tmp_path / 'cache'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "trainer.output_dir" in result.stderr and "trainer.overwrite=true" in result.stderr
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'  # untouched
+    assert not (tmp_path / "cache").exists()  # no work started

@@ -66,6 +66,11 @@ def test_training_loop_end_to_end(tmp_path, cache_dir):
         "ray.num_cpus=2",
         "rollout.cpus_per_engine=0.5",  # two engines: the policy's and the lagged critic's
         "critic.weights=lagged",
+        # close the loop with a dense verifier: >= 30% digits counts as "correct", none as wrong;
+        # calibration both as examples for the learner and as RL groups of sampled verdicts
+        "critic.calibration.correct_min=0.3",
+        "critic.calibration.wrong_max=0.0",
+        "critic.calibration.form=both",
         f"trainer.cache_dir={cache_dir}",
         "tracking.wandb_mode=disabled",
     ]
@@ -87,6 +92,11 @@ def test_training_loop_end_to_end(tmp_path, cache_dir):
         assert record["critic/judgements"] == 8 * 4 * 2
         assert record["critic/invalid_rate"] == 0.0
     assert [r["weight_version"] for r in records] == [1, 2, 3]
+    # the closed loop ran: correct-vs-wrong pairs judged, examples trained, verdicts rewarded
+    assert sum(r["critic/calibration_pairs"] for r in records) > 0
+    assert any(r.get("learner/calibration_loss", 0) > 0 for r in records)
+    assert any(0 <= r.get("critic/rl_verdict_reward", -1) <= 1 for r in records)
+    assert all(0 <= r["critic/agreement"] <= 1 for r in records if r["critic/calibration_pairs"])
     # the lagged critic judges with the weights of one update ago, on its own engine
     assert [r["critic/weight_lag"] for r in records] == [0, 1, 1]
     # 6 tokens sampled against a budget of 5: a random model rarely stops early

@@ -93,9 +93,12 @@ class SelfCritic:
         rubrics: list[Rubric] | None = None,
         step: int = 1,
         rl_temperature: float = 1.0,
+        rl_engine=None,
     ) -> CritiqueResult:
         """Score every group; `verified[g][i]` is sample i's verifier score (None: no verifier)
-        and drives calibration; `rubrics[g]` overrides the critic's rubric for group g."""
+        and drives calibration; `rubrics[g]` overrides the critic's rubric for group g. RL-form
+        verdicts are sampled on `rl_engine` (default `engine`): the policy's own engine, so that
+        they are on-policy for the learner even when a lagged or frozen copy judges."""
         rng = random.Random(seed)
         texts = [[s.text for s in group] for group in groups]
         rubrics = rubrics or [self.rubric] * len(groups)
@@ -120,7 +123,8 @@ class SelfCritic:
         result.extra.update(_aspect_metrics(judged, verified, self.cfg.calibration))
         result.extra["critic/length_bias"] = length_bias(result.scores, groups)
         if calibrating:
-            self._calibrate(result, calibrated, calibration_jobs, engine, rng, rl_temperature)
+            rl_engine = rl_engine or engine
+            self._calibrate(result, calibrated, calibration_jobs, rl_engine, rng, rl_temperature)
         if anchor_jobs:
             result.extra.update(self.anchor.drift(call.judged[-len(anchor_jobs) :]))
         self.calibrator.excluded |= self.anchor.freeze(judged, rng)
