@@ -238,6 +238,9 @@ class TrainerConfig:
     output_dir: str | None = None  # None: Hydra's run directory
     cache_dir: str = "~/.cache/selfcritic"  # built models and tokenizers, reused across runs
     log_every: int = 1
+    checkpoint_every: int = 0  # full training checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = 2  # newest complete training checkpoints kept
+    resume: bool = True  # continue from the newest complete checkpoint in the output directory
     overwrite: bool = False  # allow writing into an output directory that holds an earlier run
 
 
@@ -326,6 +329,8 @@ def validate(cfg: Config) -> None:
     if cfg.ray.address is None:  # a local Ray: its size is known now (a cluster's at start)
         _check_local_cpus(cfg)
     _require(cfg.reward.workers >= 0, "reward.workers", "must be >= 0 (0: serial)")
+    _require(cfg.trainer.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0")
+    _require(cfg.trainer.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be >= 1")
     _require(cfg.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _require(cfg.reward.budget_penalty >= 0, "reward.budget_penalty", "must be >= 0")
     from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS
@@ -473,12 +478,22 @@ def _check_local_cpus(cfg: Config) -> None:
     )
 
 
-RUN_OUTPUTS = ("metrics.jsonl", "checkpoint")  # what a run leaves in its output directory
+RUN_OUTPUTS = (
+    "metrics.jsonl",
+    "checkpoint",
+    "checkpoints",
+)  # what a run leaves in its output directory
 
 
-def check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Refuse an output directory that already holds a run, unless `trainer.overwrite`: a second
-    run would mix its metrics into the first one's and replace its checkpoint."""
+def check_output_dir(output_dir: Path, trainer: TrainerConfig) -> None:
+    """Refuse an output directory that already holds a run, unless it is resumed (a complete
+    training checkpoint and `trainer.resume`) or `trainer.overwrite` says to replace it: a
+    second run would mix its metrics into the first one's and replace its checkpoints."""
+    from selfcritic.checkpoint import newest_checkpoint
+
+    if trainer.resume and newest_checkpoint(output_dir) is not None:
+        return
+    overwrite = trainer.overwrite
     found = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
     _require(
         not found or overwrite,
@@ -493,3 +508,45 @@ def check_output_dir(output_dir: Path, overwrite: bool) -> None:
                 shutil.rmtree(path)
             else:
                 path.unlink()
+
+
+# Settings a resumed run may change: how long it runs and how it reports, not what it trains.
+RESUMABLE_CHANGES = (
+    "trainer.steps",
+    "trainer.resume",
+    "trainer.overwrite",
+    "trainer.output_dir",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+    "tracking.wandb_mode",
+)
+
+
+def training_settings(cfg: Config) -> dict[str, Any]:
+    """The flattened config without the settings a resumed run may change."""
+    import dataclasses
+
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            flat[prefix] = value
+
+    walk("", dataclasses.asdict(cfg))
+    return {k: v for k, v in flat.items() if k not in RESUMABLE_CHANGES}
+
+
+def check_resumable(saved: dict[str, Any], cfg: Config) -> None:
+    """Refuse to resume a checkpoint with different training settings, naming them."""
+    current = training_settings(cfg)
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    _require(
+        not changed,
+        changed[0] if changed else "",
+        f"differs from the checkpoint being resumed ({', '.join(changed[:5])}): resume with the "
+        "same settings, or use another trainer.output_dir (trainer.overwrite=true replaces it)",
+    )

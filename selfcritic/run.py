@@ -36,7 +36,7 @@ def main(cfg: DictConfig) -> None:
     output_dir = Path(config.trainer.output_dir or HydraConfig.get().runtime.output_dir)
     try:
         validate(config)
-        check_output_dir(output_dir, config.trainer.overwrite)
+        check_output_dir(output_dir, config.trainer)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -16,7 +16,10 @@ from selfcritic.config import TrackingConfig
 
 
 class Tracker:
-    def __init__(self, cfg: TrackingConfig, output_dir: Path, config: dict) -> None:
+    def __init__(
+        self, cfg: TrackingConfig, output_dir: Path, config: dict, run_id: str | None = None
+    ) -> None:
+        """`run_id`: continue that wandb run (a resumed training run), else start a new one."""
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -27,8 +30,29 @@ class Tracker:
             mode=cfg.wandb_mode,
             dir=str(output_dir),
             config=config,
+            id=run_id,
+            resume="allow" if run_id else None,
         )
         self.metrics_path = output_dir / "metrics.jsonl"
+
+    @property
+    def run_id(self) -> str | None:
+        return getattr(self.run, "id", None)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop local records of steps after `step` (a run killed after its last checkpoint
+        logged them; the resumed run logs them again), and any half-written last line."""
+        if not self.metrics_path.exists():
+            return
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **metrics}

@@ -10,8 +10,13 @@ Left out: warm-start stage, dynamic sampling, periodic checkpoints and resume (l
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import hashlib
+import json
 import math
+import pickle
+import random
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +27,8 @@ from rewards.base import Rubric
 from rewards.format import apply_budget
 from rewards.pool import VerifierPool
 from rewards.registry import load_rubric
-from selfcritic.config import Config, actor_cpus
+from selfcritic.checkpoint import newest_checkpoint, write_checkpoint
+from selfcritic.config import Config, actor_cpus, check_resumable, training_settings
 from selfcritic.critic.judge import prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
 from selfcritic.critic.self_critic import CritiqueResult, SelfCritic
@@ -51,18 +57,66 @@ class Trainer:
         self.rubrics: dict[str, Rubric] = {}
 
     def run(self) -> dict[str, float]:
-        """Run every step; returns the last step's metrics."""
+        """Run every step (from the one after the resumed checkpoint's); returns the last
+        step's metrics."""
         try:
             self._setup()
+            first = self._resume() + 1
             metrics: dict[str, float] = {}
-            for step in range(1, self.cfg.trainer.steps + 1):
+            steps, every = self.cfg.trainer.steps, self.cfg.trainer.checkpoint_every
+            for step in range(first, steps + 1):
                 metrics = self.step(step)
-            with timed(metrics, "time/checkpoint"):
+                if every and step % every == 0 and step < steps:
+                    self._save(step)
+            if first <= steps:
+                self._save(steps)
                 self.learner.save_checkpoint(self.output_dir / "checkpoint", self.model_path)
-            print(f"checkpoint: {self.output_dir / 'checkpoint'}")
+                print(f"checkpoint: {self.output_dir / 'checkpoint'}")
             return metrics
         finally:
             self._teardown()
+
+    def _save(self, step: int) -> None:
+        """A full training checkpoint of `step` (see selfcritic/checkpoint.py)."""
+
+        def write_parts(directory: Path) -> None:
+            self.learner.save_checkpoint(directory / "model", self.model_path)
+            self.learner.save_state(directory / "learner")
+            state = {
+                "step": step,
+                "weight_version": self.pool.weight_version,
+                "wandb_run_id": self.tracker.run_id,
+                "settings": training_settings(self.cfg),
+                "python_random": repr(random.getstate()),
+            }
+            (directory / "trainer.json").write_text(json.dumps(state, indent=1, default=str))
+            torch.save(torch.get_rng_state(), directory / "torch_rng.pt")
+            if self.critic is not None:
+                (directory / "critic.pkl").write_bytes(pickle.dumps(self.critic.state()))
+
+        start = time.perf_counter()
+        path = write_checkpoint(
+            self.output_dir, step, write_parts, self.cfg.trainer.keep_checkpoints
+        )
+        print(f"saved {path} ({time.perf_counter() - start:.1f} s)", flush=True)
+
+    def _resume(self) -> int:
+        """Restore the newest complete checkpoint, if resuming; returns its step (0: none)."""
+        if self.resume_from is None:
+            return 0
+        path, state = self.resume_from, self.resumed_state
+        self.learner.load_state(path / "learner")
+        buckets = self.learner.weight_buckets(self.cfg.rollout.sync_bucket_mb)
+        self.pool.load_buckets(buckets, version=state["weight_version"])
+        if self.judge_weights is not None and self.judge_weights.mode == "lagged":
+            self.judge_weights.engine.load_buckets(buckets)  # the lag restarts from here
+        if self.critic is not None and (path / "critic.pkl").exists():
+            self.critic.load_state(pickle.loads((path / "critic.pkl").read_bytes()))
+        torch.set_rng_state(torch.load(path / "torch_rng.pt"))
+        random.setstate(ast.literal_eval(state["python_random"]))
+        self.tracker.truncate_after(state["step"])
+        print(f"resumed from {path} (step {state['step']})", flush=True)
+        return state["step"]
 
     def _setup(self) -> None:
         from transformers import AutoTokenizer
@@ -77,7 +131,17 @@ class Trainer:
         self.model_path = prepare_model(cfg.model, cache)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
         self._encode = prompt_encoder(self.tokenizer)
-        self.tracker = Tracker(cfg.tracking, self.output_dir, dataclasses.asdict(cfg))
+        self.resume_from = newest_checkpoint(self.output_dir) if cfg.trainer.resume else None
+        self.resumed_state: dict = {}
+        if self.resume_from is not None:
+            self.resumed_state = json.loads((self.resume_from / "trainer.json").read_text())
+            check_resumable(self.resumed_state["settings"], cfg)
+        self.tracker = Tracker(
+            cfg.tracking,
+            self.output_dir,
+            dataclasses.asdict(cfg),
+            run_id=self.resumed_state.get("wandb_run_id"),
+        )
         self.owns_ray = start_ray(cfg.ray)
         check_cpus(actor_cpus(cfg))
         self.pool = RolloutPool(self.model_path, cfg.rollout)
@@ -135,6 +199,7 @@ class Trainer:
             max_tokens=sampling.max_tokens,
             top_p=sampling.top_p,
             stop=tuple(sampling.stop),
+            seed=step_seed(cfg.trainer.seed, step, ROLLOUT_SEED),
         )
         metrics["rollout/temperature"] = temperature
         with timed(metrics, "time/step"):
@@ -217,7 +282,7 @@ class Trainer:
             [p.text for p in prompts],
             groups,
             self.judge_weights.engine,
-            seed=self.cfg.trainer.seed * 100003 + step,
+            seed=step_seed(self.cfg.trainer.seed, step, CRITIC_SEED),
             verified=verified,
             rubrics=[self.rubric(p.rubric or self.cfg.critic.rubric) for p in prompts],
             step=step,
@@ -306,6 +371,16 @@ class Trainer:
             ray.shutdown()
 
 
+ROLLOUT_SEED, CRITIC_SEED = 0, 1
+
+
+def step_seed(run_seed: int, step: int, purpose: int) -> int:
+    """The seed of one purpose's engine calls at `step`: with `request_seed` per prompt, every
+    sampled token is a function of (run seed, step, prompt index, sample index), so a resumed
+    run samples what the uninterrupted run would have."""
+    return (run_seed * 1_000_003 + step) * 4 + purpose
+
+
 def _learner_key(name: str) -> str:
     """Learner metrics go under learner/, unless they already name their panel (muonclip/...)."""
     return name if "/" in name else f"learner/{name}"
@@ -314,7 +389,10 @@ def _learner_key(name: str) -> str:
 def _rollout_metrics(groups: list[list[Sample]], seconds: float) -> dict[str, float]:
     samples = [s for group in groups for s in group]
     tokens = sum(len(s.completion_ids) for s in samples)
+    digest = hashlib.sha256(repr([s.completion_ids for s in samples]).encode()).digest()
     return {
+        # a fingerprint of every sampled token: equal digests, equal samples (resume checks)
+        "rollout/digest": float(int.from_bytes(digest[:4], "big")),
         "rollout/response_length": tokens / len(samples),
         "rollout/truncated_rate": sum(s.finish_reason == "length" for s in samples) / len(samples),
         "rollout/tokens_per_second": tokens / max(seconds, 1e-9),

@@ -13,6 +13,7 @@ Left out: aggregation and what the verdicts are for (callers).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,13 +122,19 @@ class Judge:
             return None
         return 1 / (1 + math.exp(y - x))
 
-    def judge(self, jobs: list[PairJob], engine) -> JudgeCall:
+    def judge(self, jobs: list[PairJob], engine, seed: int | None = None) -> JudgeCall:
         """Every job in both orders through `engine.generate`, in one call."""
         prompts = [
             self.encode(self.prompt_text(job, swapped)) for job in jobs for swapped in (0, 1)
         ]
         order = sorted(range(len(prompts)), key=lambda i: prompts[i])
-        answers = engine.generate([prompts[i] for i in order], self.spec()) if jobs else []
+        answers = (
+            engine.generate(
+                [prompts[i] for i in order], dataclasses.replace(self.spec(), seed=seed)
+            )
+            if jobs
+            else []
+        )
         by_prompt: list[list[Sample]] = [[]] * len(prompts)
         for position, index in enumerate(order):
             by_prompt[index] = answers[position]
@@ -147,13 +154,13 @@ class Judge:
             completion_tokens=sum(len(s.completion_ids) for a in answers for s in a),
         )
 
-    def sample(self, jobs: list[PairJob], engine, n: int, temperature: float):
+    def sample(self, jobs: list[PairJob], engine, n: int, temperature: float, seed=None):
         """`n` sampled verdicts per job and order (the RL form of calibration): a list of
         (job, swapped, samples), `samples` carrying their tokens and sampling logprobs."""
         base = self.spec()  # no allowed-token restriction: the learner's logprobs are over the
         # whole vocabulary, so the sampled ones must be too (a non-letter is simply wrong)
         spec = SamplingSpec(
-            n=n, temperature=temperature, max_tokens=base.max_tokens, stop=base.stop
+            n=n, temperature=temperature, max_tokens=base.max_tokens, stop=base.stop, seed=seed
         )
         keys = [(job, swapped) for job in jobs for swapped in (False, True)]
         prompts = [self.encode(self.prompt_text(job, swapped)) for job, swapped in keys]

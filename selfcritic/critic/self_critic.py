@@ -78,6 +78,20 @@ class SelfCritic:
         )
         self.anchor = AnchorSet(cfg.anchor)
 
+    def state(self) -> dict:
+        """What a resumed run needs: the replay buffer, the anchor set, the excluded questions."""
+        return {
+            "buffer": list(self.calibrator.buffer),
+            "excluded": set(self.calibrator.excluded),
+            "anchor": list(self.anchor.reference),
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.calibrator.buffer.clear()
+        self.calibrator.buffer.extend(state["buffer"])
+        self.calibrator.excluded = set(state["excluded"])
+        self.anchor.reference = list(state["anchor"])
+
     def exclude_from_calibration(self, questions) -> None:
         """Leakage guard: these questions (evaluation prompts) never yield calibration pairs."""
         self.calibrator.excluded.update(questions)
@@ -109,7 +123,7 @@ class SelfCritic:
             self.calibrator.jobs(questions, texts, verified, rng) if calibrating else []
         )
         anchor_jobs = self.anchor.jobs() if self.anchor.due(step) else []
-        call = self.judge.judge(rubric_jobs + calibration_jobs + anchor_jobs, engine)
+        call = self.judge.judge(rubric_jobs + calibration_jobs + anchor_jobs, engine, seed)
         judged = call.judged[: len(rubric_jobs)]
         calibrated = call.judged[len(rubric_jobs) : len(rubric_jobs) + len(calibration_jobs)]
         result = CritiqueResult(
@@ -124,7 +138,9 @@ class SelfCritic:
         result.extra["critic/length_bias"] = length_bias(result.scores, groups)
         if calibrating:
             rl_engine = rl_engine or engine
-            self._calibrate(result, calibrated, calibration_jobs, rl_engine, rng, rl_temperature)
+            self._calibrate(
+                result, calibrated, calibration_jobs, rl_engine, rng, rl_temperature, seed
+            )
         if anchor_jobs:
             result.extra.update(self.anchor.drift(call.judged[-len(anchor_jobs) :]))
         self.calibrator.excluded |= self.anchor.freeze(judged, rng)
@@ -162,7 +178,7 @@ class SelfCritic:
             for group, found in zip(groups, outcomes, strict=True)
         ]
 
-    def _calibrate(self, result, calibrated, jobs, engine, rng, rl_temperature) -> None:
+    def _calibrate(self, result, calibrated, jobs, engine, rng, rl_temperature, seed) -> None:
         agreements = [agreement(item.outcome) for item in calibrated]
         form = self.cfg.calibration.form
         examples, replayed = [], 0
@@ -171,7 +187,7 @@ class SelfCritic:
         result.examples = examples
         if form in ("rl", "both") and jobs:
             sampled = self.judge.sample(
-                jobs, engine, self.cfg.calibration.rl_samples, rl_temperature
+                jobs, engine, self.cfg.calibration.rl_samples, rl_temperature, seed + 1
             )
             result.rl_groups = rl_groups(sampled, self.judge.letter_of, self.judge.prompter.letters)
             result.completion_tokens += sum(

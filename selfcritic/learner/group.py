@@ -120,6 +120,34 @@ class _LearnerRank:
         model.load_state_dict(state, strict=True)
         return str(save_hf_checkpoint(model, Path(model_path), Path(out_dir)))
 
+    def save_state(self, directory: str) -> None:
+        """Model and optimizer state, each rank writing its shards (a collective)."""
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._state(), checkpoint_id=directory)
+
+    def load_state(self, directory: str) -> None:
+        """The state `save_state` wrote, resharded to this group if its size differs."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._state()
+        dcp.load(state, checkpoint_id=directory)
+        set_state_dict(
+            self.learner.model,
+            list(self.learner.optimizer.optimizers.values()),
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+        )
+
+    def _state(self) -> dict:
+        """DCP's sharded views of the model and of both inner optimizers (Muon, AdamW)."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        optimizers = list(self.learner.optimizer.optimizers.values())
+        model, optim = get_state_dict(self.learner.model, optimizers)
+        return {"model": model, "optim": optim}
+
     def describe(self) -> str:
         return self.learner.optimizer.describe()
 
@@ -222,6 +250,18 @@ class LearnerGroup:
             [rank.save_checkpoint.remote(str(out_dir), str(model_path)) for rank in self.ranks]
         )
         return Path(paths[0])
+
+    def save_state(self, directory: Path) -> None:
+        """Model and optimizer state for exact resume (every rank writes its shards; on several
+        nodes `directory` must be on a shared filesystem)."""
+        import ray
+
+        ray.get([rank.save_state.remote(str(directory)) for rank in self.ranks])
+
+    def load_state(self, directory: Path) -> None:
+        import ray
+
+        ray.get([rank.load_state.remote(str(directory)) for rank in self.ranks])
 
     def describe(self) -> str:
         import ray

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from selfcritic.config import RolloutConfig
-from selfcritic.rollout.types import Sample, SamplingSpec
+from selfcritic.rollout.types import Sample, SamplingSpec, request_seed
 from selfcritic.rollout.weights import to_transformers_names
 
 
@@ -34,8 +34,9 @@ class TransformersEngine:
         self.weight_version = 0
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
-        if spec.seed is not None:
-            torch.manual_seed(spec.seed)
+        if spec.seed is not None:  # one generator for the batched call: seeded by its first
+            # prompt's seed (transformers' generate has no per-request generators)
+            torch.manual_seed(request_seed(spec.seed, spec.first_index))
         rows = [list(p) for p in prompts for _ in range(spec.n)]
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)

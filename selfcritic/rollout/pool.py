@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 
@@ -104,13 +105,17 @@ class RolloutPool:
         import ray
 
         shards = split_evenly(prompts, len(self.actors))
-        futures = {i: self.actors[i].generate.remote(s, spec) for i, s in enumerate(shards) if s}
+        starts = [sum(len(s) for s in shards[:i]) for i in range(len(shards))]
+        specs = [dataclasses.replace(spec, first_index=spec.first_index + x) for x in starts]
+        futures = {
+            i: self.actors[i].generate.remote(s, specs[i]) for i, s in enumerate(shards) if s
+        }
         groups: list[list[Sample]] = []
         for index, future in futures.items():
             try:
                 groups.extend(ray.get(future))
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as first:
-                groups.extend(self._retry(index, shards[index], spec, first))
+                groups.extend(self._retry(index, shards[index], specs[index], first))
         if len(groups) != len(prompts) or any(len(group) != spec.n for group in groups):
             raise RolloutError("the engines returned a partial batch")
         return groups
@@ -145,13 +150,14 @@ class RolloutPool:
         """Load a checkpoint-named state into every engine; returns the new weight version."""
         return self.load_buckets(put_buckets(state, self.cfg.sync_bucket_mb))
 
-    def load_buckets(self, bucket_refs: list) -> int:
+    def load_buckets(self, bucket_refs: list, version: int | None = None) -> int:
         """Load weights already in the object store (refs from `put_buckets`, whoever put
-        them) into every engine; returns the new weight version."""
+        them) into every engine; returns the new weight version (`version` when given: a
+        resumed run restores its count)."""
         import ray
 
         self._bucket_refs = list(bucket_refs)
-        self.weight_version += 1
+        self.weight_version = self.weight_version + 1 if version is None else version
         ray.get(
             [
                 actor.update_weights.remote(self.weight_version, *self._bucket_refs)

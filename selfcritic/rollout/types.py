@@ -18,7 +18,11 @@ class SamplingSpec:
     temperature: float
     max_tokens: int
     top_p: float = 1.0
-    seed: int | None = None  # per-call seed; None leaves the engine's generator as it is
+    # Seeds: prompt i of a call is sampled with request_seed(seed, first_index + i), so that the
+    # tokens depend on (seed, prompt index) only, not on the engine's history or on how the
+    # pool shards a batch (it sets first_index per shard). None: the engine's own generator.
+    seed: int | None = None
+    first_index: int = 0
     ignore_eos: bool = False  # keep generating past end-of-sequence (benchmarks: fixed lengths)
     stop: tuple[str, ...] = ()  # strings that end a sample (not included in its text)
     allowed_token_ids: tuple[int, ...] = ()  # restrict sampling to these (the critic's verdicts)
@@ -36,6 +40,11 @@ class Sample:
     finish_reason: str  # "stop" (end of sequence or stop string) or "length"
     weight_version: int
     top_logprobs: tuple[dict[int, float], ...] = ()  # per position, when SamplingSpec asks
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The seed of prompt `index` of a call seeded with `seed` (a 63-bit mix of both)."""
+    return (seed * 1_000_003 + index * 7_919 + 1) % (2**63 - 1)
 
 
 class RolloutEngine(Protocol):

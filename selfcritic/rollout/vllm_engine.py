@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from selfcritic.config import RolloutConfig
-from selfcritic.rollout.types import Sample, SamplingSpec
+from selfcritic.rollout.types import Sample, SamplingSpec, request_seed
 from selfcritic.rollout.weights import serialize
 
 _EXTENSION = "selfcritic.rollout.worker_extension.WeightSyncExtension"
@@ -60,17 +60,23 @@ class VLLMEngine:
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
+        base = dict(
             n=spec.n,
             temperature=spec.temperature,
             top_p=spec.top_p,
             max_tokens=spec.max_tokens,
             logprobs=spec.top_logprobs,  # 0: the sampled token's own logprob only
             allowed_token_ids=list(spec.allowed_token_ids) or None,
-            seed=spec.seed,
             ignore_eos=spec.ignore_eos,
             stop=list(spec.stop) or None,
         )
+        params = [
+            SamplingParams(
+                **base,
+                seed=None if spec.seed is None else request_seed(spec.seed, spec.first_index + i),
+            )
+            for i in range(len(prompts))
+        ]
         requests = [{"prompt_token_ids": list(ids)} for ids in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         return [self._samples(output, spec.top_logprobs) for output in outputs]

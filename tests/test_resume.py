@@ -1,0 +1,141 @@
+"""Training checkpoints and exact resume.
+
+The exactness test runs the README's command for 4 steps twice: once straight through, once
+killed with SIGKILL (its whole process group: driver, Ray, engine and learner actors) after step
+3, then run again with the same command, which resumes from the step-2 checkpoint. Every metric
+of every step (the sampled tokens' digest, rewards, losses, MuonClip and router metrics, critic
+verdicts) must be identical, bit for bit: engines in float32 on CPU with per-request seeds are
+deterministic here. Only wall-clock timings may differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from selfcritic.checkpoint import newest_checkpoint, write_checkpoint
+from selfcritic.config import (
+    Config,
+    ConfigError,
+    TrainerConfig,
+    check_output_dir,
+    check_resumable,
+    training_settings,
+)
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+from selfcritic.checkpoint import write_checkpoint
+
+def slow_parts(directory):
+    (directory / "model.bin").write_bytes(b"x" * 1000)
+    print("writing", flush=True)
+    time.sleep(60)
+
+write_checkpoint(Path(sys.argv[1]), 4, slow_parts, keep=2)
+"""
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
+    write_checkpoint(tmp_path, 2, lambda d: (d / "model.bin").write_bytes(b"old"), keep=2)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout.readline().strip() == "writing"  # killed in the middle of the write
+    writer.kill()
+    writer.wait()
+    newest = newest_checkpoint(tmp_path)
+    assert newest is not None and newest.name == "step-000002"
+    assert (newest / "model.bin").read_bytes() == b"old"
+    # the next checkpoint clears the half-written one and keeps the newest two
+    for step in (4, 6):
+        write_checkpoint(tmp_path, step, lambda d: (d / "model.bin").write_bytes(b"new"), 2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-000004", "step-000006"]
+
+
+def test_resume_refuses_changed_training_settings(tmp_path):
+    saved = training_settings(Config())
+    check_resumable(saved, Config(trainer=TrainerConfig(steps=50)))  # running longer is fine
+    changed = Config()
+    changed.sampling.n = 8
+    with pytest.raises(ConfigError, match=r"sampling\.n"):
+        check_resumable(saved, changed)
+    # an output directory with a complete checkpoint is resumed, not refused
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="trainer.output_dir"):
+        check_output_dir(tmp_path, TrainerConfig())
+    write_checkpoint(tmp_path, 2, lambda d: None, keep=2)
+    check_output_dir(tmp_path, TrainerConfig())
+    with pytest.raises(ConfigError, match="trainer.output_dir"):
+        check_output_dir(tmp_path, TrainerConfig(resume=False))
+
+
+def _command(output_dir, cache_dir) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "selfcritic.run",
+        "+experiment=nano",
+        "trainer.steps=4",
+        "trainer.checkpoint_every=2",
+        f"trainer.output_dir={output_dir}",
+        f"trainer.cache_dir={cache_dir}",
+        "tracking.wandb_mode=disabled",
+    ]
+
+
+def _records(path) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (a != a and b != b)  # NaN (no calibration pair) equals NaN
+
+
+def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path, cache_dir):
+    straight = subprocess.run(
+        _command(tmp_path / "a", cache_dir), capture_output=True, text=True, timeout=600
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    first = subprocess.Popen(
+        _command(tmp_path / "b", cache_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill takes Ray and actors too
+    )
+    deadline = time.monotonic() + 600
+    while not (metrics.exists() and '"step": 3' in metrics.read_text()):
+        assert first.poll() is None and time.monotonic() < deadline, "run ended before step 3"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert newest_checkpoint(tmp_path / "b").name == "step-000002"
+
+    resumed = subprocess.run(
+        _command(tmp_path / "b", cache_dir), capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "(step 2)" in resumed.stdout
+    a, b = _records(tmp_path / "a" / "metrics.jsonl"), _records(metrics)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]  # step 3 logged once, by the resumed run
+    for step in (3, 4):
+        compared = [k for k in a[step] if not k.startswith("time/") and "per_second" not in k]
+        assert len(compared) > 40
+        different = {
+            k: (a[step][k], b[step].get(k))
+            for k in compared
+            if not _same(a[step][k], b[step].get(k))
+        }
+        assert not different, f"step {step}: {different}"
+    assert a[3]["rollout/digest"] == b[3]["rollout/digest"]  # the same tokens, first resumed step
+    assert a[4]["weight_version"] == b[4]["weight_version"] == 4
