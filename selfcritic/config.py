@@ -227,6 +227,10 @@ class TrackingConfig:
     wandb_mode: str = "offline"  # online | offline | disabled
     project: str = "selfcritic"
     run_name: str | None = None
+    console: str = "line"  # line: one progress line per trainer.log_every steps | quiet
+    samples_every: int = 5  # log a table of samples (prompt, response, verdicts, rewards)
+    # every N steps to wandb and samples.jsonl; 0: never
+    samples_groups: int = 2  # groups in each sample table
 
 
 @dataclass
@@ -330,6 +334,8 @@ def validate(cfg: Config) -> None:
         _check_local_cpus(cfg)
     _require(cfg.reward.workers >= 0, "reward.workers", "must be >= 0 (0: serial)")
     _require(cfg.trainer.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0")
+    _require(cfg.tracking.console in ("line", "quiet"), "tracking.console", "must be line or quiet")
+    _require(cfg.tracking.samples_every >= 0, "tracking.samples_every", "must be >= 0 (0: never)")
     _require(cfg.trainer.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be >= 1")
     _require(cfg.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _require(cfg.reward.budget_penalty >= 0, "reward.budget_penalty", "must be >= 0")

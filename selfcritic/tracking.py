@@ -2,7 +2,10 @@
 
 wandb runs offline by default (sync later with `wandb sync`), online when configured, and is a
 no-op when disabled (tests). Every logged dict is also appended as one JSON line, so curves can be
-read without wandb. Left out: grouped dashboards, sample tables and PNG plots (run operations).
+read without wandb (`python -m selfcritic.plot RUN_DIR` draws them). wandb groups panels by the
+metric-name prefix: reward/, critic/, learner/, rollout/, muonclip/, moe/, time/. Sample tables
+(prompt, response, verifier and critic scores, reward, the critic's pair outcomes) go to wandb as
+a Table and to `samples.jsonl`.
 """
 
 from __future__ import annotations
@@ -59,6 +62,19 @@ class Tracker:
         with self.metrics_path.open("a") as stream:
             stream.write(json.dumps(record) + "\n")
         self.run.log(metrics, step=step)
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        """One table of samples: to `samples.jsonl` (one line per row) and to wandb."""
+        if not rows:
+            return
+        with (self.metrics_path.parent / "samples.jsonl").open("a") as stream:
+            for row in rows:
+                stream.write(json.dumps({"step": step, **row}) + "\n")
+        import wandb
+
+        columns = list(rows[0])
+        table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
+        self.run.log({"samples": table}, step=step)
 
     def finish(self) -> None:
         self.run.finish()

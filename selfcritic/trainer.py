@@ -219,9 +219,43 @@ class Trainer:
         metrics.update({_learner_key(k): v for k, v in learner_metrics.items()})
         metrics.update(_rollout_metrics(groups, metrics["time/rollout"]))
         self.tracker.log(step, metrics)
-        if step % cfg.trainer.log_every == 0:
+        every = cfg.tracking.samples_every
+        if every and step % every == 0:
+            rows = self._sample_rows(prompts, groups, verifiable, rewards, critique)
+            self.tracker.log_samples(step, rows)
+        if cfg.tracking.console == "line" and step % cfg.trainer.log_every == 0:
             print(console_line(step, cfg.trainer.steps, metrics), flush=True)
         return metrics
+
+    def _sample_rows(self, prompts, groups, verifiable, rewards, critique) -> list[dict]:
+        """The first `tracking.samples_groups` groups as table rows, with the critic's outcomes
+        for each response ("aspect vs #j: outcome", both orders averaged)."""
+        outcomes: dict[tuple[int, int], list[str]] = {}
+        for item in critique.judged if critique else []:
+            g, i, j = item.job.key
+            outcomes.setdefault((g, i), []).append(f"{item.job.aspect} vs #{j}: {item.outcome:.2f}")
+            outcomes.setdefault((g, j), []).append(
+                f"{item.job.aspect} vs #{i}: {1 - item.outcome:.2f}"
+            )
+        rows = []
+        for g, (prompt, group) in enumerate(zip(prompts, groups, strict=True)):
+            if g >= self.cfg.tracking.samples_groups:
+                break
+            for i, sample in enumerate(group):
+                rows.append(
+                    {
+                        "group": g,
+                        "prompt": prompt.text,
+                        "response": sample.text,
+                        "verifier_score": None
+                        if math.isnan(float(verifiable[g, i]))
+                        else float(verifiable[g, i]),
+                        "critic_score": critique.scores[g][i] if critique else 0.0,
+                        "reward": float(rewards[g, i]),
+                        "critic_outcomes": "; ".join(outcomes.get((g, i), [])),
+                    }
+                )
+        return rows
 
     def _learn_and_sync(self, batch: PolicyBatch, metrics: dict) -> dict[str, float]:
         with timed(metrics, "time/learn"):

@@ -66,6 +66,8 @@ def test_training_loop_end_to_end(tmp_path, cache_dir):
         "ray.num_cpus=2",
         "rollout.cpus_per_engine=0.5",  # two engines: the policy's and the lagged critic's
         "critic.weights=lagged",
+        "tracking.samples_every=2",
+        "tracking.samples_groups=1",
         # close the loop with a dense verifier: >= 30% digits counts as "correct", none as wrong;
         # calibration both as examples for the learner and as RL groups of sampled verdicts
         "critic.calibration.correct_min=0.3",
@@ -92,6 +94,12 @@ def test_training_loop_end_to_end(tmp_path, cache_dir):
         assert record["critic/judgements"] == 8 * 4 * 2
         assert record["critic/invalid_rate"] == 0.0
     assert [r["weight_version"] for r in records] == [1, 2, 3]
+    # a sample table every 2 steps (tracking.samples_every=2): the first group's 4 responses
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in samples] == [2] * 4
+    assert {"prompt", "response", "verifier_score", "critic_score", "reward"} <= set(samples[0])
+    # each response meets 2 others, on both aspects of the nano rubric
+    assert samples[0]["critic_outcomes"].count(" vs #") == 4
     # the closed loop ran: correct-vs-wrong pairs judged, examples trained, verdicts rewarded
     assert sum(r["critic/calibration_pairs"] for r in records) > 0
     assert any(r.get("learner/calibration_loss", 0) > 0 for r in records)

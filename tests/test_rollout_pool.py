@@ -121,8 +121,7 @@ def test_probability_verdicts_equal_the_learners(pool, nano_model_path):
     from transformers import AutoTokenizer
 
     from selfcritic.config import CriticConfig
-    from selfcritic.critic.judge import Judge, PairJob
-    from selfcritic.critic.judge import verdict_token_ids
+    from selfcritic.critic.judge import Judge, PairJob, verdict_token_ids
 
     model = pytest.shared_model  # the weights the pool serves now
     tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
@@ -155,8 +154,8 @@ def test_critic_scores_real_groups(pool, nano_model_path, mode):
 
     from rewards.registry import load_rubric
     from selfcritic.config import AnchorConfig, CalibrationConfig, CriticConfig
-    from selfcritic.critic.self_critic import SelfCritic
     from selfcritic.critic.judge import verdict_token_ids
+    from selfcritic.critic.self_critic import SelfCritic
 
     tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
     verdicts = verdict_token_ids(tokenizer, ("X", "Y"))
