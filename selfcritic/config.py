@@ -224,7 +224,8 @@ class DataConfig:
 class TrackingConfig:
     """Where metrics go."""
 
-    wandb_mode: str = "offline"  # online | offline | disabled
+    wandb_mode: str = "auto"  # auto (online when logged in to wandb, else offline) | online |
+    # offline | disabled
     project: str = "selfcritic"
     run_name: str | None = None
     console: str = "line"  # line: one progress line per trainer.log_every steps | quiet
@@ -377,7 +378,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.data.prompts_per_step >= 1, "data.prompts_per_step", "must be at least 1")
     _require(cfg.trainer.steps >= 1, "trainer.steps", "must be at least 1")
     _require(
-        cfg.tracking.wandb_mode in ("online", "offline", "disabled"),
+        cfg.tracking.wandb_mode in ("auto", "online", "offline", "disabled"),
         "tracking.wandb_mode",
         "must be online, offline or disabled",
     )

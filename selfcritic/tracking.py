@@ -1,6 +1,7 @@
 """Metrics to wandb and to a local `metrics.jsonl`, and one console line per step.
 
-wandb runs offline by default (sync later with `wandb sync`), online when configured, and is a
+wandb runs online when the user is logged in to wandb and offline otherwise (sync later with
+`wandb sync`) by default (`tracking.wandb_mode=auto`), or as configured, and is a
 no-op when disabled (tests). Every logged dict is also appended as one JSON line, so curves can be
 read without wandb (`python -m selfcritic.plot RUN_DIR` draws them). wandb groups panels by the
 metric-name prefix: reward/, critic/, learner/, rollout/, muonclip/, moe/, time/. Sample tables
@@ -30,7 +31,7 @@ class Tracker:
         self.run = wandb.init(
             project=cfg.project,
             name=cfg.run_name,
-            mode=cfg.wandb_mode,
+            mode=resolve_wandb_mode(cfg.wandb_mode),
             dir=str(output_dir),
             config=config,
             id=run_id,
@@ -78,6 +79,18 @@ class Tracker:
 
     def finish(self) -> None:
         self.run.finish()
+
+
+def resolve_wandb_mode(setting: str) -> str:
+    """ "auto": online when this user is logged in to wandb (WANDB_API_KEY set, or the
+    api.wandb.ai entry `wandb login` writes to ~/.netrc), otherwise offline."""
+    if setting != "auto":
+        return setting
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    logged_in = netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+    return "online" if logged_in else "offline"
 
 
 def console_line(step: int, steps: int, metrics: dict[str, float]) -> str:

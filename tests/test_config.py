@@ -124,3 +124,18 @@ def test_an_output_directory_holding_a_run_is_not_overwritten(tmp_path):
     assert "trainer.output_dir" in result.stderr and "trainer.overwrite=true" in result.stderr
     assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'  # untouched
     assert not (tmp_path / "cache").exists()  # no work started
+
+
+def test_wandb_mode_auto_goes_online_only_when_logged_in(tmp_path, monkeypatch):
+    from selfcritic.tracking import resolve_wandb_mode
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    netrc = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert resolve_wandb_mode("auto") == "offline"  # no netrc at all
+    netrc.write_text("machine github.com\n  login x\n  password y\n")
+    assert resolve_wandb_mode("auto") == "offline"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password KEY\n")  # `wandb login`
+    assert resolve_wandb_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    assert resolve_wandb_mode("disabled") == "disabled"  # an explicit mode is kept
