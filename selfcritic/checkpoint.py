@@ -40,6 +40,17 @@ def save_hf_checkpoint(model, tokenizer_dir: Path, target: Path) -> Path:
     return target
 
 
+def publish_model(model_dir: Path, target: Path) -> Path:
+    """Copy a checkpoint's Hugging Face model to `target` (the run's final model) atomically:
+    the files written once for the training checkpoint, not gathered and saved again."""
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(model_dir, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
 def checkpoints_dir(output_dir: Path) -> Path:
     return output_dir / "checkpoints"
 

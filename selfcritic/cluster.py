@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from selfcritic.config import ConfigError, RayConfig
+from selfcritic.config import RayConfig
 
 # Quiet engines and tokenizers in every Ray worker; the driver prints its own progress.
 _WORKER_ENV = {
@@ -31,19 +31,3 @@ def start_ray(cfg: RayConfig) -> bool:
 def _passthrough_env() -> dict[str, str]:
     """VLLM_* settings of the driver's environment, so users can tune engines from the shell."""
     return {key: value for key, value in os.environ.items() if key.startswith("VLLM_")}
-
-
-def check_cpus(needs: dict[str, float]) -> None:
-    """Refuse, before any actor starts, a plan that asks Ray for more CPUs than it has: Ray would
-    otherwise wait forever for the missing ones."""
-    import ray
-
-    available = ray.cluster_resources().get("CPU", 0.0)
-    total = sum(needs.values())
-    if total > available + 1e-9:
-        wanted = "; ".join(f"{key} = {value:g}" for key, value in needs.items())
-        raise ConfigError(
-            f"the actors need {total:g} Ray CPUs but the cluster has {available:g} ({wanted}); "
-            "lower rollout.cpus_per_engine or learner.cpus_per_rank (fractions are fine: they "
-            "reserve, the threads settings decide the work), or give Ray more (ray.num_cpus)"
-        )

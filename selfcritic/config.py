@@ -7,6 +7,7 @@ before any work starts. Left out: a schema per plug-in (verifiers and rubrics ar
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,7 +333,7 @@ def validate(cfg: Config) -> None:
     if cfg.critic.enabled:
         _validate_critic(cfg.critic, cfg.sampling.n)
     if cfg.ray.address is None:  # a local Ray: its size is known now (a cluster's at start)
-        _check_local_cpus(cfg)
+        require_cpus(cfg, cfg.ray.num_cpus or os.cpu_count() or 1)
     _require(cfg.reward.workers >= 0, "reward.workers", "must be >= 0 (0: serial)")
     _require(cfg.trainer.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0")
     _require(cfg.tracking.console in ("line", "quiet"), "tracking.console", "must be line or quiet")
@@ -470,26 +471,22 @@ def actor_cpus(cfg: Config) -> dict[str, float]:
     }
 
 
-def _check_local_cpus(cfg: Config) -> None:
-    import os
-
-    available = cfg.ray.num_cpus or os.cpu_count() or 1
+def require_cpus(cfg: Config, available: float) -> None:
+    """Refuse a plan whose actors ask Ray for more CPUs than it has: Ray would otherwise wait
+    forever for the missing ones."""
     needs = actor_cpus(cfg)
     wanted = "; ".join(f"{key} = {value:g}" for key, value in needs.items())
     _require(
         sum(needs.values()) <= available + 1e-9,
         "rollout.cpus_per_engine",
-        f"the actors need {sum(needs.values()):g} Ray CPUs but a local Ray has {available} "
+        f"the actors need {sum(needs.values()):g} Ray CPUs but Ray has {available:g} "
         f"({wanted}); lower rollout.cpus_per_engine or learner.cpus_per_rank (fractions are "
         "fine: they reserve, the threads settings decide the work) or raise ray.num_cpus",
     )
 
 
-RUN_OUTPUTS = (
-    "metrics.jsonl",
-    "checkpoint",
-    "checkpoints",
-)  # what a run leaves in its output directory
+# What a run leaves in its output directory.
+RUN_OUTPUTS = ("metrics.jsonl", "checkpoint", "checkpoints")
 
 
 def check_output_dir(output_dir: Path, trainer: TrainerConfig) -> None:

@@ -27,8 +27,8 @@ from rewards.base import Rubric
 from rewards.format import apply_budget
 from rewards.pool import VerifierPool
 from rewards.registry import load_rubric
-from selfcritic.checkpoint import newest_checkpoint, write_checkpoint
-from selfcritic.config import Config, actor_cpus, check_resumable, training_settings
+from selfcritic.checkpoint import newest_checkpoint, publish_model, write_checkpoint
+from selfcritic.config import Config, check_resumable, require_cpus, training_settings
 from selfcritic.critic.judge import prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
 from selfcritic.critic.self_critic import CritiqueResult, SelfCritic
@@ -69,15 +69,15 @@ class Trainer:
                 if every and step % every == 0 and step < steps:
                     self._save(step)
             if first <= steps:
-                self._save(steps)
-                self.learner.save_checkpoint(self.output_dir / "checkpoint", self.model_path)
+                final = self._save(steps)
+                publish_model(final / "model", self.output_dir / "checkpoint")
                 print(f"checkpoint: {self.output_dir / 'checkpoint'}")
             return metrics
         finally:
             self._teardown()
 
-    def _save(self, step: int) -> None:
-        """A full training checkpoint of `step` (see selfcritic/checkpoint.py)."""
+    def _save(self, step: int) -> Path:
+        """A full training checkpoint of `step` (see selfcritic/checkpoint.py); its path."""
 
         def write_parts(directory: Path) -> None:
             self.learner.save_checkpoint(directory / "model", self.model_path)
@@ -99,6 +99,7 @@ class Trainer:
             self.output_dir, step, write_parts, self.cfg.trainer.keep_checkpoints
         )
         print(f"saved {path} ({time.perf_counter() - start:.1f} s)", flush=True)
+        return path
 
     def _resume(self) -> int:
         """Restore the newest complete checkpoint, if resuming; returns its step (0: none)."""
@@ -119,9 +120,10 @@ class Trainer:
         return state["step"]
 
     def _setup(self) -> None:
+        import ray
         from transformers import AutoTokenizer
 
-        from selfcritic.cluster import check_cpus, start_ray
+        from selfcritic.cluster import start_ray
         from selfcritic.learner.group import LearnerGroup
         from selfcritic.model.build import prepare_model
         from selfcritic.rollout.pool import RolloutPool
@@ -130,7 +132,7 @@ class Trainer:
         cache = Path(cfg.trainer.cache_dir).expanduser()
         self.model_path = prepare_model(cfg.model, cache)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
-        self._encode = prompt_encoder(self.tokenizer)
+        self.encode = prompt_encoder(self.tokenizer)  # prompt ids: BOS (if any), then the text
         self.resume_from = newest_checkpoint(self.output_dir) if cfg.trainer.resume else None
         self.resumed_state: dict = {}
         if self.resume_from is not None:
@@ -143,7 +145,7 @@ class Trainer:
             run_id=self.resumed_state.get("wandb_run_id"),
         )
         self.owns_ray = start_ray(cfg.ray)
-        check_cpus(actor_cpus(cfg))
+        require_cpus(cfg, ray.cluster_resources().get("CPU", 0.0))  # a joined cluster's size
         self.pool = RolloutPool(self.model_path, cfg.rollout)
         trust = trust_engine_logprobs(
             cfg.learner.old_logprobs, cfg.rollout.dtype, torch.cuda.is_available()
@@ -177,10 +179,6 @@ class Trainer:
         if spec not in self.rubrics:
             self.rubrics[spec] = load_rubric(spec)
         return self.rubrics[spec]
-
-    def encode(self, text: str) -> list[int]:
-        """Prompt ids: the tokenizer's BOS (if it has one) then the text."""
-        return self._encode(text)
 
     def step(self, step: int) -> dict[str, float]:
         cfg, metrics = self.cfg, {}

@@ -34,12 +34,22 @@ class CalibrationKey:
     wrong: int
 
 
+def ruling(score: float | None, cfg: CalibrationConfig) -> bool | None:
+    """True: verified correct; False: verified wrong; None: no verifier, or in between."""
+    if score is None:
+        return None
+    if score >= cfg.correct_min:
+        return True
+    return False if score <= cfg.wrong_max else None
+
+
 def calibration_pairs(
     verified: list[float | None], count: int, cfg: CalibrationConfig, rng: random.Random
 ) -> list[tuple[int, int]]:
     """Up to `count` distinct (correct index, wrong index) pairs of one group."""
-    correct = [i for i, s in enumerate(verified) if s is not None and s >= cfg.correct_min]
-    wrong = [i for i, s in enumerate(verified) if s is not None and s <= cfg.wrong_max]
+    rulings = [ruling(score, cfg) for score in verified]
+    correct = [i for i, r in enumerate(rulings) if r is True]
+    wrong = [i for i, r in enumerate(rulings) if r is False]
     pairs = [(c, w) for c in correct for w in wrong]
     rng.shuffle(pairs)
     return pairs[:count]

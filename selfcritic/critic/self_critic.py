@@ -24,7 +24,7 @@ from rewards.base import Rubric
 from selfcritic.config import CriticConfig
 from selfcritic.critic.aggregate import AGGREGATIONS, centred, combine_aspects, order_flipped
 from selfcritic.critic.anchor import AnchorSet
-from selfcritic.critic.calibration import Calibrator, agreement, rl_groups
+from selfcritic.critic.calibration import Calibrator, agreement, rl_groups, ruling
 from selfcritic.critic.examples import CriticExample
 from selfcritic.critic.judge import Judge, Judged, PairJob
 from selfcritic.critic.schedule import schedule
@@ -220,13 +220,10 @@ def _aspect_metrics(judged: list[Judged], verified, calibration) -> dict[str, fl
         g, i, j = item.job.key
         aspect = item.job.aspect
         decided.setdefault(aspect, []).append(abs(2 * item.outcome - 1))
-        a, b = verified[g][i], verified[g][j]
-        if a is None or b is None:
-            continue
-        if a >= calibration.correct_min and b <= calibration.wrong_max:
-            agrees.setdefault(aspect, []).append(agreement(item.outcome))
-        elif b >= calibration.correct_min and a <= calibration.wrong_max:
-            agrees.setdefault(aspect, []).append(agreement(1 - item.outcome))
+        first, second = ruling(verified[g][i], calibration), ruling(verified[g][j], calibration)
+        if first is not None and second is not None and first != second:
+            outcome_for_correct = item.outcome if first else 1 - item.outcome
+            agrees.setdefault(aspect, []).append(agreement(outcome_for_correct))
     metrics = {f"critic/decisive/{name}": _mean(values) for name, values in decided.items()}
     metrics |= {f"critic/verifier_agreement/{name}": _mean(v) for name, v in agrees.items()}
     return metrics
