@@ -1,7 +1,7 @@
 # The two commands of the README. Each runs the idempotent set-up first.
 PY := .venv/bin/python
 
-.PHONY: setup run test lint
+.PHONY: setup run test lint bench-setup
 setup:
 	bash scripts/setup.sh
 
@@ -13,3 +13,7 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+# The peers the benchmarks compare against (TRL): the `bench` extra, on top of the set-up.
+bench-setup: setup
+	$(PY) -m pip install --quiet -e ".[bench]"
