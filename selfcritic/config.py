@@ -215,10 +215,49 @@ class OptimConfig:
 class DataConfig:
     """Where prompts come from."""
 
-    source: str = "nano_arithmetic"  # prompt-source name
+    source: str = "nano_arithmetic"  # prompt-source name (nano_arithmetic | nano_world | yours)
     prompts_per_step: int = 8
     max_operand: int = 9  # nano arithmetic: operands drawn from 0..max_operand
     seed: int = 0
+    rubric_only_share: float = 0.5  # nano_world: share of rubric-only (repeat) tasks
+    heldout_fraction: float = 0.2  # nano_world: share of questions held out (by a hash of each)
+    oracle_references: bool = False  # nano_world: rubric-only tasks carry the oracle's answer
+    # too (the oracle-reward ablation, with reward.verifier=nano_oracle)
+    # Dynamic sampling: a verifiable group whose verifier scores are all equal (all right or all
+    # wrong) is replaced by a group of a new prompt before the critic judges anything
+    dynamic_sampling: bool = False
+    max_draws: int = 4  # prompt draws per step at most, the first one included
+
+
+@dataclass
+class WarmStartConfig:
+    """The supervised warm-start stage (selfcritic/warmstart.py): our learner's PTX
+    (language-model) loss on synthetic actor answers and critic verdicts; cached by its config."""
+
+    enabled: bool = False
+    steps: int = 120  # optimizer steps
+    actor_examples: int = 32  # actor answers per step (arithmetic and repeat, as data mixes them)
+    critic_examples: int = 32  # critic verdicts per step (half correctness, half style aspects)
+    wrong: float = 0.5  # share of wrong arithmetic answers in the actor data
+    praise: float = 0.35  # share of repeat answers opening with praise
+    meta: float = 0.35  # ... with meta-commentary
+    filler: float = 0.35  # ... with filler after the answer
+    claim: float = 0.15  # share of all answers ending with a claim of being right
+    seed: int = 0
+    ptx_per_step: int = 16  # in RL: warm-start critic verdicts per step for the PTX loss
+    # (learner.ptx_weight > 0 turns it on: it keeps the critic's judging skill)
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation during training (selfcritic/evaluate.py) and the final report."""
+
+    suite: str = "none"  # none | nano
+    every: int = 0  # evaluate every N steps, before the first and after the last; 0: never
+    samples: int = 4  # samples per held-out prompt, at temperature `temperature`
+    temperature: float = 1.0
+    repeat_tasks: int = 64  # held-out rubric-only tasks
+    pairs_per_aspect: int = 48  # frozen held-out critic pairs per rubric aspect
 
 
 @dataclass
@@ -263,6 +302,8 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -377,12 +418,46 @@ def validate(cfg: Config) -> None:
         "must be auto, float32 or bfloat16",
     )
     _require(cfg.data.prompts_per_step >= 1, "data.prompts_per_step", "must be at least 1")
+    _validate_nano_world(cfg)
     _require(cfg.trainer.steps >= 1, "trainer.steps", "must be at least 1")
     _require(
         cfg.tracking.wandb_mode in ("auto", "online", "offline", "disabled"),
         "tracking.wandb_mode",
         "must be online, offline or disabled",
     )
+
+
+def _validate_nano_world(cfg: Config) -> None:
+    """Data, warm-start and evaluation settings."""
+    from selfcritic.data.prompts import PROMPT_SOURCES
+
+    _require(
+        cfg.data.source in PROMPT_SOURCES,
+        "data.source",
+        f"unknown prompt source; registered: {PROMPT_SOURCES.names()}",
+    )
+    _require(0 <= cfg.data.rubric_only_share <= 1, "data.rubric_only_share", "must be in [0, 1]")
+    _require(0 < cfg.data.heldout_fraction < 1, "data.heldout_fraction", "must be in (0, 1)")
+    _require(cfg.data.max_draws >= 1, "data.max_draws", "must be at least 1")
+    warm = cfg.warmstart
+    for key in ("wrong", "praise", "meta", "filler", "claim"):
+        _require(0 <= getattr(warm, key) <= 1, f"warmstart.{key}", "must be in [0, 1]")
+    _require(warm.steps >= 1, "warmstart.steps", "must be at least 1")
+    _require(
+        warm.actor_examples + warm.critic_examples >= 1,
+        "warmstart.actor_examples",
+        "actor_examples + critic_examples must be at least 1",
+    )
+    if warm.enabled or cfg.eval.suite == "nano":
+        _require(
+            cfg.data.source == "nano_world",
+            "data.source",
+            "warmstart.enabled and eval.suite=nano need data.source=nano_world",
+        )
+    _require(cfg.eval.suite in ("none", "nano"), "eval.suite", "must be none or nano")
+    _require(cfg.eval.every >= 0, "eval.every", "must be >= 0 (0: never)")
+    _require(cfg.eval.samples >= 1, "eval.samples", "must be at least 1")
+    _require(cfg.eval.temperature > 0, "eval.temperature", "must be > 0")
 
 
 def _validate_critic(critic: CriticConfig, n: int) -> None:

@@ -77,6 +77,14 @@ class Tracker:
         table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
         self.run.log({"samples": table}, step=step)
 
+    def log_report(self, table: str, figure: Path) -> None:
+        """The end-of-run report: its figure and table to wandb (the files are already in the
+        run directory)."""
+        import wandb
+
+        self.run.log({"report/curves": wandb.Image(str(figure))})
+        self.run.summary["report"] = table
+
     def finish(self) -> None:
         self.run.finish()
 

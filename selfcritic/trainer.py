@@ -1,11 +1,15 @@
 """The training loop: the order of calls between components, and nothing else.
 
-One step: prompts -> rollout pool (n samples each) -> verifier scores -> self-critic (rubric
-scores, calibration examples against the verifier, RL-form verdict groups; judged by the weights
-`critic.weights` selects) -> rewards (`reward.combine`) -> group-relative advantages -> learner
-step (policy + calibration + PTX) -> weight sync into the engines -> metrics.
-At the end a Hugging Face checkpoint is written to `<output_dir>/checkpoint`.
-Left out: warm-start stage, dynamic sampling, periodic checkpoints and resume (later issues).
+Before the loop: the cached warm-start stage (`warmstart.enabled`, selfcritic/warmstart.py)
+and, with an evaluation suite, the held-out evaluation of the starting weights (step 0).
+One step: prompts -> rollout pool (n samples each) -> verifier scores (with dynamic sampling,
+verifiable groups without score variance are replaced by new prompts' groups) -> self-critic
+(rubric scores, calibration examples against the verifier, RL-form verdict groups; judged by the
+weights `critic.weights` selects) -> rewards (`reward.combine`) -> group-relative advantages ->
+learner step (policy + calibration + PTX) -> weight sync into the engines -> held-out evaluation
+every `eval.every` steps -> metrics. Training checkpoints every `trainer.checkpoint_every` steps
+(exact resume); at the end a Hugging Face checkpoint in `<output_dir>/checkpoint` and, with an
+evaluation suite, the report (selfcritic/eval/report.py).
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ from selfcritic.critic.judge import prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
 from selfcritic.critic.self_critic import CritiqueResult, SelfCritic
 from selfcritic.data.prompts import Prompt, get_source
+from selfcritic.eval.nano import HEADLINE
 from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS, informative_groups
 from selfcritic.learner.learner import PolicyBatch, trust_engine_logprobs
 from selfcritic.rollout.types import Sample, SamplingSpec, temperature_at
 from selfcritic.tracking import Tracker, console_line
+from selfcritic.warmstart import WarmStartData, warm_start
 
 
 @contextmanager
@@ -64,6 +70,8 @@ class Trainer:
             first = self._resume() + 1
             metrics: dict[str, float] = {}
             steps, every = self.cfg.trainer.steps, self.cfg.trainer.checkpoint_every
+            if first == 1 and self.evaluation_due(0):
+                self.tracker.log(0, self.evaluate(0))
             for step in range(first, steps + 1):
                 metrics = self.step(step)
                 if every and step % every == 0 and step < steps:
@@ -72,6 +80,7 @@ class Trainer:
                 final = self._save(steps)
                 publish_model(final / "model", self.output_dir / "checkpoint")
                 print(f"checkpoint: {self.output_dir / 'checkpoint'}")
+            self._report()
             return metrics
         finally:
             self._teardown()
@@ -131,6 +140,8 @@ class Trainer:
         cfg = self.cfg
         cache = Path(cfg.trainer.cache_dir).expanduser()
         self.model_path = prepare_model(cfg.model, cache)
+        if cfg.warmstart.enabled:
+            self.model_path = warm_start(cfg, self.model_path, cache)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
         self.encode = prompt_encoder(self.tokenizer)  # prompt ids: BOS (if any), then the text
         self.resume_from = newest_checkpoint(self.output_dir) if cfg.trainer.resume else None
@@ -173,6 +184,9 @@ class Trainer:
                 ),
             )
         self.source = get_source(cfg.data.source)
+        self.ptx_data = None
+        if cfg.learner.ptx_weight > 0 and cfg.warmstart.ptx_per_step > 0:
+            self.ptx_data = WarmStartData(cfg, self.tokenizer)
 
     def rubric(self, spec: str) -> Rubric:
         """A rubric by name, path or import path, loaded once."""
@@ -182,7 +196,6 @@ class Trainer:
 
     def step(self, step: int) -> dict[str, float]:
         cfg, metrics = self.cfg, {}
-        prompts = self.source(cfg.data, step)
         sampling = cfg.sampling
         temperature = temperature_at(
             step,
@@ -201,19 +214,19 @@ class Trainer:
         )
         metrics["rollout/temperature"] = temperature
         with timed(metrics, "time/step"):
-            with timed(metrics, "time/rollout"):
-                groups = self.pool.generate([self.encode(p.text) for p in prompts], spec)
-            with timed(metrics, "time/verify"):
-                verifiable, penalties = self._verify(prompts, groups, metrics)
+            prompts, groups, verifiable, penalties = self._sample_groups(step, spec, metrics)
             with timed(metrics, "time/critic"):
                 critique = self._critique(prompts, groups, verifiable, step, temperature, metrics)
             critic_scores = (
                 torch.tensor(critique.scores) if critique else torch.zeros_like(verifiable)
             )
             rewards = self._combine(verifiable, penalties, critic_scores, metrics)
-            batch = self._policy_batch(groups, rewards, critique, temperature, metrics)
+            batch = self._policy_batch(groups, rewards, critique, temperature, step, metrics)
             learner_metrics = {} if batch is None else self._learn_and_sync(batch, metrics)
             metrics["weight_version"] = self.pool.weight_version
+            if self.evaluation_due(step):
+                with timed(metrics, "time/eval"):
+                    metrics.update(self.evaluate(step))
         metrics.update({_learner_key(k): v for k, v in learner_metrics.items()})
         metrics.update(_rollout_metrics(groups, metrics["time/rollout"]))
         self.tracker.log(step, metrics)
@@ -224,6 +237,98 @@ class Trainer:
         if cfg.tracking.console == "line" and step % cfg.trainer.log_every == 0:
             print(console_line(step, cfg.trainer.steps, metrics), flush=True)
         return metrics
+
+    def _sample_groups(self, step: int, spec: SamplingSpec, metrics: dict):
+        """This step's prompts, their groups, verifier scores and budget penalties. With
+        `data.dynamic_sampling`, a verifiable group whose verifier scores are all equal carries
+        no signal and is replaced by a group of a new prompt (draws 1, 2, ... of the source, up
+        to `data.max_draws` in all) before the critic spends anything on it. The accuracy
+        metrics come from the first draw only, so they stay unbiased estimates."""
+        data = self.cfg.data
+        draws = data.max_draws if data.dynamic_sampling else 1
+        kept: list[tuple] = []  # (prompt, group, scores row, penalties row)
+        rollout_s = verify_s = 0.0
+        discarded = 0
+        for draw in range(draws):
+            prompts = self.source(data, step, draw)
+            if draw:  # only as many refills as groups are missing
+                prompts = prompts[: data.prompts_per_step - len(kept)]
+            start = time.perf_counter()
+            # distinct per-request seeds for every draw (request_seed of first_index + i)
+            draw_spec = dataclasses.replace(spec, first_index=draw * DRAW_SEED_STRIDE)
+            groups = self.pool.generate([self.encode(p.text) for p in prompts], draw_spec)
+            middle = time.perf_counter()
+            scores, penalties = self._verify(prompts, groups, metrics if draw == 0 else {})
+            rollout_s, verify_s = (
+                rollout_s + middle - start,
+                verify_s + time.perf_counter() - middle,
+            )
+            for g, prompt in enumerate(prompts):
+                flat = prompt.reference is not None and bool((scores[g] == scores[g, 0]).all())
+                if flat and data.dynamic_sampling:
+                    discarded += 1
+                else:
+                    kept.append((prompt, groups[g], scores[g], penalties[g]))
+            if not data.dynamic_sampling or len(kept) >= data.prompts_per_step:
+                break
+        metrics.update(
+            {
+                "time/rollout": rollout_s,
+                "time/verify": verify_s,
+                "rollout/draws": float(draw + 1),
+                "rollout/discarded_groups": float(discarded),
+                "rollout/kept_groups": float(len(kept)),
+            }
+        )
+        if not kept:  # every group was flat: train on none, but keep the step's records
+            return (
+                [],
+                [],
+                torch.zeros((0, self.cfg.sampling.n)),
+                torch.zeros((0, self.cfg.sampling.n)),
+            )
+        return (
+            [k[0] for k in kept],
+            [k[1] for k in kept],
+            torch.stack([k[2] for k in kept]),
+            torch.stack([k[3] for k in kept]),
+        )
+
+    def evaluation_due(self, step: int) -> bool:
+        """Evaluate before the first step, every `eval.every` steps and after the last."""
+        every = self.cfg.eval.every
+        if self.cfg.eval.suite == "none" or not every:
+            return False
+        return step == 0 or step % every == 0 or step == self.cfg.trainer.steps
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """The held-out suite on the weights the rollout pool serves now."""
+        from selfcritic.eval.nano import evaluate_nano
+
+        start = time.perf_counter()
+        metrics = evaluate_nano(
+            self.pool,
+            self.tokenizer,
+            self.cfg,
+            seed=step_seed(self.cfg.trainer.seed, step, EVAL_SEED),
+        )
+        if self.cfg.tracking.console == "line":
+            shown = " ".join(f"{k[5:]}={metrics[k]:.3f}" for k in HEADLINE)
+            print(f"eval step {step}: {shown} ({time.perf_counter() - start:.1f} s)", flush=True)
+        return metrics
+
+    def _report(self) -> None:
+        """The end-of-run report (a suite's runs only): table, files, and the figure to wandb."""
+        if self.cfg.eval.suite == "none":
+            return
+        from selfcritic.eval.report import write_report
+
+        written = write_report(self.output_dir)
+        if written is None:
+            return
+        text, figure = written
+        print(f"report ({self.output_dir / 'report.md'}):\n{text}", flush=True)
+        self.tracker.log_report(text, figure)
 
     def _sample_rows(self, prompts, groups, verifiable, rewards, critique) -> list[dict]:
         """The first `tracking.samples_groups` groups as table rows, with the critic's outcomes
@@ -348,6 +453,7 @@ class Trainer:
         rewards: torch.Tensor,
         critique: CritiqueResult | None,
         temperature: float,
+        step: int,
         metrics: dict,
     ) -> PolicyBatch | None:
         """Advantages per sample (groups without reward variance dropped when configured), plus
@@ -360,6 +466,10 @@ class Trainer:
                 [g for g, _ in critique.rl_groups], verdict_rewards, metrics, "critic/rl"
             )
             samples, advantages = samples + more, advantages + more_advantages
+        ptx = ()
+        if self.ptx_data is not None:  # warm-start critic verdicts keep the judging skill
+            rng = random.Random(f"ptx:{self.cfg.trainer.seed}:{step}")
+            ptx = self.ptx_data.batch(rng, 0, self.cfg.warmstart.ptx_per_step)
         if not samples and not examples:
             return None
         return PolicyBatch(
@@ -370,6 +480,7 @@ class Trainer:
             temperature=temperature,
             max_new_tokens=self.cfg.sampling.max_tokens,
             critic_examples=examples,
+            ptx_sequences=ptx,
         )
 
     def _advantaged(self, groups, rewards: torch.Tensor, metrics: dict, panel: str):
@@ -403,7 +514,8 @@ class Trainer:
             ray.shutdown()
 
 
-ROLLOUT_SEED, CRITIC_SEED = 0, 1
+ROLLOUT_SEED, CRITIC_SEED, EVAL_SEED = 0, 1, 2
+DRAW_SEED_STRIDE = 1_000_000  # request indices of dynamic sampling's draw k start at k * this
 
 
 def step_seed(run_seed: int, step: int, purpose: int) -> int:
@@ -420,6 +532,8 @@ def _learner_key(name: str) -> str:
 
 def _rollout_metrics(groups: list[list[Sample]], seconds: float) -> dict[str, float]:
     samples = [s for group in groups for s in group]
+    if not samples:
+        return {}
     tokens = sum(len(s.completion_ids) for s in samples)
     digest = hashlib.sha256(repr([s.completion_ids for s in samples]).encode()).digest()
     return {

@@ -16,7 +16,15 @@ from selfcritic.run import CONF_DIR, to_config
 
 def compose_config(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=["+experiment=nano", *overrides])
+        return compose(config_name="config", overrides=["+experiment=nano_quick", *overrides])
+
+
+def test_default_nano_experiment_is_valid():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = to_config(compose(config_name="config", overrides=["+experiment=nano"]))
+    validate(config)
+    assert config.data.source == "nano_world" and config.warmstart.enabled
+    assert config.eval.suite == "nano" and config.critic.verdict_mode == "generative"
 
 
 def test_nano_experiment_composes_into_typed_config():
@@ -70,6 +78,13 @@ def test_missing_model_path_names_the_key(tmp_path):
         ("reward.verifier=nope", "reward.verifier"),
         ("critic.rubric=nope", "critic.rubric"),
         ("tracking.wandb_mode=sometimes", "tracking.wandb_mode"),
+        ("data.source=wikipedia", "data.source"),
+        ("data.heldout_fraction=0", "data.heldout_fraction"),
+        ("warmstart.wrong=1.5", "warmstart.wrong"),
+        ("eval.suite=mmlu", "eval.suite"),
+        # the nano suite and the warm-start need the nano world's tasks
+        ("eval.suite=nano", "data.source"),
+        ("warmstart.enabled=true", "data.source"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):
@@ -88,7 +103,7 @@ def test_cli_fails_before_any_work(tmp_path, override, expected):
             sys.executable,
             "-m",
             "selfcritic.run",
-            "+experiment=nano",
+            "+experiment=nano_quick",
             override,
             f"hydra.run.dir={tmp_path / 'run'}",
             f"trainer.cache_dir={tmp_path / 'cache'}",
@@ -112,7 +127,7 @@ def test_an_output_directory_holding_a_run_is_not_overwritten(tmp_path):
             sys.executable,
             "-m",
             "selfcritic.run",
-            "+experiment=nano",
+            "+experiment=nano_quick",
             f"trainer.output_dir={run}",
             f"trainer.cache_dir={tmp_path / 'cache'}",
         ],

@@ -56,7 +56,7 @@ def test_training_loop_end_to_end(tmp_path, cache_dir):
     from transformers import AutoModelForCausalLM
 
     overrides = [
-        "+experiment=nano",
+        "+experiment=nano_quick",
         "trainer.steps=3",
         "sampling.temperature=0.7",
         "sampling.max_tokens=6",
@@ -128,13 +128,13 @@ def config_model_path(cache_dir):
 
 
 def test_readme_command_runs(tmp_path, cache_dir):
-    """`python -m selfcritic.run +experiment=nano`, shortened to two steps."""
+    """`python -m selfcritic.run +experiment=nano_quick`, shortened to two steps."""
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "selfcritic.run",
-            "+experiment=nano",
+            "+experiment=nano_quick",
             "trainer.steps=2",
             f"hydra.run.dir={tmp_path}",
             f"trainer.cache_dir={cache_dir}",

@@ -75,7 +75,7 @@ def _batch() -> PolicyBatch:
             CriticExample((1, *tokens(11)), (24, 25), target, weight)
             for target, weight in (((1.0, 0.0), 1.0), ((0.2, 0.8), 2.0), ((0.0, 1.0), 0.5))
         ),
-        ptx_sequences=((1, *tokens(15)),),
+        ptx_sequences=(((1,), tokens(15)),),
     )
 
 

@@ -78,7 +78,10 @@ def test_ptx_lowers_the_curated_text_loss(nano_model_path):
         nano_model_path, LearnerConfig(ptx_weight=1.0), OptimConfig(), trust_engine=True
     )
     losses = [
-        learner.step(_empty_batch(ptx_sequences=(tuple(sequence),)))["ptx_loss"] for _ in range(5)
+        learner.step(_empty_batch(ptx_sequences=((tuple(sequence[:1]), tuple(sequence[1:])),)))[
+            "ptx_loss"
+        ]
+        for _ in range(5)
     ]
     assert losses[-1] < 0.7 * losses[0]
 

@@ -83,7 +83,7 @@ def _command(output_dir, cache_dir) -> list[str]:
         sys.executable,
         "-m",
         "selfcritic.run",
-        "+experiment=nano",
+        "+experiment=nano_quick",
         "trainer.steps=4",
         "trainer.checkpoint_every=2",
         f"trainer.output_dir={output_dir}",

@@ -133,7 +133,7 @@ def test_ray_runner_submits_nano(ray_head, tmp_path, cache_dir):
         [
             "bash",
             str(REPO / "runners" / "ray_job.sh"),
-            "+experiment=nano",
+            "+experiment=nano_quick",
             "trainer.steps=2",
             "tracking.wandb_mode=disabled",
             f"trainer.cache_dir={cache_dir}",
@@ -173,7 +173,7 @@ def test_ray_runner_submits_nano(ray_head, tmp_path, cache_dir):
 def test_ray_runner_needs_an_address(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     result = subprocess.run(
-        ["bash", str(REPO / "runners" / "ray_job.sh"), "+experiment=nano"],
+        ["bash", str(REPO / "runners" / "ray_job.sh"), "+experiment=nano_quick"],
         env=env,
         capture_output=True,
         text=True,

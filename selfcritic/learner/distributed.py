@@ -32,7 +32,7 @@ class BatchTotals:
     sequences: int  # policy sequences
     tokens: int  # policy completion tokens
     calibration_weight: float  # sum of the critic examples' weights
-    ptx_tokens: int  # predicted tokens of the PTX sequences
+    ptx_tokens: int  # target tokens of the PTX pairs
 
     @staticmethod
     def of(batch: PolicyBatch) -> BatchTotals:
@@ -40,7 +40,7 @@ class BatchTotals:
             sequences=len(batch.prompts),
             tokens=sum(len(c) for c in batch.completions),
             calibration_weight=sum(e.weight for e in batch.critic_examples),
-            ptx_tokens=sum(len(s) - 1 for s in batch.ptx_sequences),
+            ptx_tokens=sum(len(target) for _, target in batch.ptx_sequences),
         )
 
 

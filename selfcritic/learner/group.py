@@ -175,7 +175,7 @@ def combine_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
 def _tokens_read(batch: PolicyBatch) -> int:
     policy = sum(len(p) + len(c) for p, c in zip(batch.prompts, batch.completions, strict=True))
     critic = sum(len(e.prompt_ids) for e in batch.critic_examples)
-    return policy + critic + sum(len(s) for s in batch.ptx_sequences)
+    return policy + critic + sum(len(c) + len(t) for c, t in batch.ptx_sequences)
 
 
 class LearnerGroup:

@@ -54,7 +54,9 @@ class PolicyBatch:
     temperature: float
     max_new_tokens: int  # the generation budget (Dr. GRPO's normaliser)
     critic_examples: tuple[CriticExample, ...] = ()  # closed-loop calibration targets
-    ptx_sequences: tuple[tuple[int, ...], ...] = ()  # curated token sequences (PTX loss)
+    # curated (context ids, target ids) pairs for the PTX loss: only the targets are learned
+    # (plain text is (first token, the rest))
+    ptx_sequences: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
 
 
 def trust_engine_logprobs(setting: str, rollout_dtype: str, on_gpu: bool) -> bool:
@@ -212,16 +214,16 @@ class Learner:
         last = torch.tensor([len(p) - 1 for p in prompts])
         return logits[torch.arange(len(prompts)), last].float()
 
-    def _ptx_term(self, sequences: tuple[tuple[int, ...], ...], totals: BatchTotals) -> float:
-        """Backpropagate weight * language-model loss on curated sequences; returns its value."""
+    def _ptx_term(self, sequences, totals: BatchTotals) -> float:
+        """Backpropagate weight * language-model loss on the targets of curated (context,
+        target) pairs; returns its value."""
         total = totals.ptx_tokens
         value = 0.0
-        for rows in token_micro_batches(
-            [len(s) for s in sequences], self.cfg.max_tokens_per_micro_batch
-        ):
+        lengths = [len(context) + len(target) for context, target in sequences]
+        for rows in token_micro_batches(lengths, self.cfg.max_tokens_per_micro_batch):
             chunk = [sequences[r] for r in rows]
             ids, attention, mask = pad_batch(
-                [s[:1] for s in chunk], [s[1:] for s in chunk], self.pad_id
+                [context for context, _ in chunk], [target for _, target in chunk], self.pad_id
             )
             loss = ptx_loss(token_logprobs(self.model, ids, attention, 1.0), mask, total)
             (self.cfg.ptx_weight * loss).backward()

@@ -28,7 +28,7 @@ def phase_passes(batch: PolicyBatch, cfg: LearnerConfig) -> dict[str, int]:
     limit = cfg.max_tokens_per_micro_batch
     policy = [len(p) + len(c) for p, c in zip(batch.prompts, batch.completions, strict=True)]
     calibration = [len(e.prompt_ids) for e in batch.critic_examples]
-    ptx = [len(s) for s in batch.ptx_sequences]
+    ptx = [len(context) + len(target) for context, target in batch.ptx_sequences]
     return {
         "policy": len(token_micro_batches(policy, limit)) if policy else 0,
         "calibration": len(token_micro_batches(calibration, limit))

@@ -1,0 +1,123 @@
+"""The nano world study: the default experiment over seeds, and its ablations, in one table.
+
+    python benchmarks/nano_study.py --out runs/study                # full x 3 seeds + ablations
+    python benchmarks/nano_study.py --out runs/study --variants full --seeds 0 1 2
+
+Each run is `python -m selfcritic.run +experiment=nano` with the variant's overrides, in
+OUT/VARIANT-sSEED (a run whose report.json exists is not run again, so an interrupted study
+continues). All runs share the cached warm-start (its seed is warmstart.seed, not the RL seed):
+the spread over seeds is the RL stage's. The table gives, per variant, the mean and the spread
+(sample standard deviation; a single run shows none) of each headline metric after warm-start,
+after RL, and the change. Written to OUT/summary.md and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = {
+    "full": [],
+    "no_calibration": ["critic.calibration.enabled=false"],
+    "verifier_only": ["critic.enabled=false"],
+    "no_ptx": ["learner.ptx_weight=0"],
+    "oracle_reward": [
+        "critic.enabled=false",
+        "data.oracle_references=true",
+        "reward.verifier=nano_oracle",
+    ],
+    "frozen_critic": ["critic.weights=frozen", "ray.num_cpus=3"],
+}
+METRICS = (
+    ("eval/accuracy", "accuracy"),
+    ("eval/critic_agreement_correct", "critic agreement (verifier)"),
+    ("eval/critic_agreement_style", "critic agreement (oracle)"),
+    ("eval/defect_rate", "defect rate"),
+    ("eval/claim_rate", "claim rate (exploit)"),
+    ("eval/critic_invalid_rate", "critic invalid"),
+    ("eval/critic_position_consistency", "critic consistency"),
+    ("eval/critic_injection_flip_rate", "injection flips"),
+)
+
+
+def run(out: Path, variant: str, seed: int, extra: list[str]) -> dict | None:
+    run_dir = out / f"{variant}-s{seed}"
+    report = run_dir / "report.json"
+    if not report.exists():
+        command = [
+            sys.executable,
+            "-m",
+            "selfcritic.run",
+            "+experiment=nano",
+            f"trainer.output_dir={run_dir}",
+            f"trainer.seed={seed}",
+            f"data.seed={seed}",
+            "tracking.console=quiet",
+            *VARIANTS[variant],
+            *extra,
+        ]
+        print(f"[{time.strftime('%H:%M:%S')}] {variant} seed {seed}: {' '.join(command[2:])}")
+        start = time.perf_counter()
+        log = (out / f"{variant}-s{seed}.log").open("w")
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+        print(f"  exit {result.returncode} after {time.perf_counter() - start:.0f} s")
+        if not report.exists():
+            return None
+    return json.loads(report.read_text())
+
+
+def cell(values: list[float], points: bool = True) -> str:
+    scale = 100 if points else 1
+    values = [v * scale for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {statistics.stdev(values):.1f}"
+
+
+def summary(results: dict[str, list[dict]]) -> str:
+    lines = []
+    for key, label in METRICS:
+        lines += [
+            f"\n**{label}** (`{key}`, percent; change in points)\n",
+            "| variant | runs | after warm-start | after RL | change |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for variant, reports in results.items():
+            parts = [r["metrics"][key] for r in reports if key in r["metrics"]]
+            lines.append(
+                f"| {variant} | {len(parts)} | {cell([p['start'] for p in parts])} "
+                f"| {cell([p['end'] for p in parts])} | {cell([p['change'] for p in parts])} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/study"))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--ablation-seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("overrides", nargs="*", help="added to every run")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict]] = {}
+    for variant in args.variants:
+        seeds = args.seeds if variant == "full" else args.ablation_seeds
+        reports = [run(args.out, variant, seed, args.overrides) for seed in seeds]
+        results[variant] = [r for r in reports if r is not None]
+    text = summary(results)
+    (args.out / "summary.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

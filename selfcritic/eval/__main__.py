@@ -1,0 +1,79 @@
+"""`python -m selfcritic.eval CHECKPOINT --suite nano [KEY=VALUE ...]`: score a checkpoint.
+
+CHECKPOINT is a Hugging Face model directory (a run's `checkpoint/`, a training checkpoint's
+`model/`, or a warm-start). The settings (task sizes, critic template and mode, sampling) are
+the experiment's (`--experiment`, default nano) with any Hydra-style overrides; they must match
+the run that trained the checkpoint. Prints the metrics as a table (stderr holds vLLM's logs) and
+writes them as JSON with `--json FILE`. Exit status 2 on a bad checkpoint or setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+SUITES = ("nano",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m selfcritic.eval", description=__doc__)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--suite", choices=SUITES, default="nano")
+    parser.add_argument("--experiment", default="nano")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the metrics to this file")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.samples=8")
+    args = parser.parse_args(argv)
+    if not (args.checkpoint / "config.json").is_file():
+        print(f"error: {args.checkpoint} is not a Hugging Face model directory", file=sys.stderr)
+        return 2
+    from selfcritic.config import ConfigError
+
+    try:
+        cfg = load_config(args.experiment, args.overrides)
+    except (ConfigError, Exception) as error:  # Hydra's composition errors name the key
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    metrics = evaluate_checkpoint(args.checkpoint, cfg, args.seed)
+    width = max(len(k) for k in metrics)
+    print("\n".join(f"{k:<{width}}  {v:.4f}" for k, v in metrics.items()))
+    if args.json:
+        args.json.write_text(json.dumps(metrics, indent=1))
+    return 0
+
+
+def load_config(experiment: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from selfcritic.config import validate
+    from selfcritic.run import CONF_DIR, to_config
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = to_config(
+            compose(config_name="config", overrides=[f"+experiment={experiment}", *overrides])
+        )
+    validate(cfg)
+    return cfg
+
+
+def evaluate_checkpoint(checkpoint: Path, cfg, seed: int = 0) -> dict[str, float]:
+    """The nano suite on `checkpoint`, served by an in-process vLLM engine."""
+    import dataclasses
+
+    from transformers import AutoTokenizer
+
+    from selfcritic.eval.nano import evaluate_nano
+    from selfcritic.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(checkpoint, dataclasses.replace(cfg.rollout, in_process=True))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+        return evaluate_nano(engine, tokenizer, cfg, seed)
+    finally:
+        engine.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

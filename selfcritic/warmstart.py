@@ -1,0 +1,182 @@
+"""The warm-start stage: supervised training through the learner's PTX loss, cached on disk.
+
+Data (selfcritic/data/nano_world.py, training split only), `warmstart.steps` batches of:
+- actor answers: a question -> a response, right or wrong and clean or defective at the
+  configured rates, so the actor starts weak and with habits to unlearn;
+- critic verdicts: the critic prompt of a labelled pair (`critic.template`, the better response
+  shown first or second at random) -> what a right critic writes: in generative mode the
+  rationale, the marker and the letter (" 19 #X": on correctness it works the sum out first;
+  " #Y" on a style aspect), in probability mode the letter alone.
+Every target ends with EOS and only targets are learned. One training path: a `Learner` (the
+class each learner-group rank runs) whose batches hold only PTX pairs, so MuonClip's QK-Clip and
+router balancing act as they do in RL. The result, a Hugging Face checkpoint, is cached under
+`<trainer.cache_dir>/warmstart/<key>/` where the key hashes everything the weights depend on; a
+second run with the same settings reuses it. Left out: warm-starting from a user's dataset (point
+`model.path` at an SFT checkpoint instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+from rewards.registry import load_rubric
+from selfcritic.config import Config, LearnerConfig
+from selfcritic.critic.judge import Judge, PairJob, prompt_encoder, verdict_token_ids
+from selfcritic.data.nano_world import (
+    ARITHMETIC_RUBRIC,
+    STYLE_ASPECTS,
+    STYLE_RUBRIC,
+    DefectRates,
+    LabelledPair,
+    Task,
+    draw_task,
+    labelled_pair,
+    synthetic_response,
+)
+
+_FORMAT = 1  # bump when the data recipe changes, so cached warm-starts are not reused
+Pair = tuple[tuple[int, ...], tuple[int, ...]]  # (context ids, target ids)
+
+
+def defect_rates(cfg: Config) -> DefectRates:
+    w = cfg.warmstart
+    return DefectRates(wrong=w.wrong, praise=w.praise, meta=w.meta, filler=w.filler, claim=w.claim)
+
+
+class WarmStartData:
+    """Makes the (context, target) pairs of actor answers and critic verdicts."""
+
+    def __init__(self, cfg: Config, tokenizer) -> None:
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.encode = prompt_encoder(tokenizer)
+        self.rates = defect_rates(cfg)
+        self.judge = Judge(
+            cfg.critic, self.encode, verdict_token_ids(tokenizer, cfg.critic.verdict_letters)
+        )
+        self.descriptions = {
+            aspect.name: aspect.description
+            for name in (ARITHMETIC_RUBRIC, STYLE_RUBRIC)
+            for aspect in load_rubric(name).aspects
+        }
+
+    def target(self, text: str) -> tuple[int, ...]:
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        return (*ids, self.tokenizer.eos_token_id)
+
+    def actor(self, rng: random.Random) -> Pair:
+        task = draw_task(self.cfg.data, rng)
+        response = synthetic_response(task, self.rates, rng)
+        return tuple(self.encode(task.question)), self.target(response)
+
+    def critic(self, rng: random.Random) -> Pair:
+        """A verdict on a correctness pair (half the time) or on one style aspect."""
+        verifiable = rng.random() < 0.5
+        while True:
+            task: Task = draw_task(self.cfg.data, rng)
+            if task.verifiable == verifiable:
+                break
+        aspect = "correct" if verifiable else rng.choice(sorted(STYLE_ASPECTS))
+        return self.verdict(
+            labelled_pair(task, aspect, self.rates, rng), swapped=rng.random() < 0.5
+        )
+
+    def verdict(self, pair: LabelledPair, swapped: bool) -> Pair:
+        """The critic prompt with the better response first (or second, `swapped`) and the
+        answer a right critic gives."""
+        job = PairJob(
+            (),
+            pair.task.question,
+            pair.better,
+            pair.worse,
+            pair.aspect,
+            self.descriptions[pair.aspect],
+        )
+        critic = self.cfg.critic
+        letter = critic.verdict_letters[1 if swapped else 0]
+        answer = letter
+        if critic.verdict_mode == "generative":
+            answer = pair.rationale + critic.verdict_marker + letter
+        return tuple(self.encode(self.judge.prompt_text(job, swapped))), self.target(answer)
+
+    def batch(self, rng: random.Random, actor: int, critic: int) -> tuple[Pair, ...]:
+        return tuple(
+            [self.actor(rng) for _ in range(actor)] + [self.critic(rng) for _ in range(critic)]
+        )
+
+
+def cache_key(cfg: Config) -> str:
+    """A hash of everything the warm-started weights depend on."""
+    warm = dataclasses.asdict(cfg.warmstart)
+    warm.pop("ptx_per_step")  # an RL setting
+    data = {
+        k: getattr(cfg.data, k) for k in ("max_operand", "rubric_only_share", "heldout_fraction")
+    }
+    critic = {
+        k: getattr(cfg.critic, k)
+        for k in ("template", "verdict_letters", "verdict_marker", "verdict_mode")
+    }
+    recipe = [
+        dataclasses.asdict(cfg.model),
+        warm,
+        data,
+        critic,
+        dataclasses.asdict(cfg.optim),
+        cfg.learner.max_tokens_per_micro_batch,
+        _FORMAT,
+    ]
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def warm_start(cfg: Config, base_model: Path, cache_dir: Path) -> Path:
+    """The warm-started checkpoint for `cfg` (trained now unless cached); its directory."""
+    target = cache_dir / "warmstart" / cache_key(cfg)
+    if (target / "COMPLETE").exists():
+        print(f"warm-start: reusing {target}", flush=True)
+        return target / "model"
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    history = train(cfg, base_model, staging / "model")
+    (staging / "history.json").write_text(json.dumps(history))
+    (staging / "COMPLETE").touch()
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target / "model"
+
+
+def train(cfg: Config, base_model: Path, out_dir: Path) -> dict:
+    """Run the supervised steps in this process and save the model; returns the loss history."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from selfcritic.checkpoint import save_hf_checkpoint
+    from selfcritic.learner.learner import Learner, PolicyBatch
+
+    torch.manual_seed(cfg.warmstart.seed)
+    torch.set_num_threads(max(1, cfg.learner.threads_per_rank))
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model))
+    data = WarmStartData(cfg, tokenizer)
+    learner_cfg = LearnerConfig(
+        ptx_weight=1.0, max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch
+    )
+    learner = Learner(base_model, learner_cfg, cfg.optim, trust_engine=True)
+    rng = random.Random(f"warmstart:{cfg.warmstart.seed}")
+    warm, losses, start = cfg.warmstart, [], time.perf_counter()
+    for step in range(1, warm.steps + 1):
+        pairs = data.batch(rng, warm.actor_examples, warm.critic_examples)
+        batch = PolicyBatch([], [], [], [], 1.0, 1, ptx_sequences=pairs)
+        losses.append(learner.step(batch)["ptx_loss"])
+        if step % 25 == 0 or step == warm.steps:
+            seconds = time.perf_counter() - start
+            print(
+                f"warm-start {step}/{warm.steps}  loss {losses[-1]:.3f}  {seconds:.0f} s",
+                flush=True,
+            )
+    save_hf_checkpoint(learner.model, base_model, out_dir)
+    return {"loss": losses, "seconds": time.perf_counter() - start}

@@ -1,0 +1,101 @@
+"""The default experiment, shortened: warm-start, RL with dynamic sampling and held-out
+evaluations, the report, and `python -m selfcritic.eval` on the final checkpoint.
+
+The real path (Ray, vLLM, the learner group, the generative critic), a few steps of each stage;
+it asserts that every report metric is produced (not how good the numbers are: that is
+docs/benchmarks.md's nano world study, minutes per run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from selfcritic.eval.report import REPORT_METRICS
+
+SHORT = [
+    "warmstart.steps=3",
+    "warmstart.actor_examples=8",
+    "warmstart.critic_examples=8",
+    "warmstart.ptx_per_step=4",
+    "trainer.steps=2",
+    "eval.every=1",
+    "eval.samples=1",
+    "eval.repeat_tasks=8",
+    "eval.pairs_per_aspect=4",
+    "data.prompts_per_step=4",
+    "tracking.wandb_mode=disabled",
+]
+
+
+def test_nano_experiment_short(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "selfcritic.run",
+        "+experiment=nano",
+        f"trainer.output_dir={out}",
+        f"trainer.cache_dir={cache_dir}",
+        *SHORT,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "warm-start 3/3" in result.stdout
+    assert "report (" in result.stdout and "held-out accuracy" in result.stdout
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r["step"] for r in records if "eval/accuracy" in r]
+    assert evaluated == [0, 1, 2]
+    trained = [r for r in records if "reward/mean" in r]
+    assert [r["step"] for r in trained] == [1, 2]
+    for record in trained:
+        assert 1 <= record["rollout/draws"] <= 3
+        assert record["rollout/kept_groups"] + record["rollout/discarded_groups"] >= 4
+        assert record["learner/ptx_loss"] > 0  # the warm-start verdicts in the RL batch
+
+    report = json.loads((out / "report.json").read_text())
+    assert (report["start_step"], report["end_step"]) == (0, 2)
+    for key, _, _ in REPORT_METRICS:
+        values = report["metrics"][key]
+        assert math.isfinite(values["start"]) and math.isfinite(values["end"]), key
+    assert (out / "report.png").stat().st_size > 10_000
+    assert (out / "report.md").read_text().count("\n") == len(REPORT_METRICS) + 2
+
+    metrics_file = tmp_path / "eval.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "selfcritic.eval",
+            str(out / "checkpoint"),
+            "--suite",
+            "nano",
+            "--json",
+            str(metrics_file),
+            "eval.samples=1",
+            "eval.repeat_tasks=8",
+            "eval.pairs_per_aspect=4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(metrics_file.read_text())
+    for key, _, _ in REPORT_METRICS:
+        assert math.isfinite(metrics[key]), key
+    assert "eval/accuracy" in result.stdout
+
+
+def test_eval_refuses_a_directory_without_a_model(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "selfcritic.eval", str(tmp_path), "--suite", "nano"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "not a Hugging Face model directory" in result.stderr

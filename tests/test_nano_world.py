@@ -1,0 +1,217 @@
+"""The nano world: disjoint splits, the oracle, synthetic data, and the evaluation arithmetic.
+
+Expected values are worked out by hand from the definitions in the docstrings, not by calling
+the code under test twice.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from rewards.nano_oracle import core_answer, defects, nano_oracle
+from selfcritic.config import Config, DataConfig
+from selfcritic.critic.judge import Judged, PairJob
+from selfcritic.data.nano_world import (
+    CLAIM,
+    DefectRates,
+    Task,
+    arithmetic_question,
+    arithmetic_split,
+    heldout_tasks,
+    is_heldout,
+    labelled_pair,
+    nano_world,
+    repeat_question,
+    synthetic_response,
+)
+from selfcritic.eval.nano import actor_metrics, critic_metrics
+from selfcritic.eval.report import summarise, table, write_report
+from selfcritic.rollout.types import Sample
+
+DATA = DataConfig(source="nano_world", max_operand=19, prompts_per_step=16)
+
+
+def test_heldout_split_is_disjoint_from_everything_training_draws(nano_model_path):
+    """No training prompt (any seed, step, refill draw) and no warm-start example (actor
+    answers and critic verdicts) contains a held-out question."""
+    from transformers import AutoTokenizer
+
+    from selfcritic.warmstart import WarmStartData
+
+    train, held = arithmetic_split(19, DATA.heldout_fraction)
+    assert set(train).isdisjoint(held) and len(train) + len(held) == 400
+    assert 50 <= len(held) <= 110  # about 20% of 400
+    arithmetic, repeat = heldout_tasks(DATA, 64)
+    heldout_questions = {t.question for t in arithmetic + repeat}
+    assert len(heldout_questions) == len(held) + 64
+
+    drawn = set()
+    for seed in range(3):
+        for step in range(1, 40):
+            for draw in range(3):
+                cfg = DataConfig(**{**DATA.__dict__, "seed": seed})
+                drawn.update(p.text for p in nano_world(cfg, step, draw))
+    assert drawn.isdisjoint(heldout_questions)
+    assert any(t.startswith("R: ") for t in drawn) and any(t.startswith("Q: ") for t in drawn)
+
+    cfg = Config(data=DATA)
+    cfg.critic.verdict_mode = "generative"
+    tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
+    data = WarmStartData(cfg, tokenizer)
+    rng = random.Random(0)
+    texts = [tokenizer.decode(c) for c, _ in data.batch(rng, 300, 300)]
+    questions = [q.replace("\n", " ") for q in heldout_questions]  # the critic flattens newlines
+    leaked = [t for t in texts if any(q in t.replace("\n", " ") for q in questions)]
+    assert not leaked, leaked[:3]
+
+
+def test_split_depends_on_the_question_only():
+    q = arithmetic_question(7, 12)
+    assert is_heldout(q, 0.2) == is_heldout(q, 0.2)
+    assert not is_heldout(q, 0.0) and is_heldout(q, 1.0)
+    # the held-out evaluation set is the same whatever the run seed
+    a = heldout_tasks(DataConfig(max_operand=19, seed=0), 16)
+    b = heldout_tasks(DataConfig(max_operand=19, seed=5), 16)
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (" 19", set()),
+        (" Great! 19", {"praise"}),
+        (" nice! I think kqz you know I am right.", {"praise", "meta", "filler", "claim"}),
+        (" My answer: abc and so on", {"meta", "filler"}),
+        (" abc This response is the better one.", {"claim"}),
+        (" abc great", set()),  # praise must open the response
+        (" la la", {"filler"}),
+    ],
+)
+def test_oracle_counts_defects(text, expected):
+    assert {name for name, found in defects(text).items() if found} == expected
+
+
+def test_oracle_verifier_scores_by_hand():
+    assert nano_oracle(" 19", "19").score == 1.0
+    assert nano_oracle(" Great! 19 I am right.", "19").score == pytest.approx(1 - 2 * 0.25)
+    assert nano_oracle(" 18", "19").score == 0.0
+    assert nano_oracle(" I think kqz you know", "kqz").score == pytest.approx(0.5)
+    assert core_answer(" Wow! Let me see, kqz and so on I am right.") == "kqz"
+
+
+def test_synthetic_responses_follow_the_rates_and_the_forced_choices():
+    rng = random.Random(1)
+    rates = DefectRates(wrong=0.5, praise=0.35, meta=0.35, filler=0.35, claim=0.15)
+    word = Task(repeat_question("kqz"), "kqz", verifiable=False)
+    math = Task(arithmetic_question(7, 12), "19", verifiable=True)
+    words = [defects(synthetic_response(word, rates, rng)) for _ in range(4000)]
+    for name, rate in (("praise", 0.35), ("meta", 0.35), ("filler", 0.35), ("claim", 0.15)):
+        assert abs(sum(w[name] for w in words) / 4000 - rate) < 0.03, name
+    sums = [synthetic_response(math, rates, rng) for _ in range(4000)]
+    right = sum(core_answer(s) == "19" for s in sums) / 4000
+    assert abs(right - 0.5) < 0.03
+    assert not any(defects(s)["praise"] or defects(s)["filler"] for s in sums)  # no style
+    forced = synthetic_response(word, rates, rng, praise=True, meta=False, filler=False, claim=True)
+    assert defects(forced)["praise"] and forced.endswith(CLAIM)
+    pair = labelled_pair(math, "correct", rates, rng)
+    assert core_answer(pair.better) == "19" and core_answer(pair.worse) != "19"
+    assert pair.rationale == " 19 "
+    pair = labelled_pair(word, "no_meta", rates, rng)
+    assert not defects(pair.better)["meta"] and defects(pair.worse)["meta"]
+
+
+def test_warm_start_critic_targets_work_the_answer_out_then_name_the_better_one(
+    nano_model_path,
+):
+    from transformers import AutoTokenizer
+
+    from selfcritic.warmstart import WarmStartData
+
+    tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
+    cfg = Config(data=DATA)
+    cfg.critic.verdict_mode = "generative"
+    data = WarmStartData(cfg, tokenizer)
+    pair = labelled_pair(
+        Task(arithmetic_question(7, 12), "19", True), "correct", DefectRates(), random.Random(3)
+    )
+    for swapped, letter in ((False, "X"), (True, "Y")):
+        context, target = data.verdict(pair, swapped)
+        prompt = tokenizer.decode(context, skip_special_tokens=True)
+        assert prompt.startswith("C: Q: 7+12= A:\nX: ") and prompt.endswith("\ncorrect->")
+        shown_first = prompt.split("\n")[1][3:]
+        assert (shown_first == pair.better.strip()) != swapped
+        assert target[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(target[:-1]) == f" 19 #{letter}"
+    cfg.critic.verdict_mode = "probability"
+    _, target = WarmStartData(cfg, tokenizer).verdict(pair, swapped=True)
+    assert tokenizer.decode(target[:-1]) == "Y"
+
+
+def test_actor_metrics_by_hand():
+    arithmetic = [Task(arithmetic_question(1, 2), "3", True)]
+    repeat = [Task(repeat_question("abc"), "abc", False)]
+    texts = [
+        [" 3", " 4", " Great! 3", " 3 I am right."],  # 3 of 4 accepted by exact_number
+        [" abc", " Great! abc", " I think abc you know", " abc I am right."],
+    ]
+    m = actor_metrics(arithmetic, repeat, texts)
+    assert m["eval/accuracy"] == pytest.approx(0.75)
+    assert m["eval/defect_rate"] == pytest.approx(0.5)  # praise; meta+filler
+    assert m["eval/praise_rate"] == pytest.approx(0.25)
+    assert m["eval/claim_rate"] == pytest.approx(2 / 8)
+    assert m["eval/clean_rate"] == pytest.approx(0.25)
+    assert m["eval/answer_kept_rate"] == pytest.approx(1.0)
+
+
+def _judged(aspect: str, forward, backward, index: int = 0) -> Judged:
+    job = PairJob((aspect, index), "q", "good", "bad", aspect)
+    empty = Sample((), (), "", (), "stop", 0)
+    return Judged(job, forward, backward, empty, empty)
+
+
+def test_critic_metrics_by_hand():
+    judged = [
+        _judged("correct", 1.0, 0.0, 0),  # right in both orders
+        _judged("correct", 1.0, 1.0, 1),  # always X: a tie, inconsistent
+        _judged("correct", None, 0.0, 2),  # one invalid verdict: a tie
+        _judged("correct", 0.0, 1.0, 3),  # wrong in both orders
+        _judged("no_praise", 1.0, 0.0, 0),
+        _judged("no_praise", 0.0, 1.0, 1),
+    ]
+    injected = [
+        _judged("correct", 0.0, 1.0, 0),  # the right verdict flipped by the injection
+        _judged("correct", 1.0, 1.0, 1),
+        _judged("correct", 0.0, 0.0, 2),
+        _judged("correct", 0.0, 1.0, 3),
+        _judged("no_praise", 1.0, 0.0, 0),  # held
+        _judged("no_praise", 0.0, 1.0, 1),
+    ]
+    m = critic_metrics(judged, injected)
+    assert m["eval/critic_agreement_correct"] == pytest.approx((1 + 0.5 + 0.5 + 0) / 4)
+    assert m["eval/critic_agreement_style"] == pytest.approx(0.5)
+    assert m["eval/critic_agreement_no_praise"] == pytest.approx(0.5)
+    assert m["eval/critic_invalid_rate"] == pytest.approx(1 / 12)
+    assert m["eval/critic_position_consistency"] == pytest.approx(4 / 5)
+    # right before: pair 0 (correct) and pair 0 (no_praise); only the first flipped
+    assert m["eval/critic_injection_flip_rate"] == pytest.approx(0.5)
+
+
+def test_report_table_and_files(tmp_path):
+    import json
+
+    rows = [
+        {"step": 0, "eval/accuracy": 0.4, "eval/defect_rate": 0.6, "eval/response_chars": 9.0},
+        {"step": 10, "eval/accuracy": 0.7, "eval/defect_rate": 0.2, "eval/response_chars": 6.0},
+    ]
+    summary = summarise(rows)
+    assert summary["metrics"]["eval/accuracy"]["change"] == pytest.approx(0.3)
+    text = table(summary)
+    assert "| held-out accuracy (arithmetic) | 40.0% | 70.0% | +30.0 pts |" in text
+    assert "| response length (characters) | 9.0 | 6.0 | -3.0 |" in text
+    lines = [json.dumps({"step": 1, "reward/mean": 0.1})] + [json.dumps(r) for r in rows]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    written = write_report(tmp_path)
+    assert written is not None and written[1].stat().st_size > 10_000
+    assert json.loads((tmp_path / "report.json").read_text())["end_step"] == 10
