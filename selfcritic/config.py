@@ -238,12 +238,18 @@ class WarmStartConfig:
     steps: int = 120  # optimizer steps
     actor_examples: int = 32  # actor answers per step (arithmetic and repeat, as data mixes them)
     critic_examples: int = 32  # critic verdicts per step (half correctness, half style aspects)
+    # Curriculum: correctness verdicts join after this fraction of the steps. Mixed in from the
+    # start they stalled all verdict learning (nano: style alone is learned in ~50 steps, style
+    # + correctness not in 120: the verdict stays on one letter)
+    correctness_after: float = 0.4
     wrong: float = 0.5  # share of wrong arithmetic answers in the actor data
     praise: float = 0.35  # share of repeat answers opening with praise
     meta: float = 0.35  # ... with meta-commentary
     filler: float = 0.35  # ... with filler after the answer
     claim: float = 0.15  # share of all answers ending with a claim of being right
     seed: int = 0
+    muon_lr: float = 0.005  # its own learning rates (the RL stage uses optim.*): Muon at 0.02
+    adamw_lr: float = 2e-3  # made this mixed supervised task unstable (loss spikes, no copying)
     ptx_per_step: int = 16  # in RL: warm-start critic verdicts per step for the PTX loss
     # (learner.ptx_weight > 0 turns it on: it keeps the critic's judging skill)
 
@@ -443,6 +449,7 @@ def _validate_nano_world(cfg: Config) -> None:
     for key in ("wrong", "praise", "meta", "filler", "claim"):
         _require(0 <= getattr(warm, key) <= 1, f"warmstart.{key}", "must be in [0, 1]")
     _require(warm.steps >= 1, "warmstart.steps", "must be at least 1")
+    _require(0 <= warm.correctness_after <= 1, "warmstart.correctness_after", "must be in [0, 1]")
     _require(
         warm.actor_examples + warm.critic_examples >= 1,
         "warmstart.actor_examples",

@@ -149,6 +149,7 @@ class Trainer:
         if self.resume_from is not None:
             self.resumed_state = json.loads((self.resume_from / "trainer.json").read_text())
             check_resumable(self.resumed_state["settings"], cfg)
+        self._save_config()
         self.tracker = Tracker(
             cfg.tracking,
             self.output_dir,
@@ -187,6 +188,13 @@ class Trainer:
         self.ptx_data = None
         if cfg.learner.ptx_weight > 0 and cfg.warmstart.ptx_per_step > 0:
             self.ptx_data = WarmStartData(cfg, self.tokenizer)
+
+    def _save_config(self) -> None:
+        """The run's settings as `config.yaml` (what `python -m selfcritic.eval` reads back)."""
+        from omegaconf import OmegaConf
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.structured(self.cfg), self.output_dir / "config.yaml")
 
     def rubric(self, spec: str) -> Rubric:
         """A rubric by name, path or import path, loaded once."""
@@ -470,7 +478,7 @@ class Trainer:
         if self.ptx_data is not None:  # warm-start critic verdicts keep the judging skill
             rng = random.Random(f"ptx:{self.cfg.trainer.seed}:{step}")
             ptx = self.ptx_data.batch(rng, 0, self.cfg.warmstart.ptx_per_step)
-        if not samples and not examples:
+        if not samples and not examples and not ptx:
             return None
         return PolicyBatch(
             prompts=[s.prompt_ids for s in samples],

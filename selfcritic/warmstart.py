@@ -40,7 +40,7 @@ from selfcritic.data.nano_world import (
     synthetic_response,
 )
 
-_FORMAT = 1  # bump when the data recipe changes, so cached warm-starts are not reused
+_FORMAT = 3  # bump when the data recipe changes, so cached warm-starts are not reused
 Pair = tuple[tuple[int, ...], tuple[int, ...]]  # (context ids, target ids)
 
 
@@ -74,9 +74,10 @@ class WarmStartData:
         response = synthetic_response(task, self.rates, rng)
         return tuple(self.encode(task.question)), self.target(response)
 
-    def critic(self, rng: random.Random) -> Pair:
-        """A verdict on a correctness pair (half the time) or on one style aspect."""
-        verifiable = rng.random() < 0.5
+    def critic(self, rng: random.Random, correctness: bool = True) -> Pair:
+        """A verdict on a correctness pair (half the time, if `correctness`) or on one style
+        aspect."""
+        verifiable = correctness and rng.random() < 0.5
         while True:
             task: Task = draw_task(self.cfg.data, rng)
             if task.verifiable == verifiable:
@@ -104,10 +105,18 @@ class WarmStartData:
             answer = pair.rationale + critic.verdict_marker + letter
         return tuple(self.encode(self.judge.prompt_text(job, swapped))), self.target(answer)
 
-    def batch(self, rng: random.Random, actor: int, critic: int) -> tuple[Pair, ...]:
-        return tuple(
-            [self.actor(rng) for _ in range(actor)] + [self.critic(rng) for _ in range(critic)]
-        )
+    def batch(
+        self, rng: random.Random, actor: int, critic: int, correctness: bool = True
+    ) -> tuple[Pair, ...]:
+        actors = [self.actor(rng) for _ in range(actor)]
+        return tuple(actors + [self.critic(rng, correctness) for _ in range(critic)])
+
+
+def warm_start_optim(cfg: Config):
+    """The optimizer settings of the warm-start: the run's, with the warm-start's rates."""
+    return dataclasses.replace(
+        cfg.optim, muon_lr=cfg.warmstart.muon_lr, adamw_lr=cfg.warmstart.adamw_lr
+    )
 
 
 def cache_key(cfg: Config) -> str:
@@ -126,7 +135,7 @@ def cache_key(cfg: Config) -> str:
         warm,
         data,
         critic,
-        dataclasses.asdict(cfg.optim),
+        dataclasses.asdict(warm_start_optim(cfg)),
         cfg.learner.max_tokens_per_micro_batch,
         _FORMAT,
     ]
@@ -165,11 +174,12 @@ def train(cfg: Config, base_model: Path, out_dir: Path) -> dict:
     learner_cfg = LearnerConfig(
         ptx_weight=1.0, max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch
     )
-    learner = Learner(base_model, learner_cfg, cfg.optim, trust_engine=True)
+    learner = Learner(base_model, learner_cfg, warm_start_optim(cfg), trust_engine=True)
     rng = random.Random(f"warmstart:{cfg.warmstart.seed}")
     warm, losses, start = cfg.warmstart, [], time.perf_counter()
     for step in range(1, warm.steps + 1):
-        pairs = data.batch(rng, warm.actor_examples, warm.critic_examples)
+        correctness = step > warm.correctness_after * warm.steps
+        pairs = data.batch(rng, warm.actor_examples, warm.critic_examples, correctness)
         batch = PolicyBatch([], [], [], [], 1.0, 1, ptx_sequences=pairs)
         losses.append(learner.step(batch)["ptx_loss"])
         if step % 25 == 0 or step == warm.steps:

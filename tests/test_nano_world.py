@@ -118,8 +118,18 @@ def test_synthetic_responses_follow_the_rates_and_the_forced_choices():
     pair = labelled_pair(math, "correct", rates, rng)
     assert core_answer(pair.better) == "19" and core_answer(pair.worse) != "19"
     assert pair.rationale == " 19 "
-    pair = labelled_pair(word, "no_meta", rates, rng)
-    assert not defects(pair.better)["meta"] and defects(pair.worse)["meta"]
+    for aspect, defect in (("no_praise", "praise"), ("no_meta", "meta"), ("no_filler", "filler")):
+        for _ in range(50):  # minimal pairs: only the judged defect differs
+            pair = labelled_pair(word, aspect, rates, rng)
+            better, worse = defects(pair.better), defects(pair.worse)
+            assert not better[defect] and worse[defect]
+            assert {k: v for k, v in better.items() if k != defect} == {
+                k: v for k, v in worse.items() if k != defect
+            }
+            assert len(pair.worse) > len(pair.better)
+    for _ in range(50):
+        pair = labelled_pair(math, "correct", rates, rng)
+        assert pair.better.replace("19", "") == pair.worse.replace(core_answer(pair.worse), "")
 
 
 def test_warm_start_critic_targets_work_the_answer_out_then_name_the_better_one(

@@ -2,15 +2,18 @@
 
 CHECKPOINT is a Hugging Face model directory (a run's `checkpoint/`, a training checkpoint's
 `model/`, or a warm-start). The settings (task sizes, critic template and mode, sampling) are
-the experiment's (`--experiment`, default nano) with any Hydra-style overrides; they must match
-the run that trained the checkpoint. Prints the metrics as a table (stderr holds vLLM's logs) and
-writes them as JSON with `--json FILE`. Exit status 2 on a bad checkpoint or setting.
+those of the run that trained it when its `config.yaml` is found next to the checkpoint (in the
+checkpoint's directory or up to two above: a run directory), else the experiment's
+(`--experiment`, default nano); key=value overrides apply on top. Prints the metrics as a
+table (stderr holds vLLM's logs) and writes them as JSON with `--json FILE`. Exit status 2 on a
+bad checkpoint or setting.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,14 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the metrics to this file")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.samples=8")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if not (args.checkpoint / "config.json").is_file():
         print(f"error: {args.checkpoint} is not a Hugging Face model directory", file=sys.stderr)
         return 2
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # vLLM would log to stdout
     from selfcritic.config import ConfigError
 
     try:
-        cfg = load_config(args.experiment, args.overrides)
+        saved = run_config_of(args.checkpoint)
+        if saved is not None:
+            print(f"settings: {saved}", file=sys.stderr)
+        cfg = load_config(args.experiment, args.overrides, saved)
     except (ConfigError, Exception) as error:  # Hydra's composition errors name the key
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
@@ -44,16 +51,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_config(experiment: str, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+def run_config_of(checkpoint: Path) -> Path | None:
+    """The `config.yaml` of the run that wrote `checkpoint`, if it is there."""
+    for directory in (checkpoint, *list(checkpoint.resolve().parents)[:2]):
+        if (directory / "config.yaml").is_file():
+            return directory / "config.yaml"
+    return None
 
-    from selfcritic.config import validate
+
+def load_config(experiment: str, overrides: list[str], saved: Path | None = None):
+    """The run's saved settings (or the experiment's), with `overrides`, validated."""
+    from omegaconf import OmegaConf
+
+    from selfcritic.config import Config, validate
     from selfcritic.run import CONF_DIR, to_config
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = to_config(
-            compose(config_name="config", overrides=[f"+experiment={experiment}", *overrides])
+    if saved is not None:
+        merged = OmegaConf.merge(
+            OmegaConf.structured(Config), OmegaConf.load(saved), OmegaConf.from_dotlist(overrides)
         )
+        cfg = to_config(merged)
+    else:
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = to_config(
+                compose(config_name="config", overrides=[f"+experiment={experiment}", *overrides])
+            )
     validate(cfg)
     return cfg
 
