@@ -242,6 +242,9 @@ class WarmStartConfig:
     # start they stalled all verdict learning (nano: style alone is learned in ~50 steps, style
     # + correctness not in 120: the verdict stays on one letter)
     correctness_after: float = 0.4
+    # Share of minimal style pairs (only the judged defect differs). All minimal, the worse
+    # response is always the longer one, and the critic learned brevity, which RL exploited
+    minimal_pairs: float = 0.5
     wrong: float = 0.5  # share of wrong arithmetic answers in the actor data
     praise: float = 0.35  # share of repeat answers opening with praise
     meta: float = 0.35  # ... with meta-commentary
@@ -450,6 +453,7 @@ def _validate_nano_world(cfg: Config) -> None:
         _require(0 <= getattr(warm, key) <= 1, f"warmstart.{key}", "must be in [0, 1]")
     _require(warm.steps >= 1, "warmstart.steps", "must be at least 1")
     _require(0 <= warm.correctness_after <= 1, "warmstart.correctness_after", "must be in [0, 1]")
+    _require(0 <= warm.minimal_pairs <= 1, "warmstart.minimal_pairs", "must be in [0, 1]")
     _require(
         warm.actor_examples + warm.critic_examples >= 1,
         "warmstart.actor_examples",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import random
 import shutil
 import time
@@ -40,7 +41,7 @@ from selfcritic.data.nano_world import (
     synthetic_response,
 )
 
-_FORMAT = 3  # bump when the data recipe changes, so cached warm-starts are not reused
+_FORMAT = 4  # bump when the data recipe changes, so cached warm-starts are not reused
 Pair = tuple[tuple[int, ...], tuple[int, ...]]  # (context ids, target ids)
 
 
@@ -83,9 +84,11 @@ class WarmStartData:
             if task.verifiable == verifiable:
                 break
         aspect = "correct" if verifiable else rng.choice(sorted(STYLE_ASPECTS))
-        return self.verdict(
-            labelled_pair(task, aspect, self.rates, rng), swapped=rng.random() < 0.5
-        )
+        # some style pairs minimal (the defect is the only difference: learned fast), the rest
+        # not (the better response is as often the longer one: no brevity shortcut)
+        minimal = rng.random() < self.cfg.warmstart.minimal_pairs
+        pair = labelled_pair(task, aspect, self.rates, rng, minimal=minimal)
+        return self.verdict(pair, swapped=rng.random() < 0.5)
 
     def verdict(self, pair: LabelledPair, swapped: bool) -> Pair:
         """The critic prompt with the better response first (or second, `swapped`) and the
@@ -148,14 +151,17 @@ def warm_start(cfg: Config, base_model: Path, cache_dir: Path) -> Path:
     if (target / "COMPLETE").exists():
         print(f"warm-start: reusing {target}", flush=True)
         return target / "model"
-    staging = target.with_name(target.name + ".tmp")
+    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")  # runs may race
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     history = train(cfg, base_model, staging / "model")
     (staging / "history.json").write_text(json.dumps(history))
     (staging / "COMPLETE").touch()
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    if (target / "COMPLETE").exists():  # another run finished the same warm-start first
+        shutil.rmtree(staging)
+    else:
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
     return target / "model"
 
 

@@ -127,6 +127,15 @@ def test_synthetic_responses_follow_the_rates_and_the_forced_choices():
                 k: v for k, v in worse.items() if k != defect
             }
             assert len(pair.worse) > len(pair.better)
+    longer = 0
+    for aspect, defect in (("no_praise", "praise"), ("no_meta", "meta"), ("no_filler", "filler")):
+        for _ in range(100):  # contrast pairs: the better one has another defect instead
+            pair = labelled_pair(word, aspect, rates, rng, minimal=False)
+            better, worse = defects(pair.better), defects(pair.worse)
+            assert not better[defect] and sum(better.values()) == 1
+            assert worse[defect] and sum(worse.values()) == 1
+            longer += len(pair.better) > len(pair.worse)
+    assert 0.3 < longer / 300 < 0.7  # length does not tell the better one
     for _ in range(50):
         pair = labelled_pair(math, "correct", rates, rng)
         assert pair.better.replace("19", "") == pair.worse.replace(core_answer(pair.worse), "")

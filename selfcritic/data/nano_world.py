@@ -172,10 +172,15 @@ class LabelledPair:
 STYLE_ASPECTS = {"no_praise": "praise", "no_meta": "meta", "no_filler": "filler"}
 
 
-def labelled_pair(task: Task, aspect: str, rates: DefectRates, rng) -> LabelledPair:
-    """A minimal pair on `aspect`: two responses identical (the same answer, the same other
-    defects, the same phrase variants) but for the judged difference, a wrong answer
-    (correctness) or the aspect's defect; so the label is about the aspect and nothing else."""
+def labelled_pair(
+    task: Task, aspect: str, rates: DefectRates, rng, minimal: bool = True
+) -> LabelledPair:
+    """A labelled pair on `aspect` (correct, or a style aspect). Minimal: the two responses are
+    identical (answer, other defects, phrase variants) but for the judged difference, so the
+    label is about the aspect alone; the worse one is always the longer one. Contrast (style
+    only, `minimal=False`): the better response carries one OTHER defect, the worse only the
+    judged one, so the better one is about as often the longer one; a critic that merely prefers
+    short answers, or any answer without defects, is caught out."""
     phrases = rng.random()  # one seed for both responses' phrase choices
     if aspect == "correct":
         wrong = str(wrong_sum(int(task.answer), rng))
@@ -184,8 +189,14 @@ def labelled_pair(task: Task, aspect: str, rates: DefectRates, rng) -> LabelledP
         worse = render(wrong, False, False, False, claim, random.Random(phrases))
         return LabelledPair(task, aspect, better, worse, rationale=f" {task.answer} ")
     defect = STYLE_ASPECTS[aspect]
-    flags = {name: rng.random() < getattr(rates, name) for name in STYLE_ASPECTS.values()}
-    flags["claim"] = rng.random() < rates.claim
-    better = render(task.answer, **{**flags, defect: False}, rng=random.Random(phrases))
-    worse = render(task.answer, **{**flags, defect: True}, rng=random.Random(phrases))
+    if minimal:
+        flags = {name: rng.random() < getattr(rates, name) for name in STYLE_ASPECTS.values()}
+        flags["claim"] = rng.random() < rates.claim
+        better_flags, worse_flags = {**flags, defect: False}, {**flags, defect: True}
+    else:
+        none = dict.fromkeys((*STYLE_ASPECTS.values(), "claim"), False)
+        other = rng.choice(sorted(set(STYLE_ASPECTS.values()) - {defect}))
+        better_flags, worse_flags = {**none, other: True}, {**none, defect: True}
+    better = render(task.answer, **better_flags, rng=random.Random(phrases))
+    worse = render(task.answer, **worse_flags, rng=random.Random(phrases))
     return LabelledPair(task, aspect, better, worse, rationale=" ")

@@ -89,7 +89,8 @@ def actor_metrics(arithmetic, repeat, texts: list[list[str]]) -> dict[str, float
 
 def frozen_pairs(cfg: Config, arithmetic, repeat) -> list[PairJob]:
     """Labelled held-out pairs, better response first (the judge shows both orders): per
-    aspect `eval.pairs_per_aspect`, responses drawn at the default warm-start rates."""
+    aspect `eval.pairs_per_aspect`, responses drawn at the default warm-start rates; style
+    pairs with independent other defects (not minimal)."""
     rng = random.Random(PAIR_SEED)
     rates = DefectRates()
     descriptions = {
@@ -101,7 +102,8 @@ def frozen_pairs(cfg: Config, arithmetic, repeat) -> list[PairJob]:
     for aspect in ("correct", *sorted(STYLE_ASPECTS)):
         tasks = arithmetic if aspect == "correct" else repeat
         for index in range(cfg.eval.pairs_per_aspect):
-            pair = labelled_pair(tasks[index % len(tasks)], aspect, rates, rng)
+            # style pairs not minimal: a critic that only prefers short answers is caught out
+            pair = labelled_pair(tasks[index % len(tasks)], aspect, rates, rng, minimal=False)
             key = (aspect, index)
             jobs.append(
                 PairJob(

@@ -2,8 +2,8 @@
 
 From a run's `metrics.jsonl` (the rows that carry `eval/` metrics): a table on stdout, and in the
 run directory `report.json`, `report.md` and `report.png` (the headline curves against the step:
-actor accuracy, critic agreement, defect rate, and the exploitable claim rate). The trainer also
-logs the figure and the table to wandb.
+actor accuracy, critic agreement, defect rate, clean answers, and the exploitable claim rate).
+The trainer also logs the figure and the table to wandb.
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ REPORT_METRICS = (
     ("eval/critic_injection_flip_rate", "critic injection flip rate", False),
     ("eval/response_chars", "response length (characters)", False),
 )
-CURVES = ("eval/accuracy", "eval/critic_agreement_correct", "eval/defect_rate", "eval/claim_rate")
+CURVES = (
+    "eval/accuracy",
+    "eval/critic_agreement_correct",
+    "eval/defect_rate",
+    "eval/clean_rate",
+    "eval/claim_rate",
+)
 
 
 def evaluation_rows(metrics_path: Path) -> list[dict]:
