@@ -15,6 +15,9 @@ import sys
 
 from selfcritic.eval.report import REPORT_METRICS
 
+# Metrics over a subset that may be empty after a few warm-start steps: consistency needs a pair
+# with two valid verdicts, the injection flip rate a pair the critic decided right.
+CONDITIONAL = ("eval/critic_position_consistency", "eval/critic_injection_flip_rate")
 SHORT = [
     "warmstart.steps=3",
     "warmstart.actor_examples=8",
@@ -60,7 +63,10 @@ def test_nano_experiment_short(tmp_path, cache_dir):
     assert (report["start_step"], report["end_step"]) == (0, 2)
     for key, _, _ in REPORT_METRICS:
         values = report["metrics"][key]
-        assert math.isfinite(values["start"]) and math.isfinite(values["end"]), key
+        if key in CONDITIONAL:  # undefined (NaN) when no pair qualifies: a 3-step critic
+            assert isinstance(values["start"], float) and isinstance(values["end"], float), key
+        else:
+            assert math.isfinite(values["start"]) and math.isfinite(values["end"]), key
     assert (out / "report.png").stat().st_size > 10_000
     assert (out / "report.md").read_text().count("\n") == len(REPORT_METRICS) + 2
 
@@ -86,7 +92,7 @@ def test_nano_experiment_short(tmp_path, cache_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(metrics_file.read_text())
     for key, _, _ in REPORT_METRICS:
-        assert math.isfinite(metrics[key]), key
+        assert key in metrics and (key in CONDITIONAL or math.isfinite(metrics[key])), key
     assert "eval/accuracy" in result.stdout
 
 
