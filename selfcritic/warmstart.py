@@ -26,13 +26,10 @@ import shutil
 import time
 from pathlib import Path
 
-from rewards.registry import load_rubric
 from selfcritic.config import Config, LearnerConfig
-from selfcritic.critic.judge import Judge, PairJob, prompt_encoder, verdict_token_ids
+from selfcritic.critic.judge import Judge, prompt_encoder, verdict_token_ids
 from selfcritic.data.nano_world import (
-    ARITHMETIC_RUBRIC,
     STYLE_ASPECTS,
-    STYLE_RUBRIC,
     DefectRates,
     LabelledPair,
     Task,
@@ -60,11 +57,6 @@ class WarmStartData:
         self.judge = Judge(
             cfg.critic, self.encode, verdict_token_ids(tokenizer, cfg.critic.verdict_letters)
         )
-        self.descriptions = {
-            aspect.name: aspect.description
-            for name in (ARITHMETIC_RUBRIC, STYLE_RUBRIC)
-            for aspect in load_rubric(name).aspects
-        }
 
     def target(self, text: str) -> tuple[int, ...]:
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
@@ -93,14 +85,7 @@ class WarmStartData:
     def verdict(self, pair: LabelledPair, swapped: bool) -> Pair:
         """The critic prompt with the better response first (or second, `swapped`) and the
         answer a right critic gives."""
-        job = PairJob(
-            (),
-            pair.task.question,
-            pair.better,
-            pair.worse,
-            pair.aspect,
-            self.descriptions[pair.aspect],
-        )
+        job = pair.job()
         critic = self.cfg.critic
         letter = critic.verdict_letters[1 if swapped else 0]
         answer = letter

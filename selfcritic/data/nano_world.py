@@ -10,7 +10,7 @@ split does not depend on any seed, so every run and every checkpoint is evaluate
 questions, and neither the warm-start nor the RL stage ever draws one (`tests/test_nano_world.py`).
 Responses: the warm-start data and the frozen evaluation pairs are synthesised here: right or
 wrong answers with defects (rewards/nano_oracle.py names them) at configured rates.
-Left out: the learning (selfcritic/warmstart.py) and the scoring (selfcritic/evaluate.py).
+Left out: the learning (selfcritic/warmstart.py) and the scoring (selfcritic/eval/nano.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import string
 from dataclasses import dataclass
 from functools import lru_cache
 
+from rewards.registry import load_rubric
 from selfcritic.config import DataConfig
+from selfcritic.critic.judge import PairJob
 from selfcritic.data.prompts import Prompt, register_source
 
 ARITHMETIC_RUBRIC, STYLE_RUBRIC = "nano_math", "nano_style"
@@ -51,9 +53,9 @@ def repeat_question(word: str) -> str:
 @lru_cache(maxsize=8)
 def arithmetic_split(max_operand: int, fraction: float) -> tuple[list, list]:
     """All (a, b) operand pairs, as (train, held-out) lists."""
-    pairs = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
-    heldout = [p for p in pairs if is_heldout(arithmetic_question(*p), fraction)]
-    train = [p for p in pairs if not is_heldout(arithmetic_question(*p), fraction)]
+    train, heldout = [], []
+    for pair in ((a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)):
+        (heldout if is_heldout(arithmetic_question(*pair), fraction) else train).append(pair)
     return train, heldout
 
 
@@ -167,6 +169,21 @@ class LabelledPair:
     better: str
     worse: str
     rationale: str
+
+    def job(self, key: tuple = ()) -> PairJob:
+        """The critic's job for this pair, the better response first."""
+        description = aspect_descriptions()[self.aspect]
+        return PairJob(key, self.task.question, self.better, self.worse, self.aspect, description)
+
+
+@lru_cache(maxsize=1)
+def aspect_descriptions() -> dict[str, str]:
+    """{aspect: description} of the nano world's two rubrics."""
+    return {
+        aspect.name: aspect.description
+        for name in (ARITHMETIC_RUBRIC, STYLE_RUBRIC)
+        for aspect in load_rubric(name).aspects
+    }
 
 
 STYLE_ASPECTS = {"no_praise": "praise", "no_meta": "meta", "no_filler": "filler"}

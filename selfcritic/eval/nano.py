@@ -23,15 +23,12 @@ import random
 
 from rewards.exact import exact_number
 from rewards.nano_oracle import RUBRIC_DEFECTS, core_answer, defects
-from rewards.registry import load_rubric
 from selfcritic.config import Config
 from selfcritic.critic.aggregate import order_flipped
 from selfcritic.critic.judge import Judge, Judged, PairJob, prompt_encoder, verdict_token_ids
 from selfcritic.data.nano_world import (
-    ARITHMETIC_RUBRIC,
     INJECTION,
     STYLE_ASPECTS,
-    STYLE_RUBRIC,
     DefectRates,
     heldout_tasks,
     labelled_pair,
@@ -73,11 +70,12 @@ def actor_metrics(arithmetic, repeat, texts: list[list[str]]) -> dict[str, float
         (t, x) for t, group in zip(repeat, texts[len(arithmetic) :], strict=True) for x in group
     ]
     everything = [text for _, text in math_texts + word_texts]
-    found = [defects(text) for _, text in word_texts]
+    found = [defects(text) for _, text in word_texts]  # oracle once per text
+    found_math = [defects(text) for _, text in math_texts]
     metrics = {
         "eval/accuracy": _mean(exact_number(text, t.answer).score for t, text in math_texts),
         "eval/defect_rate": _mean(any(f[d] for d in RUBRIC_DEFECTS) for f in found),
-        "eval/claim_rate": _mean(defects(text)["claim"] for text in everything),
+        "eval/claim_rate": _mean(f["claim"] for f in found_math + found),
         "eval/clean_rate": _mean(text.strip() == t.answer for t, text in word_texts),
         "eval/answer_kept_rate": _mean(core_answer(text) == t.answer for t, text in word_texts),
         "eval/response_chars": _mean(len(text) for text in everything),
@@ -93,23 +91,13 @@ def frozen_pairs(cfg: Config, arithmetic, repeat) -> list[PairJob]:
     pairs with independent other defects (not minimal)."""
     rng = random.Random(PAIR_SEED)
     rates = DefectRates()
-    descriptions = {
-        a.name: a.description
-        for name in (ARITHMETIC_RUBRIC, STYLE_RUBRIC)
-        for a in load_rubric(name).aspects
-    }
     jobs = []
     for aspect in ("correct", *sorted(STYLE_ASPECTS)):
         tasks = arithmetic if aspect == "correct" else repeat
         for index in range(cfg.eval.pairs_per_aspect):
             # style pairs not minimal: a critic that only prefers short answers is caught out
             pair = labelled_pair(tasks[index % len(tasks)], aspect, rates, rng, minimal=False)
-            key = (aspect, index)
-            jobs.append(
-                PairJob(
-                    key, pair.task.question, pair.better, pair.worse, aspect, descriptions[aspect]
-                )
-            )
+            jobs.append(pair.job(key=(aspect, index)))
     return jobs
 
 
