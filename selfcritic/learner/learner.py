@@ -68,11 +68,14 @@ def trust_engine_logprobs(setting: str, rollout_dtype: str, on_gpu: bool) -> boo
 
 
 def token_micro_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Consecutive row groups whose padded size (rows x longest) stays within `max_tokens`."""
+    """Row groups whose padded size (rows x longest) stays within `max_tokens`, rows taken in
+    order of length so that short rows are padded with short ones (a warm-start batch mixes
+    25-token answers with 100-token critic prompts: in row order half its tokens were padding)."""
     groups: list[list[int]] = []
     current: list[int] = []
     longest = 0
-    for row, length in enumerate(lengths):
+    for row in sorted(range(len(lengths)), key=lengths.__getitem__):
+        length = lengths[row]
         if current and (len(current) + 1) * max(longest, length) > max_tokens:
             groups.append(current)
             current, longest = [], 0
