@@ -4,9 +4,10 @@ Data (selfcritic/data/nano_world.py, training split only), `warmstart.steps` bat
 - actor answers: a question -> a response, right or wrong and clean or defective at the
   configured rates, so the actor starts weak and with habits to unlearn;
 - critic verdicts: the critic prompt of a labelled pair (`critic.template`, the better response
-  shown first or second at random) -> what a right critic writes: in generative mode the
-  rationale, the marker and the letter (" 19 #X": on correctness it works the sum out first;
-  " #Y" on a style aspect), in probability mode the letter alone.
+  shown first or second at random) -> what a right critic writes: in generative mode its checks
+  and the verdict (" =19 X18- Y19+ #Y": on correctness it works the sum out, restates each
+  answer and marks it; " X- Y+ #Y" on a style aspect: `LabelledPair.critic_answer`), in
+  probability mode the letter alone.
 Every target ends with EOS and only targets are learned. One training path: a `Learner` (the
 class each learner-group rank runs) whose batches hold only PTX pairs, so MuonClip's QK-Clip and
 router balancing act as they do in RL. The result, a Hugging Face checkpoint, is cached under
@@ -29,7 +30,7 @@ from pathlib import Path
 from selfcritic.config import Config, LearnerConfig
 from selfcritic.critic.judge import Judge, prompt_encoder, verdict_token_ids
 from selfcritic.data.nano_world import (
-    STYLE_ASPECTS,
+    REPEAT_ASPECTS,
     DefectRates,
     LabelledPair,
     Task,
@@ -75,7 +76,7 @@ class WarmStartData:
             task: Task = draw_task(self.cfg.data, rng)
             if task.verifiable == verifiable:
                 break
-        aspect = "correct" if verifiable else rng.choice(sorted(STYLE_ASPECTS))
+        aspect = "correct" if verifiable else rng.choice(REPEAT_ASPECTS)
         # some style pairs minimal (the defect is the only difference: learned fast), the rest
         # not (the better response is as often the longer one: no brevity shortcut)
         minimal = rng.random() < self.cfg.warmstart.minimal_pairs
@@ -85,13 +86,12 @@ class WarmStartData:
     def verdict(self, pair: LabelledPair, swapped: bool) -> Pair:
         """The critic prompt with the better response first (or second, `swapped`) and the
         answer a right critic gives."""
-        job = pair.job()
         critic = self.cfg.critic
-        letter = critic.verdict_letters[1 if swapped else 0]
-        answer = letter
+        letters = tuple(critic.verdict_letters)
+        answer = letters[1 if swapped else 0]
         if critic.verdict_mode == "generative":
-            answer = pair.rationale + critic.verdict_marker + letter
-        return tuple(self.encode(self.judge.prompt_text(job, swapped))), self.target(answer)
+            answer = pair.critic_answer(swapped, letters, critic.verdict_marker)
+        return tuple(self.encode(self.judge.prompt_text(pair.job(), swapped))), self.target(answer)
 
     def batch(
         self, rng: random.Random, actor: int, critic: int, correctness: bool = True

@@ -117,28 +117,58 @@ def test_synthetic_responses_follow_the_rates_and_the_forced_choices():
     assert defects(forced)["praise"] and forced.endswith(CLAIM)
     pair = labelled_pair(math, "correct", rates, rng)
     assert core_answer(pair.better) == "19" and core_answer(pair.worse) != "19"
-    assert pair.rationale == " 19 "
+    assert (pair.computed, pair.evidence) == ("19", ("19", core_answer(pair.worse)))
     for aspect, defect in (("no_praise", "praise"), ("no_meta", "meta"), ("no_filler", "filler")):
-        for _ in range(50):  # minimal pairs: only the judged defect differs
+        for _ in range(50):  # minimal pairs: only the judged defect differs (and the claims)
             pair = labelled_pair(word, aspect, rates, rng)
             better, worse = defects(pair.better), defects(pair.worse)
             assert not better[defect] and worse[defect]
-            assert {k: v for k, v in better.items() if k != defect} == {
-                k: v for k, v in worse.items() if k != defect
-            }
-            assert len(pair.worse) > len(pair.better)
+            for other in {"praise", "meta", "filler"} - {defect}:
+                assert better[other] == worse[other]
+            assert core_answer(pair.better) == core_answer(pair.worse) == "kqz"
     longer = 0
     for aspect, defect in (("no_praise", "praise"), ("no_meta", "meta"), ("no_filler", "filler")):
         for _ in range(100):  # contrast pairs: the better one has another defect instead
             pair = labelled_pair(word, aspect, rates, rng, minimal=False)
             better, worse = defects(pair.better), defects(pair.worse)
-            assert not better[defect] and sum(better.values()) == 1
-            assert worse[defect] and sum(worse.values()) == 1
+            style = ("praise", "meta", "filler")
+            assert not better[defect] and sum(better[d] for d in style) == 1
+            assert worse[defect] and sum(worse[d] for d in style) == 1
             longer += len(pair.better) > len(pair.worse)
     assert 0.3 < longer / 300 < 0.7  # length does not tell the better one
+    for minimal in (True, False):  # on task: the worse one says a near-miss word
+        for _ in range(50):
+            pair = labelled_pair(word, "on_task", rates, rng, minimal=minimal)
+            wrong = core_answer(pair.worse)
+            assert core_answer(pair.better) == "kqz" and len(wrong) == 3
+            assert sum(a != b for a, b in zip(wrong, "kqz", strict=True)) == 1
+            style = [
+                sum(defects(r)[d] for d in ("praise", "meta", "filler"))
+                for r in (pair.better, pair.worse)
+            ]
+            if not minimal:
+                assert style == [1, 0]
+    claims = {"better": 0, "worse": 0}  # the claim never tells the better one
+    for _ in range(2000):
+        pair = labelled_pair(word, "no_meta", rates, rng, minimal=False)
+        claims["better"] += pair.better.endswith(CLAIM)
+        claims["worse"] += pair.worse.endswith(CLAIM)
+    assert abs(claims["better"] / 2000 - 0.15) < 0.03 and abs(claims["worse"] / 2000 - 0.15) < 0.03
     for _ in range(50):
         pair = labelled_pair(math, "correct", rates, rng)
-        assert pair.better.replace("19", "") == pair.worse.replace(core_answer(pair.worse), "")
+        assert pair.better.replace(CLAIM, "") == " 19"
+        assert pair.worse.replace(CLAIM, "") == " " + core_answer(pair.worse)
+
+
+def test_critic_answer_checks_each_response_then_names_the_one_marked_plus():
+    math = Task(arithmetic_question(7, 12), "19", True)
+    pair = labelled_pair(math, "correct", DefectRates(), random.Random(3))
+    wrong = pair.evidence[1]
+    assert pair.critic_answer(False, ("X", "Y"), "#") == f" =19 X19+ Y{wrong}- #X"
+    assert pair.critic_answer(True, ("A", "B"), "@") == f" =19 A{wrong}- B19+ @B"
+    word = Task(repeat_question("kqz"), "kqz", False)
+    pair = labelled_pair(word, "no_filler", DefectRates(), random.Random(3))
+    assert pair.critic_answer(True, ("X", "Y"), "#") == " X- Y+ #Y"
 
 
 def test_warm_start_critic_targets_work_the_answer_out_then_name_the_better_one(
@@ -162,7 +192,9 @@ def test_warm_start_critic_targets_work_the_answer_out_then_name_the_better_one(
         shown_first = prompt.split("\n")[1][3:]
         assert (shown_first == pair.better.strip()) != swapped
         assert target[-1] == tokenizer.eos_token_id
-        assert tokenizer.decode(target[:-1]) == f" 19 #{letter}"
+        wrong = pair.evidence[1]
+        marks = f"X19+ Y{wrong}-" if letter == "X" else f"X{wrong}- Y19+"
+        assert tokenizer.decode(target[:-1]) == f" =19 {marks} #{letter}"
     cfg.critic.verdict_mode = "probability"
     _, target = WarmStartData(cfg, tokenizer).verdict(pair, swapped=True)
     assert tokenizer.decode(target[:-1]) == "Y"

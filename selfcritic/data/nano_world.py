@@ -161,19 +161,38 @@ def synthetic_response(task: Task, rates: DefectRates, rng: random.Random, **for
 
 @dataclass(frozen=True)
 class LabelledPair:
-    """Two responses to one question, which one is better on `aspect`, and the rationale a
-    right critic writes before its verdict (the computed answer on correctness)."""
+    """Two responses to one question, which one is better on `aspect`, and what a right critic
+    works out on the way to its verdict: `computed` (the right answer, on correctness; empty on
+    style) and `evidence`, what it restates from (better, worse) (their stated answers, on
+    correctness; nothing on style)."""
 
     task: Task
     aspect: str
     better: str
     worse: str
-    rationale: str
+    computed: str = ""
+    evidence: tuple[str, str] = ("", "")
 
     def job(self, key: tuple = ()) -> PairJob:
         """The critic's job for this pair, the better response first."""
         description = aspect_descriptions()[self.aspect]
         return PairJob(key, self.task.question, self.better, self.worse, self.aspect, description)
+
+    def critic_answer(self, swapped: bool, letters: tuple[str, str], marker: str) -> str:
+        """What a right generative critic writes, the better response shown second if
+        `swapped`: the computed answer, then each response in the order shown with its evidence
+        and + (meets the aspect) or - (fails it), then the verdict: " =19 X18- Y19+ #Y" on
+        correctness, " X- Y+ #Y" on a style aspect. Each mark checks one response and the
+        letter is the one marked +: local steps a nano model learns, where a bare letter needs
+        the whole comparison at once (it stayed at chance on correctness and contrast pairs)."""
+        shown = [(self.evidence[0], "+"), (self.evidence[1], "-")]
+        if swapped:
+            shown.reverse()
+        head = f" ={self.computed}" if self.computed else ""
+        marks = "".join(
+            f" {letter}{said}{mark}" for letter, (said, mark) in zip(letters, shown, strict=True)
+        )
+        return f"{head}{marks} {marker}{letters[1 if swapped else 0]}"
 
 
 @lru_cache(maxsize=1)
@@ -187,33 +206,48 @@ def aspect_descriptions() -> dict[str, str]:
 
 
 STYLE_ASPECTS = {"no_praise": "praise", "no_meta": "meta", "no_filler": "filler"}
+ON_TASK = "on_task"  # the style rubric's aspect on the answer itself: the word asked for
+REPEAT_ASPECTS = (*sorted(STYLE_ASPECTS), ON_TASK)  # every aspect of the rubric nano_style
+DEFECT_NAMES = tuple(STYLE_ASPECTS.values())
+
+
+def near_miss(word: str, rng: random.Random) -> str:
+    """`word` with one letter changed: the wrong answer of an on_task pair."""
+    index = rng.randrange(len(word))
+    letter = rng.choice(WORD_LETTERS.replace(word[index], ""))
+    return word[:index] + letter + word[index + 1 :]
 
 
 def labelled_pair(
     task: Task, aspect: str, rates: DefectRates, rng, minimal: bool = True
 ) -> LabelledPair:
-    """A labelled pair on `aspect` (correct, or a style aspect). Minimal: the two responses are
-    identical (answer, other defects, phrase variants) but for the judged difference, so the
-    label is about the aspect alone; the worse one is always the longer one. Contrast (style
-    only, `minimal=False`): the better response carries one OTHER defect, the worse only the
-    judged one, so the better one is about as often the longer one; a critic that merely prefers
-    short answers, or any answer without defects, is caught out."""
-    phrases = rng.random()  # one seed for both responses' phrase choices
+    """A labelled pair on `aspect`: correct (arithmetic), or one of REPEAT_ASPECTS. Each
+    response ends with the claim independently at `rates.claim`, so a claim never tells the
+    better one. Correctness: a right and a wrong sum. Repeat aspects, minimal: the responses are
+    identical (other defects, phrase variants) but for the judged difference (the defect, or on
+    on_task a near-miss word); for a defect the worse one is then always the longer. Contrast
+    (`minimal=False`): the better response carries one other defect, the worse only the judged
+    one, so a critic that prefers short answers, or answers without any defect, is caught out."""
+    seed = rng.random()  # one phrase seed for both responses
+    claims = [rng.random() < rates.claim for _ in range(2)]
     if aspect == "correct":
         wrong = str(wrong_sum(int(task.answer), rng))
-        claim = rng.random() < rates.claim
-        better = synthetic_response(task, rates, random.Random(phrases), right=True, claim=claim)
-        worse = render(wrong, False, False, False, claim, random.Random(phrases))
-        return LabelledPair(task, aspect, better, worse, rationale=f" {task.answer} ")
-    defect = STYLE_ASPECTS[aspect]
+        better, worse = (
+            render(answer, False, False, False, claim, random.Random(seed))
+            for answer, claim in ((task.answer, claims[0]), (wrong, claims[1]))
+        )
+        return LabelledPair(task, aspect, better, worse, task.answer, (task.answer, wrong))
+    judged = STYLE_ASPECTS.get(aspect)  # None on on_task: there the defect is the word
     if minimal:
-        flags = {name: rng.random() < getattr(rates, name) for name in STYLE_ASPECTS.values()}
-        flags["claim"] = rng.random() < rates.claim
-        better_flags, worse_flags = {**flags, defect: False}, {**flags, defect: True}
+        better_flags = {name: rng.random() < getattr(rates, name) for name in DEFECT_NAMES}
+        worse_flags = dict(better_flags)
     else:
-        none = dict.fromkeys((*STYLE_ASPECTS.values(), "claim"), False)
-        other = rng.choice(sorted(set(STYLE_ASPECTS.values()) - {defect}))
-        better_flags, worse_flags = {**none, other: True}, {**none, defect: True}
-    better = render(task.answer, **better_flags, rng=random.Random(phrases))
-    worse = render(task.answer, **worse_flags, rng=random.Random(phrases))
-    return LabelledPair(task, aspect, better, worse, rationale=" ")
+        better_flags = dict.fromkeys(DEFECT_NAMES, False)
+        worse_flags = dict(better_flags)
+        better_flags[rng.choice([name for name in DEFECT_NAMES if name != judged])] = True
+    if judged:
+        better_flags[judged], worse_flags[judged] = False, True
+    worse_answer = task.answer if judged else near_miss(task.answer, rng)
+    better = render(task.answer, **better_flags, claim=claims[0], rng=random.Random(seed))
+    worse = render(worse_answer, **worse_flags, claim=claims[1], rng=random.Random(seed))
+    return LabelledPair(task, aspect, better, worse)

@@ -28,7 +28,7 @@ from selfcritic.critic.aggregate import order_flipped
 from selfcritic.critic.judge import Judge, Judged, PairJob, prompt_encoder, verdict_token_ids
 from selfcritic.data.nano_world import (
     INJECTION,
-    STYLE_ASPECTS,
+    REPEAT_ASPECTS,
     DefectRates,
     heldout_tasks,
     labelled_pair,
@@ -92,7 +92,7 @@ def frozen_pairs(cfg: Config, arithmetic, repeat) -> list[PairJob]:
     rng = random.Random(PAIR_SEED)
     rates = DefectRates()
     jobs = []
-    for aspect in ("correct", *sorted(STYLE_ASPECTS)):
+    for aspect in ("correct", *REPEAT_ASPECTS):
         tasks = arithmetic if aspect == "correct" else repeat
         for index in range(cfg.eval.pairs_per_aspect):
             # style pairs not minimal: a critic that only prefers short answers is caught out
@@ -130,7 +130,7 @@ def critic_metrics(judged: list[Judged], injected: list[Judged]) -> dict[str, fl
             not order_flipped(j.forward, j.backward) for j in valid
         ),
     }
-    for aspect in sorted(STYLE_ASPECTS):
+    for aspect in REPEAT_ASPECTS:
         metrics[f"eval/critic_agreement_{aspect}"] = agreement(
             j for j in style if j.job.aspect == aspect
         )

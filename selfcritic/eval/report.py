@@ -20,6 +20,7 @@ REPORT_METRICS = (
     ("eval/defect_rate", "defect rate (rubric-only tasks)", False),
     ("eval/claim_rate", "exploitable claim rate", False),
     ("eval/clean_rate", "clean answers (rubric-only tasks)", True),
+    ("eval/answer_kept_rate", "the word kept (rubric-only tasks)", True),
     ("eval/critic_invalid_rate", "critic invalid verdicts", False),
     ("eval/critic_position_consistency", "critic position consistency", True),
     ("eval/critic_injection_flip_rate", "critic injection flip rate", False),
