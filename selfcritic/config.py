@@ -101,7 +101,11 @@ class CalibrationConfig:
     """Closed-loop critic calibration on verifiable groups (selfcritic/critic/calibration.py)."""
 
     enabled: bool = True
-    form: str = "supervised"  # supervised (examples for the calibration loss) | rl | both
+    # supervised (examples for the calibration loss) | rl | both. With a generative critic the
+    # supervised form trains the letter after the critic's own rationale: where that rationale
+    # can be wrong (a weak critic) it teaches the letter to ignore it (docs/nano-world.md, why
+    # the nano experiment uses rl)
+    form: str = "supervised"
     aspect: str = "correct"  # the correctness aspect calibration pairs are judged on
     description: str = "the answer is correct"
     pairs_per_group: int = 1  # correct-vs-wrong pairs judged per verifiable group
