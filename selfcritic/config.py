@@ -35,7 +35,7 @@ class ArchConfig:
     qk_nope_head_dim: int = 32
     qk_rope_head_dim: int = 64
     v_head_dim: int = 32
-    vocab_size: int = 100  # at least the tokenizer's 100 tokens
+    vocab_size: int = 110  # no fewer than the tokenizer's 4 specials, 96 characters, 10 phrases
     max_position_embeddings: int = 256
     n_group: int = 1  # expert groups for group-limited routing (DeepSeek-V3: 8)
     topk_group: int = 1  # groups a token may route into (DeepSeek-V3: 4)

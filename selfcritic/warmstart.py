@@ -39,7 +39,7 @@ from selfcritic.data.nano_world import (
     synthetic_response,
 )
 
-_FORMAT = 5  # bump when the data recipe changes, so cached warm-starts are not reused
+_FORMAT = 6  # bump when the data recipe changes, so cached warm-starts are not reused
 Pair = tuple[tuple[int, ...], tuple[int, ...]]  # (context ids, target ids)
 
 

@@ -35,6 +35,17 @@ def test_tokenizer_round_trips_text(nano_model_path):
     ids = tokenizer(text, add_special_tokens=False).input_ids
     assert len(ids) == len(text)  # one token per character
     assert tokenizer.decode(ids) == text
+    phrased = " Great! I think 19 you know"  # each stock phrase is one token
+    ids = tokenizer(phrased, add_special_tokens=False).input_ids
+    assert tokenizer.convert_ids_to_tokens(ids) == [
+        " ",
+        "Great! ",
+        "I think ",
+        "1",
+        "9",
+        " you know",
+    ]
+    assert tokenizer.decode(ids) == phrased
     assert tokenizer.eos_token_id == 2 and tokenizer.bos_token_id == 1
 
 
@@ -67,9 +78,12 @@ def test_checkpoint_without_routing_fields_gets_an_overlay(nano_model_path, tmp_
 
 
 def test_cache_key_follows_the_recipe(nano_model_path, cache_dir, monkeypatch):
-    """Another seed, or another tokenizer alphabet, never reuses a cached model."""
+    """Another seed, or another tokenizer alphabet or phrase list, never reuses a cached model."""
     from selfcritic.model import build
 
     assert prepare_model(ModelConfig(seed=1), cache_dir) != nano_model_path
     monkeypatch.setattr(build, "ALPHABET", (*build.ALPHABET, "\t"))
+    assert prepare_model(ModelConfig(), cache_dir) != nano_model_path
+    monkeypatch.undo()
+    monkeypatch.setattr(build, "STOCK_PHRASES", (*build.STOCK_PHRASES, " Hmm."))
     assert prepare_model(ModelConfig(), cache_dir) != nano_model_path

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from selfcritic.config import ModelConfig
+from selfcritic.data.phrases import STOCK_PHRASES
 from selfcritic.data.tokenizer import ALPHABET, SPECIAL_TOKENS, build_char_tokenizer, vocab_size
 
 if TYPE_CHECKING:
@@ -58,8 +59,8 @@ def prepare_model(cfg: ModelConfig, cache_dir: Path) -> Path:
         return checkpoint_for_engines(Path(cfg.path).expanduser(), cache_dir)
     fields = deepseek_config_dict(cfg)
     # The key covers everything the built files depend on: a change of dimensions, seed,
-    # tokenizer alphabet or build format gets a new directory instead of a stale cached model.
-    recipe = [fields, cfg.seed, ALPHABET, SPECIAL_TOKENS, _BUILD_FORMAT]
+    # tokenizer alphabet or phrases, or build format gets a new directory, not a stale model.
+    recipe = [fields, cfg.seed, ALPHABET, SPECIAL_TOKENS, STOCK_PHRASES, _BUILD_FORMAT]
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     target = cache_dir / "models" / f"{cfg.preset}-{key}"
     if (target / _COMPLETE_MARKER).exists():
