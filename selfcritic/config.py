@@ -249,6 +249,10 @@ class WarmStartConfig:
     # Share of minimal style pairs (only the judged defect differs). All minimal, the worse
     # response is always the longer one, and the critic learned brevity, which RL exploited
     minimal_pairs: float = 0.5
+    # Share of critic pairs that tie on the judged aspect (the other defects drawn apart): a
+    # right critic names the first shown, and its two orders cancel. Without them it broke ties
+    # by the other aspects, and RL rewarded filler through on_task (docs/nano-world.md)
+    ties: float = 0.3
     wrong: float = 0.5  # share of wrong arithmetic answers in the actor data
     praise: float = 0.35  # share of repeat answers opening with praise
     meta: float = 0.35  # ... with meta-commentary
@@ -458,6 +462,7 @@ def _validate_nano_world(cfg: Config) -> None:
     _require(warm.steps >= 1, "warmstart.steps", "must be at least 1")
     _require(0 <= warm.correctness_after <= 1, "warmstart.correctness_after", "must be in [0, 1]")
     _require(0 <= warm.minimal_pairs <= 1, "warmstart.minimal_pairs", "must be in [0, 1]")
+    _require(0 <= warm.ties <= 1, "warmstart.ties", "must be in [0, 1]")
     _require(
         warm.actor_examples + warm.critic_examples >= 1,
         "warmstart.actor_examples",

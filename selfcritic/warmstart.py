@@ -7,7 +7,9 @@ Data (selfcritic/data/nano_world.py, training split only), `warmstart.steps` bat
   shown first or second at random) -> what a right critic writes: in generative mode its checks
   and the verdict (" =19 X18- Y19+ #Y": on correctness it works the sum out, restates each
   answer and marks it; " X- Y+ #Y" on a style aspect: `LabelledPair.critic_answer`), in
-  probability mode the letter alone.
+  probability mode the letter alone. A share of the pairs tie on the judged aspect (the letter
+  then names the first shown, so the two orders cancel): the critic learns that the other
+  aspects do not decide this one.
 Every target ends with EOS and only targets are learned. One training path: a `Learner` (the
 class each learner-group rank runs) whose batches hold only PTX pairs, so MuonClip's QK-Clip and
 router balancing act as they do in RL. The result, a Hugging Face checkpoint, is cached under
@@ -37,9 +39,10 @@ from selfcritic.data.nano_world import (
     draw_task,
     labelled_pair,
     synthetic_response,
+    tie_pair,
 )
 
-_FORMAT = 6  # bump when the data recipe changes, so cached warm-starts are not reused
+_FORMAT = 7  # bump when the data recipe changes, so cached warm-starts are not reused
 Pair = tuple[tuple[int, ...], tuple[int, ...]]  # (context ids, target ids)
 
 
@@ -79,8 +82,11 @@ class WarmStartData:
         aspect = "correct" if verifiable else rng.choice(REPEAT_ASPECTS)
         # some style pairs minimal (the defect is the only difference: learned fast), the rest
         # not (the better response is as often the longer one: no brevity shortcut)
-        minimal = rng.random() < self.cfg.warmstart.minimal_pairs
-        pair = labelled_pair(task, aspect, self.rates, rng, minimal=minimal)
+        warm = self.cfg.warmstart
+        if rng.random() < warm.ties:
+            pair = tie_pair(task, aspect, self.rates, rng)
+        else:
+            pair = labelled_pair(task, aspect, self.rates, rng, rng.random() < warm.minimal_pairs)
         return self.verdict(pair, swapped=rng.random() < 0.5)
 
     def verdict(self, pair: LabelledPair, swapped: bool) -> Pair:
@@ -88,7 +94,7 @@ class WarmStartData:
         answer a right critic gives."""
         critic = self.cfg.critic
         letters = tuple(critic.verdict_letters)
-        answer = letters[1 if swapped else 0]
+        answer = pair.verdict_letter(swapped, letters)
         if critic.verdict_mode == "generative":
             answer = pair.critic_answer(swapped, letters, critic.verdict_marker)
         return tuple(self.encode(self.judge.prompt_text(pair.job(), swapped))), self.target(answer)

@@ -158,10 +158,12 @@ def synthetic_response(task: Task, rates: DefectRates, rng: random.Random, **for
 
 @dataclass(frozen=True)
 class LabelledPair:
-    """Two responses to one question, which one is better on `aspect`, and what a right critic
-    works out on the way to its verdict: `computed` (the right answer, on correctness; empty on
-    style) and `evidence`, what it restates from (better, worse) (their stated answers, on
-    correctness; nothing on style)."""
+    """Two responses to one question, whether each meets `aspect` (`meets`: by default the
+    first, `better`, does and the second, `worse`, does not), and what a right critic works out
+    on the way to its verdict: `computed` (the right answer, on correctness; empty on style) and
+    `evidence`, what it restates from each response (their stated answers, on correctness;
+    nothing on style). A tie (both meet the aspect, or both fail it) has no better one: the
+    names `better` and `worse` are then only an order."""
 
     task: Task
     aspect: str
@@ -169,27 +171,42 @@ class LabelledPair:
     worse: str
     computed: str = ""
     evidence: tuple[str, str] = ("", "")
+    meets: tuple[bool, bool] = (True, False)
+
+    @property
+    def tie(self) -> bool:
+        return self.meets[0] == self.meets[1]
 
     def job(self, key: tuple = ()) -> PairJob:
         """The critic's job for this pair, the better response first."""
         description = aspect_descriptions()[self.aspect]
         return PairJob(key, self.task.question, self.better, self.worse, self.aspect, description)
 
+    def verdict_letter(self, swapped: bool, letters: tuple[str, str]) -> str:
+        """The letter a right critic names, the better response shown second if `swapped`: the
+        better one's; on a tie the first shown, whichever it is, so that the two orders of a
+        debiased verdict cancel to 0.5 (a tie) and the order is the only thing the letter
+        follows. Trained without ties, the critic broke them by the other aspects (on_task
+        preferred the answer with filler), and RL followed."""
+        return letters[0] if self.tie else letters[1 if swapped else 0]
+
     def critic_answer(self, swapped: bool, letters: tuple[str, str], marker: str) -> str:
         """What a right generative critic writes, the better response shown second if
         `swapped`: the computed answer, then each response in the order shown with its evidence
         and + (meets the aspect) or - (fails it), then the verdict: " =19 X18- Y19+ #Y" on
-        correctness, " X- Y+ #Y" on a style aspect. Each mark checks one response and the
-        letter is the one marked +: local steps a nano model learns, where a bare letter needs
-        the whole comparison at once (it stayed at chance on correctness and contrast pairs)."""
-        shown = [(self.evidence[0], "+"), (self.evidence[1], "-")]
+        correctness, " X- Y+ #Y" on a style aspect, " X+ Y+ #X" on a tie. Each mark checks one
+        response and the letter follows from the marks: local steps a nano model learns, where
+        a bare letter needs the whole comparison at once (it stayed at chance on correctness
+        and contrast pairs)."""
+        marks = ("+" if meets else "-" for meets in self.meets)
+        shown = list(zip(self.evidence, marks, strict=True))
         if swapped:
             shown.reverse()
         head = f" ={self.computed}" if self.computed else ""
         marks = "".join(
             f" {letter}{said}{mark}" for letter, (said, mark) in zip(letters, shown, strict=True)
         )
-        return f"{head}{marks} {marker}{letters[1 if swapped else 0]}"
+        return f"{head}{marks} {marker}{self.verdict_letter(swapped, letters)}"
 
 
 @lru_cache(maxsize=1)
@@ -248,3 +265,24 @@ def labelled_pair(
     better = render(task.answer, **better_flags, claim=claims[0], rng=random.Random(seed))
     worse = render(worse_answer, **worse_flags, claim=claims[1], rng=random.Random(seed))
     return LabelledPair(task, aspect, better, worse)
+
+
+def tie_pair(task: Task, aspect: str, rates: DefectRates, rng) -> LabelledPair:
+    """A pair that ties on `aspect`: both meet it or both fail it (even odds), while every
+    other defect and the claim are drawn for each response independently, so they differ often
+    and the critic learns that they do not count. Correctness: two right sums, or two wrong
+    ones; on_task: the word twice, or two near-misses."""
+    meets = rng.random() < 0.5
+    if aspect == "correct":
+        answers = [task.answer if meets else str(wrong_sum(int(task.answer), rng)) for _ in "ab"]
+        texts = [render(a, False, False, False, rng.random() < rates.claim, rng) for a in answers]
+        return LabelledPair(task, aspect, *texts, task.answer, tuple(answers), (meets, meets))
+    judged = STYLE_ASPECTS.get(aspect)  # None on on_task: there the defect is the word
+    texts = []
+    for _ in "ab":
+        flags = {name: rng.random() < getattr(rates, name) for name in DEFECT_NAMES}
+        if judged:
+            flags[judged] = not meets
+        word = task.answer if meets or judged else near_miss(task.answer, rng)
+        texts.append(render(word, **flags, claim=rng.random() < rates.claim, rng=rng))
+    return LabelledPair(task, aspect, *texts, meets=(meets, meets))
