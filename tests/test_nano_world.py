@@ -16,6 +16,7 @@ from selfcritic.critic.judge import Judged, PairJob
 from selfcritic.data.nano_world import (
     CLAIM,
     DefectRates,
+    LabelledPair,
     Task,
     arithmetic_question,
     arithmetic_split,
@@ -25,6 +26,7 @@ from selfcritic.data.nano_world import (
     nano_world,
     repeat_question,
     synthetic_response,
+    tie_pair,
 )
 from selfcritic.eval.nano import actor_metrics, critic_metrics
 from selfcritic.eval.report import summarise, table, write_report
@@ -169,6 +171,45 @@ def test_critic_answer_checks_each_response_then_names_the_one_marked_plus():
     word = Task(repeat_question("kqz"), "kqz", False)
     pair = labelled_pair(word, "no_filler", DefectRates(), random.Random(3))
     assert pair.critic_answer(True, ("X", "Y"), "#") == " X- Y+ #Y"
+
+
+def test_tie_pairs_tie_on_the_aspect_and_differ_elsewhere():
+    """Both responses meet the aspect or both fail it, half the time each; the other defects
+    are drawn per response, so at rates 0.35 two responses differ on a given one with
+    probability 2 * 0.35 * 0.65 = 0.455 (checked within 0.05 over 600 pairs)."""
+    rng, rates = random.Random(5), DefectRates()
+    word = Task(repeat_question("kqz"), "kqz", False)
+    for aspect, defect in (("no_filler", "filler"), ("no_praise", "praise")):
+        both_fail, praise_or_meta_differs = 0, 0
+        for _ in range(600):
+            pair = tie_pair(word, aspect, rates, rng)
+            first, second = defects(pair.better), defects(pair.worse)
+            assert pair.tie and first[defect] == second[defect] == (not pair.meets[0])
+            assert core_answer(pair.better) == core_answer(pair.worse) == "kqz"
+            both_fail += first[defect]
+            other = "meta" if defect == "filler" else "filler"
+            praise_or_meta_differs += first[other] != second[other]
+        assert abs(both_fail / 600 - 0.5) < 0.05
+        assert abs(praise_or_meta_differs / 600 - 0.455) < 0.05
+    for _ in range(50):
+        pair = tie_pair(word, "on_task", rates, rng)
+        words = {core_answer(pair.better), core_answer(pair.worse)}
+        assert words == {"kqz"} if pair.meets[0] else "kqz" not in words
+        sums = tie_pair(Task(arithmetic_question(7, 12), "19", True), "correct", rates, rng)
+        said = {core_answer(sums.better), core_answer(sums.worse)}
+        assert said == {"19"} if sums.meets[0] else "19" not in said
+        assert sums.evidence == (core_answer(sums.better), core_answer(sums.worse))
+
+
+def test_a_tie_names_the_first_shown_so_the_two_orders_cancel():
+    sums = Task(arithmetic_question(7, 12), "19", True)
+    pair = LabelledPair(sums, "correct", " 18", " 20", "19", ("18", "20"), meets=(False, False))
+    assert pair.critic_answer(False, ("X", "Y"), "#") == " =19 X18- Y20- #X"
+    assert pair.critic_answer(True, ("X", "Y"), "#") == " =19 X20- Y18- #X"
+    word = Task(repeat_question("kqz"), "kqz", False)
+    pair = LabelledPair(word, "no_meta", " kqz", " Wow! kqz", meets=(True, True))
+    assert pair.critic_answer(True, ("A", "B"), "@") == " A+ B+ @A"
+    assert pair.verdict_letter(True, ("A", "B")) == pair.verdict_letter(False, ("A", "B")) == "A"
 
 
 def test_warm_start_critic_targets_work_the_answer_out_then_name_the_better_one(
