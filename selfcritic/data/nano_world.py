@@ -162,8 +162,8 @@ class LabelledPair:
     first, `better`, does and the second, `worse`, does not), and what a right critic works out
     on the way to its verdict: `computed` (the right answer: the sum on correctness, the word on
     on_task; empty on the defect aspects) and `evidence`, what it restates from each response
-    (the sum or word it states; nothing on the defect aspects). A tie (both meet the aspect, or both fail it) has no better one: the
-    names `better` and `worse` are then only an order."""
+    (the sum or word it states; nothing on the defect aspects). A tie (both meet the aspect, or
+    both fail it) has no better one: the names `better` and `worse` are then only an order."""
 
     task: Task
     aspect: str
