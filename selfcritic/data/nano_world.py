@@ -160,9 +160,9 @@ def synthetic_response(task: Task, rates: DefectRates, rng: random.Random, **for
 class LabelledPair:
     """Two responses to one question, whether each meets `aspect` (`meets`: by default the
     first, `better`, does and the second, `worse`, does not), and what a right critic works out
-    on the way to its verdict: `computed` (the right answer: the sum on correctness, the word on
-    on_task; empty on the defect aspects) and `evidence`, what it restates from each response
-    (the sum or word it states; nothing on the defect aspects). A tie (both meet the aspect, or
+    on the way to its verdict: `computed` (the right answer, on correctness; empty on the repeat
+    aspects) and `evidence`, what it restates from each response (the sum it states, on
+    correctness; nothing on the repeat aspects). A tie (both meet the aspect, or
     both fail it) has no better one: the names `better` and `worse` are then only an order."""
 
     task: Task
@@ -194,8 +194,9 @@ class LabelledPair:
         """What a right generative critic writes, the better response shown second if
         `swapped`: the computed answer, then each response in the order shown with its evidence
         and + (meets the aspect) or - (fails it), then the verdict: " =19 X18- Y19+ #Y" on
-        correctness, " =kq Xkq+ Ykd- #X" on on_task (the same check: restate, compare), " X- Y+
-        #Y" on a defect aspect, " X+ Y+ #X" on a tie. Each mark checks one
+        correctness, " X- Y+ #Y" on a repeat aspect, " X+ Y+ #X" on a tie. (On on_task the
+        form of correctness, " =kq Xkq+ Ykd- #X", was tried: the copies were right 95% of the
+        time but the marks, an equality test of two copies, only 29%; bare marks reach 92%.) Each mark checks one
         response and the letter follows from the marks: local steps a nano model learns, where
         a bare letter needs the whole comparison at once (it stayed at chance on correctness
         and contrast pairs)."""
@@ -265,9 +266,7 @@ def labelled_pair(
     worse_answer = task.answer if judged else near_miss(task.answer, rng)
     better = render(task.answer, **better_flags, claim=claims[0], rng=random.Random(seed))
     worse = render(worse_answer, **worse_flags, claim=claims[1], rng=random.Random(seed))
-    if judged:
-        return LabelledPair(task, aspect, better, worse)
-    return LabelledPair(task, aspect, better, worse, task.answer, (task.answer, worse_answer))
+    return LabelledPair(task, aspect, better, worse)
 
 
 def tie_pair(task: Task, aspect: str, rates: DefectRates, rng) -> LabelledPair:
@@ -281,13 +280,11 @@ def tie_pair(task: Task, aspect: str, rates: DefectRates, rng) -> LabelledPair:
         texts = [render(a, False, False, False, rng.random() < rates.claim, rng) for a in answers]
         return LabelledPair(task, aspect, *texts, task.answer, tuple(answers), (meets, meets))
     judged = STYLE_ASPECTS.get(aspect)  # None on on_task: there the defect is the word
-    texts, words = [], []
+    texts = []
     for _ in "ab":
         flags = {name: rng.random() < getattr(rates, name) for name in DEFECT_NAMES}
         if judged:
             flags[judged] = not meets
-        words.append(task.answer if meets or judged else near_miss(task.answer, rng))
-        texts.append(render(words[-1], **flags, claim=rng.random() < rates.claim, rng=rng))
-    if judged:
-        return LabelledPair(task, aspect, *texts, meets=(meets, meets))
-    return LabelledPair(task, aspect, *texts, task.answer, tuple(words), (meets, meets))
+        word = task.answer if meets or judged else near_miss(task.answer, rng)
+        texts.append(render(word, **flags, claim=rng.random() < rates.claim, rng=rng))
+    return LabelledPair(task, aspect, *texts, meets=(meets, meets))
