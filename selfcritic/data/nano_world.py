@@ -196,10 +196,10 @@ class LabelledPair:
         and + (meets the aspect) or - (fails it), then the verdict: " =19 X18- Y19+ #Y" on
         correctness, " X- Y+ #Y" on a repeat aspect, " X+ Y+ #X" on a tie. (On on_task the
         form of correctness, " =kq Xkq+ Ykd- #X", was tried: the copies were right 95% of the
-        time but the marks, an equality test of two copies, only 29%; bare marks reach 92%.) Each mark checks one
-        response and the letter follows from the marks: local steps a nano model learns, where
-        a bare letter needs the whole comparison at once (it stayed at chance on correctness
-        and contrast pairs)."""
+        time but the marks, an equality test of two copies, only 29%; bare marks reach 92%.)
+        Each mark checks one response and the letter follows from the marks: local steps a nano
+        model learns, where a bare letter needs the whole comparison at once (it stayed at
+        chance on correctness and contrast pairs)."""
         marks = ("+" if meets else "-" for meets in self.meets)
         shown = list(zip(self.evidence, marks, strict=True))
         if swapped:
