@@ -20,6 +20,7 @@ import random
 import string
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import product
 
 from rewards.registry import load_rubric
 from selfcritic.config import DataConfig
@@ -61,10 +62,12 @@ def arithmetic_split(max_operand: int, fraction: float) -> tuple[list, list]:
 
 def random_word(rng: random.Random, fraction: float, heldout: bool) -> str:
     """A word of the requested split (rejection sampling: the split is a hash)."""
-    while True:
+    for _ in range(10_000):
         word = "".join(rng.choice(WORD_LETTERS) for _ in range(WORD_LENGTH))
         if is_heldout(repeat_question(word), fraction) == heldout:
             return word
+    split = "held-out" if heldout else "training"
+    raise ValueError(f"data.heldout_fraction={fraction} leaves no {split} word: move it")
 
 
 @dataclass(frozen=True)
@@ -101,16 +104,25 @@ def nano_world(cfg: DataConfig, step: int, draw: int = 0) -> list[Prompt]:
 
 
 def heldout_tasks(cfg: DataConfig, words: int) -> tuple[list[Task], list[Task]]:
-    """The evaluation sets: every held-out arithmetic pair, and `words` held-out repeat tasks
-    drawn from a fixed seed (the same for every run)."""
+    """The evaluation sets: every held-out arithmetic pair, and `words` held-out repeat tasks:
+    the held-out words in a fixed shuffled order, cycled when there are fewer than `words` (the
+    same for every run; each task is sampled on its own, so a repeated word is more samples)."""
     _, held = arithmetic_split(cfg.max_operand, cfg.heldout_fraction)
     arithmetic = [Task(arithmetic_question(a, b), str(a + b), True) for a, b in held]
-    rng = random.Random("nano_world:heldout")
-    seen: dict[str, Task] = {}
-    while len(seen) < words:
-        word = random_word(rng, cfg.heldout_fraction, heldout=True)
-        seen.setdefault(word, Task(repeat_question(word), word, False))
-    return arithmetic, list(seen.values())
+    held_words = list(heldout_words(cfg.heldout_fraction))  # a copy: the cached list stays
+    random.Random("nano_world:heldout").shuffle(held_words)
+    chosen = (held_words[index % len(held_words)] for index in range(words))
+    return arithmetic, [Task(repeat_question(word), word, False) for word in chosen]
+
+
+@lru_cache(maxsize=4)
+def heldout_words(fraction: float) -> list[str]:
+    """Every held-out word, in alphabetical order (26 ** WORD_LENGTH words to look at)."""
+    every = ("".join(letters) for letters in product(WORD_LETTERS, repeat=WORD_LENGTH))
+    held = [word for word in every if is_heldout(repeat_question(word), fraction)]
+    if not held:
+        raise ValueError(f"data.heldout_fraction={fraction} holds out no word: raise it")
+    return held
 
 
 @dataclass(frozen=True)
