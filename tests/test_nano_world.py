@@ -48,9 +48,9 @@ def test_heldout_split_is_disjoint_from_everything_training_draws(nano_model_pat
     assert 50 <= len(held) <= 110  # about 20% of 400
     arithmetic, repeat = heldout_tasks(DATA, 64)
     heldout_questions = {t.question for t in arithmetic + repeat}
-    words = [t.answer for t in repeat]  # 64 tasks cycling through the held-out words
-    assert len(repeat) == 64 and set(words) == set(heldout_words(DATA.heldout_fraction))
-    assert max(words.count(w) for w in words) - min(words.count(w) for w in words) <= 1
+    words = [t.answer for t in repeat]  # 64 of the held-out words, distinct while they last
+    assert len(repeat) == 64 and set(words) <= set(heldout_words(DATA.heldout_fraction))
+    assert len(set(words)) == min(64, len(heldout_words(DATA.heldout_fraction)))
     assert len(heldout_questions) == len(held) + len(set(words))
 
     drawn = set()
