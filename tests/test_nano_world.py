@@ -25,6 +25,7 @@ from selfcritic.data.nano_world import (
     is_heldout,
     labelled_pair,
     nano_world,
+    random_word,
     repeat_question,
     synthetic_response,
     tie_pair,
@@ -81,6 +82,15 @@ def test_split_depends_on_the_question_only():
     a = heldout_tasks(DataConfig(max_operand=19, seed=0), 16)
     b = heldout_tasks(DataConfig(max_operand=19, seed=5), 16)
     assert a == b
+
+
+def test_a_split_without_words_on_one_side_is_refused():
+    """A fraction so small no word is held out (or so large none is left to train on) fails
+    with the key to change, instead of sampling forever."""
+    with pytest.raises(ValueError, match="data.heldout_fraction=1e-09 holds out no word"):
+        heldout_words(1e-9)
+    with pytest.raises(ValueError, match="leaves no training word"):
+        random_word(random.Random(0), 1.0, heldout=False)
 
 
 @pytest.mark.parametrize(
