@@ -215,8 +215,8 @@ class LabelledPair:
         Each mark checks one response and the letter follows from the marks: local steps a nano
         model learns, where a bare letter needs the whole comparison at once (it stayed at
         chance on correctness and contrast pairs)."""
-        marks = ("+" if meets else "-" for meets in self.meets)
-        shown = list(zip(self.evidence, marks, strict=True))
+        signs = ("+" if meets else "-" for meets in self.meets)
+        shown = list(zip(self.evidence, signs, strict=True))
         if swapped:
             shown.reverse()
         head = f" ={self.computed}" if self.computed else ""
