@@ -25,7 +25,7 @@ import torch
 
 from selfcritic.config import LearnerConfig, OptimConfig, RayConfig
 from selfcritic.critic.examples import CriticExample
-from selfcritic.learner.distributed import BatchTotals, split_batch
+from selfcritic.learner.distributed import BatchTotals, open_store, split_batch
 from selfcritic.learner.learner import Learner, PolicyBatch
 from selfcritic.learner.sharded import phase_passes
 from selfcritic.optim.muon import Muon
@@ -174,6 +174,21 @@ def test_batch_split_and_totals():
     assert [len(p.ptx_sequences) for p in parts] == [1, 0]
     totals = BatchTotals.of(batch)
     assert totals == BatchTotals(sequences=5, tokens=31, calibration_weight=3.5, ptx_tokens=15)
+
+
+def test_rendezvous_store_owns_its_port_from_the_start():
+    """Rank 0's store binds a port the OS picks (no free-then-bind window); a second store
+    opened at once gets another port, and a client reaches the first one's data."""
+    import datetime
+
+    import torch.distributed as dist
+
+    first, second = open_store("127.0.0.1", 2), open_store("127.0.0.1", 2)
+    assert first.port > 0 and second.port > 0 and first.port != second.port
+    first.set("rank0", "ready")
+    timeout = datetime.timedelta(seconds=30)
+    client = dist.TCPStore("127.0.0.1", first.port, 2, is_master=False, timeout=timeout)
+    assert client.get("rank0") == b"ready"
 
 
 # --- Muon on 2-rank sharded DTensors, in two spawned processes --------------------------------

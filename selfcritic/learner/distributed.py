@@ -1,7 +1,8 @@
 """torch.distributed plumbing of the learner group: rendezvous, FSDP2 sharding, batch slices.
 
-- Rendezvous: rank 0 picks a free TCP port on its node's IP; every rank joins with
-  `init_process_group` over TCP (gloo on CPU, NCCL when the rank has a GPU).
+- Rendezvous: rank 0 opens a TCP store on its node's IP, on a port the OS picks as it binds;
+  every rank joins `init_process_group` through that store (gloo on CPU, NCCL when the rank
+  has a GPU).
 - Sharding: `shard_model` applies FSDP2's `fully_shard` to each decoder layer, then to the root,
   at every world size (1 included), so the tested path is the path used at scale. Gradients are
   SUMMED over ranks (FSDP2 averages by default): every rank's loss is already normalised by the
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -82,11 +82,22 @@ def node_ip() -> str:
         return "127.0.0.1"
 
 
-def free_port(host: str) -> int:
-    """A TCP port that was free on `host` a moment ago (rank 0 binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+RENDEZVOUS_TIMEOUT_MINUTES = 10
+
+
+def open_store(host: str, world_size: int):
+    """Rank 0's rendezvous store, bound to a port the OS assigns while binding (port 0), so no
+    other process can take it in between. (A port found free first and bound later was taken
+    by a job running alongside once: EADDRINUSE at init.) Its port is `store.port`. It does
+    not wait for the other ranks here: they learn the port from this call's caller."""
+    import datetime
+
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(minutes=RENDEZVOUS_TIMEOUT_MINUTES)
+    return dist.TCPStore(
+        host, 0, world_size, is_master=True, timeout=timeout, wait_for_workers=False
+    )
 
 
 def backend() -> str:
@@ -95,8 +106,9 @@ def backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def init_process_group(rank: int, world_size: int, host: str, port: int) -> None:
-    """Join the group; the call returns once every rank has joined."""
+def init_process_group(rank: int, world_size: int, host: str, port: int, store=None) -> None:
+    """Join the group through rank 0's store at host:port (rank 0 passes the `store` it
+    opened); the call returns once every rank has joined."""
     import datetime
 
     import torch
@@ -104,12 +116,11 @@ def init_process_group(rank: int, world_size: int, host: str, port: int) -> None
 
     if torch.cuda.is_available():
         torch.cuda.set_device(0)  # Ray exposes each rank's own GPU as device 0
+    timeout = datetime.timedelta(minutes=RENDEZVOUS_TIMEOUT_MINUTES)
+    if store is None:
+        store = dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
     dist.init_process_group(
-        backend=backend(),
-        init_method=f"tcp://{host}:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(minutes=10),
+        backend=backend(), store=store, rank=rank, world_size=world_size, timeout=timeout
     )
 
 

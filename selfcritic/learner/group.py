@@ -58,12 +58,15 @@ class _LearnerRank:
         normal_priority()
         torch.set_num_threads(threads)
         self.learner = None
+        self.store = None  # rank 0's rendezvous store, open from `open_rendezvous` on
 
-    def address(self) -> tuple[str, int]:
-        from selfcritic.learner.distributed import free_port, node_ip
+    def open_rendezvous(self, world_size: int) -> tuple[str, int]:
+        """Rank 0 only: open the rendezvous store; its (host, port) for every rank."""
+        from selfcritic.learner.distributed import node_ip, open_store
 
         host = node_ip()
-        return host, free_port(host)
+        self.store = open_store(host, world_size)
+        return host, self.store.port
 
     def setup(
         self,
@@ -79,7 +82,7 @@ class _LearnerRank:
         from selfcritic.learner.distributed import init_process_group
         from selfcritic.learner.sharded import ShardedLearner
 
-        init_process_group(rank, world_size, host, port)
+        init_process_group(rank, world_size, host, port, self.store)
         self.rank = rank
         self.learner = ShardedLearner(Path(model_path), cfg, optim_cfg, trust_engine)
         return os.getpid()
@@ -190,7 +193,7 @@ class LearnerGroup:
         actor = ray.remote(num_cpus=cfg.cpus_per_rank)(_LearnerRank)
         self.ranks = [actor.remote(cfg.threads_per_rank) for _ in range(cfg.world_size)]
         try:
-            host, port = ray.get(self.ranks[0].address.remote())
+            host, port = ray.get(self.ranks[0].open_rendezvous.remote(cfg.world_size))
             self.pids = ray.get(
                 [
                     rank.setup.remote(
