@@ -42,6 +42,7 @@ METRICS = (
     ("eval/claim_rate", "claim rate (exploit)"),
     ("eval/critic_invalid_rate", "critic invalid"),
     ("eval/critic_position_consistency", "critic consistency"),
+    ("eval/critic_verdict_consistency", "critic consistency (ties count)"),
     ("eval/critic_injection_flip_rate", "injection flips"),
 )
 

@@ -17,7 +17,11 @@ from selfcritic.eval.report import REPORT_METRICS
 
 # Metrics over a subset that may be empty after a few warm-start steps: consistency needs a pair
 # with two valid verdicts, the injection flip rate a pair the critic decided right.
-CONDITIONAL = ("eval/critic_position_consistency", "eval/critic_injection_flip_rate")
+CONDITIONAL = (
+    "eval/critic_position_consistency",
+    "eval/critic_verdict_consistency",
+    "eval/critic_injection_flip_rate",
+)
 SHORT = [
     "warmstart.steps=3",
     "warmstart.actor_examples=8",

@@ -7,6 +7,7 @@ the code under test twice.
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
@@ -15,6 +16,7 @@ from selfcritic.config import Config, DataConfig
 from selfcritic.critic.judge import Judged, PairJob
 from selfcritic.data.nano_world import (
     CLAIM,
+    OFF_TASK_KINDS,
     DefectRates,
     LabelledPair,
     Task,
@@ -25,12 +27,13 @@ from selfcritic.data.nano_world import (
     is_heldout,
     labelled_pair,
     nano_world,
+    off_task,
     random_word,
     repeat_question,
     synthetic_response,
     tie_pair,
 )
-from selfcritic.eval.nano import actor_metrics, critic_metrics
+from selfcritic.eval.nano import actor_metrics, critic_metrics, declared_verdict
 from selfcritic.eval.report import summarise, table, write_report
 from selfcritic.rollout.types import Sample
 
@@ -152,18 +155,20 @@ def test_synthetic_responses_follow_the_rates_and_the_forced_choices():
             assert worse[defect] and sum(worse[d] for d in style) == 1
             longer += len(pair.better) > len(pair.worse)
     assert 0.3 < longer / 300 < 0.7  # length does not tell the better one
-    for minimal in (True, False):  # on task: the worse one says a near-miss word
-        for _ in range(50):
+    kinds = Counter()
+    for minimal in (True, False):  # on task: the worse one says an off-task word
+        for _ in range(200):
             pair = labelled_pair(word, "on_task", rates, rng, minimal=minimal)
             wrong = core_answer(pair.worse)
-            assert core_answer(pair.better) == "kqz" and len(wrong) == 3
-            assert sum(a != b for a, b in zip(wrong, "kqz", strict=True)) == 1
+            assert core_answer(pair.better) == "kqz"
+            kinds[off_task_kind("kqz", wrong)] += 1
             style = [
                 sum(defects(r)[d] for d in ("praise", "meta", "filler"))
                 for r in (pair.better, pair.worse)
             ]
             if not minimal:
                 assert style == [1, 0]
+    assert set(kinds) == set(OFF_TASK_KINDS) and min(kinds.values()) > 60  # 100 expected
     claims = {"better": 0, "worse": 0}  # the claim never tells the better one
     for _ in range(2000):
         pair = labelled_pair(word, "no_meta", rates, rng, minimal=False)
@@ -271,10 +276,26 @@ def test_actor_metrics_by_hand():
     assert m["eval/answer_kept_rate"] == pytest.approx(1.0)
 
 
-def _judged(aspect: str, forward, backward, index: int = 0) -> Judged:
+def _judged(aspect: str, forward, backward, index: int = 0, texts=("", "")) -> Judged:
     job = PairJob((aspect, index), "q", "good", "bad", aspect)
-    empty = Sample((), (), "", (), "stop", 0)
-    return Judged(job, forward, backward, empty, empty)
+    first, second = (Sample((), (), text, (), "stop", 0) for text in texts)
+    return Judged(job, forward, backward, first, second)
+
+
+def test_verdict_consistency_counts_declared_ties():
+    """Forward shows the better one as X, backward as Y; a verdict names a letter (1.0: X)."""
+    judged = [
+        _judged("correct", 1.0, 0.0, 0, (" =19 X19+ Y18- #X", " =19 X18- Y19+ #Y")),  # right
+        _judged("correct", 1.0, 1.0, 1, (" =17 X19- Y18- #X", " =17 X18- Y19- #X")),  # tie, tie
+        _judged("on_task", 1.0, 1.0, 2, (" X+ Y+ #X", " X+ Y- #X")),  # tie, then X: not
+        _judged("on_task", 0.0, 1.0, 3, (" X- Y+ #Y", " X+ Y- #X")),  # the worse one, twice
+        _judged("on_task", 1.0, 1.0, 4, (" X+ Y- #X", " X+ Y- #X")),  # X by position
+    ]
+    m = critic_metrics(judged, judged)
+    assert m["eval/critic_position_consistency"] == pytest.approx(2 / 5)  # pairs 0 and 3
+    assert m["eval/critic_verdict_consistency"] == pytest.approx(3 / 5)  # pairs 0, 1 and 3
+    assert declared_verdict(" X+ Y+ #X #Y", ("X", "Y"), "#") is None  # invalid
+    assert declared_verdict(" 7 #Y", ("X", "Y"), "#") == "Y"  # no marks: the letter
 
 
 def test_critic_metrics_by_hand():
@@ -300,6 +321,7 @@ def test_critic_metrics_by_hand():
     assert m["eval/critic_agreement_no_praise"] == pytest.approx(0.5)
     assert m["eval/critic_invalid_rate"] == pytest.approx(1 / 12)
     assert m["eval/critic_position_consistency"] == pytest.approx(4 / 5)
+    assert m["eval/critic_verdict_consistency"] == pytest.approx(4 / 5)  # no texts: the letters
     # right before: pair 0 (correct) and pair 0 (no_praise); only the first flipped
     assert m["eval/critic_injection_flip_rate"] == pytest.approx(0.5)
 
@@ -321,3 +343,28 @@ def test_report_table_and_files(tmp_path):
     written = write_report(tmp_path)
     assert written is not None and written[1].stat().st_size > 10_000
     assert json.loads((tmp_path / "report.json").read_text())["end_step"] == 10
+
+
+def off_task_kind(word: str, wrong: str) -> str:
+    """Which of OFF_TASK_KINDS `wrong` is, worked out from the strings (AssertionError if
+    none)."""
+    if len(wrong) == len(word):
+        changed = [b for a, b in zip(word, wrong, strict=True) if a != b]
+        assert len(changed) == 1, (word, wrong)
+        return "digit" if changed[0].isdigit() else "letter"
+    removals = {wrong[:i] + wrong[i + 1 :] for i in range(len(wrong))}
+    if len(wrong) == len(word) + 1 and word in removals:
+        return "added"
+    additions_of_wrong = {word[:i] + word[i + 1 :] for i in range(len(word))}
+    assert wrong in additions_of_wrong, (word, wrong)
+    return "dropped"
+
+
+def test_off_task_answers_of_each_kind():
+    rng = random.Random(3)
+    for kind in OFF_TASK_KINDS:
+        for _ in range(100):
+            wrong = off_task("kqz", rng, kind)
+            assert wrong != "kqz" and off_task_kind("kqz", wrong) == kind
+    with pytest.raises(ValueError, match="unknown off-task kind"):
+        off_task("kqz", rng, "swapped")

@@ -23,6 +23,7 @@ REPORT_METRICS = (
     ("eval/answer_kept_rate", "the word kept (rubric-only tasks)", True),
     ("eval/critic_invalid_rate", "critic invalid verdicts", False),
     ("eval/critic_position_consistency", "critic position consistency", True),
+    ("eval/critic_verdict_consistency", "critic verdict consistency (ties count)", True),
     ("eval/critic_injection_flip_rate", "critic injection flip rate", False),
     ("eval/response_chars", "response length (characters)", False),
 )
