@@ -242,27 +242,11 @@ REPEAT_ASPECTS = (*sorted(STYLE_ASPECTS), ON_TASK)  # every aspect of the rubric
 DEFECT_NAMES = tuple(STYLE_ASPECTS.values())
 
 
-OFF_TASK_KINDS = ("letter", "digit", "added", "dropped")
-
-
-def off_task(word: str, rng: random.Random, kind: str | None = None) -> str:
-    """A wrong answer to the repeat task of `word`, the worse answer of an on_task pair: one
-    letter changed to another (a near miss), one letter changed to a digit, one letter added,
-    or one dropped; `kind` (one of OFF_TASK_KINDS) or a uniform draw. The last three are how
-    the answers drifted in RL (run 10's samples: " j3", " w3", " kgg"), and a nano critic can
-    tell them by the kind and the count of its tokens; the near miss needs an equality test of
-    two strings, which it does not learn in the warm-start (docs/nano-world.md)."""
-    kind = kind or rng.choice(OFF_TASK_KINDS)
+def near_miss(word: str, rng: random.Random) -> str:
+    """`word` with one letter changed: the wrong answer of an on_task pair."""
     index = rng.randrange(len(word))
-    if kind == "letter":
-        return word[:index] + rng.choice(WORD_LETTERS.replace(word[index], "")) + word[index + 1 :]
-    if kind == "digit":
-        return word[:index] + rng.choice(string.digits) + word[index + 1 :]
-    if kind == "added":
-        return word[: index + 1] + rng.choice(WORD_LETTERS) + word[index + 1 :]
-    if kind == "dropped":
-        return word[:index] + word[index + 1 :]
-    raise ValueError(f"unknown off-task kind {kind!r}: one of {OFF_TASK_KINDS}")
+    letter = rng.choice(WORD_LETTERS.replace(word[index], ""))
+    return word[:index] + letter + word[index + 1 :]
 
 
 def labelled_pair(
@@ -272,10 +256,9 @@ def labelled_pair(
     response ends with the claim independently at `rates.claim`, so a claim never tells the
     better one. Correctness: a right and a wrong sum. Repeat aspects, minimal: the responses are
     identical (other defects, phrase variants) but for the judged difference (the defect, or on
-    on_task an off-task word, `off_task`); for a defect the worse one is then always the longer.
-    Contrast (`minimal=False`): the better response carries one other defect, the worse only the
-    judged one, so a critic that prefers short answers, or answers without any defect, is caught
-    out."""
+    on_task a near-miss word); for a defect the worse one is then always the longer. Contrast
+    (`minimal=False`): the better response carries one other defect, the worse only the judged
+    one, so a critic that prefers short answers, or answers without any defect, is caught out."""
     seed = rng.random()  # one phrase seed for both responses
     claims = [rng.random() < rates.claim for _ in range(2)]
     if aspect == "correct":
@@ -295,7 +278,7 @@ def labelled_pair(
         better_flags[rng.choice([name for name in DEFECT_NAMES if name != judged])] = True
     if judged:
         better_flags[judged], worse_flags[judged] = False, True
-    worse_answer = task.answer if judged else off_task(task.answer, rng)
+    worse_answer = task.answer if judged else near_miss(task.answer, rng)
     better = render(task.answer, **better_flags, claim=claims[0], rng=random.Random(seed))
     worse = render(worse_answer, **worse_flags, claim=claims[1], rng=random.Random(seed))
     return LabelledPair(task, aspect, better, worse)
@@ -305,7 +288,7 @@ def tie_pair(task: Task, aspect: str, rates: DefectRates, rng) -> LabelledPair:
     """A pair that ties on `aspect`: both meet it or both fail it (even odds), while every
     other defect and the claim are drawn for each response independently, so they differ often
     and the critic learns that they do not count. Correctness: two right sums, or two wrong
-    ones; on_task: the word twice, or two off-task words."""
+    ones; on_task: the word twice, or two near-misses."""
     meets = rng.random() < 0.5
     if aspect == "correct":
         answers = [task.answer if meets else str(wrong_sum(int(task.answer), rng)) for _ in "ab"]
@@ -317,6 +300,6 @@ def tie_pair(task: Task, aspect: str, rates: DefectRates, rng) -> LabelledPair:
         flags = {name: rng.random() < getattr(rates, name) for name in DEFECT_NAMES}
         if judged:
             flags[judged] = not meets
-        word = task.answer if meets or judged else off_task(task.answer, rng)
+        word = task.answer if meets or judged else near_miss(task.answer, rng)
         texts.append(render(word, **flags, claim=rng.random() < rates.claim, rng=rng))
     return LabelledPair(task, aspect, *texts, meets=(meets, meets))
