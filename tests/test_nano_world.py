@@ -7,7 +7,6 @@ the code under test twice.
 from __future__ import annotations
 
 import random
-from collections import Counter
 
 import pytest
 
@@ -16,7 +15,6 @@ from selfcritic.config import Config, DataConfig
 from selfcritic.critic.judge import Judged, PairJob
 from selfcritic.data.nano_world import (
     CLAIM,
-    OFF_TASK_KINDS,
     DefectRates,
     LabelledPair,
     Task,
@@ -27,7 +25,6 @@ from selfcritic.data.nano_world import (
     is_heldout,
     labelled_pair,
     nano_world,
-    off_task,
     random_word,
     repeat_question,
     synthetic_response,
@@ -155,20 +152,18 @@ def test_synthetic_responses_follow_the_rates_and_the_forced_choices():
             assert worse[defect] and sum(worse[d] for d in style) == 1
             longer += len(pair.better) > len(pair.worse)
     assert 0.3 < longer / 300 < 0.7  # length does not tell the better one
-    kinds = Counter()
-    for minimal in (True, False):  # on task: the worse one says an off-task word
-        for _ in range(200):
+    for minimal in (True, False):  # on task: the worse one says a near-miss word
+        for _ in range(50):
             pair = labelled_pair(word, "on_task", rates, rng, minimal=minimal)
             wrong = core_answer(pair.worse)
-            assert core_answer(pair.better) == "kqz"
-            kinds[off_task_kind("kqz", wrong)] += 1
+            assert core_answer(pair.better) == "kqz" and len(wrong) == 3
+            assert sum(a != b for a, b in zip(wrong, "kqz", strict=True)) == 1
             style = [
                 sum(defects(r)[d] for d in ("praise", "meta", "filler"))
                 for r in (pair.better, pair.worse)
             ]
             if not minimal:
                 assert style == [1, 0]
-    assert set(kinds) == set(OFF_TASK_KINDS) and min(kinds.values()) > 60  # 100 expected
     claims = {"better": 0, "worse": 0}  # the claim never tells the better one
     for _ in range(2000):
         pair = labelled_pair(word, "no_meta", rates, rng, minimal=False)
@@ -343,28 +338,3 @@ def test_report_table_and_files(tmp_path):
     written = write_report(tmp_path)
     assert written is not None and written[1].stat().st_size > 10_000
     assert json.loads((tmp_path / "report.json").read_text())["end_step"] == 10
-
-
-def off_task_kind(word: str, wrong: str) -> str:
-    """Which of OFF_TASK_KINDS `wrong` is, worked out from the strings (AssertionError if
-    none)."""
-    if len(wrong) == len(word):
-        changed = [b for a, b in zip(word, wrong, strict=True) if a != b]
-        assert len(changed) == 1, (word, wrong)
-        return "digit" if changed[0].isdigit() else "letter"
-    removals = {wrong[:i] + wrong[i + 1 :] for i in range(len(wrong))}
-    if len(wrong) == len(word) + 1 and word in removals:
-        return "added"
-    additions_of_wrong = {word[:i] + word[i + 1 :] for i in range(len(word))}
-    assert wrong in additions_of_wrong, (word, wrong)
-    return "dropped"
-
-
-def test_off_task_answers_of_each_kind():
-    rng = random.Random(3)
-    for kind in OFF_TASK_KINDS:
-        for _ in range(100):
-            wrong = off_task("kqz", rng, kind)
-            assert wrong != "kqz" and off_task_kind("kqz", wrong) == kind
-    with pytest.raises(ValueError, match="unknown off-task kind"):
-        off_task("kqz", rng, "swapped")
