@@ -1,8 +1,9 @@
 """The data-parallel learner group: `learner.world_size` Ray actors, one FSDP2 shard each.
 
-- Start: rank 0 picks a free port on its node's IP; every rank joins one torch.distributed
-  group there (gloo on CPU, NCCL with GPUs), loads the checkpoint and shards it with FSDP2
-  (each decoder layer, then the root) at every world size, 1 included.
+- Start: rank 0 opens a rendezvous store on its node's IP (the OS assigns the port as it
+  binds); every rank joins one torch.distributed group through it (gloo on CPU, NCCL with
+  GPUs), loads the checkpoint and shards it with FSDP2 (each decoder layer, then the root) at
+  every world size, 1 included.
 - Step: the driver cuts the batch into contiguous per-rank slices of its policy sequences,
   critic examples and PTX sequences, and sends each rank its slice with the WHOLE batch's
   normalisers (`BatchTotals`) and the number of micro-batches per phase of the busiest rank
