@@ -42,7 +42,15 @@ from selfcritic.data.nano_world import (
     tie_pair,
 )
 
-_FORMAT = 9  # bump when the data recipe changes, so cached warm-starts are not reused
+_FORMAT = 9  # bump when the recipe changes outside the files below
+# The code that makes the warm-start data: its text is part of the cache key, so an edit to the
+# tasks, the pairs or the critic's targets never reuses weights trained on the old data (a
+# hand-bumped format number alone once let a run reuse a reverted recipe's warm-start)
+RECIPE_SOURCES = (
+    Path(__file__),
+    Path(__file__).parent / "data" / "nano_world.py",
+    Path(__file__).parent / "data" / "phrases.py",
+)
 Pair = tuple[tuple[int, ...], tuple[int, ...]]  # (context ids, target ids)
 
 
@@ -132,6 +140,7 @@ def cache_key(cfg: Config) -> str:
         dataclasses.asdict(warm_start_optim(cfg)),
         cfg.learner.max_tokens_per_micro_batch,
         _FORMAT,
+        [hashlib.sha256(path.read_bytes()).hexdigest() for path in RECIPE_SOURCES],
     ]
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -338,3 +338,20 @@ def test_report_table_and_files(tmp_path):
     written = write_report(tmp_path)
     assert written is not None and written[1].stat().st_size > 10_000
     assert json.loads((tmp_path / "report.json").read_text())["end_step"] == 10
+
+
+def test_warm_start_cache_key_follows_the_recipe_code(tmp_path, monkeypatch):
+    """An edit to the code that makes the warm-start data changes the key (no stale reuse)."""
+    from selfcritic import warmstart
+
+    assert all(path.is_file() for path in warmstart.RECIPE_SOURCES)  # the real files are read
+    cfg = Config(data=DATA)
+    source = tmp_path / "recipe.py"
+    monkeypatch.setattr(warmstart, "RECIPE_SOURCES", (source,))
+    source.write_text("WORD_LENGTH = 2\n")
+    before = warmstart.cache_key(cfg)
+    assert warmstart.cache_key(cfg) == before  # deterministic
+    source.write_text("WORD_LENGTH = 1\n")
+    assert warmstart.cache_key(cfg) != before
+    cfg.warmstart.seed = 1
+    assert warmstart.cache_key(cfg) != warmstart.cache_key(Config(data=DATA))
