@@ -90,7 +90,9 @@ def selfcritic_config(args, critic: bool, output_dir: Path, cache: Path):
     cfg = Config()
     cfg.model = ModelConfig(preset="w1", seed=0, arch=ArchConfig(vocab_size=512))
     cfg.ray = RayConfig(num_cpus=4)
-    cfg.rollout = dataclasses.replace(cfg.rollout, engine="vllm", dtype="float32")
+    cfg.rollout = dataclasses.replace(
+        cfg.rollout, engine="vllm", dtype="float32", threads_per_engine=args.engine_threads
+    )
     cfg.sampling = dataclasses.replace(
         cfg.sampling, n=args.samples, temperature=1.0, max_tokens=args.new_tokens
     )
@@ -298,6 +300,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--no-critic", action="store_true", help="skip the critic-on step")
+    parser.add_argument(
+        "--engine-threads", type=int, default=2, help="rollout.threads_per_engine (2 cores: 2)"
+    )
     args = parser.parse_args()
     import ray
     import torch

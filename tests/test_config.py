@@ -72,6 +72,7 @@ def test_missing_model_path_names_the_key(tmp_path):
         # a frozen critic's engine + the policy's + the learner: 3 CPUs on a 2-CPU Ray
         ("ray.num_cpus=2 critic.weights=frozen", "rollout.cpus_per_engine"),
         ("learner.world_size=0", "learner.world_size"),
+        ("rollout.threads_per_engine=0", "rollout.threads_per_engine"),
         ("tracking.console=loud", "tracking.console"),
         ("trainer.keep_checkpoints=0", "trainer.keep_checkpoints"),
         ("critic.rubric=/no/such/rubric.yaml", "critic.rubric"),

@@ -29,7 +29,9 @@ def pool(nano_model_path):
     shm_before = set(os.listdir("/dev/shm"))
     start_ray(RayConfig(num_cpus=2))
     # small buckets, so that a sync really travels as several objects
-    pool = RolloutPool(nano_model_path, RolloutConfig(num_engines=2, sync_bucket_mb=4))
+    pool = RolloutPool(
+        nano_model_path, RolloutConfig(num_engines=2, sync_bucket_mb=4, threads_per_engine=2)
+    )
     yield pool
     pool.shutdown()
     ray.shutdown()
@@ -91,6 +93,13 @@ def test_killed_engine_returns_at_the_current_version(pool):
     assert pool.engine_versions() == [pool.weight_version] * 2
     assert all(s.weight_version == pool.weight_version for g in groups for s in g)
     assert max_logprob_error(model, groups[2:], 0.7) < 1e-4  # the restarted engine's shard
+
+
+def test_engines_keep_the_configured_threads(pool):
+    import ray
+
+    # Ray gives a 1-CPU actor one thread; the setting must survive vLLM's start-up
+    assert ray.get([actor.threads.remote() for actor in pool.actors]) == [2, 2]
 
 
 def test_results_come_back_in_order_with_uneven_prompts(pool):

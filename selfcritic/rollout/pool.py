@@ -34,7 +34,11 @@ class _EngineActor:
     """Hosts one engine in a Ray worker process."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig) -> None:
+        import torch
+
         _normal_priority()
+        # Before the engine starts: vLLM's CPU worker then forbids changing it in this process.
+        torch.set_num_threads(cfg.threads_per_engine)
         if cfg.engine == "transformers":
             from selfcritic.rollout.hf_engine import TransformersEngine
 
@@ -58,6 +62,12 @@ class _EngineActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def threads(self) -> int:
+        """torch intra-op threads of this engine's process."""
+        import torch
+
+        return torch.get_num_threads()
 
     def shutdown(self) -> None:
         self.engine.shutdown()
