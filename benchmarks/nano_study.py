@@ -40,6 +40,7 @@ METRICS = (
     ("eval/critic_agreement_style", "critic agreement (oracle)"),
     ("eval/defect_rate", "defect rate"),
     ("eval/claim_rate", "claim rate (exploit)"),
+    ("eval/answer_kept_rate", "word kept (rubric-only tasks)"),
     ("eval/critic_invalid_rate", "critic invalid"),
     ("eval/critic_position_consistency", "critic consistency"),
     ("eval/critic_verdict_consistency", "critic consistency (ties count)"),

@@ -132,6 +132,20 @@ class AnchorConfig:
 
 
 @dataclass
+class GateConfig:
+    """The aspect gate (selfcritic/critic/gate.py): an aspect the critic judges at chance on
+    labelled probe pairs gives no reward."""
+
+    # labelled probe pairs: a registered probe source (nano_world) or a .jsonl file of
+    # {question, better, worse, aspect, description}; None turns the gate off
+    source: str | None = None
+    pairs_per_aspect: int = 24  # probe pairs per aspect, each judged in both orders
+    min_agreement: float = 0.65  # an aspect is closed below this agreement (chance is 0.5)
+    every: int = 5  # re-measure every this many steps (and at the first)
+    seed: int = 0  # which probe pairs a registered source draws
+
+
+@dataclass
 class CriticConfig:
     """The same-model pairwise critic (selfcritic/critic/, docs/critic.md)."""
 
@@ -156,6 +170,7 @@ class CriticConfig:
     lag_steps: int = 1  # lagged: the policy's weights of this many updates ago
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
 
 
 @dataclass
@@ -557,6 +572,26 @@ def _validate_critic(critic: CriticConfig, n: int) -> None:
     _require(calibration.buffer_size >= 1, "critic.calibration.buffer_size", "must be >= 1")
     _require(calibration.rl_samples >= 2, "critic.calibration.rl_samples", "must be >= 2")
     _require(critic.anchor.drift_alarm > 0, "critic.anchor.drift_alarm", "must be > 0")
+    _validate_gate(critic.gate)
+
+
+def _validate_gate(gate: GateConfig) -> None:
+    from selfcritic.critic.gate import PROBE_SOURCES
+
+    source = gate.source
+    _require(
+        source is None or source in PROBE_SOURCES or Path(source).expanduser().is_file(),
+        "critic.gate.source",
+        f"{source!r} is neither a registered probe source ({PROBE_SOURCES.names()}) nor a "
+        "file; give a JSONL file of labelled pairs or null to turn the gate off",
+    )
+    _require(gate.pairs_per_aspect >= 1, "critic.gate.pairs_per_aspect", "must be at least 1")
+    _require(
+        0.5 <= gate.min_agreement <= 1,
+        "critic.gate.min_agreement",
+        "must be in [0.5, 1] (0.5 is chance)",
+    )
+    _require(gate.every >= 1, "critic.gate.every", "must be at least 1")
 
 
 def actor_cpus(cfg: Config) -> dict[str, float]:

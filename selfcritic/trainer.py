@@ -33,6 +33,7 @@ from rewards.pool import VerifierPool
 from rewards.registry import load_rubric
 from selfcritic.checkpoint import newest_checkpoint, publish_model, write_checkpoint
 from selfcritic.config import Config, check_resumable, require_cpus, training_settings
+from selfcritic.critic.gate import load_probes
 from selfcritic.critic.judge import prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
 from selfcritic.critic.self_critic import CritiqueResult, SelfCritic
@@ -138,6 +139,8 @@ class Trainer:
         from selfcritic.rollout.pool import RolloutPool
 
         cfg = self.cfg
+        # before any work: a bad probe file fails here
+        probes = load_probes(cfg.critic.gate, cfg.data) if cfg.critic.enabled else []
         cache = Path(cfg.trainer.cache_dir).expanduser()
         self.model_path = prepare_model(cfg.model, cache)
         if cfg.warmstart.enabled:
@@ -175,6 +178,7 @@ class Trainer:
                 self.rubric(cfg.critic.rubric),
                 self.encode,
                 verdict_token_ids(self.tokenizer, cfg.critic.verdict_letters),
+                probes,
             )
             self.judge_weights = JudgeWeights(
                 cfg.critic.weights,

@@ -73,6 +73,8 @@ def test_missing_model_path_names_the_key(tmp_path):
         ("ray.num_cpus=2 critic.weights=frozen", "rollout.cpus_per_engine"),
         ("learner.world_size=0", "learner.world_size"),
         ("rollout.threads_per_engine=0", "rollout.threads_per_engine"),
+        ("critic.gate.source=/no/such/probes.jsonl", "critic.gate.source"),
+        ("critic.gate.min_agreement=0.4", "critic.gate.min_agreement"),
         ("tracking.console=loud", "tracking.console"),
         ("trainer.keep_checkpoints=0", "trainer.keep_checkpoints"),
         ("critic.rubric=/no/such/rubric.yaml", "critic.rubric"),

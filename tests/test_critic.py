@@ -7,6 +7,7 @@ issue asks for rigged verdicts; the real engine answers critic prompts in tests/
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections import Counter
@@ -14,7 +15,7 @@ from collections import Counter
 import pytest
 
 from rewards.base import Rubric, RubricAspect
-from selfcritic.config import AnchorConfig, CalibrationConfig, CriticConfig
+from selfcritic.config import AnchorConfig, CalibrationConfig, CriticConfig, GateConfig
 from selfcritic.critic.aggregate import (
     bradley_terry_scores,
     combine_aspects,
@@ -23,6 +24,8 @@ from selfcritic.critic.aggregate import (
     pair_outcome,
     win_rates,
 )
+from selfcritic.critic.gate import aspect_agreements, read_jsonl_probes
+from selfcritic.critic.judge import Judged, PairJob
 from selfcritic.critic.prompts import CriticPrompter, parse_generative, template_problem
 from selfcritic.critic.schedule import regular_pairs, schedule
 from selfcritic.critic.self_critic import SelfCritic, length_bias
@@ -466,3 +469,85 @@ def test_anchor_set_detects_drift():
     assert drifted["critic/anchor_shift"] == pytest.approx(-0.3)
     assert drifted["critic/anchor_alarm"] == 1.0
     assert "critic/anchor_drift" not in critic.score(["q2"], groups, engine, 0, step=5).metrics()
+
+
+# ---------------------------------------------------------------- the aspect gate
+
+
+def _probe(aspect: str, index: int, better: str, worse: str) -> PairJob:
+    return PairJob(("probe", aspect, index), "q", better, worse, aspect, aspect)
+
+
+def test_aspect_agreement_counts_a_tie_half():
+    probes = [
+        _probe("short", 0, "a", "bb"),
+        _probe("short", 1, "c", "dd"),
+        _probe("x", 0, "e", "f"),
+    ]
+    judged = [
+        Judged(probes[0], 1.0, 0.0, None, None),  # the better one won in both orders: 1
+        Judged(probes[1], 1.0, 1.0, None, None),  # the first shown won both times: a tie, 0.5
+        Judged(probes[2], 0.0, 1.0, None, None),  # the worse one won: 0
+    ]
+    assert aspect_agreements(judged) == {"short": 0.75, "x": 0.0}
+
+
+def test_gate_leaves_an_aspect_judged_at_chance_out_of_the_reward():
+    rubric = Rubric(
+        "m",
+        (RubricAspect("word", "the word", 1.0, mandatory=True), RubricAspect("short", "brief")),
+    )
+    gate = GateConfig(min_agreement=0.65, every=2)
+    cfg = CriticConfig(
+        verdict_mode="generative",
+        schedule="all",
+        calibration=CalibrationConfig(enabled=False),
+        gate=gate,
+    )
+    probes = [_probe("word", i, f"w{i}", f"v{i}") for i in range(4)]
+    probes += [_probe("short", i, "s", "long") for i in range(4)]
+    skill = {"word": False}
+
+    def judge(prompt):
+        x, y = shown_as(prompt, "X"), shown_as(prompt, "Y")
+        if aspect_of(prompt) == "word":  # right only once it has learned; else the first shown
+            return ("#X" if x.startswith("w") else "#Y") if skill["word"] else "#X"
+        return "#X" if len(x) < len(y) else "#Y"
+
+    critic = SelfCritic(cfg, rubric, lambda text: [ord(c) for c in text], (X_ID, Y_ID), probes)
+    groups = [[_sample("w long"), _sample("v")]]  # word says the first, brevity the second
+    engine = ScriptedEngine(judge)
+    result = critic.score(["q"], groups, engine, 0, step=1)
+    metrics = result.metrics()
+    assert metrics["critic/gate_agreement/word"] == 0.5  # always "X": a tie on every probe
+    assert metrics["critic/gate_open/word"] == 0.0
+    assert metrics["critic/gate_agreement/short"] == 1.0
+    assert {job.job.aspect for job in result.judged} == {"short"}  # word is not judged at all
+    assert result.scores[0] == [-0.5, 0.5]  # brevity alone decides
+    assert len(engine.prompts) == 2 * len(probes) + 2  # probes, then one pair on one aspect
+    skill["word"] = True
+    assert critic.score(["q"], groups, engine, 0, step=3).scores[0] == [-0.5, 0.5]  # not due
+    result = critic.score(["q"], groups, engine, 0, step=4)  # re-measured: word passes now
+    assert result.metrics()["critic/gate_open/word"] == 1.0
+    assert result.scores[0] == [0.5, -0.5]  # the mandatory word decides again
+    state = critic.state()
+    fresh = SelfCritic(cfg, rubric, lambda text: [ord(c) for c in text], (X_ID, Y_ID), probes)
+    fresh.load_state(state)
+    assert not fresh.gate.due(5) and fresh.gate.is_open("word")  # a resumed run keeps it
+
+
+def test_probe_file_errors_name_the_line(tmp_path):
+    good = {"question": "q", "better": "a", "worse": "b", "aspect": "short", "description": "d"}
+    path = tmp_path / "probes.jsonl"
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps(good | {"aspect": "x"}) + "\n")
+    jobs = read_jsonl_probes(path, per_aspect=5)
+    assert [(job.aspect, job.first, job.second) for job in jobs] == [
+        ("short", "a", "b"),
+        ("x", "a", "b"),
+    ]
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"question": "q", "better": 3}) + "\n")
+    with pytest.raises(ValueError, match=r"probes.jsonl:2 .*better, worse, aspect, description"):
+        read_jsonl_probes(path, per_aspect=5)
+    path.write_text("[1, 2]\n")
+    with pytest.raises(ValueError, match=r"probes.jsonl:1 is not a JSON object"):
+        read_jsonl_probes(path, per_aspect=5)

@@ -13,6 +13,7 @@ import pytest
 from rewards.nano_oracle import core_answer, defects, nano_oracle
 from selfcritic.config import Config, DataConfig
 from selfcritic.critic.judge import Judged, PairJob
+from selfcritic.data.nano_probes import nano_probes
 from selfcritic.data.nano_world import (
     CLAIM,
     DefectRates,
@@ -62,6 +63,8 @@ def test_heldout_split_is_disjoint_from_everything_training_draws(nano_model_pat
                 drawn.update(p.text for p in nano_world(cfg, step, draw))
     assert drawn.isdisjoint(heldout_questions)
     assert any(t.startswith("R: ") for t in drawn) and any(t.startswith("Q: ") for t in drawn)
+    probes = {job.question for seed in range(3) for job in nano_probes(DATA, 48, seed)}
+    assert probes.isdisjoint(heldout_questions) and len(probes) > 100  # the aspect gate's
 
     cfg = Config(data=DATA)
     cfg.critic.verdict_mode = "generative"
@@ -115,6 +118,26 @@ def test_oracle_verifier_scores_by_hand():
     assert nano_oracle(" 18", "19").score == 0.0
     assert nano_oracle(" I think kqz you know", "kqz").score == pytest.approx(0.5)
     assert core_answer(" Wow! Let me see, kqz and so on I am right.") == "kqz"
+
+
+def test_gate_probes_are_labelled_as_the_oracle_sees_them():
+    """Per rubric-only aspect, the better response meets it and the worse one fails it, by
+    the oracle; contrast pairs: the better one carries another defect."""
+    probes = nano_probes(DATA, 24, seed=0)
+    aspects = [job.aspect for job in probes]
+    assert {a: aspects.count(a) for a in aspects} == dict.fromkeys(
+        ("no_filler", "no_meta", "no_praise", "on_task"), 24
+    )
+    defect_of = {"no_praise": "praise", "no_meta": "meta", "no_filler": "filler"}
+    for job in probes:
+        word = job.question.removeprefix("R: ").removesuffix("\nA:")
+        better, worse = defects(job.first), defects(job.second)
+        if job.aspect == "on_task":
+            assert core_answer(job.first) == word != core_answer(job.second)
+        else:
+            assert not better[defect_of[job.aspect]] and worse[defect_of[job.aspect]]
+            assert core_answer(job.first) == word == core_answer(job.second)
+        assert any(better[d] for d in ("praise", "meta", "filler"))  # a contrast pair
 
 
 def test_synthetic_responses_follow_the_rates_and_the_forced_choices():

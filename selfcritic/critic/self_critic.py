@@ -3,7 +3,9 @@
 Per step, in one batched engine call (`Judge`): the rubric pairs of every group (the schedule of
 `schedule.py`, each pair on each aspect of the group's rubric, both orders), the calibration pairs
 of the verifiable groups (`calibration.py`), and, when due, the anchor set (`anchor.py`). Then:
-- scores: per pair, the aspects' outcomes combine (mandatory precedence or weighted), then per
+- the aspect gate (`gate.py`), when due: the critic judges labelled probe pairs first, in a call
+  of their own, and the aspects it judges at chance are left out of the step's pairs;
+- scores: per pair, the open aspects' outcomes combine (mandatory precedence or weighted), then per
   group win rate or Bradley-Terry (`aggregate.py`), centred per group;
 - calibration: agreement of the correctness verdicts with the verifier, critic examples for the
   learner (topped up from the replay buffer), and in the RL form sampled verdict groups rewarded
@@ -26,6 +28,7 @@ from selfcritic.critic.aggregate import AGGREGATIONS, centred, combine_aspects, 
 from selfcritic.critic.anchor import AnchorSet
 from selfcritic.critic.calibration import Calibrator, agreement, rl_groups, ruling
 from selfcritic.critic.examples import CriticExample
+from selfcritic.critic.gate import AspectGate
 from selfcritic.critic.judge import Judge, Judged, PairJob
 from selfcritic.critic.schedule import schedule
 from selfcritic.rollout.types import Sample
@@ -70,20 +73,25 @@ class SelfCritic:
         rubric: Rubric,
         encode: Callable[[str], list[int]],
         verdict_ids: tuple[int, int],
+        probes: list[PairJob] | None = None,
     ) -> None:
+        """`probes`: the aspect gate's labelled pairs (`gate.load_probes`; none: no gate)."""
         self.cfg, self.rubric = cfg, rubric
         self.judge = Judge(cfg, encode, verdict_ids)
         self.calibrator = Calibrator(
             cfg.calibration, encode, verdict_ids, self.judge.prompt_text, self.judge.verdict_cue
         )
         self.anchor = AnchorSet(cfg.anchor)
+        self.gate = AspectGate(cfg.gate, probes or [])
 
     def state(self) -> dict:
-        """What a resumed run needs: the replay buffer, the anchor set, the excluded questions."""
+        """What a resumed run needs: the replay buffer, the anchor set, the excluded questions,
+        the gate's last measurement."""
         return {
             "buffer": list(self.calibrator.buffer),
             "excluded": set(self.calibrator.excluded),
             "anchor": list(self.anchor.reference),
+            "gate": dict(self.gate.agreement),
         }
 
     def load_state(self, state: dict) -> None:
@@ -91,6 +99,7 @@ class SelfCritic:
         self.calibrator.buffer.extend(state["buffer"])
         self.calibrator.excluded = set(state["excluded"])
         self.anchor.reference = list(state["anchor"])
+        self.gate.agreement = dict(state.get("gate", {}))  # absent in older checkpoints
 
     def exclude_from_calibration(self, questions) -> None:
         """Leakage guard: these questions (evaluation prompts) never yield calibration pairs."""
@@ -114,6 +123,10 @@ class SelfCritic:
         verdicts are sampled on `rl_engine` (default `engine`): the policy's own engine, so that
         they are on-policy for the learner even when a lagged or frozen copy judges."""
         rng = random.Random(seed)
+        probe_call = None
+        if self.gate.due(step):  # before the step's pairs: a closed aspect is not judged
+            probe_call = self.judge.judge(self.gate.probes, engine, seed)
+            self.gate.update(probe_call.judged)
         texts = [[s.text for s in group] for group in groups]
         rubrics = rubrics or [self.rubric] * len(groups)
         verified = verified or [[None] * len(group) for group in groups]
@@ -134,6 +147,10 @@ class SelfCritic:
             prompt_tokens=call.prompt_tokens,
             completion_tokens=call.completion_tokens,
         )
+        if probe_call is not None:
+            result.prompt_tokens += probe_call.prompt_tokens
+            result.completion_tokens += probe_call.completion_tokens
+        result.extra.update(self.gate.metrics())
         result.extra.update(_aspect_metrics(judged, verified, self.cfg.calibration))
         result.extra["critic/length_bias"] = length_bias(result.scores, groups)
         if calibrating:
@@ -152,8 +169,9 @@ class SelfCritic:
             pairs = schedule(
                 len(group), cfg.schedule, cfg.comparisons_per_response, cfg.all_pairs_max_n, rng
             )
+            aspects = [aspect for aspect in rubrics[g].aspects if self.gate.is_open(aspect.name)]
             for i, j in pairs:
-                for aspect in rubrics[g].aspects:
+                for aspect in aspects:
                     jobs.append(
                         PairJob(
                             (g, i, j), question, group[i], group[j], aspect.name, aspect.description

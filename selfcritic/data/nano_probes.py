@@ -1,0 +1,38 @@
+"""The nano world's probe pairs for the aspect gate (selfcritic/critic/gate.py).
+
+Labelled pairs on each rubric-only aspect (no_praise, no_meta, no_filler, on_task), from
+training-split questions only, so the gate never sees what the held-out suite judges. They are
+contrast pairs, as in the held-out suite: the better response carries another defect, so a
+critic that only prefers short or defect-free answers is at chance on them. Responses are drawn
+at the warm-start's default defect rates. Correctness has no probes: the verifier calibrates it.
+"""
+
+from __future__ import annotations
+
+import random
+
+from selfcritic.config import DataConfig
+from selfcritic.critic.gate import register_probes
+from selfcritic.critic.judge import PairJob
+from selfcritic.data.nano_world import (
+    REPEAT_ASPECTS,
+    DefectRates,
+    Task,
+    labelled_pair,
+    random_word,
+    repeat_question,
+)
+
+
+@register_probes("nano_world")
+def nano_probes(cfg: DataConfig, per_aspect: int, seed: int) -> list[PairJob]:
+    rng = random.Random(f"nano_probes:{seed}")
+    rates = DefectRates()
+    jobs = []
+    for aspect in REPEAT_ASPECTS:
+        for index in range(per_aspect):
+            word = random_word(rng, cfg.heldout_fraction, heldout=False)
+            task = Task(repeat_question(word), word, verifiable=False)
+            pair = labelled_pair(task, aspect, rates, rng, minimal=False)
+            jobs.append(pair.job(key=("probe", aspect, index)))
+    return jobs
