@@ -33,6 +33,7 @@ SHORT = [
     "eval.repeat_tasks=8",
     "eval.pairs_per_aspect=4",
     "data.prompts_per_step=4",
+    "critic.gate.pairs_per_aspect=4",
     "tracking.wandb_mode=disabled",
 ]
 
@@ -62,6 +63,11 @@ def test_nano_experiment_short(tmp_path, cache_dir):
         assert 1 <= record["rollout/draws"] <= 3
         assert record["rollout/kept_groups"] + record["rollout/discarded_groups"] >= 4
         assert record["learner/ptx_loss"] > 0  # the warm-start verdicts in the RL batch
+    # the aspect gate measured every rubric-only aspect on its probes at the first step
+    gate = {key for key in trained[0] if key.startswith("critic/gate_open/")}
+    assert gate == {
+        f"critic/gate_open/{a}" for a in ("no_filler", "no_meta", "no_praise", "on_task")
+    }
 
     report = json.loads((out / "report.json").read_text())
     assert (report["start_step"], report["end_step"]) == (0, 2)
