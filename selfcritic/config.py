@@ -204,7 +204,9 @@ class LearnerConfig:
     # learner's own (engine logprobs not trusted); None turns the correction off
     calibration_weight: float = 1.0  # weight of the critic-calibration cross-entropy
     ptx_weight: float = 0.0  # weight of the language-model loss on curated (PTX) sequences
-    filter_zero_variance: bool = True  # drop groups whose rewards are all equal
+    # drop groups whose rewards are all equal (no policy gradient). With kl_beta > 0 this also
+    # takes them out of the KL term: false keeps them, with advantage 0, under the KL anchor
+    filter_zero_variance: bool = True
     max_tokens_per_micro_batch: int = 4096  # padded tokens (rows x longest) per forward/backward
     # Old-policy logprobs: "engine" trusts the sampling logprobs, "recompute" uses the learner's
     # own, "auto" trusts them only where parity is verified (float32 on CPU).
