@@ -4,7 +4,7 @@ A rubric aspect reaches the policy only through the critic's verdicts. Where the
 an aspect at chance, its verdicts are noise that the policy still follows; a mandatory aspect
 even decides the pair outright (in the nano world, the critic's on_task verdicts near chance
 made the asked word drift once the other defects were gone). The gate measures each aspect on
-labelled probe pairs and keeps the aspects that pass out of the reward until they do:
+labelled probe pairs and keeps those that fail out of the reward until they pass:
 
 - probes: a fixed set of labelled pairs per aspect, the better response first, drawn once from
   a source (`critic.gate.source`): a name in PROBE_SOURCES, or a JSONL file with one pair per
