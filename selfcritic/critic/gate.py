@@ -59,9 +59,10 @@ def read_jsonl_probes(path: Path, per_aspect: int) -> list[PairJob]:
         if not line.strip():
             continue
         row = _probe_row(line, f"{path}:{number}")
-        if counts.get(row["aspect"], 0) < per_aspect:
-            counts[row["aspect"]] = counts.get(row["aspect"], 0) + 1
-            key = ("probe", row["aspect"], counts[row["aspect"]] - 1)
+        index = counts.get(row["aspect"], 0)
+        if index < per_aspect:
+            counts[row["aspect"]] = index + 1
+            key = ("probe", row["aspect"], index)
             jobs.append(PairJob(key, *(row[name] for name in JSONL_FIELDS)))
     if not jobs:
         raise ValueError(f"critic.gate.source: {path} holds no probe pairs")
