@@ -318,6 +318,12 @@ class TrainerConfig:
 
     steps: int = 10
     seed: int = 0
+    # the optimizer's rates (optim.*) scaled per step (selfcritic/schedule.py): constant |
+    # linear | cosine decay to lr_final_fraction of them at the last step, after a linear
+    # warm-up of lr_warmup_steps. The warm-start keeps constant rates
+    lr_schedule: str = "constant"
+    lr_warmup_steps: int = 0
+    lr_final_fraction: float = 0.1
     output_dir: str | None = None  # None: Hydra's run directory
     cache_dir: str = "~/.cache/selfcritic"  # built models and tokenizers, reused across runs
     log_every: int = 1
@@ -461,10 +467,31 @@ def validate(cfg: Config) -> None:
     _require(cfg.data.prompts_per_step >= 1, "data.prompts_per_step", "must be at least 1")
     _validate_nano_world(cfg)
     _require(cfg.trainer.steps >= 1, "trainer.steps", "must be at least 1")
+    _validate_lr_schedule(cfg.trainer)
     _require(
         cfg.tracking.wandb_mode in ("auto", "online", "offline", "disabled"),
         "tracking.wandb_mode",
         "must be online, offline or disabled",
+    )
+
+
+def _validate_lr_schedule(trainer: TrainerConfig) -> None:
+    from selfcritic.schedule import LR_SCHEDULES
+
+    _require(
+        trainer.lr_schedule in LR_SCHEDULES,
+        "trainer.lr_schedule",
+        f"must be one of {', '.join(LR_SCHEDULES)}",
+    )
+    _require(
+        0 <= trainer.lr_warmup_steps < trainer.steps,
+        "trainer.lr_warmup_steps",
+        f"must be >= 0 and below trainer.steps={trainer.steps}",
+    )
+    _require(
+        0 <= trainer.lr_final_fraction <= 1,
+        "trainer.lr_final_fraction",
+        "must be between 0 and 1 (a fraction of the optimizer's rates)",
     )
 
 

@@ -41,7 +41,8 @@ from selfcritic.data.prompts import Prompt, get_source
 from selfcritic.eval.nano import HEADLINE
 from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS, informative_groups
 from selfcritic.learner.learner import PolicyBatch, trust_engine_logprobs
-from selfcritic.rollout.types import Sample, SamplingSpec, temperature_at
+from selfcritic.rollout.types import Sample, SamplingSpec
+from selfcritic.schedule import annealed, lr_scale_at
 from selfcritic.tracking import Tracker, console_line
 from selfcritic.warmstart import WarmStartData, warm_start
 
@@ -209,7 +210,7 @@ class Trainer:
     def step(self, step: int) -> dict[str, float]:
         cfg, metrics = self.cfg, {}
         sampling = cfg.sampling
-        temperature = temperature_at(
+        temperature = annealed(
             step,
             cfg.trainer.steps,
             sampling.temperature,
@@ -493,6 +494,13 @@ class Trainer:
             max_new_tokens=self.cfg.sampling.max_tokens,
             critic_examples=examples,
             ptx_sequences=ptx,
+            lr_scale=lr_scale_at(
+                step,
+                self.cfg.trainer.steps,
+                self.cfg.trainer.lr_schedule,
+                self.cfg.trainer.lr_warmup_steps,
+                self.cfg.trainer.lr_final_fraction,
+            ),
         )
 
     def _advantaged(self, groups, rewards: torch.Tensor, metrics: dict, panel: str):

@@ -77,6 +77,9 @@ def test_missing_model_path_names_the_key(tmp_path):
         ("critic.gate.min_agreement=0.4", "critic.gate.min_agreement"),
         ("tracking.console=loud", "tracking.console"),
         ("trainer.keep_checkpoints=0", "trainer.keep_checkpoints"),
+        ("trainer.lr_schedule=step", "trainer.lr_schedule"),
+        ("trainer.lr_warmup_steps=30", "trainer.lr_warmup_steps"),  # nano runs 30 steps
+        ("trainer.lr_final_fraction=1.5", "trainer.lr_final_fraction"),
         ("critic.rubric=/no/such/rubric.yaml", "critic.rubric"),
         ("reward.verifier=nope", "reward.verifier"),
         ("critic.rubric=nope", "critic.rubric"),

@@ -103,3 +103,24 @@ def test_untrusted_engine_logprobs_are_corrected_and_entropy_reported(nano_model
     assert metrics["logprob_diff_max"] > 90  # the mismatch is reported, not hidden
     vocab = learner.model.config.vocab_size
     assert 0 < metrics["entropy"] <= math.log(vocab) + 1e-4  # at most uniform over the vocabulary
+
+
+def test_lr_scale_scales_the_update(nano_model_path):
+    """Muon's and AdamW's steps (weight decay included) are linear in the rate: half the factor,
+    half the change of every weight; a factor of 0 changes nothing."""
+    _, sequence = _tokens(nano_model_path, "Q: 2+2=\nA: 4")
+    ptx = ((tuple(sequence[:1]), tuple(sequence[1:])),)
+    changes = {}
+    for scale in (1.0, 0.5, 0.0):
+        learner = Learner(
+            nano_model_path, LearnerConfig(ptx_weight=1.0), OptimConfig(), trust_engine=True
+        )
+        before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+        metrics = learner.step(_empty_batch(ptx_sequences=ptx, lr_scale=scale))
+        assert metrics["lr_scale"] == scale
+        changes[scale] = {n: p.detach() - before[n] for n, p in learner.model.named_parameters()}
+    for name in ("model.layers.0.self_attn.kv_a_proj_with_mqa.weight", "lm_head.weight"):
+        full, half = changes[1.0][name], changes[0.5][name]  # a Muon and an AdamW weight
+        assert full.abs().max() > 0
+        torch.testing.assert_close(half, 0.5 * full, rtol=1e-4, atol=1e-7)
+    assert all(change.abs().max() == 0 for change in changes[0.0].values())

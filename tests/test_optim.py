@@ -91,3 +91,9 @@ def test_state_dict_round_trip(nano_model_path):
         restored.optimizers["muon"].state[fused]["momentum_buffer"],
         optimizer.optimizers["muon"].state[fused]["momentum_buffer"],
     )
+    # a schedule edits `lr` on the MuonClip's groups: after a load it must still reach the inner
+    # optimizers (torch's load_state_dict gives them new group dicts)
+    for group in restored.param_groups:
+        group["lr"] = 0.5
+    inner = [g["lr"] for o in restored.optimizers.values() for g in o.param_groups]
+    assert inner == [0.5] * len(inner)

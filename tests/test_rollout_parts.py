@@ -3,9 +3,6 @@ transformers engine against the learner, and the old-logprob setting."""
 
 from __future__ import annotations
 
-import math
-
-import pytest
 import torch
 
 from selfcritic.config import RolloutConfig
@@ -13,7 +10,7 @@ from selfcritic.learner.learner import trust_engine_logprobs
 from selfcritic.learner.logprobs import pad_batch, token_logprobs
 from selfcritic.model.build import load_model
 from selfcritic.rollout.pool import split_evenly
-from selfcritic.rollout.types import SamplingSpec, temperature_at
+from selfcritic.rollout.types import SamplingSpec
 from selfcritic.rollout.weights import (
     split_into_buckets,
     to_checkpoint_names,
@@ -38,15 +35,6 @@ def test_buckets_are_bounded_ordered_and_complete():
 def test_split_evenly():
     assert split_evenly(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
     assert split_evenly([1], 3) == [[1], [], []]
-
-
-def test_temperature_schedule():
-    assert temperature_at(5, 10, 1.0, None, "linear") == 1.0
-    assert temperature_at(1, 11, 1.2, 0.7, "linear") == pytest.approx(1.2)
-    assert temperature_at(6, 11, 1.2, 0.7, "linear") == pytest.approx(0.95)
-    assert temperature_at(11, 11, 1.2, 0.7, "linear") == pytest.approx(0.7)
-    midway = 1.2 + (0.7 - 1.2) * (1 - math.cos(math.pi * 0.25)) / 2
-    assert temperature_at(4, 13, 1.2, 0.7, "cosine") == pytest.approx(midway)
 
 
 def test_old_logprob_setting():

@@ -57,6 +57,7 @@ class PolicyBatch:
     # curated (context ids, target ids) pairs for the PTX loss: only the targets are learned
     # (plain text is (first token, the rest))
     ptx_sequences: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
+    lr_scale: float = 1.0  # this step's factor on the optimizer's base rates (trainer.lr_schedule)
 
 
 def trust_engine_logprobs(setting: str, rollout_dtype: str, on_gpu: bool) -> bool:
@@ -96,6 +97,7 @@ class Learner:
         self.model = self._load_model(model_path, trainable=True)
         self.model.train()
         self.optimizer = build_muonclip(self.model, optim_cfg)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.max_grad_norm = optim_cfg.max_grad_norm
         self.loss_fn = get_loss(cfg.loss)
         self.pad_id = self.model.config.pad_token_id or 0
@@ -112,7 +114,7 @@ class Learner:
         """Policy, calibration and PTX gradients over micro-batches, then one optimizer step.
         `totals`: the normalisers of the whole batch when `batch` is one rank's slice of it."""
         metrics = self._gradients(batch, totals or BatchTotals.of(batch))
-        return self._optimizer_step(metrics)
+        return self._optimizer_step(metrics, batch.lr_scale)
 
     def _gradients(self, batch: PolicyBatch, totals: BatchTotals) -> dict[str, float]:
         metrics = self._policy_terms(batch, totals) if batch.prompts else {}
@@ -122,13 +124,15 @@ class Learner:
             metrics["ptx_loss"] = self._ptx_term(batch.ptx_sequences, totals)
         return metrics
 
-    def _optimizer_step(self, metrics: dict[str, float]) -> dict[str, float]:
+    def _optimizer_step(self, metrics: dict[str, float], lr_scale: float) -> dict[str, float]:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * lr_scale
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
             grad_norm = grad_norm.full_tensor()
         optimizer_metrics = self.optimizer.step()
         self.optimizer.zero_grad()
-        return optimizer_metrics | metrics | {"grad_norm": float(grad_norm)}
+        return optimizer_metrics | metrics | {"grad_norm": float(grad_norm), "lr_scale": lr_scale}
 
     def _policy_terms(self, batch: PolicyBatch, totals: BatchTotals) -> dict[str, float]:
         lengths = [len(p) + len(c) for p, c in zip(batch.prompts, batch.completions, strict=True)]

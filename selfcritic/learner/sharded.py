@@ -59,7 +59,7 @@ class ShardedLearner(Learner):
         if mine["ptx"]:
             metrics["ptx_loss"] = self._ptx_term(batch.ptx_sequences, totals)
         self._dummy_passes(passes["ptx"] - mine["ptx"], with_reference=False)
-        return self._optimizer_step(metrics)
+        return self._optimizer_step(metrics, batch.lr_scale)
 
     def _dummy_passes(self, count: int, with_reference: bool) -> None:
         """`count` forward(s)+backward with zero loss: the collectives of a real micro-batch.

@@ -87,6 +87,11 @@ class MuonClip(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state_dict[name])
+        # torch's load_state_dict gives each inner optimizer new group dicts: share those, or a
+        # schedule editing `lr` here would no longer reach them after a resume
+        self.param_groups = [
+            g for optimizer in self.optimizers.values() for g in optimizer.param_groups
+        ]
 
     def describe(self) -> str:
         """One line per group: how many tensors and parameters it holds."""

@@ -1,8 +1,4 @@
-"""What rollout engines take and return, and the protocol they follow.
-
-`temperature_at` is the sampling-temperature schedule (Kimi K1.5/K2 decay it from high, for
-exploration, to low over training).
-"""
+"""What rollout engines take and return, and the protocol they follow."""
 
 from __future__ import annotations
 
@@ -59,16 +55,3 @@ class RolloutEngine(Protocol):
         ...
 
     def shutdown(self) -> None: ...
-
-
-def temperature_at(step: int, steps: int, start: float, final: float | None, kind: str) -> float:
-    """Temperature for `step` (1-based) of `steps`: constant when `final` is None, else linear
-    or cosine from `start` at step 1 to `final` at the last step."""
-    import math
-
-    if final is None or steps <= 1:
-        return start
-    progress = (step - 1) / (steps - 1)
-    if kind == "cosine":
-        progress = (1 - math.cos(math.pi * progress)) / 2
-    return start + (final - start) * progress
