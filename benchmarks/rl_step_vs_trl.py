@@ -8,10 +8,12 @@ scored by the `exact_number` verifier), 8 samples each, exactly 64 new tokens at
 float32, then one optimizer step over all 128 sequences (no zero-variance filtering).
 
 - selfcritic: `selfcritic.trainer.Trainer` built from a `Config` for W1, its components set up as
-  in a run (one vLLM engine in a Ray actor, one FSDP2 learner rank of 2 threads, verifier worker
-  processes), then `Trainer.step` called once per round. `SamplingConfig` has no ignore-EOS
-  setting, so the trainer's pool is wrapped to pass `SamplingSpec.ignore_eos=True` to the
-  policy's rollout (the critic's calls go to the unwrapped pool).
+  in a run (`--engines` vLLM engines in Ray actors, by default 2 of 1 torch thread each: on 2 cores
+  they beat one engine of 2 threads, whose per-step Python does not shrink with threads; one FSDP2
+  learner rank of 2 threads; verifier worker processes), then `Trainer.step` called once per
+  round. `SamplingConfig` has no ignore-EOS setting, so the trainer's pool is wrapped to pass
+  `SamplingSpec.ignore_eos=True` to the policy's rollout (the critic's calls go to the unwrapped
+  pool).
 - TRL: `GRPOTrainer` on the same checkpoint and tokenizer, num_generations=8, 128 completions per
   optimizer step (one generation batch, no gradient accumulation), max_completion_length=64 with
   `min_new_tokens=64` (EOS never sampled), beta=0, loss_type=grpo, AdamW, float32, CPU.
@@ -91,7 +93,11 @@ def selfcritic_config(args, critic: bool, output_dir: Path, cache: Path):
     cfg.model = ModelConfig(preset="w1", seed=0, arch=ArchConfig(vocab_size=512))
     cfg.ray = RayConfig(num_cpus=4)
     cfg.rollout = dataclasses.replace(
-        cfg.rollout, engine="vllm", dtype="float32", threads_per_engine=args.engine_threads
+        cfg.rollout,
+        engine="vllm",
+        dtype="float32",
+        num_engines=args.engines,
+        threads_per_engine=args.engine_threads,
     )
     cfg.sampling = dataclasses.replace(
         cfg.sampling, n=args.samples, temperature=1.0, max_tokens=args.new_tokens
@@ -301,7 +307,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--no-critic", action="store_true", help="skip the critic-on step")
     parser.add_argument(
-        "--engine-threads", type=int, default=2, help="rollout.threads_per_engine (2 cores: 2)"
+        "--engines", type=int, default=2, help="rollout.num_engines (2 cores: 2 of 1 thread)"
+    )
+    parser.add_argument(
+        "--engine-threads", type=int, default=1, help="rollout.threads_per_engine (2 cores: 1)"
     )
     args = parser.parse_args()
     import ray
@@ -314,9 +323,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rl-step-vs-trl-"))
     cache = Path(tempfile.gettempdir()) / "selfcritic-bench"
     rounds = args.repeats + 1
-    # 4 logical CPUs: two trainers' engine and learner actors stay alive on the 2 real cores
-    # (each runs only during its own step)
-    start_ray(RayConfig(num_cpus=4))
+    # a logical CPU per actor: both trainers' engine and learner actors stay alive on the 2 real
+    # cores (each runs only during its own step)
+    start_ray(RayConfig(num_cpus=2 * (args.engines + 1)))
     trainers = {"plain": start_selfcritic(args, False, work, cache)}
     if not args.no_critic:
         trainers["critic"] = start_selfcritic(args, True, work, cache)
