@@ -59,6 +59,8 @@ def test_nano_experiment_short(tmp_path, cache_dir):
     assert evaluated == [0, 1, 2]
     trained = [r for r in records if "reward/mean" in r]
     assert [r["step"] for r in trained] == [1, 2]
+    # nano's cosine rates over trainer.steps=2: the full rate, then lr_final_fraction (0.1)
+    assert [round(r["learner/lr_scale"], 6) for r in trained] == [1.0, 0.1]
     for record in trained:
         assert 1 <= record["rollout/draws"] <= 3
         assert record["rollout/kept_groups"] + record["rollout/discarded_groups"] >= 4
