@@ -8,7 +8,9 @@
   the base rates at the last step (the learning-rate schedules of verl's and TRL's actors).
 
 Being functions of the step alone, a resumed run continues them where it stopped: there is no
-scheduler state to checkpoint. Left out: restarts, per-parameter-group schedules.
+scheduler state to checkpoint. A run resumed with more `trainer.steps` (allowed) stretches both
+over the new length from there, so the rate and the temperature jump back up at that step.
+Left out: restarts, per-parameter-group schedules.
 """
 
 from __future__ import annotations
