@@ -1,5 +1,5 @@
-"""Rollout parts without Ray: weight names and buckets, the temperature schedule, the
-transformers engine against the learner, and the old-logprob setting."""
+"""Rollout parts without Ray: weight names and buckets, the transformers engine against the
+learner, and the old-logprob setting (the temperature schedule: tests/test_schedule.py)."""
 
 from __future__ import annotations
 
