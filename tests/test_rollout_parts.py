@@ -16,6 +16,7 @@ from selfcritic.rollout.weights import (
     to_checkpoint_names,
     to_transformers_names,
 )
+from selfcritic.trainer import engine_logprobs_due
 
 
 def test_names_round_trip(nano_model_path):
@@ -43,6 +44,15 @@ def test_old_logprob_setting():
     assert not trust_engine_logprobs("auto", "float32", on_gpu=True)
     assert trust_engine_logprobs("engine", "bfloat16", on_gpu=True)
     assert not trust_engine_logprobs("recompute", "float32", on_gpu=False)
+
+
+def test_engine_logprobs_due():
+    """Trusted: the first step and every 3rd; not trusted (TIS): every step."""
+    assert [engine_logprobs_due(s, 3, trusted=True) for s in range(1, 8)] == [
+        True, False, True, False, False, True, False
+    ]  # fmt: skip
+    assert all(engine_logprobs_due(s, 3, trusted=False) for s in range(1, 8))
+    assert all(engine_logprobs_due(s, 1, trusted=True) for s in range(1, 8))
 
 
 def _max_error(model, groups, temperature):

@@ -3,6 +3,7 @@ updates, two engines, an engine killed with SIGKILL, retries, order, clean shutd
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -114,6 +115,19 @@ def test_failing_generation_is_retried_then_reported(pool):
     with pytest.raises(RolloutError, match="failed to generate twice"):
         pool.generate(too_long, SamplingSpec(n=1, temperature=1.0, max_tokens=4))
     assert pool.generate(PROMPTS, SamplingSpec(n=1, temperature=1.0, max_tokens=2))  # still fine
+
+
+def test_logprobs_left_out_on_request_with_the_same_samples(pool):
+    """SamplingSpec.logprobs=False: the same seeded tokens and texts, no logprobs."""
+    spec = SamplingSpec(n=3, temperature=1.0, max_tokens=10, seed=11)
+    asked = pool.generate(PROMPTS, spec)
+    skipped = pool.generate(PROMPTS, dataclasses.replace(spec, logprobs=False))
+    flat = [
+        pair for ga, gb in zip(asked, skipped, strict=True) for pair in zip(ga, gb, strict=True)
+    ]
+    assert all(a.completion_ids == b.completion_ids and a.text == b.text for a, b in flat)
+    assert all(len(a.logprobs) == len(a.completion_ids) > 0 for a, _ in flat)
+    assert all(b.logprobs == () for _, b in flat)
 
 
 def test_stop_strings_end_samples(pool):

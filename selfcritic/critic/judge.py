@@ -102,8 +102,12 @@ class Judge:
                 allowed_token_ids=self.verdict_ids,
                 top_logprobs=2,
             )
-        return SamplingSpec(
-            n=1, temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens, stop=("\n",)
+        return SamplingSpec(  # the verdict is read from the text: no logprobs needed
+            n=1,
+            temperature=self.cfg.temperature,
+            max_tokens=self.cfg.max_tokens,
+            stop=("\n",),
+            logprobs=False,
         )
 
     def prompt_text(self, job: PairJob, swapped: bool) -> str:
@@ -154,13 +158,21 @@ class Judge:
             completion_tokens=sum(len(s.completion_ids) for a in answers for s in a),
         )
 
-    def sample(self, jobs: list[PairJob], engine, n: int, temperature: float, seed=None):
+    def sample(
+        self, jobs: list[PairJob], engine, n: int, temperature: float, seed=None, logprobs=True
+    ):
         """`n` sampled verdicts per job and order (the RL form of calibration): a list of
-        (job, swapped, samples), `samples` carrying their tokens and sampling logprobs."""
+        (job, swapped, samples), `samples` carrying their tokens (and, with `logprobs`, their
+        sampling logprobs)."""
         base = self.spec()  # no allowed-token restriction: the learner's logprobs are over the
         # whole vocabulary, so the sampled ones must be too (a non-letter is simply wrong)
         spec = SamplingSpec(
-            n=n, temperature=temperature, max_tokens=base.max_tokens, stop=base.stop, seed=seed
+            n=n,
+            temperature=temperature,
+            max_tokens=base.max_tokens,
+            stop=base.stop,
+            seed=seed,
+            logprobs=logprobs,
         )
         keys = [(job, swapped) for job in jobs for swapped in (False, True)]
         prompts = [self.encode(self.prompt_text(job, swapped)) for job, swapped in keys]

@@ -117,11 +117,13 @@ class SelfCritic:
         step: int = 1,
         rl_temperature: float = 1.0,
         rl_engine=None,
+        rl_logprobs: bool = True,
     ) -> CritiqueResult:
         """Score every group; `verified[g][i]` is sample i's verifier score (None: no verifier)
         and drives calibration; `rubrics[g]` overrides the critic's rubric for group g. RL-form
         verdicts are sampled on `rl_engine` (default `engine`): the policy's own engine, so that
-        they are on-policy for the learner even when a lagged or frozen copy judges."""
+        they are on-policy for the learner even when a lagged or frozen copy judges; `rl_logprobs`:
+        whether they carry the engine's sampling logprobs (`SamplingSpec.logprobs`)."""
         rng = random.Random(seed)
         probe_call = None
         if self.gate.due(step):  # before the step's pairs: a closed aspect is not judged
@@ -154,10 +156,8 @@ class SelfCritic:
         result.extra.update(_aspect_metrics(judged, verified, self.cfg.calibration))
         result.extra["critic/length_bias"] = length_bias(result.scores, groups)
         if calibrating:
-            rl_engine = rl_engine or engine
-            self._calibrate(
-                result, calibrated, calibration_jobs, rl_engine, rng, rl_temperature, seed
-            )
+            rl = (rl_engine or engine, rl_temperature, seed + 1, rl_logprobs)
+            self._calibrate(result, calibrated, calibration_jobs, rng, rl)
         if anchor_jobs:
             result.extra.update(self.anchor.drift(call.judged[-len(anchor_jobs) :]))
         self.calibrator.excluded |= self.anchor.freeze(judged, rng)
@@ -196,7 +196,10 @@ class SelfCritic:
             for group, found in zip(groups, outcomes, strict=True)
         ]
 
-    def _calibrate(self, result, calibrated, jobs, engine, rng, rl_temperature, seed) -> None:
+    def _calibrate(self, result, calibrated, jobs, rng, rl: tuple) -> None:
+        """Calibration examples and RL-form verdict groups; `rl`: the (engine, temperature,
+        seed, logprobs) the verdicts are sampled with."""
+        engine, temperature, seed, logprobs = rl
         agreements = [agreement(item.outcome) for item in calibrated]
         form = self.cfg.calibration.form
         examples, replayed = [], 0
@@ -205,7 +208,7 @@ class SelfCritic:
         result.examples = examples
         if form in ("rl", "both") and jobs:
             sampled = self.judge.sample(
-                jobs, engine, self.cfg.calibration.rl_samples, rl_temperature, seed + 1
+                jobs, engine, self.cfg.calibration.rl_samples, temperature, seed, logprobs
             )
             result.rl_groups = rl_groups(sampled, self.judge.letter_of, self.judge.prompter.letters)
             result.completion_tokens += sum(

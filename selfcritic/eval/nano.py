@@ -56,6 +56,7 @@ def evaluate_nano(engine, tokenizer, cfg: Config, seed: int = 0) -> dict[str, fl
         max_tokens=cfg.sampling.max_tokens,
         stop=tuple(cfg.sampling.stop),
         seed=seed,
+        logprobs=False,  # scored by text only
     )
     groups = engine.generate([encode(t.question) for t in arithmetic + repeat], spec)
     metrics = actor_metrics(arithmetic, repeat, [[s.text for s in g] for g in groups])

@@ -4,10 +4,13 @@ It runs in the driver process on one device. A batch is split into micro-batches
 `learner.max_tokens_per_micro_batch` padded tokens; gradients accumulate and every loss is
 normalised by whole-batch totals (`LossScale`), so the update does not depend on the split.
 Each micro-batch's forward also measures how far the engine's sampling logprobs are from the
-learner's own on the same weights (before the update): `logprob_diff_max`, every step.
-Old-policy logprobs: the engine's, when trusted (`learner.old_logprobs`), or the learner's own.
-With one optimizer step per batch, the learner's own logprobs before the update are exactly those
-of this step's forward (same weights, same tokens), so "recompute" costs no extra pass here.
+learner's own on the same weights (before the update): `logprob_diff_max`, on every step whose
+samples carry them (a sample without them, `Sample.logprobs` empty, is skipped; a batch with none
+reports no difference rather than 0).
+Old-policy logprobs: the engine's, when trusted (`learner.old_logprobs`) and reported, or the
+learner's own. With one optimizer step per batch, the learner's own logprobs before the update
+are exactly those of this step's forward (same weights, same tokens), so "recompute" costs no
+extra pass here.
 With `kl_beta` > 0 a frozen reference model (the starting weights, loaded once) adds beta * KL.
 Not trusting the engine, the policy terms are weighted by truncated importance sampling
 (min(pi_old / pi_engine, tis_cap)). In the same optimizer step: the critic-calibration loss on
@@ -49,7 +52,7 @@ class PolicyBatch:
 
     prompts: list[tuple[int, ...]]
     completions: list[tuple[int, ...]]
-    old_logprobs: list[tuple[float, ...]]
+    old_logprobs: list[tuple[float, ...]]  # the engine's; () where it did not report them
     advantages: list[float]
     temperature: float
     max_new_tokens: int  # the generation budget (Dr. GRPO's normaliser)
@@ -85,6 +88,20 @@ def token_micro_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
     if current:
         groups.append(current)
     return groups
+
+
+def engine_logprobs(
+    reported: list[tuple[float, ...]], prompt_lengths: list[int], mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The engine's logprobs laid out like the learner's (row i's completion starts at position
+    prompt_lengths[i] - 1 of `mask`), and where they were reported (a bool tensor)."""
+    engine = torch.zeros_like(mask, dtype=torch.float32)
+    present = torch.zeros_like(mask, dtype=torch.bool)
+    for i, (values, prompt_length) in enumerate(zip(reported, prompt_lengths, strict=True)):
+        span = slice(prompt_length - 1, prompt_length - 1 + len(values))
+        engine[i, span] = torch.tensor(values, dtype=torch.float32)
+        present[i, span] = True
+    return engine, present & mask.bool()
 
 
 class Learner:
@@ -145,7 +162,7 @@ class Learner:
             k2_tau=self.cfg.k2_tau,
         )
         keys = ("loss", "kl", "clip_fraction", "ratio_mean", "entropy", "tis_weight_mean")
-        totals = dict.fromkeys(keys, 0.0) | {"logprob_diff_max": 0.0}
+        totals = dict.fromkeys(keys, 0.0)
         groups = token_micro_batches(lengths, self.cfg.max_tokens_per_micro_batch)
         for rows in groups:
             part = self._micro_step(batch, rows, scale)
@@ -154,26 +171,26 @@ class Learner:
                 totals[key] += part[key]
             for key in keys[2:]:  # token means: weight by this micro-batch's share of tokens
                 totals[key] += part[key] * share
-            totals["logprob_diff_max"] = max(totals["logprob_diff_max"], part["diff"])
+            if part["diff"] is not None:
+                totals["logprob_diff_max"] = max(totals.get("logprob_diff_max", 0.0), part["diff"])
         return totals | {"tokens": float(scale.total_tokens), "micro_batches": float(len(groups))}
 
     def _micro_step(self, batch: PolicyBatch, rows: list[int], scale: LossScale) -> dict:
         prompts = [batch.prompts[r] for r in rows]
         ids, attention, mask = pad_batch(prompts, [batch.completions[r] for r in rows], self.pad_id)
-        engine = torch.zeros_like(mask)
-        for i, row in enumerate(rows):
-            start = len(prompts[i]) - 1
-            engine[i, start : start + len(batch.old_logprobs[row])] = torch.tensor(
-                batch.old_logprobs[row]
-            )
+        engine, reported = engine_logprobs(
+            [batch.old_logprobs[r] for r in rows], [len(p) for p in prompts], mask
+        )
         advantages = torch.tensor([batch.advantages[r] for r in rows], dtype=torch.float32)
         logprobs, entropy = token_logprobs(
             self.model, ids, attention, batch.temperature, with_entropy=True
         )
-        old = engine if self.trust_engine else logprobs.detach()
+        own = logprobs.detach()
+        sampled = torch.where(reported, engine, own)  # unreported: the learner's own
+        old = sampled if self.trust_engine else own
         weights = None
         if not self.trust_engine and self.cfg.tis_cap is not None:
-            weights = truncated_is_weights(old, engine, self.cfg.tis_cap)
+            weights = truncated_is_weights(old, sampled, self.cfg.tis_cap)
         loss, stats = self.loss_fn(logprobs, old, advantages, mask, scale, token_weights=weights)
         kl = torch.zeros(())
         if self.reference is not None:
@@ -191,7 +208,7 @@ class Learner:
             "tis_weight_mean": float((weights * mask).sum() / count)
             if weights is not None
             else 1.0,
-            "diff": float(((logprobs.detach() - engine).abs() * mask).max()),
+            "diff": float(((own - engine).abs() * reported).max()) if reported.any() else None,
             "tokens": int(mask.sum()),
         }
 

