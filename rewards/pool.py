@@ -1,17 +1,20 @@
 """Verification in parallel worker processes, with a per-sample wall-clock timeout.
 
 `VerifierPool.score` sends (completion, reference) pairs to `workers` processes (spawned, so the
-trainer's threads and Ray state are not forked) and waits until a deadline: each sample has
-`timeout_s`, and a batch has `timeout_s * ceil(samples / workers)` in all. A sample not done by
-then scores 0 with reason "timeout"; the pool is then killed and started afresh so a stuck
-verifier cannot hold a worker. A verifier that raises or returns nonsense scores 0
+trainer's threads and Ray state are not forked) and collects them in order. A sample is given up
+on when the pool has made no progress for `timeout_s` while it was awaited (no sample finished
+and none was given up on): it scores 0 with reason "timeout". So one hung sample stalls a batch
+by about `timeout_s`, however long the batch (a batch-wide deadline of `timeout_s` x rounds let
+one hang in a 128-sample batch stall it for 64 x `timeout_s`). Once as many samples have hung as
+there are workers, none is left to run the rest: the pool is killed and a fresh one takes the
+samples not yet scored, so they are scored rather than lost; after any hang the pool is replaced
+so a stuck verifier cannot keep a worker. A verifier that raises or returns nonsense scores 0
 (rewards/safe.py).
 `workers=0` scores in this process, serially, with no timeout (debugging, tests).
 """
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import time
 from dataclasses import dataclass, field
@@ -65,22 +68,44 @@ class VerifierPool:
         return results, stats
 
     def _score_in_workers(self, items: list[tuple[str, str]]) -> list[RewardResult]:
-        pool = self._ensure_pool()
-        pending = [pool.apply_async(_score_one, (self.name, self.options, c, r)) for c, r in items]
-        rounds = math.ceil(len(items) / self.workers) if items else 0
-        deadline = time.monotonic() + self.timeout_s * max(rounds, 1)
-        results, stuck = [], False
-        for job in pending:
-            try:
-                results.append(job.get(timeout=max(0.0, deadline - time.monotonic())))
-            except multiprocessing.TimeoutError:
-                stuck = True
-                results.append(RewardResult(0.0, {"reason": "timeout"}))
-            except Exception as error:  # e.g. a result that cannot be unpickled
-                results.append(RewardResult(0.0, {"error": f"worker failed: {error!r}"}))
-        if stuck:
-            self.close()  # kill the stuck workers; the next batch gets fresh ones
+        results: list[RewardResult | None] = [None] * len(items)
+        waiting = list(range(len(items)))
+        while waiting:  # each round scores all, or gives up on `workers` hung samples
+            waiting = self._score_round(items, waiting, results)
         return results
+
+    def _score_round(self, items, indices: list[int], results: list) -> list[int]:
+        """Score `indices` into `results` on the current pool; the indices left unscored when
+        every worker is held by a hung sample (a fresh pool takes them)."""
+        pool = self._ensure_pool()
+        jobs = [
+            (i, pool.apply_async(_score_one, (self.name, self.options, *items[i]))) for i in indices
+        ]
+        hung, progress = 0, time.monotonic()
+        for position, (index, job) in enumerate(jobs):
+            if hung >= self.workers:  # no worker left: what is not done goes to a fresh pool
+                for later, other in jobs[position:]:
+                    if other.ready():
+                        results[later], _ = self._result(other)
+                self.close()
+                return [later for later, _ in jobs[position:] if results[later] is None]
+            left = progress + self.timeout_s - time.monotonic()
+            results[index], timed_out = self._result(job, max(0.0, left))
+            hung += timed_out
+            progress = time.monotonic()
+        if hung:
+            self.close()  # kill the stuck workers; the next batch gets fresh ones
+        return []
+
+    @staticmethod
+    def _result(job, timeout: float = 0.0) -> tuple[RewardResult, bool]:
+        """The job's result within `timeout` seconds, and whether it timed out."""
+        try:
+            return job.get(timeout=timeout), False
+        except multiprocessing.TimeoutError:
+            return RewardResult(0.0, {"reason": "timeout"}), True
+        except Exception as error:  # e.g. a result that cannot be unpickled
+            return RewardResult(0.0, {"error": f"worker failed: {error!r}"}), False
 
     def close(self) -> None:
         if self._pool is not None:

@@ -83,6 +83,24 @@ def test_pool_counts_errors_and_timeouts_and_finishes_the_batch():
         assert [r.score for r in results] == [0.0, 0.0] and stats.errors == 2
 
 
+def test_hung_samples_stall_a_long_batch_by_about_the_timeout_and_lose_nothing():
+    """40 samples on 2 workers with a 2 s timeout: one hang is given up on after about 2 s (a
+    batch-wide deadline of timeout x rounds would wait 40 s); two hangs hold both workers, and a
+    fresh pool scores everything after them instead of timing it out."""
+    pool = VerifierPool("verifier_fixtures.hangs", workers=2, timeout_s=2.0)
+    try:
+        for hangs in ({1}, {0, 1}):
+            items = [("hang" if i in hangs else "ok", "") for i in range(40)]
+            start = time.monotonic()
+            results, stats = pool.score(items)
+            assert time.monotonic() - start < 20
+            assert [r.score for r in results] == [0.0 if i in hangs else 1.0 for i in range(40)]
+            assert stats.timeouts == len(hangs)
+            assert all(results[i].info["reason"] == "timeout" for i in hangs)
+    finally:
+        pool.close()
+
+
 def test_math_and_code_in_workers():
     pool = VerifierPool("math", workers=2, timeout_s=10.0)
     try:
