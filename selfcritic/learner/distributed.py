@@ -14,8 +14,6 @@ Left out: hybrid sharding across nodes (HSDP) and expert parallelism.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -160,9 +158,3 @@ def like_sharded(full: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import distribute_tensor
 
     return distribute_tensor(full, reference.device_mesh, reference.placements, src_data_rank=None)
-
-
-def normal_priority() -> None:
-    """Ray starts workers at niceness 15; a learner rank is the step's critical path."""
-    with contextlib.suppress(PermissionError):
-        os.setpriority(os.PRIO_PROCESS, 0, 0)

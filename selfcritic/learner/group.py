@@ -54,7 +54,7 @@ class _LearnerRank:
     """One rank, inside a Ray worker process."""
 
     def __init__(self, threads: int) -> None:
-        from selfcritic.learner.distributed import normal_priority
+        from selfcritic.cluster import normal_priority
 
         normal_priority()
         torch.set_num_threads(threads)

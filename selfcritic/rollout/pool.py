@@ -36,7 +36,9 @@ class _EngineActor:
     def __init__(self, model_path: str, cfg: RolloutConfig) -> None:
         import torch
 
-        _normal_priority()
+        from selfcritic.cluster import normal_priority
+
+        normal_priority()
         # Before the engine starts: vLLM's CPU worker then forbids changing it in this process.
         torch.set_num_threads(cfg.threads_per_engine)
         if cfg.engine == "transformers":
@@ -71,14 +73,6 @@ class _EngineActor:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
-
-
-def _normal_priority() -> None:
-    """Ray starts worker processes at niceness 15; an engine is the step's critical path, and at
-    15 it loses the CPU to Ray's own daemons on a small machine (+30% generation time on 2 cores).
-    Back to 0 where allowed (root); elsewhere it stays as Ray set it."""
-    with contextlib.suppress(PermissionError):
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
