@@ -26,8 +26,9 @@ it) and is not counted; the rest give medians. TRL's steps are timed from `on_st
 `on_step_end` of a TrainerCallback, its generation inside the step by wrapping
 `_generate_single_turn`; the selfcritic steps run inside that callback, outside TRL's timed
 window. The critic-on trainer runs afterwards, alone (the verifier-only trainer shut down), for
-as many steps: its four idle actors (two engines, a learner, their Ray threads) slowed both
-sides' steps by about 2 s when they stayed alive through the interleaved rounds.
+as many steps: its four idle actors (two engines, a learner, their Ray threads) slowed the
+verifier-only step by about 2 s when they stayed alive through the interleaved rounds (TRL's
+step hardly moved).
 Engine logprobs: the trainers keep the default `learner.logprob_check_every` (10), so step 1
 (the warm-up round) carries the engine's logprobs as the parity check and the timed steps do not,
 as 9 steps in 10 of a run.

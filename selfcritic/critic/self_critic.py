@@ -156,8 +156,16 @@ class SelfCritic:
         result.extra.update(_aspect_metrics(judged, verified, self.cfg.calibration))
         result.extra["critic/length_bias"] = length_bias(result.scores, groups)
         if calibrating:
-            rl = (rl_engine or engine, rl_temperature, seed + 1, rl_logprobs)
-            self._calibrate(result, calibrated, calibration_jobs, rng, rl)
+            self._calibrate(
+                result,
+                calibrated,
+                calibration_jobs,
+                rng,
+                engine=rl_engine or engine,
+                temperature=rl_temperature,
+                seed=seed + 1,
+                logprobs=rl_logprobs,
+            )
         if anchor_jobs:
             result.extra.update(self.anchor.drift(call.judged[-len(anchor_jobs) :]))
         self.calibrator.excluded |= self.anchor.freeze(judged, rng)
@@ -196,10 +204,11 @@ class SelfCritic:
             for group, found in zip(groups, outcomes, strict=True)
         ]
 
-    def _calibrate(self, result, calibrated, jobs, rng, rl: tuple) -> None:
-        """Calibration examples and RL-form verdict groups; `rl`: the (engine, temperature,
-        seed, logprobs) the verdicts are sampled with."""
-        engine, temperature, seed, logprobs = rl
+    def _calibrate(
+        self, result, calibrated, jobs, rng, *, engine, temperature, seed, logprobs
+    ) -> None:
+        """Calibration examples, and RL-form verdict groups sampled on `engine` with the
+        given temperature, seed and logprobs setting."""
         agreements = [agreement(item.outcome) for item in calibrated]
         form = self.cfg.calibration.form
         examples, replayed = [], 0
