@@ -5,7 +5,9 @@
   exploration, to low over training).
 - `lr_scale_at`: the factor the optimizer's base rates are scaled by at a step: a linear
   warm-up over `warmup_steps`, then constant, or a linear or cosine decay to `final_fraction` of
-  the base rates at the last step (the learning-rate schedules of verl's and TRL's actors).
+  the base rates at the last step (the learning-rate schedules of verl's and TRL's actors). With
+  `decay_steps` the rates hold until the last `decay_steps` steps and decay over those only:
+  warm-up, stable, decay (WSD), Kimi K2's pre-training schedule; the warm-start uses it.
 
 Being functions of the step alone, a resumed run continues them where it stopped: there is no
 scheduler state to checkpoint. A run resumed with more `trainer.steps` (allowed) stretches both
@@ -32,11 +34,20 @@ def annealed(step: int, steps: int, start: float, final: float | None, kind: str
 
 
 def lr_scale_at(
-    step: int, steps: int, kind: str, warmup_steps: int = 0, final_fraction: float = 0.1
+    step: int,
+    steps: int,
+    kind: str,
+    warmup_steps: int = 0,
+    final_fraction: float = 0.1,
+    decay_steps: int | None = None,
 ) -> float:
     """The learning-rate factor of `step` (1-based) of `steps`: step / warmup_steps during the
-    warm-up, then 1 (constant) or decayed from 1 to `final_fraction` at the last step."""
+    warm-up, then 1 (constant) or decayed from 1 to `final_fraction` at the last step; with
+    `decay_steps`, 1 until the last `decay_steps` steps, whose first is already below 1."""
     if step <= warmup_steps:
         return step / warmup_steps
     final = None if kind == "constant" else final_fraction
-    return annealed(step - warmup_steps, steps - warmup_steps, 1.0, final, kind)
+    if decay_steps is None:
+        return annealed(step - warmup_steps, steps - warmup_steps, 1.0, final, kind)
+    stable_steps = steps - decay_steps
+    return annealed(max(step - stable_steps, 0) + 1, decay_steps + 1, 1.0, final, kind)

@@ -12,10 +12,11 @@ Data (selfcritic/data/nano_world.py, training split only), `warmstart.steps` bat
   aspects do not decide this one.
 Every target ends with EOS and only targets are learned. One training path: a `Learner` (the
 class each learner-group rank runs) whose batches hold only PTX pairs, so MuonClip's QK-Clip and
-router balancing act as they do in RL. The result, a Hugging Face checkpoint, is cached under
-`<trainer.cache_dir>/warmstart/<key>/` where the key hashes everything the weights depend on; a
-second run with the same settings reuses it. Left out: warm-starting from a user's dataset (point
-`model.path` at an SFT checkpoint instead).
+router balancing act as they do in RL. Its rates hold, then decay over the last steps
+(`warmstart.lr_schedule`, warm-up-stable-decay without the warm-up). The result, a Hugging Face
+checkpoint, is cached under `<trainer.cache_dir>/warmstart/<key>/` where the key hashes
+everything the weights depend on; a second run with the same settings reuses it. Left out:
+warm-starting from a user's dataset (point `model.path` at an SFT checkpoint instead).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import shutil
 import time
 from pathlib import Path
 
-from selfcritic.config import Config, LearnerConfig
+from selfcritic.config import Config, LearnerConfig, WarmStartConfig
 from selfcritic.critic.judge import Judge, prompt_encoder, verdict_token_ids
 from selfcritic.data.nano_world import (
     REPEAT_ASPECTS,
@@ -41,6 +42,7 @@ from selfcritic.data.nano_world import (
     synthetic_response,
     tie_pair,
 )
+from selfcritic.schedule import lr_scale_at
 
 _FORMAT = 9  # bump when the recipe changes outside the files below
 # The code that makes the warm-start data: its text is part of the cache key, so an edit to the
@@ -121,6 +123,15 @@ def warm_start_optim(cfg: Config):
     )
 
 
+def warm_start_lr_scale(warm: WarmStartConfig, step: int) -> float:
+    """The factor on the warm-start's rates at `step`: held, then decayed over the last
+    `lr_decay_fraction` of the steps (selfcritic/schedule.py)."""
+    decay_steps = int(warm.lr_decay_fraction * warm.steps)
+    return lr_scale_at(
+        step, warm.steps, warm.lr_schedule, 0, warm.lr_final_fraction, decay_steps=decay_steps
+    )
+
+
 def cache_key(cfg: Config) -> str:
     """A hash of everything the warm-started weights depend on."""
     warm = dataclasses.asdict(cfg.warmstart)
@@ -186,7 +197,8 @@ def train(cfg: Config, base_model: Path, out_dir: Path) -> dict:
     for step in range(1, warm.steps + 1):
         correctness = step > warm.correctness_after * warm.steps
         pairs = data.batch(rng, warm.actor_examples, warm.critic_examples, correctness)
-        batch = PolicyBatch([], [], [], [], 1.0, 1, ptx_sequences=pairs)
+        lr_scale = warm_start_lr_scale(warm, step)
+        batch = PolicyBatch([], [], [], [], 1.0, 1, ptx_sequences=pairs, lr_scale=lr_scale)
         losses.append(learner.step(batch)["ptx_loss"])
         if step % 25 == 0 or step == warm.steps:
             seconds = time.perf_counter() - start

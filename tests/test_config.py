@@ -87,6 +87,9 @@ def test_missing_model_path_names_the_key(tmp_path):
         ("data.source=wikipedia", "data.source"),
         ("data.heldout_fraction=0", "data.heldout_fraction"),
         ("warmstart.wrong=1.5", "warmstart.wrong"),
+        ("warmstart.lr_schedule=wsd", "warmstart.lr_schedule"),
+        ("warmstart.lr_decay_fraction=0", "warmstart.lr_decay_fraction"),
+        ("warmstart.lr_final_fraction=-0.1", "warmstart.lr_final_fraction"),
         ("eval.suite=mmlu", "eval.suite"),
         # the nano suite and the warm-start need the nano world's tasks
         ("eval.suite=nano", "data.source"),
