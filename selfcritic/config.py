@@ -291,8 +291,9 @@ class WarmStartConfig:
     adamw_lr: float = 2e-3  # made this mixed supervised task unstable (loss spikes, no copying)
     # The rates hold, then decay over the last lr_decay_fraction of the steps (constant |
     # linear | cosine) to lr_final_fraction of them: warm-up-stable-decay without the warm-up,
-    # Kimi K2's pre-training schedule. The annealed end sharpens the weak skills: nano, cosine
-    # over the last 60% to 0.02 lifted the critic's position consistency 63 -> 79%
+    # Kimi K2's pre-training schedule. On the nano world, cosine over the last 60% to 0.02 did
+    # not help 250 steps reliably; with 500 steps the critic learned its equality checks (95%
+    # position consistency), which RL then misused (docs/benchmarks.md, probes J-V)
     lr_schedule: str = "constant"
     lr_decay_fraction: float = 1.0
     lr_final_fraction: float = 0.1
