@@ -142,6 +142,9 @@ class GateConfig:
     # {question, better, worse, aspect, description}; None turns the gate off
     source: str | None = None
     pairs_per_aspect: int = 24  # probe pairs per aspect, each judged in both orders
+    # probe pairs per aspect that tie on it (a right critic's two orders cancel); an aspect
+    # whose critic breaks ties by the other defects is closed too. 0: labelled pairs only
+    tie_pairs_per_aspect: int = 0
     min_agreement: float = 0.65  # an aspect is closed below this agreement (chance is 0.5)
     every: int = 5  # re-measure every this many steps (and at the first)
     seed: int = 0  # which probe pairs a registered source draws
@@ -643,6 +646,9 @@ def _validate_gate(gate: GateConfig) -> None:
         "file; give a JSONL file of labelled pairs or null to turn the gate off",
     )
     _require(gate.pairs_per_aspect >= 1, "critic.gate.pairs_per_aspect", "must be at least 1")
+    _require(
+        gate.tie_pairs_per_aspect >= 0, "critic.gate.tie_pairs_per_aspect", "must be at least 0"
+    )
     _require(
         0.5 <= gate.min_agreement <= 1,
         "critic.gate.min_agreement",

@@ -24,7 +24,13 @@ from selfcritic.critic.aggregate import (
     pair_outcome,
     win_rates,
 )
-from selfcritic.critic.gate import aspect_agreements, read_jsonl_probes
+from selfcritic.critic.gate import (
+    AspectGate,
+    aspect_agreements,
+    probe_key,
+    read_jsonl_probes,
+    tie_agreements,
+)
 from selfcritic.critic.judge import Judged, PairJob
 from selfcritic.critic.prompts import CriticPrompter, parse_generative, template_problem
 from selfcritic.critic.schedule import regular_pairs, schedule
@@ -492,6 +498,29 @@ def test_aspect_agreement_counts_a_tie_half():
     assert aspect_agreements(judged) == {"short": 0.75, "x": 0.0}
 
 
+def test_tie_probes_score_the_two_orders_cancelling():
+    label = _probe("word", 0, "w", "v")
+    ties = [PairJob(probe_key("word", i, tie=True), "q", "w", "w!", "word") for i in range(3)]
+    judged = [
+        Judged(label, 1.0, 0.0, None, None),  # the labelled pair right: 1
+        Judged(ties[0], 1.0, 1.0, None, None),  # the first shown named twice: a tie, 1
+        Judged(ties[1], 1.0, 0.0, None, None),  # "w" won in both orders: broken, 0
+        Judged(ties[2], 0.75, 0.5, None, None),  # outcome 0.625: 1 - 2 * 0.125 = 0.75
+    ]
+    assert aspect_agreements(judged) == {"word": 1.0}  # ties are not labelled agreement
+    assert tie_agreements(judged) == {"word": pytest.approx((1 + 0 + 0.75) / 3)}
+    gate = AspectGate(GateConfig(min_agreement=0.65), [label, *ties])
+    gate.update(judged)  # right on the labelled pair, but breaks ties (0.58): closed
+    assert not gate.is_open("word") and gate.is_open("never_probed")
+    assert gate.metrics() == {
+        "critic/gate_agreement/word": 1.0,
+        "critic/gate_tie_agreement/word": pytest.approx(1.75 / 3),
+        "critic/gate_open/word": 0.0,
+    }
+    gate.update(judged[:2])
+    assert gate.is_open("word")
+
+
 def test_gate_leaves_an_aspect_judged_at_chance_out_of_the_reward():
     rubric = Rubric(
         "m",
@@ -551,3 +580,13 @@ def test_probe_file_errors_name_the_line(tmp_path):
     path.write_text("[1, 2]\n")
     with pytest.raises(ValueError, match=r"probes.jsonl:1 is not a JSON object"):
         read_jsonl_probes(path, per_aspect=5)
+    tie = good | {"tie": True}
+    path.write_text("\n".join(json.dumps(row) for row in (good, tie, tie, good)) + "\n")
+    jobs = read_jsonl_probes(path, per_aspect=1, ties_per_aspect=2)
+    assert [job.key for job in jobs] == [
+        ("probe", "short", 0),
+        ("tie_probe", "short", 0),
+        ("tie_probe", "short", 1),
+    ]
+    labelled_only = read_jsonl_probes(path, per_aspect=2)  # no ties asked: none read
+    assert [job.key for job in labelled_only] == [("probe", "short", 0), ("probe", "short", 1)]

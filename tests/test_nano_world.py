@@ -63,7 +63,7 @@ def test_heldout_split_is_disjoint_from_everything_training_draws(nano_model_pat
                 drawn.update(p.text for p in nano_world(cfg, step, draw))
     assert drawn.isdisjoint(heldout_questions)
     assert any(t.startswith("R: ") for t in drawn) and any(t.startswith("Q: ") for t in drawn)
-    probes = {job.question for seed in range(3) for job in nano_probes(DATA, 48, seed)}
+    probes = {job.question for seed in range(3) for job in nano_probes(DATA, 48, 24, seed)}
     assert probes.isdisjoint(heldout_questions) and len(probes) > 100  # the aspect gate's
 
     cfg = Config(data=DATA)
@@ -123,7 +123,8 @@ def test_oracle_verifier_scores_by_hand():
 def test_gate_probes_are_labelled_as_the_oracle_sees_them():
     """Per rubric-only aspect, the better response meets it and the worse one fails it, by
     the oracle; contrast pairs: the better one carries another defect."""
-    probes = nano_probes(DATA, 24, seed=0)
+    probes = nano_probes(DATA, 24, 0, seed=0)
+    assert probes == nano_probes(DATA, 24, 12, seed=0)[: len(probes)]  # ties come after
     aspects = [job.aspect for job in probes]
     assert {a: aspects.count(a) for a in aspects} == dict.fromkeys(
         ("no_filler", "no_meta", "no_praise", "on_task"), 24
@@ -378,3 +379,20 @@ def test_warm_start_cache_key_follows_the_recipe_code(tmp_path, monkeypatch):
     assert warmstart.cache_key(cfg) != before
     cfg.warmstart.seed = 1
     assert warmstart.cache_key(cfg) != warmstart.cache_key(Config(data=DATA))
+
+
+def test_gate_tie_probes_tie_on_their_aspect_by_the_oracle():
+    """Both responses meet the aspect or both fail it, and the other defects differ often."""
+    ties = [job for job in nano_probes(DATA, 0, 24, seed=0) if job.key[0] == "tie_probe"]
+    assert len(ties) == 4 * 24
+    defect_of = {"no_praise": "praise", "no_meta": "meta", "no_filler": "filler"}
+    differ = 0
+    for job in ties:
+        word = job.question.removeprefix("R: ").removesuffix("\nA:")
+        first, second = defects(job.first), defects(job.second)
+        if job.aspect == "on_task":
+            assert (core_answer(job.first) == word) == (core_answer(job.second) == word)
+        else:
+            assert first[defect_of[job.aspect]] == second[defect_of[job.aspect]]
+        differ += first != second
+    assert differ > len(ties) / 2

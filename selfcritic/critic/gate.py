@@ -8,14 +8,21 @@ labelled probe pairs and keeps those that fail out of the reward until they pass
 
 - probes: a fixed set of labelled pairs per aspect, the better response first, drawn once from
   a source (`critic.gate.source`): a name in PROBE_SOURCES, or a JSONL file with one pair per
-  line, {"question", "better", "worse", "aspect", "description"};
+  line, {"question", "better", "worse", "aspect", "description"}; optionally
+  `critic.gate.tie_pairs_per_aspect` pairs that tie on the aspect (both responses meet it or
+  both fail it, the other defects drawn apart; `"tie": true` in a file);
 - measurement: at the first step and every `every` steps the critic judges the probes in both
   orders (in its own batched call, on the judging weights, before the step's pairs); an aspect's
   agreement is the mean of 1 (the better one won), 0.5 (a tie) and 0 (the worse one won), so
-  chance is 0.5;
-- the rule: an aspect is open while its last agreement is at least `min_agreement`. A closed
-  aspect is not judged on the step's pairs (its tokens are saved) and takes no part in the
-  score; a mandatory one then no longer overrides the others.
+  chance is 0.5; on tie probes, the mean of 1 - 2 |outcome - 0.5|: 1 when the two orders cancel,
+  0 when one response won both (chance 0.5 too);
+- the rule: an aspect is open while its last agreement, and its tie agreement where it has tie
+  probes, are at least `min_agreement`. Ties are most of what the aspect judges in RL (the
+  answers of a group often share the word or the style), and a critic right on labelled pairs
+  can still break ties by the other defects; a mandatory aspect then overrides the others with
+  them (the nano world's probe V, docs/benchmarks.md). A closed aspect is not judged on the
+  step's pairs (its tokens are saved) and takes no part in the score; a mandatory one then no
+  longer overrides the others.
 
 Left out: an aspect with no probe pairs is never gated (correctness is the verifier's to
 calibrate); there is no hysteresis (an aspect near the threshold can open and close at
@@ -34,35 +41,48 @@ from selfcritic.critic.calibration import agreement
 from selfcritic.critic.judge import Judged, PairJob
 from selfcritic.registry import Registry
 
-# A probe source: (data settings, pairs per aspect, seed) -> labelled PairJobs, better first.
-ProbeSource = Callable[[DataConfig, int, int], list[PairJob]]
+# A probe source: (data settings, pairs per aspect, tie pairs per aspect, seed) -> PairJobs, the
+# labelled ones better first and keyed by `probe_key`, the ties keyed by `probe_key(tie=True)`
+ProbeSource = Callable[[DataConfig, int, int, int], list[PairJob]]
 PROBE_SOURCES: Registry[ProbeSource] = Registry("probe source")
 register_probes = PROBE_SOURCES.register
 
 JSONL_FIELDS = ("question", "better", "worse", "aspect", "description")
 
 
+def probe_key(aspect: str, index: int, tie: bool = False) -> tuple:
+    """The key of a probe job: it tells the gate which probes are ties."""
+    return ("tie_probe" if tie else "probe", aspect, index)
+
+
+def is_tie_probe(job: PairJob) -> bool:
+    return job.key[0] == "tie_probe"
+
+
 def load_probes(cfg: GateConfig, data: DataConfig) -> list[PairJob]:
     """The probe pairs of `cfg.source` (none when the gate is off)."""
     if cfg.source is None:
         return []
+    ties = cfg.tie_pairs_per_aspect
     if cfg.source in PROBE_SOURCES:
-        return PROBE_SOURCES.get(cfg.source)(data, cfg.pairs_per_aspect, cfg.seed)
-    return read_jsonl_probes(Path(cfg.source).expanduser(), cfg.pairs_per_aspect)
+        return PROBE_SOURCES.get(cfg.source)(data, cfg.pairs_per_aspect, ties, cfg.seed)
+    return read_jsonl_probes(Path(cfg.source).expanduser(), cfg.pairs_per_aspect, ties)
 
 
-def read_jsonl_probes(path: Path, per_aspect: int) -> list[PairJob]:
-    """Up to `per_aspect` pairs of each aspect from a JSONL file, in file order; a line that is
-    not a JSON object with the five fields (strings) is named with what is wrong."""
+def read_jsonl_probes(path: Path, per_aspect: int, ties_per_aspect: int = 0) -> list[PairJob]:
+    """Up to `per_aspect` labelled pairs and `ties_per_aspect` tie pairs (`"tie": true`) of each
+    aspect from a JSONL file, in file order; a line that is not a JSON object with the five
+    fields (strings) is named with what is wrong."""
     jobs, counts = [], {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         row = _probe_row(line, f"{path}:{number}")
-        index = counts.get(row["aspect"], 0)
-        if index < per_aspect:
-            counts[row["aspect"]] = index + 1
-            key = ("probe", row["aspect"], index)
+        tie = row.get("tie") is True
+        index = counts.get((row["aspect"], tie), 0)
+        if index < (ties_per_aspect if tie else per_aspect):
+            counts[row["aspect"], tie] = index + 1
+            key = probe_key(row["aspect"], index, tie)
             jobs.append(PairJob(key, *(row[name] for name in JSONL_FIELDS)))
     if not jobs:
         raise ValueError(f"critic.gate.source: {path} holds no probe pairs")
@@ -87,10 +107,26 @@ def _probe_row(line: str, where: str) -> dict:
 
 def aspect_agreements(judged: Iterable[Judged]) -> dict[str, float]:
     """Per aspect, the mean agreement with the labels of pairs judged with the better one as
-    `first`: 1 a win, 0.5 a tie, 0 a loss (chance 0.5)."""
+    `first`: 1 a win, 0.5 a tie, 0 a loss (chance 0.5). Tie probes are left out."""
+    return _per_aspect_mean(
+        (item.job.aspect, agreement(item.outcome)) for item in judged if not is_tie_probe(item.job)
+    )
+
+
+def tie_agreements(judged: Iterable[Judged]) -> dict[str, float]:
+    """Per aspect, how far the tie probes were judged a tie: the mean of 1 - 2 |outcome - 0.5|
+    (1: the two orders cancel; 0: one response won in both)."""
+    return _per_aspect_mean(
+        (item.job.aspect, 1 - 2 * abs(item.outcome - 0.5))
+        for item in judged
+        if is_tie_probe(item.job)
+    )
+
+
+def _per_aspect_mean(scored: Iterable[tuple[str, float]]) -> dict[str, float]:
     scores: dict[str, list[float]] = {}
-    for item in judged:
-        scores.setdefault(item.job.aspect, []).append(agreement(item.outcome))
+    for aspect, score in scored:
+        scores.setdefault(aspect, []).append(score)
     return {aspect: sum(values) / len(values) for aspect, values in scores.items()}
 
 
@@ -100,21 +136,26 @@ class AspectGate:
     def __init__(self, cfg: GateConfig, probes: list[PairJob]) -> None:
         self.cfg, self.probes = cfg, probes
         self.agreement: dict[str, float] = {}  # the last measurement, per probed aspect
+        self.tie_agreement: dict[str, float] = {}  # ... on its tie probes, where it has some
 
     def due(self, step: int) -> bool:
         return bool(self.probes) and (not self.agreement or step % self.cfg.every == 0)
 
     def update(self, judged: list[Judged]) -> None:
         self.agreement = aspect_agreements(judged)
+        self.tie_agreement = tie_agreements(judged)
 
     def is_open(self, aspect: str) -> bool:
-        measured = self.agreement.get(aspect)
-        return measured is None or measured >= self.cfg.min_agreement
+        measured = (self.agreement.get(aspect), self.tie_agreement.get(aspect))
+        return all(value is None or value >= self.cfg.min_agreement for value in measured)
 
     def metrics(self) -> dict[str, float]:
         found = {}
-        for aspect, value in self.agreement.items():
-            found[f"critic/gate_agreement/{aspect}"] = value
+        for aspect in self.agreement.keys() | self.tie_agreement.keys():
+            if aspect in self.agreement:
+                found[f"critic/gate_agreement/{aspect}"] = self.agreement[aspect]
+            if aspect in self.tie_agreement:
+                found[f"critic/gate_tie_agreement/{aspect}"] = self.tie_agreement[aspect]
             found[f"critic/gate_open/{aspect}"] = float(self.is_open(aspect))
         return found
 

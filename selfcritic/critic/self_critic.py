@@ -92,6 +92,7 @@ class SelfCritic:
             "excluded": set(self.calibrator.excluded),
             "anchor": list(self.anchor.reference),
             "gate": dict(self.gate.agreement),
+            "gate_ties": dict(self.gate.tie_agreement),
         }
 
     def load_state(self, state: dict) -> None:
@@ -100,6 +101,7 @@ class SelfCritic:
         self.calibrator.excluded = set(state["excluded"])
         self.anchor.reference = list(state["anchor"])
         self.gate.agreement = dict(state.get("gate", {}))  # absent in older checkpoints
+        self.gate.tie_agreement = dict(state.get("gate_ties", {}))
 
     def exclude_from_calibration(self, questions) -> None:
         """Leakage guard: these questions (evaluation prompts) never yield calibration pairs."""

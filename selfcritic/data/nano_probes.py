@@ -3,8 +3,10 @@
 Labelled pairs on each rubric-only aspect (no_praise, no_meta, no_filler, on_task), from
 training-split questions only, so the gate never sees what the held-out suite judges. They are
 contrast pairs, as in the held-out suite: the better response carries another defect, so a
-critic that only prefers short or defect-free answers is at chance on them. Responses are drawn
-at the warm-start's default defect rates. Correctness has no probes: the verifier calibrates it.
+critic that only prefers short or defect-free answers is at chance on them. Optionally tie pairs
+too (`tie_pair`: both responses meet the aspect or both fail it, the other defects drawn apart).
+Responses are drawn at the warm-start's default defect rates. Correctness has no probes: the
+verifier calibrates it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import random
 
 from selfcritic.config import DataConfig
-from selfcritic.critic.gate import register_probes
+from selfcritic.critic.gate import probe_key, register_probes
 from selfcritic.critic.judge import PairJob
 from selfcritic.data.nano_world import (
     REPEAT_ASPECTS,
@@ -21,18 +23,27 @@ from selfcritic.data.nano_world import (
     labelled_pair,
     random_word,
     repeat_question,
+    tie_pair,
 )
 
 
 @register_probes("nano_world")
-def nano_probes(cfg: DataConfig, per_aspect: int, seed: int) -> list[PairJob]:
+def nano_probes(cfg: DataConfig, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
     rng = random.Random(f"nano_probes:{seed}")
     rates = DefectRates()
     jobs = []
     for aspect in REPEAT_ASPECTS:
         for index in range(per_aspect):
-            word = random_word(rng, cfg.heldout_fraction, heldout=False)
-            task = Task(repeat_question(word), word, verifiable=False)
-            pair = labelled_pair(task, aspect, rates, rng, minimal=False)
-            jobs.append(pair.job(key=("probe", aspect, index)))
+            pair = labelled_pair(_task(cfg, rng), aspect, rates, rng, minimal=False)
+            jobs.append(pair.job(key=probe_key(aspect, index)))
+    tie_rng = random.Random(f"nano_probes:ties:{seed}")  # the labelled probes stay as they were
+    for aspect in REPEAT_ASPECTS:
+        for index in range(ties):
+            pair = tie_pair(_task(cfg, tie_rng), aspect, rates, tie_rng)
+            jobs.append(pair.job(key=probe_key(aspect, index, tie=True)))
     return jobs
+
+
+def _task(cfg: DataConfig, rng: random.Random) -> Task:
+    word = random_word(rng, cfg.heldout_fraction, heldout=False)
+    return Task(repeat_question(word), word, verifiable=False)
