@@ -12,11 +12,11 @@ Data (selfcritic/data/nano_world.py, training split only), `warmstart.steps` bat
   aspects do not decide this one.
 Every target ends with EOS and only targets are learned. One training path: a `Learner` (the
 class each learner-group rank runs) whose batches hold only PTX pairs, so MuonClip's QK-Clip and
-router balancing act as they do in RL. Its rates hold, then decay over the last steps
-(`warmstart.lr_schedule`, warm-up-stable-decay without the warm-up). The result, a Hugging Face
-checkpoint, is cached under `<trainer.cache_dir>/warmstart/<key>/` where the key hashes
-everything the weights depend on; a second run with the same settings reuses it. Left out:
-warm-starting from a user's dataset (point `model.path` at an SFT checkpoint instead).
+router balancing act as they do in RL. Its rates are constant, or held and then decayed over
+the last steps (`warmstart.lr_schedule`: warm-up-stable-decay without the warm-up). The result,
+a Hugging Face checkpoint, is cached under `<trainer.cache_dir>/warmstart/<key>/` where the key
+hashes everything the weights depend on; a second run with the same settings reuses it. Left
+out: warm-starting from a user's dataset (point `model.path` at an SFT checkpoint instead).
 """
 
 from __future__ import annotations

@@ -519,6 +519,10 @@ def test_tie_probes_score_the_two_orders_cancelling():
     }
     gate.update(judged[:2])
     assert gate.is_open("word")
+    ties_only = AspectGate(GateConfig(every=5), ties)  # measured once, then every 5 steps
+    assert ties_only.due(1)
+    ties_only.update(judged[1:2])
+    assert not ties_only.due(2) and ties_only.due(5)
 
 
 def test_gate_leaves_an_aspect_judged_at_chance_out_of_the_reward():

@@ -139,7 +139,8 @@ class AspectGate:
         self.tie_agreement: dict[str, float] = {}  # ... on its tie probes, where it has some
 
     def due(self, step: int) -> bool:
-        return bool(self.probes) and (not self.agreement or step % self.cfg.every == 0)
+        measured = self.agreement or self.tie_agreement
+        return bool(self.probes) and (not measured or step % self.cfg.every == 0)
 
     def update(self, judged: list[Judged]) -> None:
         self.agreement = aspect_agreements(judged)
