@@ -498,14 +498,14 @@ def validate(cfg: Config) -> None:
     )
 
 
-def _validate_lr_schedule(trainer: TrainerConfig) -> None:
+def _require_lr_schedule(name: str, key: str) -> None:
     from selfcritic.schedule import LR_SCHEDULES
 
-    _require(
-        trainer.lr_schedule in LR_SCHEDULES,
-        "trainer.lr_schedule",
-        f"must be one of {', '.join(LR_SCHEDULES)}",
-    )
+    _require(name in LR_SCHEDULES, key, f"must be one of {', '.join(LR_SCHEDULES)}")
+
+
+def _validate_lr_schedule(trainer: TrainerConfig) -> None:
+    _require_lr_schedule(trainer.lr_schedule, "trainer.lr_schedule")
     _require(
         0 <= trainer.lr_warmup_steps < trainer.steps,
         "trainer.lr_warmup_steps",
@@ -521,7 +521,6 @@ def _validate_lr_schedule(trainer: TrainerConfig) -> None:
 def _validate_nano_world(cfg: Config) -> None:
     """Data, warm-start and evaluation settings."""
     from selfcritic.data.prompts import PROMPT_SOURCES
-    from selfcritic.schedule import LR_SCHEDULES
 
     _require(
         cfg.data.source in PROMPT_SOURCES,
@@ -538,11 +537,7 @@ def _validate_nano_world(cfg: Config) -> None:
     _require(0 <= warm.correctness_after <= 1, "warmstart.correctness_after", "must be in [0, 1]")
     _require(0 <= warm.minimal_pairs <= 1, "warmstart.minimal_pairs", "must be in [0, 1]")
     _require(0 <= warm.ties <= 1, "warmstart.ties", "must be in [0, 1]")
-    _require(
-        warm.lr_schedule in LR_SCHEDULES,
-        "warmstart.lr_schedule",
-        f"must be one of {', '.join(LR_SCHEDULES)}",
-    )
+    _require_lr_schedule(warm.lr_schedule, "warmstart.lr_schedule")
     _require(0 < warm.lr_decay_fraction <= 1, "warmstart.lr_decay_fraction", "must be in (0, 1]")
     _require(0 <= warm.lr_final_fraction <= 1, "warmstart.lr_final_fraction", "must be in [0, 1]")
     _require(

@@ -12,6 +12,7 @@ import pytest
 
 from rewards.nano_oracle import core_answer, defects, nano_oracle
 from selfcritic.config import Config, DataConfig
+from selfcritic.critic.gate import is_tie_probe
 from selfcritic.critic.judge import Judged, PairJob
 from selfcritic.data.nano_probes import nano_probes
 from selfcritic.data.nano_world import (
@@ -383,7 +384,7 @@ def test_warm_start_cache_key_follows_the_recipe_code(tmp_path, monkeypatch):
 
 def test_gate_tie_probes_tie_on_their_aspect_by_the_oracle():
     """Both responses meet the aspect or both fail it, and the other defects differ often."""
-    ties = [job for job in nano_probes(DATA, 0, 24, seed=0) if job.key[0] == "tie_probe"]
+    ties = [job for job in nano_probes(DATA, 0, 24, seed=0) if is_tie_probe(job)]
     assert len(ties) == 4 * 24
     defect_of = {"no_praise": "praise", "no_meta": "meta", "no_filler": "filler"}
     differ = 0

@@ -59,8 +59,9 @@ def test_warm_start_rates_follow_its_schedule():
     from selfcritic.config import WarmStartConfig
     from selfcritic.warmstart import warm_start_lr_scale
 
-    warm = WarmStartConfig(steps=250, lr_schedule="cosine", lr_decay_fraction=0.6)
-    warm.lr_final_fraction = 0.02
+    warm = WarmStartConfig(
+        steps=250, lr_schedule="cosine", lr_decay_fraction=0.6, lr_final_fraction=0.02
+    )
     # held for 100 steps, then 150 decaying: halfway at step 175, 0.02 at step 250
     assert warm_start_lr_scale(warm, 100) == 1.0
     assert warm_start_lr_scale(warm, 175) == pytest.approx(0.51)
