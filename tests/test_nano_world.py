@@ -6,6 +6,7 @@ the code under test twice.
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -314,6 +315,11 @@ def test_verdict_consistency_counts_declared_ties():
     m = critic_metrics(judged, judged)
     assert m["eval/critic_position_consistency"] == pytest.approx(2 / 5)  # pairs 0 and 3
     assert m["eval/critic_verdict_consistency"] == pytest.approx(3 / 5)  # pairs 0, 1 and 3
+    assert m["eval/critic_position_consistency_correct"] == pytest.approx(1 / 2)  # pair 0
+    assert m["eval/critic_verdict_consistency_correct"] == pytest.approx(1.0)  # 0, and 1's tie
+    assert m["eval/critic_position_consistency_on_task"] == pytest.approx(1 / 3)  # pair 3
+    assert m["eval/critic_verdict_consistency_on_task"] == pytest.approx(1 / 3)
+    assert math.isnan(m["eval/critic_verdict_consistency_no_meta"])  # no pairs
     assert declared_verdict(" X+ Y+ #X #Y", ("X", "Y"), "#") is None  # invalid
     assert declared_verdict(" 7 #Y", ("X", "Y"), "#") == "Y"  # no marks: the letter
 
