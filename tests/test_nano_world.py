@@ -18,6 +18,7 @@ from selfcritic.critic.judge import Judged, PairJob
 from selfcritic.data.nano_probes import nano_probes
 from selfcritic.data.nano_world import (
     CLAIM,
+    STYLE_ASPECTS,
     DefectRates,
     LabelledPair,
     Task,
@@ -131,14 +132,13 @@ def test_gate_probes_are_labelled_as_the_oracle_sees_them():
     assert {a: aspects.count(a) for a in aspects} == dict.fromkeys(
         ("no_filler", "no_meta", "no_praise", "on_task"), 24
     )
-    defect_of = {"no_praise": "praise", "no_meta": "meta", "no_filler": "filler"}
     for job in probes:
         word = job.question.removeprefix("R: ").removesuffix("\nA:")
         better, worse = defects(job.first), defects(job.second)
         if job.aspect == "on_task":
             assert core_answer(job.first) == word != core_answer(job.second)
         else:
-            assert not better[defect_of[job.aspect]] and worse[defect_of[job.aspect]]
+            assert not better[STYLE_ASPECTS[job.aspect]] and worse[STYLE_ASPECTS[job.aspect]]
             assert core_answer(job.first) == word == core_answer(job.second)
         assert any(better[d] for d in ("praise", "meta", "filler"))  # a contrast pair
 
@@ -392,7 +392,6 @@ def test_gate_tie_probes_tie_on_their_aspect_by_the_oracle():
     """Both responses meet the aspect or both fail it, and the other defects differ often."""
     ties = [job for job in nano_probes(DATA, 0, 24, seed=0) if is_tie_probe(job)]
     assert len(ties) == 4 * 24
-    defect_of = {"no_praise": "praise", "no_meta": "meta", "no_filler": "filler"}
     differ = 0
     for job in ties:
         word = job.question.removeprefix("R: ").removesuffix("\nA:")
@@ -400,6 +399,6 @@ def test_gate_tie_probes_tie_on_their_aspect_by_the_oracle():
         if job.aspect == "on_task":
             assert (core_answer(job.first) == word) == (core_answer(job.second) == word)
         else:
-            assert first[defect_of[job.aspect]] == second[defect_of[job.aspect]]
+            assert first[STYLE_ASPECTS[job.aspect]] == second[STYLE_ASPECTS[job.aspect]]
         differ += first != second
     assert differ > len(ties) / 2

@@ -135,6 +135,12 @@ def critic_metrics(
     def agreement(items) -> float:
         return _mean(1.0 if j.outcome > 0.5 else 0.5 if j.outcome == 0.5 else 0.0 for j in items)
 
+    def position_consistency(items) -> float:
+        return _mean(not order_flipped(j.forward, j.backward) for j in items)
+
+    def verdict_consistency(items) -> float:
+        return _mean(_same_verdict(j, letters, marker) for j in items)
+
     verdicts = [v for j in judged for v in (j.forward, j.backward)]
     valid = [j for j in judged if None not in (j.forward, j.backward)]
     style = [j for j in judged if j.job.aspect != "correct"]
@@ -142,10 +148,8 @@ def critic_metrics(
         "eval/critic_agreement_correct": agreement(j for j in judged if j.job.aspect == "correct"),
         "eval/critic_agreement_style": agreement(style),
         "eval/critic_invalid_rate": _mean(v is None for v in verdicts),
-        "eval/critic_position_consistency": _mean(
-            not order_flipped(j.forward, j.backward) for j in valid
-        ),
-        "eval/critic_verdict_consistency": _mean(_same_verdict(j, letters, marker) for j in valid),
+        "eval/critic_position_consistency": position_consistency(valid),
+        "eval/critic_verdict_consistency": verdict_consistency(valid),
     }
     for aspect in REPEAT_ASPECTS:
         metrics[f"eval/critic_agreement_{aspect}"] = agreement(
@@ -153,12 +157,8 @@ def critic_metrics(
         )
     for aspect in ("correct", *REPEAT_ASPECTS):
         own = [j for j in valid if j.job.aspect == aspect]
-        metrics[f"eval/critic_position_consistency_{aspect}"] = _mean(
-            not order_flipped(j.forward, j.backward) for j in own
-        )
-        metrics[f"eval/critic_verdict_consistency_{aspect}"] = _mean(
-            _same_verdict(j, letters, marker) for j in own
-        )
+        metrics[f"eval/critic_position_consistency_{aspect}"] = position_consistency(own)
+        metrics[f"eval/critic_verdict_consistency_{aspect}"] = verdict_consistency(own)
     right_before = [
         after for before, after in zip(judged, injected, strict=True) if before.outcome > 0.5
     ]
