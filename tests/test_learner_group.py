@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import tempfile
+from dataclasses import replace
 
 import pytest
 import torch
@@ -174,6 +175,9 @@ def test_batch_split_and_totals():
     assert [len(p.ptx_sequences) for p in parts] == [1, 0]
     totals = BatchTotals.of(batch)
     assert totals == BatchTotals(sequences=5, tokens=31, calibration_weight=3.5, ptx_tokens=15)
+    (_, target), *_ = batch.ptx_sequences
+    weighted = BatchTotals.of(replace(batch, ptx_token_weights=((target[0], 4.0),)))
+    assert weighted.ptx_tokens == 15 + 3 * target.count(target[0])
 
 
 def test_rendezvous_store_owns_its_port_from_the_start():

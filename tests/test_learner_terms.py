@@ -9,7 +9,7 @@ import torch
 
 from selfcritic.config import LearnerConfig, OptimConfig
 from selfcritic.critic.examples import CriticExample
-from selfcritic.learner.learner import Learner, PolicyBatch
+from selfcritic.learner.learner import Learner, PolicyBatch, token_weight_grid
 from selfcritic.learner.losses import calibration_loss, ptx_loss, truncated_is_weights
 
 
@@ -84,6 +84,34 @@ def test_ptx_lowers_the_curated_text_loss(nano_model_path):
         for _ in range(5)
     ]
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_ptx_token_weights_weight_each_target_token_in_the_loss_and_its_normaliser(
+    nano_model_path,
+):
+    """Weight 3 on "+": the loss is -(sum of w * logprob) / (sum of w) over the targets, the
+    logprobs read here from a separately loaded copy of the model."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer, sequence = _tokens(nano_model_path, "C: X7+ Y8-")
+    context, target = tuple(sequence[:4]), tuple(sequence[4:])
+    plus = tokenizer.convert_tokens_to_ids("+")
+    weights = [3.0 if token == plus else 1.0 for token in target]
+    assert weights.count(3.0) == 1
+    reference = AutoModelForCausalLM.from_pretrained(str(nano_model_path), dtype=torch.float32)
+    with torch.no_grad():
+        logits = reference(input_ids=torch.tensor([sequence])).logits[0, 3:-1]
+    logprobs = torch.log_softmax(logits.double(), -1)[torch.arange(len(target)), list(target)]
+    expected = -sum(w * float(lp) for w, lp in zip(weights, logprobs, strict=True)) / sum(weights)
+    learner = Learner(
+        nano_model_path, LearnerConfig(ptx_weight=1.0), OptimConfig(), trust_engine=True
+    )
+    batch = _empty_batch(ptx_sequences=((context, target),), ptx_token_weights=((plus, 3.0),))
+    assert learner.step(batch)["ptx_loss"] == pytest.approx(expected, rel=1e-4)
+    assert token_weight_grid(torch.tensor([[plus, 5], [7, plus]]), {plus: 3.0}).tolist() == [
+        [3.0, 1.0],
+        [1.0, 3.0],
+    ]
 
 
 def test_untrusted_engine_logprobs_are_corrected_and_entropy_reported(nano_model_path):

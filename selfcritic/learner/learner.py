@@ -60,7 +60,18 @@ class PolicyBatch:
     # curated (context ids, target ids) pairs for the PTX loss: only the targets are learned
     # (plain text is (first token, the rest))
     ptx_sequences: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
+    # (token id, weight) of PTX target tokens that count other than 1 in its loss and normaliser
+    # (the warm-start's verdict marks: warmstart.mark_weight)
+    ptx_token_weights: tuple[tuple[int, float], ...] = ()
     lr_scale: float = 1.0  # this step's factor on the optimizer's base rates (trainer.lr_schedule)
+
+
+def token_weight_grid(next_ids: torch.Tensor, weights: dict[int, float]) -> torch.Tensor:
+    """Each position's weight by the id of the token it predicts: `weights[id]`, else 1."""
+    grid = torch.ones(next_ids.shape, dtype=torch.float32)
+    for token_id, weight in weights.items():
+        grid[next_ids == token_id] = weight
+    return grid
 
 
 def trust_engine_logprobs(setting: str, rollout_dtype: str, on_gpu: bool) -> bool:
@@ -138,7 +149,7 @@ class Learner:
         if batch.critic_examples and self.cfg.calibration_weight > 0:
             metrics["calibration_loss"] = self._calibration_term(batch.critic_examples, totals)
         if batch.ptx_sequences and self.cfg.ptx_weight > 0:
-            metrics["ptx_loss"] = self._ptx_term(batch.ptx_sequences, totals)
+            metrics["ptx_loss"] = self._ptx_term(batch, totals)
         return metrics
 
     def _optimizer_step(self, metrics: dict[str, float], lr_scale: float) -> dict[str, float]:
@@ -238,10 +249,10 @@ class Learner:
         last = torch.tensor([len(p) - 1 for p in prompts])
         return logits[torch.arange(len(prompts)), last].float()
 
-    def _ptx_term(self, sequences, totals: BatchTotals) -> float:
-        """Backpropagate weight * language-model loss on the targets of curated (context,
-        target) pairs; returns its value."""
-        total = totals.ptx_tokens
+    def _ptx_term(self, batch: PolicyBatch, totals: BatchTotals) -> float:
+        """Backpropagate weight * language-model loss on the targets of the batch's curated
+        (context, target) pairs, tokens weighted by `ptx_token_weights`; returns its value."""
+        sequences, total = batch.ptx_sequences, totals.ptx_tokens
         value = 0.0
         lengths = [len(context) + len(target) for context, target in sequences]
         for rows in token_micro_batches(lengths, self.cfg.max_tokens_per_micro_batch):
@@ -249,6 +260,7 @@ class Learner:
             ids, attention, mask = pad_batch(
                 [context for context, _ in chunk], [target for _, target in chunk], self.pad_id
             )
+            mask = mask * token_weight_grid(ids[:, 1:], dict(batch.ptx_token_weights))
             loss = ptx_loss(token_logprobs(self.model, ids, attention, 1.0), mask, total)
             (self.cfg.ptx_weight * loss).backward()
             value += float(loss.detach())

@@ -57,7 +57,7 @@ class ShardedLearner(Learner):
             metrics["calibration_loss"] = self._calibration_term(batch.critic_examples, totals)
         self._dummy_passes(passes["calibration"] - mine["calibration"], with_reference=False)
         if mine["ptx"]:
-            metrics["ptx_loss"] = self._ptx_term(batch.ptx_sequences, totals)
+            metrics["ptx_loss"] = self._ptx_term(batch, totals)
         self._dummy_passes(passes["ptx"] - mine["ptx"], with_reference=False)
         return self._optimizer_step(metrics, batch.lr_scale)
 
