@@ -284,6 +284,13 @@ class WarmStartConfig:
     # right critic names the first shown, and its two orders cancel. Without them it broke ties
     # by the other aspects, and RL rewarded filler through on_task (docs/nano-world.md)
     ties: float = 0.3
+    # Share of the style verdicts on on_task (the rest split evenly over the three defects):
+    # an equality check like correctness, learned far slower than the defects (docs/nano-world.md)
+    on_task_share: float = 0.25
+    # Weight of the verdicts' marks (+ and -) in the language-model loss, here and in RL's PTX:
+    # they are 2 tokens of a verdict's 15-20, and the equality checks they end are what the
+    # nano critic learns last (docs/benchmarks.md, the nano world: marks)
+    mark_weight: float = 1.0
     wrong: float = 0.5  # share of wrong arithmetic answers in the actor data
     praise: float = 0.35  # share of repeat answers opening with praise
     meta: float = 0.35  # ... with meta-commentary
@@ -531,12 +538,11 @@ def _validate_nano_world(cfg: Config) -> None:
     _require(0 < cfg.data.heldout_fraction < 1, "data.heldout_fraction", "must be in (0, 1)")
     _require(cfg.data.max_draws >= 1, "data.max_draws", "must be at least 1")
     warm = cfg.warmstart
-    for key in ("wrong", "praise", "meta", "filler", "claim"):
+    shares = ("wrong", "praise", "meta", "filler", "claim", "correctness_after", "minimal_pairs")
+    for key in (*shares, "ties", "on_task_share"):
         _require(0 <= getattr(warm, key) <= 1, f"warmstart.{key}", "must be in [0, 1]")
     _require(warm.steps >= 1, "warmstart.steps", "must be at least 1")
-    _require(0 <= warm.correctness_after <= 1, "warmstart.correctness_after", "must be in [0, 1]")
-    _require(0 <= warm.minimal_pairs <= 1, "warmstart.minimal_pairs", "must be in [0, 1]")
-    _require(0 <= warm.ties <= 1, "warmstart.ties", "must be in [0, 1]")
+    _require(warm.mark_weight > 0, "warmstart.mark_weight", "must be positive")
     _require_lr_schedule(warm.lr_schedule, "warmstart.lr_schedule")
     _require(0 < warm.lr_decay_fraction <= 1, "warmstart.lr_decay_fraction", "must be in (0, 1]")
     _require(0 <= warm.lr_final_fraction <= 1, "warmstart.lr_final_fraction", "must be in [0, 1]")

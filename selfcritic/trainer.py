@@ -491,10 +491,11 @@ class Trainer:
                 [g for g, _ in critique.rl_groups], verdict_rewards, metrics, "critic/rl"
             )
             samples, advantages = samples + more, advantages + more_advantages
-        ptx = ()
+        ptx, ptx_weights = (), ()
         if self.ptx_data is not None:  # warm-start critic verdicts keep the judging skill
             rng = random.Random(f"ptx:{self.cfg.trainer.seed}:{step}")
             ptx = self.ptx_data.batch(rng, 0, self.cfg.warmstart.ptx_per_step)
+            ptx_weights = self.ptx_data.token_weights
         if not samples and not examples and not ptx:
             return None
         return PolicyBatch(
@@ -506,6 +507,7 @@ class Trainer:
             max_new_tokens=self.cfg.sampling.max_tokens,
             critic_examples=examples,
             ptx_sequences=ptx,
+            ptx_token_weights=ptx_weights,
             lr_scale=lr_scale_at(
                 step,
                 self.cfg.trainer.steps,

@@ -5,9 +5,11 @@ Data (selfcritic/data/nano_world.py, training split only), `warmstart.steps` bat
   configured rates, so the actor starts weak and with habits to unlearn;
 - critic verdicts: the critic prompt of a labelled pair (`critic.template`, the better response
   shown first or second at random) -> what a right critic writes: in generative mode its checks
-  and the verdict (" =19 X18- Y19+ #Y": on correctness it works the sum out, restates each
-  answer and marks it; " X- Y+ #Y" on a style aspect: `LabelledPair.critic_answer`), in
-  probability mode the letter alone. A share of the pairs tie on the judged aspect (the letter
+  and the verdict (" =19 X18=19- Y19=19+ #Y": on correctness it works the sum out, restates
+  each answer beside it and marks it; on on_task the same with the asked word; " X- Y+ #Y" on
+  a defect aspect: `LabelledPair.critic_answer`), in probability mode the letter alone. The
+  marks can weigh more than other tokens in the loss (`warmstart.mark_weight`, here and in
+  RL's PTX). A share of the pairs tie on the judged aspect (the letter
   then names the first shown, so the two orders cancel): the critic learns that the other
   aspects do not decide this one.
 Every target ends with EOS and only targets are learned. One training path: a `Learner` (the
@@ -33,7 +35,9 @@ from pathlib import Path
 from selfcritic.config import Config, LearnerConfig, WarmStartConfig
 from selfcritic.critic.judge import Judge, prompt_encoder, verdict_token_ids
 from selfcritic.data.nano_world import (
-    REPEAT_ASPECTS,
+    MARKS,
+    ON_TASK,
+    STYLE_ASPECTS,
     DefectRates,
     LabelledPair,
     Task,
@@ -72,6 +76,12 @@ class WarmStartData:
             cfg.critic, self.encode, verdict_token_ids(tokenizer, cfg.critic.verdict_letters)
         )
 
+    @property
+    def token_weights(self) -> tuple[tuple[int, float], ...]:
+        """(token id, weight) of the verdicts' marks in the loss (`warmstart.mark_weight`)."""
+        marks = self.tokenizer.convert_tokens_to_ids(list(MARKS))
+        return tuple((token_id, self.cfg.warmstart.mark_weight) for token_id in marks)
+
     def target(self, text: str) -> tuple[int, ...]:
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
         return (*ids, self.tokenizer.eos_token_id)
@@ -89,7 +99,7 @@ class WarmStartData:
             task: Task = draw_task(self.cfg.data, rng)
             if task.verifiable == verifiable:
                 break
-        aspect = "correct" if verifiable else rng.choice(REPEAT_ASPECTS)
+        aspect = "correct" if verifiable else self.repeat_aspect(rng)
         # some style pairs minimal (the defect is the only difference: learned fast), the rest
         # not (the better response is as often the longer one: no brevity shortcut)
         warm = self.cfg.warmstart
@@ -98,6 +108,12 @@ class WarmStartData:
         else:
             pair = labelled_pair(task, aspect, self.rates, rng, rng.random() < warm.minimal_pairs)
         return self.verdict(pair, swapped=rng.random() < 0.5)
+
+    def repeat_aspect(self, rng: random.Random) -> str:
+        """on_task at `warmstart.on_task_share`, else one of the defect aspects."""
+        if rng.random() < self.cfg.warmstart.on_task_share:
+            return ON_TASK
+        return rng.choice(sorted(STYLE_ASPECTS))
 
     def verdict(self, pair: LabelledPair, swapped: bool) -> Pair:
         """The critic prompt with the better response first (or second, `swapped`) and the
@@ -194,11 +210,22 @@ def train(cfg: Config, base_model: Path, out_dir: Path) -> dict:
     learner = Learner(base_model, learner_cfg, warm_start_optim(cfg), trust_engine=True)
     rng = random.Random(f"warmstart:{cfg.warmstart.seed}")
     warm, losses, start = cfg.warmstart, [], time.perf_counter()
+    weights = data.token_weights
     for step in range(1, warm.steps + 1):
         correctness = step > warm.correctness_after * warm.steps
         pairs = data.batch(rng, warm.actor_examples, warm.critic_examples, correctness)
         lr_scale = warm_start_lr_scale(warm, step)
-        batch = PolicyBatch([], [], [], [], 1.0, 1, ptx_sequences=pairs, lr_scale=lr_scale)
+        batch = PolicyBatch(
+            [],
+            [],
+            [],
+            [],
+            1.0,
+            1,
+            ptx_sequences=pairs,
+            ptx_token_weights=weights,
+            lr_scale=lr_scale,
+        )
         losses.append(learner.step(batch)["ptx_loss"])
         if step % 25 == 0 or step == warm.steps:
             seconds = time.perf_counter() - start

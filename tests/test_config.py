@@ -90,6 +90,8 @@ def test_missing_model_path_names_the_key(tmp_path):
         ("warmstart.lr_schedule=wsd", "warmstart.lr_schedule"),
         ("warmstart.lr_decay_fraction=0", "warmstart.lr_decay_fraction"),
         ("warmstart.lr_final_fraction=-0.1", "warmstart.lr_final_fraction"),
+        ("warmstart.on_task_share=1.2", "warmstart.on_task_share"),
+        ("warmstart.mark_weight=0", "warmstart.mark_weight"),
         ("eval.suite=mmlu", "eval.suite"),
         # the nano suite and the warm-start need the nano world's tasks
         ("eval.suite=nano", "data.source"),

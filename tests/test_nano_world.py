@@ -206,11 +206,15 @@ def test_critic_answer_checks_each_response_then_names_the_one_marked_plus():
     math = Task(arithmetic_question(7, 12), "19", True)
     pair = labelled_pair(math, "correct", DefectRates(), random.Random(3))
     wrong = pair.evidence[1]
-    assert pair.critic_answer(False, ("X", "Y"), "#") == f" =19 X19+ Y{wrong}- #X"
-    assert pair.critic_answer(True, ("A", "B"), "@") == f" =19 A{wrong}- B19+ @B"
+    assert pair.critic_answer(False, ("X", "Y"), "#") == f" =19 X19=19+ Y{wrong}=19- #X"
+    assert pair.critic_answer(True, ("A", "B"), "@") == f" =19 A{wrong}=19- B19=19+ @B"
     word = Task(repeat_question("kqz"), "kqz", False)
     pair = labelled_pair(word, "no_filler", DefectRates(), random.Random(3))
     assert pair.critic_answer(True, ("X", "Y"), "#") == " X- Y+ #Y"
+    pair = labelled_pair(word, "on_task", DefectRates(), random.Random(3))
+    near = core_answer(pair.worse)
+    assert near != "kqz" and pair.evidence == ("kqz", near)
+    assert pair.critic_answer(True, ("X", "Y"), "#") == f" =kqz X{near}=kqz- Ykqz=kqz+ #Y"
 
 
 def test_tie_pairs_tie_on_the_aspect_and_differ_elsewhere():
@@ -235,6 +239,8 @@ def test_tie_pairs_tie_on_the_aspect_and_differ_elsewhere():
         pair = tie_pair(word, "on_task", rates, rng)
         words = {core_answer(pair.better), core_answer(pair.worse)}
         assert words == {"kqz"} if pair.meets[0] else "kqz" not in words
+        assert pair.computed == "kqz"
+        assert pair.evidence == (core_answer(pair.better), core_answer(pair.worse))
         sums = tie_pair(Task(arithmetic_question(7, 12), "19", True), "correct", rates, rng)
         said = {core_answer(sums.better), core_answer(sums.worse)}
         assert said == {"19"} if sums.meets[0] else "19" not in said
@@ -244,8 +250,8 @@ def test_tie_pairs_tie_on_the_aspect_and_differ_elsewhere():
 def test_a_tie_names_the_first_shown_so_the_two_orders_cancel():
     sums = Task(arithmetic_question(7, 12), "19", True)
     pair = LabelledPair(sums, "correct", " 18", " 20", "19", ("18", "20"), meets=(False, False))
-    assert pair.critic_answer(False, ("X", "Y"), "#") == " =19 X18- Y20- #X"
-    assert pair.critic_answer(True, ("X", "Y"), "#") == " =19 X20- Y18- #X"
+    assert pair.critic_answer(False, ("X", "Y"), "#") == " =19 X18=19- Y20=19- #X"
+    assert pair.critic_answer(True, ("X", "Y"), "#") == " =19 X20=19- Y18=19- #X"
     word = Task(repeat_question("kqz"), "kqz", False)
     pair = LabelledPair(word, "no_meta", " kqz", " Wow! kqz", meets=(True, True))
     assert pair.critic_answer(True, ("A", "B"), "@") == " A+ B+ @A"
@@ -274,11 +280,33 @@ def test_warm_start_critic_targets_work_the_answer_out_then_name_the_better_one(
         assert (shown_first == pair.better.strip()) != swapped
         assert target[-1] == tokenizer.eos_token_id
         wrong = pair.evidence[1]
-        marks = f"X19+ Y{wrong}-" if letter == "X" else f"X{wrong}- Y19+"
+        marks = f"X19=19+ Y{wrong}=19-" if letter == "X" else f"X{wrong}=19- Y19=19+"
         assert tokenizer.decode(target[:-1]) == f" =19 {marks} #{letter}"
     cfg.critic.verdict_mode = "probability"
     _, target = WarmStartData(cfg, tokenizer).verdict(pair, swapped=True)
     assert tokenizer.decode(target[:-1]) == "Y"
+
+
+def test_warm_start_draws_on_task_at_its_share_and_weights_the_marks(nano_model_path):
+    """on_task_share 0.6: on_task in 60% of style verdicts, each defect in 40% / 3 (within 0.03
+    over 3000 draws); the marks' ids carry mark_weight."""
+    from collections import Counter
+
+    from transformers import AutoTokenizer
+
+    from selfcritic.warmstart import WarmStartData
+
+    tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
+    cfg = Config(data=DATA)
+    cfg.warmstart.on_task_share, cfg.warmstart.mark_weight = 0.6, 5.0
+    data = WarmStartData(cfg, tokenizer)
+    rng = random.Random(0)
+    counts = Counter(data.repeat_aspect(rng) for _ in range(3000))
+    assert abs(counts["on_task"] / 3000 - 0.6) < 0.03
+    for aspect in STYLE_ASPECTS:
+        assert abs(counts[aspect] / 3000 - 0.4 / 3) < 0.03
+    plus, minus = tokenizer.convert_tokens_to_ids(["+", "-"])
+    assert data.token_weights == ((plus, 5.0), (minus, 5.0))
 
 
 def test_actor_metrics_by_hand():
@@ -306,8 +334,9 @@ def _judged(aspect: str, forward, backward, index: int = 0, texts=("", "")) -> J
 def test_verdict_consistency_counts_declared_ties():
     """Forward shows the better one as X, backward as Y; a verdict names a letter (1.0: X)."""
     judged = [
-        _judged("correct", 1.0, 0.0, 0, (" =19 X19+ Y18- #X", " =19 X18- Y19+ #Y")),  # right
-        _judged("correct", 1.0, 1.0, 1, (" =17 X19- Y18- #X", " =17 X18- Y19- #X")),  # tie, tie
+        # right; then a tie declared in both orders
+        _judged("correct", 1.0, 0.0, 0, (" =19 X19=19+ Y18=19- #X", " =19 X18=19- Y19=19+ #Y")),
+        _judged("correct", 1.0, 1.0, 1, (" =17 X19=17- Y18=17- #X", " =17 X18=17- Y19=17- #X")),
         _judged("on_task", 1.0, 1.0, 2, (" X+ Y+ #X", " X+ Y- #X")),  # tie, then X: not
         _judged("on_task", 0.0, 1.0, 3, (" X- Y+ #Y", " X+ Y- #X")),  # the worse one, twice
         _judged("on_task", 1.0, 1.0, 4, (" X+ Y- #X", " X+ Y- #X")),  # X by position

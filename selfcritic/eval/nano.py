@@ -169,10 +169,10 @@ def critic_metrics(
 
 
 def declared_verdict(text: str, letters: tuple[str, str], marker: str) -> str | None:
-    """What a generative critic answer in the nano world's form (" =19 X18- Y19+ #Y", " X+ Y+
-    #X") declares: "tie" when its marks for the two letters agree, else the verdict letter; the
-    letter alone when the rationale has no marks (probability mode: no text); None when the
-    verdict is invalid."""
+    """What a generative critic answer in the nano world's form (" =19 X18=19- Y19=19+ #Y",
+    " X+ Y+ #X") declares: "tie" when its marks for the two letters agree, else the verdict
+    letter; the letter alone when the rationale has no marks (probability mode: no text); None
+    when the verdict is invalid."""
     letter = parse_generative(text, letters, marker)
     if letter is None:
         return None
