@@ -5,10 +5,11 @@
 
 Each run is `python -m selfcritic.run +experiment=nano` with the variant's overrides, in
 OUT/VARIANT-sSEED (a run whose report.json exists is not run again, so an interrupted study
-continues). All runs share the cached warm-start (its seed is warmstart.seed, not the RL seed):
-the spread over seeds is the RL stage's. The table gives, per variant, the mean and the spread
-(sample standard deviation; a single run shows none) of each headline metric after warm-start,
-after RL, and the change. Written to OUT/summary.md and printed.
+continues). All runs share the cached warm-start (its seed is warmstart.seed, not the RL seed),
+and the spread over seeds is the RL stage's; with `--vary-warmstart` each seed trains its own
+warm-start too, and the spread is the whole run's. The table gives, per variant, the mean and
+the spread (sample standard deviation; a single run shows none) of each headline metric after
+warm-start, after RL, and the change. Written to OUT/summary.md and printed.
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ METRICS = (
     ("eval/answer_kept_rate", "word kept (rubric-only tasks)"),
     ("eval/critic_invalid_rate", "critic invalid"),
     ("eval/critic_position_consistency", "critic consistency"),
+    ("eval/critic_position_consistency_correct", "critic consistency on correctness"),
+    ("eval/critic_position_consistency_on_task", "critic consistency on on_task"),
     ("eval/critic_verdict_consistency", "critic consistency (ties count)"),
     ("eval/critic_injection_flip_rate", "injection flips"),
 )
 
 
-def run(out: Path, variant: str, seed: int, extra: list[str]) -> dict | None:
+def run(out: Path, variant: str, seed: int, extra: list[str], vary_warmstart: bool) -> dict | None:
     run_dir = out / f"{variant}-s{seed}"
     report = run_dir / "report.json"
     if not report.exists():
@@ -60,6 +63,7 @@ def run(out: Path, variant: str, seed: int, extra: list[str]) -> dict | None:
             f"trainer.output_dir={run_dir}",
             f"trainer.seed={seed}",
             f"data.seed={seed}",
+            *([f"warmstart.seed={seed}"] if vary_warmstart else []),
             "tracking.console=quiet",
             *VARIANTS[variant],
             *extra,
@@ -108,13 +112,20 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--ablation-seeds", nargs="*", type=int, default=[0])
+    parser.add_argument(
+        "--vary-warmstart",
+        action="store_true",
+        help="each seed seeds the warm-start too (warmstart.seed): the spread is the whole run's",
+    )
     parser.add_argument("overrides", nargs="*", help="added to every run")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {}
     for variant in args.variants:
         seeds = args.seeds if variant == "full" else args.ablation_seeds
-        reports = [run(args.out, variant, seed, args.overrides) for seed in seeds]
+        reports = [
+            run(args.out, variant, seed, args.overrides, args.vary_warmstart) for seed in seeds
+        ]
         results[variant] = [r for r in reports if r is not None]
     text = summary(results)
     (args.out / "summary.md").write_text(text + "\n")
