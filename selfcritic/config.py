@@ -284,13 +284,17 @@ class WarmStartConfig:
     # right critic names the first shown, and its two orders cancel. Without them it broke ties
     # by the other aspects, and RL rewarded filler through on_task (docs/nano-world.md)
     ties: float = 0.3
-    # Share of the style verdicts on on_task (the rest split evenly over the three defects):
-    # an equality check like correctness, learned far slower than the defects (docs/nano-world.md)
-    on_task_share: float = 0.25
+    # Share of the style verdicts on on_task, the rest split evenly over the three defects; None:
+    # the four aspects alike. On_task is an equality check like correctness, learned far slower
+    # than the defects (docs/benchmarks.md, the nano world: marks side by side)
+    on_task_share: float | None = None
     # Weight of the verdicts' marks (+ and -) in the language-model loss, here and in RL's PTX:
     # they are 2 tokens of a verdict's 15-20, and the equality checks they end are what the
-    # nano critic learns last (docs/benchmarks.md, the nano world: marks)
+    # nano critic learns last
     mark_weight: float = 1.0
+    # Verdict form: the computed answer restated beside each response's on correctness and
+    # on_task (" =19 X18=19- Y19=19+ #Y"), so each mark compares strings 3 characters apart
+    side_by_side: bool = False
     wrong: float = 0.5  # share of wrong arithmetic answers in the actor data
     praise: float = 0.35  # share of repeat answers opening with praise
     meta: float = 0.35  # ... with meta-commentary
@@ -539,8 +543,10 @@ def _validate_nano_world(cfg: Config) -> None:
     _require(cfg.data.max_draws >= 1, "data.max_draws", "must be at least 1")
     warm = cfg.warmstart
     shares = ("wrong", "praise", "meta", "filler", "claim", "correctness_after", "minimal_pairs")
-    for key in (*shares, "ties", "on_task_share"):
+    for key in (*shares, "ties"):
         _require(0 <= getattr(warm, key) <= 1, f"warmstart.{key}", "must be in [0, 1]")
+    share = warm.on_task_share
+    _require(share is None or 0 <= share <= 1, "warmstart.on_task_share", "must be in [0, 1]")
     _require(warm.steps >= 1, "warmstart.steps", "must be at least 1")
     _require(warm.mark_weight > 0, "warmstart.mark_weight", "must be positive")
     _require_lr_schedule(warm.lr_schedule, "warmstart.lr_schedule")

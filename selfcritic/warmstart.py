@@ -5,13 +5,13 @@ Data (selfcritic/data/nano_world.py, training split only), `warmstart.steps` bat
   configured rates, so the actor starts weak and with habits to unlearn;
 - critic verdicts: the critic prompt of a labelled pair (`critic.template`, the better response
   shown first or second at random) -> what a right critic writes: in generative mode its checks
-  and the verdict (" =19 X18=19- Y19=19+ #Y": on correctness it works the sum out, restates
-  each answer beside it and marks it; on on_task the same with the asked word; " X- Y+ #Y" on
-  a defect aspect: `LabelledPair.critic_answer`), in probability mode the letter alone. The
-  marks can weigh more than other tokens in the loss (`warmstart.mark_weight`, here and in
-  RL's PTX). A share of the pairs tie on the judged aspect (the letter
-  then names the first shown, so the two orders cancel): the critic learns that the other
-  aspects do not decide this one.
+  and the verdict (" =19 X18- Y19+ #Y": on correctness it works the sum out, restates each
+  answer and marks it; " X- Y+ #Y" on a style aspect; `warmstart.side_by_side` restates the
+  computed answer beside each one, on on_task too: `LabelledPair.critic_answer`), in
+  probability mode the letter alone. The marks can weigh more than other tokens in the loss
+  (`warmstart.mark_weight`, here and in RL's PTX). A share of the pairs tie on the judged
+  aspect (the letter then names the first shown, so the two orders cancel): the critic learns
+  that the other aspects do not decide this one.
 Every target ends with EOS and only targets are learned. One training path: a `Learner` (the
 class each learner-group rank runs) whose batches hold only PTX pairs, so MuonClip's QK-Clip and
 router balancing act as they do in RL. Its rates are constant, or held and then decayed over
@@ -37,6 +37,7 @@ from selfcritic.critic.judge import Judge, prompt_encoder, verdict_token_ids
 from selfcritic.data.nano_world import (
     MARKS,
     ON_TASK,
+    REPEAT_ASPECTS,
     STYLE_ASPECTS,
     DefectRates,
     LabelledPair,
@@ -110,10 +111,12 @@ class WarmStartData:
         return self.verdict(pair, swapped=rng.random() < 0.5)
 
     def repeat_aspect(self, rng: random.Random) -> str:
-        """on_task at `warmstart.on_task_share`, else one of the defect aspects."""
-        if rng.random() < self.cfg.warmstart.on_task_share:
-            return ON_TASK
-        return rng.choice(sorted(STYLE_ASPECTS))
+        """on_task at `warmstart.on_task_share`, else one of the defect aspects; all four alike
+        when it is None."""
+        share = self.cfg.warmstart.on_task_share
+        if share is None:
+            return rng.choice(REPEAT_ASPECTS)
+        return ON_TASK if rng.random() < share else rng.choice(sorted(STYLE_ASPECTS))
 
     def verdict(self, pair: LabelledPair, swapped: bool) -> Pair:
         """The critic prompt with the better response first (or second, `swapped`) and the
@@ -122,7 +125,8 @@ class WarmStartData:
         letters = tuple(critic.verdict_letters)
         answer = pair.verdict_letter(swapped, letters)
         if critic.verdict_mode == "generative":
-            answer = pair.critic_answer(swapped, letters, critic.verdict_marker)
+            side_by_side = self.cfg.warmstart.side_by_side
+            answer = pair.critic_answer(swapped, letters, critic.verdict_marker, side_by_side)
         return tuple(self.encode(self.judge.prompt_text(pair.job(), swapped))), self.target(answer)
 
     def batch(

@@ -18,6 +18,7 @@ from selfcritic.critic.judge import Judged, PairJob
 from selfcritic.data.nano_probes import nano_probes
 from selfcritic.data.nano_world import (
     CLAIM,
+    REPEAT_ASPECTS,
     STYLE_ASPECTS,
     DefectRates,
     LabelledPair,
@@ -206,15 +207,20 @@ def test_critic_answer_checks_each_response_then_names_the_one_marked_plus():
     math = Task(arithmetic_question(7, 12), "19", True)
     pair = labelled_pair(math, "correct", DefectRates(), random.Random(3))
     wrong = pair.evidence[1]
-    assert pair.critic_answer(False, ("X", "Y"), "#") == f" =19 X19=19+ Y{wrong}=19- #X"
-    assert pair.critic_answer(True, ("A", "B"), "@") == f" =19 A{wrong}=19- B19=19+ @B"
+    assert pair.critic_answer(False, ("X", "Y"), "#") == f" =19 X19+ Y{wrong}- #X"
+    assert pair.critic_answer(True, ("A", "B"), "@") == f" =19 A{wrong}- B19+ @B"
+    side = pair.critic_answer(False, ("X", "Y"), "#", side_by_side=True)
+    assert side == f" =19 X19=19+ Y{wrong}=19- #X"
     word = Task(repeat_question("kqz"), "kqz", False)
-    pair = labelled_pair(word, "no_filler", DefectRates(), random.Random(3))
-    assert pair.critic_answer(True, ("X", "Y"), "#") == " X- Y+ #Y"
+    for side_by_side in (False, True):  # the defect aspects: bare marks in both forms
+        pair = labelled_pair(word, "no_filler", DefectRates(), random.Random(3))
+        assert pair.critic_answer(True, ("X", "Y"), "#", side_by_side) == " X- Y+ #Y"
     pair = labelled_pair(word, "on_task", DefectRates(), random.Random(3))
     near = core_answer(pair.worse)
     assert near != "kqz" and pair.evidence == ("kqz", near)
-    assert pair.critic_answer(True, ("X", "Y"), "#") == f" =kqz X{near}=kqz- Ykqz=kqz+ #Y"
+    assert pair.critic_answer(True, ("X", "Y"), "#") == " X- Y+ #Y"
+    side = pair.critic_answer(True, ("X", "Y"), "#", side_by_side=True)
+    assert side == f" =kqz X{near}=kqz- Ykqz=kqz+ #Y"
 
 
 def test_tie_pairs_tie_on_the_aspect_and_differ_elsewhere():
@@ -250,8 +256,8 @@ def test_tie_pairs_tie_on_the_aspect_and_differ_elsewhere():
 def test_a_tie_names_the_first_shown_so_the_two_orders_cancel():
     sums = Task(arithmetic_question(7, 12), "19", True)
     pair = LabelledPair(sums, "correct", " 18", " 20", "19", ("18", "20"), meets=(False, False))
-    assert pair.critic_answer(False, ("X", "Y"), "#") == " =19 X18=19- Y20=19- #X"
-    assert pair.critic_answer(True, ("X", "Y"), "#") == " =19 X20=19- Y18=19- #X"
+    assert pair.critic_answer(False, ("X", "Y"), "#") == " =19 X18- Y20- #X"
+    assert pair.critic_answer(True, ("X", "Y"), "#", side_by_side=True) == " =19 X20=19- Y18=19- #X"
     word = Task(repeat_question("kqz"), "kqz", False)
     pair = LabelledPair(word, "no_meta", " kqz", " Wow! kqz", meets=(True, True))
     assert pair.critic_answer(True, ("A", "B"), "@") == " A+ B+ @A"
@@ -280,16 +286,19 @@ def test_warm_start_critic_targets_work_the_answer_out_then_name_the_better_one(
         assert (shown_first == pair.better.strip()) != swapped
         assert target[-1] == tokenizer.eos_token_id
         wrong = pair.evidence[1]
-        marks = f"X19=19+ Y{wrong}=19-" if letter == "X" else f"X{wrong}=19- Y19=19+"
+        marks = f"X19+ Y{wrong}-" if letter == "X" else f"X{wrong}- Y19+"
         assert tokenizer.decode(target[:-1]) == f" =19 {marks} #{letter}"
+    cfg.warmstart.side_by_side = True
+    _, target = WarmStartData(cfg, tokenizer).verdict(pair, swapped=False)
+    assert tokenizer.decode(target[:-1]) == f" =19 X19=19+ Y{pair.evidence[1]}=19- #X"
     cfg.critic.verdict_mode = "probability"
     _, target = WarmStartData(cfg, tokenizer).verdict(pair, swapped=True)
     assert tokenizer.decode(target[:-1]) == "Y"
 
 
 def test_warm_start_draws_on_task_at_its_share_and_weights_the_marks(nano_model_path):
-    """on_task_share 0.6: on_task in 60% of style verdicts, each defect in 40% / 3 (within 0.03
-    over 3000 draws); the marks' ids carry mark_weight."""
+    """on_task_share 0.6: on_task in 60% of style verdicts, each defect in 40% / 3; None: each
+    of the four in 25% (within 0.03 over 3000 draws); the marks' ids carry mark_weight."""
     from collections import Counter
 
     from transformers import AutoTokenizer
@@ -305,6 +314,9 @@ def test_warm_start_draws_on_task_at_its_share_and_weights_the_marks(nano_model_
     assert abs(counts["on_task"] / 3000 - 0.6) < 0.03
     for aspect in STYLE_ASPECTS:
         assert abs(counts[aspect] / 3000 - 0.4 / 3) < 0.03
+    cfg.warmstart.on_task_share = None
+    counts = Counter(WarmStartData(cfg, tokenizer).repeat_aspect(rng) for _ in range(3000))
+    assert all(abs(counts[aspect] / 3000 - 0.25) < 0.03 for aspect in REPEAT_ASPECTS)
     plus, minus = tokenizer.convert_tokens_to_ids(["+", "-"])
     assert data.token_weights == ((plus, 5.0), (minus, 5.0))
 

@@ -206,23 +206,27 @@ class LabelledPair:
         preferred the answer with filler), and RL followed."""
         return letters[0] if self.tie else letters[1 if swapped else 0]
 
-    def critic_answer(self, swapped: bool, letters: tuple[str, str], marker: str) -> str:
+    def critic_answer(
+        self, swapped: bool, letters: tuple[str, str], marker: str, side_by_side: bool = False
+    ) -> str:
         """What a right generative critic writes, the better response shown second if
-        `swapped`: the computed answer, then each response in the order shown with its evidence,
-        the computed answer again and + (meets the aspect) or - (fails it), then the verdict:
-        " =19 X18=19- Y19=19+ #Y" on correctness, " =kq Xkq=kq+ Ykd=kq- #X" on on_task,
-        " X- Y+ #Y" on a defect aspect, " X+ Y+ #X" on a tie. Each mark checks one response and
-        the letter follows from the marks: local steps a nano model learns, where a bare letter
-        needs the whole comparison at once (it stayed at chance on correctness and contrast
-        pairs). The mark compares two strings written side by side, characters 3 apart: with
-        the computed answer only at the head (" =19 X18- Y19+ #Y") the distance varies, and the
-        marks stayed near chance (docs/benchmarks.md, the nano world: marks)."""
+        `swapped`: on correctness the computed answer, then each response in the order shown
+        with its evidence and + (meets the aspect) or - (fails it), then the verdict:
+        " =19 X18- Y19+ #Y"; bare marks on a repeat aspect, " X- Y+ #Y"; " X+ Y+ #X" on a tie.
+        Each mark checks one response and the letter follows from the marks: local steps a nano
+        model learns, where a bare letter needs the whole comparison at once (it stayed at
+        chance on correctness and contrast pairs). `side_by_side` writes the computed answer
+        again beside each response's, on correctness and on on_task (the asked word), so that
+        each mark compares two strings 3 characters apart: " =19 X18=19- Y19=19+ #Y",
+        " =kq Xkq=kq+ Ykd=kq- #X" (docs/benchmarks.md, the nano world: marks side by side)."""
         signs = (MARKS[0] if meets else MARKS[1] for meets in self.meets)
-        shown = list(zip(self.evidence, signs, strict=True))
+        restated = bool(self.computed) and (side_by_side or self.aspect == "correct")
+        evidence = self.evidence if restated else ("", "")
+        shown = list(zip(evidence, signs, strict=True))
         if swapped:
             shown.reverse()
-        head = f" ={self.computed}" if self.computed else ""
-        check = f"={self.computed}" if self.computed else ""
+        head = f" ={self.computed}" if restated else ""
+        check = f"={self.computed}" if restated and side_by_side else ""
         marks = "".join(
             f" {letter}{said}{check}{mark}"
             for letter, (said, mark) in zip(letters, shown, strict=True)
