@@ -175,9 +175,8 @@ def test_batch_split_and_totals():
     assert [len(p.ptx_sequences) for p in parts] == [1, 0]
     totals = BatchTotals.of(batch)
     assert totals == BatchTotals(sequences=5, tokens=31, calibration_weight=3.5, ptx_tokens=15)
-    (_, target), *_ = batch.ptx_sequences
-    weighted = BatchTotals.of(replace(batch, ptx_token_weights=((target[0], 4.0),)))
-    assert weighted.ptx_tokens == 15 + 3 * target.count(target[0])
+    (_, target), *_ = batch.ptx_sequences  # token weights add emphasis, not tokens
+    assert BatchTotals.of(replace(batch, ptx_token_weights=((target[0], 4.0),))) == totals
 
 
 def test_rendezvous_store_owns_its_port_from_the_start():

@@ -86,11 +86,11 @@ def test_ptx_lowers_the_curated_text_loss(nano_model_path):
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_ptx_token_weights_weight_each_target_token_in_the_loss_and_its_normaliser(
+def test_ptx_token_weights_weight_each_target_token_in_the_loss(
     nano_model_path,
 ):
-    """Weight 3 on "+": the loss is -(sum of w * logprob) / (sum of w) over the targets, the
-    logprobs read here from a separately loaded copy of the model."""
+    """Weight 3 on "+": the loss is -(sum of w * logprob) / (number of targets), the logprobs
+    read here from a separately loaded copy of the model."""
     from transformers import AutoModelForCausalLM
 
     tokenizer, sequence = _tokens(nano_model_path, "C: X7+ Y8-")
@@ -102,7 +102,7 @@ def test_ptx_token_weights_weight_each_target_token_in_the_loss_and_its_normalis
     with torch.no_grad():
         logits = reference(input_ids=torch.tensor([sequence])).logits[0, 3:-1]
     logprobs = torch.log_softmax(logits.double(), -1)[torch.arange(len(target)), list(target)]
-    expected = -sum(w * float(lp) for w, lp in zip(weights, logprobs, strict=True)) / sum(weights)
+    expected = -sum(w * float(lp) for w, lp in zip(weights, logprobs, strict=True)) / len(target)
     learner = Learner(
         nano_model_path, LearnerConfig(ptx_weight=1.0), OptimConfig(), trust_engine=True
     )

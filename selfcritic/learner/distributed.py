@@ -30,7 +30,7 @@ class BatchTotals:
     sequences: int  # policy sequences
     tokens: int  # policy completion tokens
     calibration_weight: float  # sum of the critic examples' weights
-    ptx_tokens: float  # target tokens of the PTX pairs, each counted at its token weight
+    ptx_tokens: int  # target tokens of the PTX pairs
 
     @staticmethod
     def of(batch: PolicyBatch) -> BatchTotals:
@@ -38,13 +38,8 @@ class BatchTotals:
             sequences=len(batch.prompts),
             tokens=sum(len(c) for c in batch.completions),
             calibration_weight=sum(e.weight for e in batch.critic_examples),
-            ptx_tokens=weighted_target_tokens(batch.ptx_sequences, dict(batch.ptx_token_weights)),
+            ptx_tokens=sum(len(target) for _, target in batch.ptx_sequences),
         )
-
-
-def weighted_target_tokens(sequences, weights: dict[int, float]) -> float:
-    """The targets' tokens of (context, target) pairs, each counted at `weights` (default 1)."""
-    return float(sum(weights.get(token, 1.0) for _, target in sequences for token in target))
 
 
 def _slices(count: int, parts: int) -> list[slice]:
