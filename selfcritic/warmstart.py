@@ -214,21 +214,13 @@ def train(cfg: Config, base_model: Path, out_dir: Path) -> dict:
     learner = Learner(base_model, learner_cfg, warm_start_optim(cfg), trust_engine=True)
     rng = random.Random(f"warmstart:{cfg.warmstart.seed}")
     warm, losses, start = cfg.warmstart, [], time.perf_counter()
-    weights = data.token_weights
+    marks = data.token_weights  # the verdicts' marks and their weight
     for step in range(1, warm.steps + 1):
         correctness = step > warm.correctness_after * warm.steps
         pairs = data.batch(rng, warm.actor_examples, warm.critic_examples, correctness)
         lr_scale = warm_start_lr_scale(warm, step)
         batch = PolicyBatch(
-            [],
-            [],
-            [],
-            [],
-            1.0,
-            1,
-            ptx_sequences=pairs,
-            ptx_token_weights=weights,
-            lr_scale=lr_scale,
+            [], [], [], [], 1.0, 1, ptx_sequences=pairs, ptx_token_weights=marks, lr_scale=lr_scale
         )
         losses.append(learner.step(batch)["ptx_loss"])
         if step % 25 == 0 or step == warm.steps:
