@@ -86,9 +86,7 @@ def test_ptx_lowers_the_curated_text_loss(nano_model_path):
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_ptx_token_weights_weight_each_target_token_in_the_loss(
-    nano_model_path,
-):
+def test_ptx_token_weights_weight_each_target_token_in_the_loss(nano_model_path):
     """Weight 3 on "+": the loss is -(sum of w * logprob) / (number of targets), the logprobs
     read here from a separately loaded copy of the model."""
     from transformers import AutoModelForCausalLM

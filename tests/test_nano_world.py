@@ -257,6 +257,7 @@ def test_a_tie_names_the_first_shown_so_the_two_orders_cancel():
     sums = Task(arithmetic_question(7, 12), "19", True)
     pair = LabelledPair(sums, "correct", " 18", " 20", "19", ("18", "20"), meets=(False, False))
     assert pair.critic_answer(False, ("X", "Y"), "#") == " =19 X18- Y20- #X"
+    assert pair.critic_answer(True, ("X", "Y"), "#") == " =19 X20- Y18- #X"
     assert pair.critic_answer(True, ("X", "Y"), "#", side_by_side=True) == " =19 X20=19- Y18=19- #X"
     word = Task(repeat_question("kqz"), "kqz", False)
     pair = LabelledPair(word, "no_meta", " kqz", " Wow! kqz", meets=(True, True))
