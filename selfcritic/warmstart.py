@@ -76,12 +76,11 @@ class WarmStartData:
         self.judge = Judge(
             cfg.critic, self.encode, verdict_token_ids(tokenizer, cfg.critic.verdict_letters)
         )
-
-    @property
-    def token_weights(self) -> tuple[tuple[int, float], ...]:
-        """(token id, weight) of the verdicts' marks in the loss (`warmstart.mark_weight`)."""
-        marks = self.tokenizer.convert_tokens_to_ids(list(MARKS))
-        return tuple((token_id, self.cfg.warmstart.mark_weight) for token_id in marks)
+        # (token id, weight) of the verdicts' marks in the loss (`warmstart.mark_weight`)
+        self.token_weights = tuple(
+            (token_id, cfg.warmstart.mark_weight)
+            for token_id in tokenizer.convert_tokens_to_ids(list(MARKS))
+        )
 
     def target(self, text: str) -> tuple[int, ...]:
         ids = self.tokenizer(text, add_special_tokens=False).input_ids

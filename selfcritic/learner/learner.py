@@ -254,14 +254,14 @@ class Learner:
         """Backpropagate weight * language-model loss on the targets of the batch's curated
         (context, target) pairs, tokens weighted by `ptx_token_weights`; returns its value."""
         sequences, total = batch.ptx_sequences, totals.ptx_tokens
-        value = 0.0
+        weights, value = dict(batch.ptx_token_weights), 0.0
         lengths = [len(context) + len(target) for context, target in sequences]
         for rows in token_micro_batches(lengths, self.cfg.max_tokens_per_micro_batch):
             chunk = [sequences[r] for r in rows]
             ids, attention, mask = pad_batch(
                 [context for context, _ in chunk], [target for _, target in chunk], self.pad_id
             )
-            mask = mask * token_weight_grid(ids[:, 1:], dict(batch.ptx_token_weights))
+            mask = mask * token_weight_grid(ids[:, 1:], weights)
             loss = ptx_loss(token_logprobs(self.model, ids, attention, 1.0), mask, total)
             (self.cfg.ptx_weight * loss).backward()
             value += float(loss.detach())
