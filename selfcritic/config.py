@@ -529,6 +529,11 @@ def _validate_lr_schedule(trainer: TrainerConfig) -> None:
     )
 
 
+# The longest side-by-side verdict of the nano world, " =28 X38=28- Y28=28+ #Y", is 23 characters
+# (sums up to 28, wrong ones up to 38), one token each, and the end token
+SIDE_BY_SIDE_VERDICT_TOKENS = 24
+
+
 def _validate_nano_world(cfg: Config) -> None:
     """Data, warm-start and evaluation settings."""
     from selfcritic.data.prompts import PROMPT_SOURCES
@@ -549,6 +554,12 @@ def _validate_nano_world(cfg: Config) -> None:
     _require(share is None or 0 <= share <= 1, "warmstart.on_task_share", "must be in [0, 1]")
     _require(warm.steps >= 1, "warmstart.steps", "must be at least 1")
     _require(warm.mark_weight > 0, "warmstart.mark_weight", "must be positive")
+    _require(
+        not warm.side_by_side or cfg.critic.max_tokens >= SIDE_BY_SIDE_VERDICT_TOKENS,
+        "critic.max_tokens",
+        f"warmstart.side_by_side verdicts take up to {SIDE_BY_SIDE_VERDICT_TOKENS} tokens; "
+        f"set critic.max_tokens={SIDE_BY_SIDE_VERDICT_TOKENS} or more",
+    )
     _require_lr_schedule(warm.lr_schedule, "warmstart.lr_schedule")
     _require(0 < warm.lr_decay_fraction <= 1, "warmstart.lr_decay_fraction", "must be in (0, 1]")
     _require(0 <= warm.lr_final_fraction <= 1, "warmstart.lr_final_fraction", "must be in [0, 1]")

@@ -92,6 +92,8 @@ def test_missing_model_path_names_the_key(tmp_path):
         ("warmstart.lr_final_fraction=-0.1", "warmstart.lr_final_fraction"),
         ("warmstart.on_task_share=1.2", "warmstart.on_task_share"),
         ("warmstart.mark_weight=0", "warmstart.mark_weight"),
+        # the side-by-side verdict is 24 tokens with its end; 20 would cut it short
+        ("warmstart.side_by_side=true critic.max_tokens=20", "critic.max_tokens"),
         ("eval.suite=mmlu", "eval.suite"),
         # the nano suite and the warm-start need the nano world's tasks
         ("eval.suite=nano", "data.source"),
