@@ -2,14 +2,16 @@
 
     python benchmarks/nano_study.py --out runs/study                # full x 3 seeds + ablations
     python benchmarks/nano_study.py --out runs/study --variants full --seeds 0 1 2
+    python benchmarks/nano_study.py --out runs/consistent --experiment nano_consistent
 
-Each run is `python -m selfcritic.run +experiment=nano` with the variant's overrides, in
-OUT/VARIANT-sSEED (a run whose report.json exists is not run again, so an interrupted study
-continues). All runs share the cached warm-start (its seed is warmstart.seed, not the RL seed),
-and the spread over seeds is the RL stage's; with `--vary-warmstart` each seed trains its own
-warm-start too, and the spread is the whole run's. The table gives, per variant, the mean and
-the spread (sample standard deviation; a single run shows none) of each headline metric after
-warm-start, after RL, and the change. Written to OUT/summary.md and printed.
+Each run is `python -m selfcritic.run +experiment=EXPERIMENT` (nano unless --experiment) with
+the variant's overrides, in OUT/VARIANT-sSEED (a run whose report.json exists is not run again,
+so an interrupted study continues). All runs share the cached warm-start (its seed is
+warmstart.seed, not the RL seed), and the spread over seeds is the RL stage's; with
+`--vary-warmstart` each seed trains its own warm-start too, and the spread is the whole run's.
+The table gives, per variant, the mean and the spread (sample standard deviation; a single run
+shows none) of each headline metric after warm-start, after RL, and the change. Written to
+OUT/summary.md and printed.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ METRICS = (
 )
 
 
-def run(out: Path, variant: str, seed: int, extra: list[str], vary_warmstart: bool) -> dict | None:
+def run(
+    out: Path, variant: str, seed: int, extra: list[str], args: argparse.Namespace
+) -> dict | None:
     run_dir = out / f"{variant}-s{seed}"
     report = run_dir / "report.json"
     if not report.exists():
@@ -59,11 +63,11 @@ def run(out: Path, variant: str, seed: int, extra: list[str], vary_warmstart: bo
             sys.executable,
             "-m",
             "selfcritic.run",
-            "+experiment=nano",
+            f"+experiment={args.experiment}",
             f"trainer.output_dir={run_dir}",
             f"trainer.seed={seed}",
             f"data.seed={seed}",
-            *([f"warmstart.seed={seed}"] if vary_warmstart else []),
+            *([f"warmstart.seed={seed}"] if args.vary_warmstart else []),
             "tracking.console=quiet",
             *VARIANTS[variant],
             *extra,
@@ -109,6 +113,7 @@ def summary(results: dict[str, list[dict]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/study"))
+    parser.add_argument("--experiment", default="nano", help="nano or nano_consistent")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--ablation-seeds", nargs="*", type=int, default=[0])
@@ -123,9 +128,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for variant in args.variants:
         seeds = args.seeds if variant == "full" else args.ablation_seeds
-        reports = [
-            run(args.out, variant, seed, args.overrides, args.vary_warmstart) for seed in seeds
-        ]
+        reports = [run(args.out, variant, seed, args.overrides, args) for seed in seeds]
         results[variant] = [r for r in reports if r is not None]
     text = summary(results)
     (args.out / "summary.md").write_text(text + "\n")

@@ -19,12 +19,16 @@ def compose_config(*overrides: str):
         return compose(config_name="config", overrides=["+experiment=nano_quick", *overrides])
 
 
-def test_default_nano_experiment_is_valid():
+@pytest.mark.parametrize("experiment", ["nano", "nano_consistent"])
+def test_nano_experiments_are_valid(experiment):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        config = to_config(compose(config_name="config", overrides=["+experiment=nano"]))
+        config = to_config(compose(config_name="config", overrides=[f"+experiment={experiment}"]))
     validate(config)
     assert config.data.source == "nano_world" and config.warmstart.enabled
     assert config.eval.suite == "nano" and config.critic.verdict_mode == "generative"
+    # nano_consistent is nano with the marks side by side; nano keeps the head form
+    assert config.warmstart.side_by_side == (experiment == "nano_consistent")
+    assert config.data.prompts_per_step == 16 and config.trainer.steps == 30
 
 
 def test_nano_experiment_composes_into_typed_config():
