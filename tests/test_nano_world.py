@@ -35,7 +35,12 @@ from selfcritic.data.nano_world import (
     synthetic_response,
     tie_pair,
 )
-from selfcritic.eval.nano import actor_metrics, critic_metrics, declared_verdict
+from selfcritic.eval.nano import (
+    actor_metrics,
+    critic_metrics,
+    declared_verdict,
+    worked_answer_accuracy,
+)
 from selfcritic.eval.report import summarise, table, write_report
 from selfcritic.rollout.types import Sample
 
@@ -364,6 +369,19 @@ def test_verdict_consistency_counts_declared_ties():
     assert math.isnan(m["eval/critic_verdict_consistency_no_meta"])  # no pairs
     assert declared_verdict(" X+ Y+ #X #Y", ("X", "Y"), "#") is None  # invalid
     assert declared_verdict(" 7 #Y", ("X", "Y"), "#") == "Y"  # no marks: the letter
+
+
+def test_worked_answer_accuracy_reads_the_critics_sum():
+    judged = [
+        # 7+12: the critic worked out 19 in one order and 18 in the other
+        _judged("correct", 1.0, 0.0, 0, (" =19 X19=19+ Y18=19- #X", " =18 X18- Y19- #X")),
+        _judged("correct", 1.0, 0.0, 1, (" X14+ Y13- #X", " =14 X13- Y14+ #Y")),  # no sum: wrong
+        _judged("on_task", 1.0, 0.0, 0, (" =kq Xkq=kq+ Ykd=kq- #X", " X+ Y- #Y")),  # not keyed
+    ]
+    references = {("correct", 0): "19", ("correct", 1): "14"}
+    assert worked_answer_accuracy(judged, references) == pytest.approx(2 / 4)
+    no_texts = [_judged("correct", 1.0, 0.0, 0)]  # probability mode
+    assert math.isnan(worked_answer_accuracy(no_texts, references))
 
 
 def test_critic_metrics_by_hand():
