@@ -53,9 +53,9 @@ METRICS = (
 )
 
 
-def run(
-    out: Path, variant: str, seed: int, extra: list[str], args: argparse.Namespace
-) -> dict | None:
+def run(args: argparse.Namespace, variant: str, seed: int) -> dict | None:
+    """The report of OUT/VARIANT-sSEED, run now unless it exists (None if the run failed)."""
+    out = args.out
     run_dir = out / f"{variant}-s{seed}"
     report = run_dir / "report.json"
     if not report.exists():
@@ -70,7 +70,7 @@ def run(
             *([f"warmstart.seed={seed}"] if args.vary_warmstart else []),
             "tracking.console=quiet",
             *VARIANTS[variant],
-            *extra,
+            *args.overrides,
         ]
         print(f"[{time.strftime('%H:%M:%S')}] {variant} seed {seed}: {' '.join(command[2:])}")
         start = time.perf_counter()
@@ -128,7 +128,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for variant in args.variants:
         seeds = args.seeds if variant == "full" else args.ablation_seeds
-        reports = [run(args.out, variant, seed, args.overrides, args) for seed in seeds]
+        reports = [run(args, variant, seed) for seed in seeds]
         results[variant] = [r for r in reports if r is not None]
     text = summary(results)
     (args.out / "summary.md").write_text(text + "\n")
