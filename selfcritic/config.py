@@ -115,12 +115,13 @@ class CalibrationConfig:
     aspect: str = "correct"  # the correctness aspect calibration pairs are judged on
     description: str = "the answer is correct"
     pairs_per_group: int = 1  # correct-vs-wrong pairs judged per verifiable group
-    min_pairs: int = 4  # pairs handed to the learner each step, topped up from the replay buffer
-    buffer_size: int = 256  # pairs kept for replay
+    # supervised form: pairs handed to the learner each step, topped up from the replay buffer
+    min_pairs: int = 4
+    buffer_size: int = 256  # supervised form: pairs kept for replay
     correct_min: float = 1.0  # a verifier score >= this is "correct"
     wrong_max: float = 0.0  # a verifier score <= this is "wrong"
     target: float = 1.0  # probability the target puts on the correct response's letter
-    weight: float = 1.0  # weight of each example in the calibration loss
+    weight: float = 1.0  # supervised form: weight of each example in the calibration loss
     rl_samples: int = 4  # rl form: verdicts sampled per pair and order (one group each)
 
 
