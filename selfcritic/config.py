@@ -530,13 +530,17 @@ def _validate_lr_schedule(trainer: TrainerConfig) -> None:
     )
 
 
-# The longest side-by-side verdict of the nano world, " =28 X38=28- Y28=28+ #Y", is 23 characters
-# (sums up to 28, wrong ones up to 38), one token each, and the end token
-SIDE_BY_SIDE_VERDICT_TOKENS = 24
+def side_by_side_verdict_tokens(max_operand: int, word_length: int) -> int:
+    """Tokens of the nano world's longest side-by-side verdict and its end token (one token a
+    character): " =28 X38=28- Y28=28+ #Y" at max_operand 14, whose wrong sums reach 38. The
+    head " =S", each response's " XA=S-", the verdict " #Y"."""
+    width = max(len(str(2 * max_operand + 10)), word_length)  # a (wrong) sum, or a word
+    return (2 + width) + 2 * (4 + 2 * width) + 3 + 1
 
 
 def _validate_nano_world(cfg: Config) -> None:
     """Data, warm-start and evaluation settings."""
+    from selfcritic.data.nano_world import WORD_LENGTH
     from selfcritic.data.prompts import PROMPT_SOURCES
 
     _require(
@@ -555,11 +559,12 @@ def _validate_nano_world(cfg: Config) -> None:
     _require(share is None or 0 <= share <= 1, "warmstart.on_task_share", "must be in [0, 1]")
     _require(warm.steps >= 1, "warmstart.steps", "must be at least 1")
     _require(warm.mark_weight > 0, "warmstart.mark_weight", "must be positive")
+    needed = side_by_side_verdict_tokens(cfg.data.max_operand, WORD_LENGTH)
     _require(
-        not warm.side_by_side or cfg.critic.max_tokens >= SIDE_BY_SIDE_VERDICT_TOKENS,
+        not warm.side_by_side or cfg.critic.max_tokens >= needed,
         "critic.max_tokens",
-        f"warmstart.side_by_side verdicts take up to {SIDE_BY_SIDE_VERDICT_TOKENS} tokens; "
-        f"set critic.max_tokens={SIDE_BY_SIDE_VERDICT_TOKENS} or more",
+        f"warmstart.side_by_side verdicts take up to {needed} tokens at "
+        f"data.max_operand={cfg.data.max_operand}; set critic.max_tokens={needed} or more",
     )
     _require_lr_schedule(warm.lr_schedule, "warmstart.lr_schedule")
     _require(0 < warm.lr_decay_fraction <= 1, "warmstart.lr_decay_fraction", "must be in (0, 1]")

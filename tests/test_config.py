@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from selfcritic.config import ConfigError, validate
+from selfcritic.config import ConfigError, side_by_side_verdict_tokens, validate
 from selfcritic.run import CONF_DIR, to_config
 
 
@@ -29,6 +29,14 @@ def test_nano_experiments_are_valid(experiment):
     # nano_consistent is nano with the marks side by side; nano keeps the head form
     assert config.warmstart.side_by_side == (experiment == "nano_consistent")
     assert config.data.prompts_per_step == 16 and config.trainer.steps == 30
+
+
+def test_side_by_side_verdict_length_counted_by_hand():
+    # " =28 X38=28- Y28=28+ #Y": 23 characters, and the end token
+    assert side_by_side_verdict_tokens(14, 2) == len(" =28 X38=28- Y28=28+ #Y") + 1
+    assert side_by_side_verdict_tokens(60, 2) == len(" =120 X130=120- Y120=120+ #Y") + 1
+    # on_task with five-letter words: the word is wider than any sum
+    assert side_by_side_verdict_tokens(14, 5) == len(" =abcde Xabcdf=abcde- Yabcde=abcde+ #Y") + 1
 
 
 def test_nano_experiment_composes_into_typed_config():
@@ -98,6 +106,11 @@ def test_missing_model_path_names_the_key(tmp_path):
         ("warmstart.mark_weight=0", "warmstart.mark_weight"),
         # the side-by-side verdict is 24 tokens with its end; 20 would cut it short
         ("warmstart.side_by_side=true critic.max_tokens=20", "critic.max_tokens"),
+        # sums to 120, wrong ones to 130: " =120 X130=120- Y120=120+ #Y" and its end, 29
+        (
+            "warmstart.side_by_side=true critic.max_tokens=24 data.max_operand=60",
+            "critic.max_tokens",
+        ),
         ("eval.suite=mmlu", "eval.suite"),
         # the nano suite and the warm-start need the nano world's tasks
         ("eval.suite=nano", "data.source"),
