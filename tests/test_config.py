@@ -28,7 +28,8 @@ def test_nano_experiments_are_valid(experiment):
     assert config.eval.suite == "nano" and config.critic.verdict_mode == "generative"
     # nano_consistent is nano with the marks side by side; nano keeps the head form
     assert config.warmstart.side_by_side == (experiment == "nano_consistent")
-    assert config.data.prompts_per_step == 16 and config.trainer.steps == 30
+    assert config.data.prompts_per_step == 16
+    assert config.trainer.steps == (40 if experiment == "nano_consistent" else 30)
 
 
 def test_side_by_side_verdict_length_counted_by_hand():
