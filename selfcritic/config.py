@@ -532,10 +532,13 @@ def _validate_lr_schedule(trainer: TrainerConfig) -> None:
 
 def side_by_side_verdict_tokens(max_operand: int, word_length: int) -> int:
     """Tokens of the nano world's longest side-by-side verdict and its end token (one token a
-    character): " =28 X38=28- Y28=28+ #Y" at max_operand 14, whose wrong sums reach 38. The
-    head " =S", each response's " XA=S-", the verdict " #Y"."""
-    width = max(len(str(2 * max_operand + 10)), word_length)  # a (wrong) sum, or a word
-    return (2 + width) + 2 * (4 + 2 * width) + 3 + 1
+    character): " =28 X38=28- Y28=28+ #Y" at max_operand 14, whose wrong sums reach 38
+    (`wrong_sum` adds up to 10). Written by the warm-start's own `critic_answer`."""
+    from selfcritic.data.nano_world import LabelledPair, Task
+
+    widest = "9" * max(len(str(2 * max_operand + 10)), word_length)  # a (wrong) sum, or a word
+    pair = LabelledPair(Task("", widest, True), "correct", "", "", widest, (widest, widest))
+    return len(pair.critic_answer(False, ("X", "Y"), "#", side_by_side=True)) + 1
 
 
 def _validate_nano_world(cfg: Config) -> None:

@@ -70,12 +70,11 @@ def evaluate_nano(engine, tokenizer, cfg: Config, seed: int = 0) -> dict[str, fl
     injected = [_inject(job) for job in jobs]
     judged = judge.judge(jobs + injected, engine, seed=seed).judged
     letters, marker = tuple(cfg.critic.verdict_letters), cfg.critic.verdict_marker
-    metrics |= critic_metrics(judged[: len(jobs)], judged[len(jobs) :], letters, marker)
-    pairs = range(cfg.eval.pairs_per_aspect)  # the keys of frozen_pairs' correctness pairs
-    references = {("correct", i): arithmetic[i % len(arithmetic)].answer for i in pairs}
-    metrics["eval/critic_worked_answer_accuracy"] = worked_answer_accuracy(
-        judged[: len(jobs)], references
-    )
+    plain = judged[: len(jobs)]
+    metrics |= critic_metrics(plain, judged[len(jobs) :], letters, marker)
+    answers = {task.question: task.answer for task in arithmetic}
+    references = {job.key: answers[job.question] for job in jobs if job.aspect == "correct"}
+    metrics["eval/critic_worked_answer_accuracy"] = worked_answer_accuracy(plain, references)
     return metrics
 
 
