@@ -2,7 +2,7 @@
 
     python benchmarks/nano_study.py --out runs/study                # full x 3 seeds + ablations
     python benchmarks/nano_study.py --out runs/study --variants full --seeds 0 1 2
-    python benchmarks/nano_study.py --out runs/consistent --experiment nano_consistent
+    python benchmarks/nano_study.py --out runs/headform --experiment nano_headform
 
 Each run is `python -m selfcritic.run +experiment=EXPERIMENT` (nano unless --experiment) with
 the variant's overrides, in OUT/VARIANT-sSEED (a run whose report.json exists is not run again,
@@ -113,7 +113,7 @@ def summary(results: dict[str, list[dict]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/study"))
-    parser.add_argument("--experiment", default="nano", help="nano or nano_consistent")
+    parser.add_argument("--experiment", default="nano", help="nano or nano_headform")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--ablation-seeds", nargs="*", type=int, default=[0])

@@ -19,17 +19,19 @@ def compose_config(*overrides: str):
         return compose(config_name="config", overrides=["+experiment=nano_quick", *overrides])
 
 
-@pytest.mark.parametrize("experiment", ["nano", "nano_consistent"])
+@pytest.mark.parametrize("experiment", ["nano", "nano_headform"])
 def test_nano_experiments_are_valid(experiment):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         config = to_config(compose(config_name="config", overrides=[f"+experiment={experiment}"]))
     validate(config)
     assert config.data.source == "nano_world" and config.warmstart.enabled
     assert config.eval.suite == "nano" and config.critic.verdict_mode == "generative"
-    # nano_consistent is nano with the marks side by side; nano keeps the head form
-    assert config.warmstart.side_by_side == (experiment == "nano_consistent")
+    # the default writes the marks side by side; nano_headform puts the head form back
+    assert config.warmstart.side_by_side == (experiment == "nano")
+    assert config.critic.max_tokens == (24 if experiment == "nano" else 20)
     assert config.data.prompts_per_step == 16
-    assert config.trainer.steps == (40 if experiment == "nano_consistent" else 30)
+    assert config.trainer.steps == (40 if experiment == "nano" else 30)
+    assert config.warmstart.steps == (320 if experiment == "nano" else 250)
 
 
 def test_side_by_side_verdict_length_counted_by_hand():

@@ -34,6 +34,7 @@ SHORT = [
     "eval.pairs_per_aspect=4",
     "data.prompts_per_step=4",
     "critic.gate.pairs_per_aspect=4",
+    "critic.gate.tie_pairs_per_aspect=4",
     "tracking.wandb_mode=disabled",
 ]
 
