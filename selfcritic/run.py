@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from selfcritic.config import Config, ConfigError, check_output_dir, register_configs, validate
+from selfcritic.scratch import enter_scratch
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -41,6 +42,7 @@ def main(cfg: DictConfig) -> None:
         print(f"configuration error: {error}", file=sys.stderr)
         sys.exit(2)
     print(f"output directory: {output_dir}")
+    enter_scratch()  # what killed runs left goes; this run's temporary files go in one place
     try:
         Trainer(config, output_dir).run()
     except ConfigError as error:  # found while setting up (e.g. Ray has too few CPUs)

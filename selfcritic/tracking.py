@@ -18,6 +18,9 @@ from pathlib import Path
 
 from selfcritic.config import TrackingConfig
 
+METRICS, SAMPLES = "metrics.jsonl", "samples.jsonl"
+APPEND_ONLY = (METRICS, SAMPLES)  # the run's files that grow by one JSON line per record
+
 
 class Tracker:
     def __init__(
@@ -37,26 +40,17 @@ class Tracker:
             id=run_id,
             resume="allow" if run_id else None,
         )
-        self.metrics_path = output_dir / "metrics.jsonl"
+        self.metrics_path = output_dir / METRICS
 
     @property
     def run_id(self) -> str | None:
         return getattr(self.run, "id", None)
 
     def truncate_after(self, step: int) -> None:
-        """Drop local records of steps after `step` (a run killed after its last checkpoint
-        logged them; the resumed run logs them again), and any half-written last line."""
-        if not self.metrics_path.exists():
-            return
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
+        """Cut every append-only record file (`APPEND_ONLY`) back to `step`: a run killed after
+        its last checkpoint logged later steps, which the resumed run logs again."""
+        for name in APPEND_ONLY:
+            truncate_records(self.metrics_path.parent / name, step)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **metrics}
@@ -68,7 +62,7 @@ class Tracker:
         """One table of samples: to `samples.jsonl` (one line per row) and to wandb."""
         if not rows:
             return
-        with (self.metrics_path.parent / "samples.jsonl").open("a") as stream:
+        with (self.metrics_path.parent / SAMPLES).open("a") as stream:
             for row in rows:
                 stream.write(json.dumps({"step": step, **row}) + "\n")
         import wandb
@@ -87,6 +81,24 @@ class Tracker:
 
     def finish(self) -> None:
         self.run.finish()
+
+
+def truncate_records(path: Path, step: int) -> None:
+    """Keep the JSON lines of `path` whose "step" is at most `step`; drop the later ones and any
+    half-written line. Rewritten atomically, so a kill during the cut loses nothing kept."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text("".join(f"{line}\n" for line in kept))
+    staging.replace(path)
 
 
 def resolve_wandb_mode(setting: str) -> str:

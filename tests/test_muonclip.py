@@ -6,6 +6,7 @@ the blockwise capture under test.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -253,6 +254,56 @@ def test_lr_scheduler_drives_both_optimizers():
     scheduler.step()
     assert optimizer.optimizers["muon"].param_groups[0]["lr"] == pytest.approx(0.01)
     assert optimizer.optimizers["adamw"].param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def _step_at_rate(optimizer, model, base_rates: list[float], scale: float) -> None:
+    """Write `scale` x the base rates through the wrapper (as the learner's schedule does), then
+    one step on fixed gradients."""
+    for group, base in zip(optimizer.param_groups, base_rates, strict=True):
+        group["lr"] = base * scale
+    for param in model.parameters():
+        param.grad = torch.full_like(param, 0.01)
+    optimizer.step()
+
+
+def _state(model, optimizer) -> dict:
+    """What the learner group saves: DCP's views of the model and of both inner optimizers."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    weights, optim = get_state_dict(model, list(optimizer.optimizers.values()))
+    return copy.deepcopy({"model": weights, "optim": optim, "wrapper": optimizer.state_dict()})
+
+
+@pytest.mark.parametrize("reload", ["MuonClip.load_state_dict", "dcp set_state_dict"])
+def test_rates_written_after_a_reload_reach_the_inner_optimizers(reload):
+    """A resumed run reloads the inner optimizers (torch.distributed.checkpoint's set_state_dict
+    in the learner group, which gives them new group dicts); the schedule's later rates must
+    still reach them. The next step equals, bit for bit, that of a run that never stopped."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    cfg = OptimConfig(muon_lr=0.02, adamw_lr=0.002)
+    straight_model = tiny_model()
+    straight = build_muonclip(straight_model, cfg)
+    bases = [group["lr"] for group in straight.param_groups]
+    _step_at_rate(straight, straight_model, bases, 1.0)
+    saved = _state(straight_model, straight)
+    _step_at_rate(straight, straight_model, bases, 0.25)
+
+    model = tiny_model(seed=1)  # other weights: all must come from the checkpoint
+    resumed = build_muonclip(model, cfg)
+    if reload == "MuonClip.load_state_dict":
+        model.load_state_dict(saved["model"])
+        resumed.load_state_dict(saved["wrapper"])
+    else:
+        inner = list(resumed.optimizers.values())
+        set_state_dict(
+            model, inner, model_state_dict=saved["model"], optim_state_dict=saved["optim"]
+        )
+    _step_at_rate(resumed, model, bases, 0.25)
+    assert resumed.optimizers["muon"].param_groups[0]["lr"] == 0.02 * 0.25
+    assert resumed.optimizers["adamw"].param_groups[0]["lr"] == 0.002 * 0.25
+    for name, tensor in straight_model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
 
 
 def test_muonclip_step_reports_logits_and_balance():

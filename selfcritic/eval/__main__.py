@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, Exception) as error:  # Hydra's composition errors name the key
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    from selfcritic.scratch import enter_scratch
+
+    enter_scratch()  # the engine's temporary files in one place, removed at exit
     metrics = evaluate_checkpoint(args.checkpoint, cfg, args.seed)
     width = max(len(k) for k in metrics)
     print("\n".join(f"{k:<{width}}  {v:.4f}" for k, v in metrics.items()))

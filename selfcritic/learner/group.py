@@ -19,8 +19,10 @@
 - Weights: `checkpoint_state` gathers the full weights (a collective on every rank) and rank 0
   returns them under checkpoint names; `save_checkpoint` writes a Hugging Face checkpoint from
   rank 0.
+- State: `save_state` / `load_state` write and read the model and both inner optimizers' state
+  with torch.distributed.checkpoint (each rank its shards; reloadable at another world size).
 Left out: GPU placement of the model (the learner runs on CPU tensors; with GPUs the group only
-picks NCCL) and resuming optimizer state (the checkpoint holds weights only).
+picks NCCL).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ tensors (gate_up split into its two matrices) go to Muon; parameters matching
 to AdamW. Every trainable parameter must land in exactly one group: an assertion guards it.
 One `step()` = both optimizers' steps, then QK-Clip on the heads whose max logit (recorded during
 this step's training forwards) passed tau, then the auxiliary-loss-free router-bias update.
-`param_groups` lists both optimizers' groups, so torch LR schedulers drive it like any optimizer.
+`param_groups` lists both optimizers' live groups, so torch LR schedulers and the learner's
+schedule drive it like any optimizer, before and after a resume.
 Inside a torch.distributed group (the learner group's FSDP2 ranks) the recorded max logits are
 all-reduced with MAX and the router loads with SUM before QK-Clip and the bias update, so every
 rank takes the same decisions; Muon orthogonalises whole matrices (see muon.py).
@@ -42,8 +43,11 @@ def newton_schulz_dtype(setting: str) -> torch.dtype:
 class MuonClip(torch.optim.Optimizer):
     """The optimizers of one model and its post-step weight rules, stepped together.
 
-    Its `param_groups` are the inner optimizers' own group dicts (shared, not copied), so an LR
-    scheduler that edits `lr` here edits the optimizer that uses it.
+    Its `param_groups` are read from the inner optimizers each time (their own group dicts, not
+    copies), so a rate written here reaches the optimizer that uses it, also after anything
+    reloads an inner optimizer: torch's `Optimizer.load_state_dict`, whether called here or by
+    torch.distributed.checkpoint's `set_state_dict` on the inner optimizers (as the learner
+    group's resume does), replaces an optimizer's group dicts with new ones.
     """
 
     def __init__(
@@ -56,9 +60,21 @@ class MuonClip(torch.optim.Optimizer):
         qk_clip_tau: float,
     ) -> None:
         inner_groups = [g for optimizer in optimizers.values() for g in optimizer.param_groups]
-        super().__init__(inner_groups, defaults={})
+        super().__init__(inner_groups, defaults={})  # validates the groups; they stay inner
         self.model, self.optimizers, self.groups = model, optimizers, groups
         self.capture, self.balancer, self.qk_clip_tau = capture, balancer, qk_clip_tau
+
+    @property
+    def param_groups(self) -> list[dict]:
+        optimizers = self.__dict__.get("optimizers")
+        if optimizers is None:  # inside torch's __init__, before the inner optimizers are set
+            return self.__dict__["_initial_groups"]
+        return [g for optimizer in optimizers.values() for g in optimizer.param_groups]
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict]) -> None:
+        # only torch's __init__ assigns it (to an empty list it then fills and validates)
+        self.__dict__["_initial_groups"] = groups
 
     def step(self, closure=None) -> dict[str, float]:
         """Optimizer steps, QK-Clip, router-bias update; returns their metrics."""
@@ -87,11 +103,6 @@ class MuonClip(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state_dict[name])
-        # torch's load_state_dict gives each inner optimizer new group dicts: share those, or a
-        # schedule editing `lr` here would no longer reach them after a resume
-        self.param_groups = [
-            g for optimizer in self.optimizers.values() for g in optimizer.param_groups
-        ]
 
     def describe(self) -> str:
         """One line per group: how many tensors and parameters it holds."""
