@@ -92,8 +92,8 @@ def selfcritic_config(args, critic: bool, output_dir: Path, cache: Path):
         Config,
         ModelConfig,
         RayConfig,
-        validate,
     )
+    from selfcritic.preflight import validate
 
     cfg = Config()
     cfg.model = ModelConfig(preset="w1", seed=0, arch=ArchConfig(vocab_size=512))

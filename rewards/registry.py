@@ -11,6 +11,7 @@ path) or Python objects named by import path ("package.module:object").
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 import yaml
 
 from rewards.base import RewardResult, Rubric, RubricAspect
+from selfcritic.config import Config
+from selfcritic.preflight import Problems, preflight_check
 from selfcritic.registry import Registry
 
 Verifier = Callable[..., RewardResult]  # (completion, reference, **options) -> RewardResult
@@ -121,6 +124,37 @@ def checked_rubric(rubric: Rubric, where: str) -> Rubric:
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: aspect names must be unique, got {names}")
     for aspect in rubric.aspects:
-        if not aspect.weight > 0:
-            raise ValueError(f"{where}: aspect {aspect.name!r} needs a weight > 0")
+        weight = aspect.weight
+        number = isinstance(weight, int | float) and not isinstance(weight, bool)
+        if not (number and math.isfinite(weight) and weight > 0):
+            raise ValueError(
+                f"{where}: aspect {aspect.name!r} needs a finite number > 0 as its weight, "
+                f"got {weight!r}"
+            )
     return rubric
+
+
+def _load_problem(load: Callable[[str], object], spec: str) -> str | None:
+    """What loading a plug-in raises, on one line (any error: a missing name, a module that
+    fails at import, a syntax error, a bad field), or None."""
+    try:
+        load(spec)
+    except BaseException as error:  # a plug-in's import may even call sys.exit
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        text = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return None
+
+
+@preflight_check
+def _plugins_load(cfg: Config, problems: Problems) -> None:
+    verifier = _load_problem(get_verifier, cfg.reward.verifier)
+    problems.require(
+        verifier is None,
+        "reward.verifier",
+        f"{verifier}; registered verifiers: {verifier_names()}, or an import path",
+    )
+    if cfg.critic.enabled:
+        rubric = _load_problem(load_rubric, cfg.critic.rubric)
+        problems.require(rubric is None, "critic.rubric", str(rubric))

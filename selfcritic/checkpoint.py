@@ -13,14 +13,20 @@ It is written under a temporary name, every file fsynced, then renamed into plac
 directory fsynced), so a kill at any moment leaves either no new checkpoint or a complete one; a
 directory without `COMPLETE` is never picked by `newest_checkpoint`. The newest `keep` are kept.
 The prompt sources are pure functions of (seed, step), so the step is the data sampler's position.
+Before any work: `check_output_dir` refuses a directory that holds another run, and
+`check_resumable` a checkpoint written with other training settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from selfcritic.config import Config, ConfigError, TrainerConfig
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 COMPLETE = "COMPLETE"
@@ -109,3 +115,85 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _require(condition: bool, key: str, problem: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}': {problem}")
+
+
+# What a run leaves in its output directory.
+RUN_OUTPUTS = ("metrics.jsonl", "checkpoint", "checkpoints")
+
+
+def check_output_dir(output_dir: Path, trainer: TrainerConfig) -> None:
+    """Refuse an output directory that already holds a run, unless it is resumed (a complete
+    training checkpoint and `trainer.resume`) or `trainer.overwrite` says to replace it: a
+    second run would mix its metrics into the first one's and replace its checkpoints."""
+    _require(
+        not output_dir.is_file(),
+        "trainer.output_dir",
+        f"{str(output_dir)!r} is a file; name a directory (new or existing)",
+    )
+    if trainer.resume and newest_checkpoint(output_dir) is not None:
+        return
+    overwrite = trainer.overwrite
+    found = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    _require(
+        not found or overwrite,
+        "trainer.output_dir",
+        f"{str(output_dir)!r} already holds a run ({', '.join(found)}); choose another "
+        "directory, or set trainer.overwrite=true to replace it",
+    )
+    if found and overwrite:
+        for name in found:
+            path = output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+# Settings a resumed run may change: how long it runs and how it reports, not what it trains.
+RESUMABLE_CHANGES = (
+    "trainer.steps",
+    "trainer.resume",
+    "trainer.overwrite",
+    "trainer.output_dir",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+    "tracking.wandb_mode",
+    "learner.logprob_check_every",
+)
+
+
+def training_settings(cfg: Config) -> dict[str, Any]:
+    """The flattened config without the settings a resumed run may change."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            flat[prefix] = value
+
+    walk("", dataclasses.asdict(cfg))
+    return {k: v for k, v in flat.items() if k not in RESUMABLE_CHANGES}
+
+
+def check_resumable(saved: dict[str, Any], cfg: Config) -> None:
+    """Refuse to resume a checkpoint with different training settings, naming them. A setting
+    added since the checkpoint was written counts as unchanged at its default (a new setting's
+    default keeps the behaviour that came before it)."""
+    current, defaults = training_settings(cfg), training_settings(Config())
+    changed = sorted(
+        k for k in saved.keys() | current.keys() if saved.get(k, defaults.get(k)) != current.get(k)
+    )
+    _require(
+        not changed,
+        changed[0] if changed else "",
+        f"differs from the checkpoint being resumed ({', '.join(changed[:5])}): resume with the "
+        "same settings, or use another trainer.output_dir (trainer.overwrite=true replaces it)",
+    )

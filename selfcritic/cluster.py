@@ -1,11 +1,12 @@
-"""Start Ray on this machine or join an existing cluster."""
+"""Start Ray on this machine or join an existing cluster; check that the actors fit in it."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 
-from selfcritic.config import RayConfig
+from selfcritic.config import Config, ConfigError, RayConfig
+from selfcritic.preflight import Problems, preflight_check
 
 # Quiet engines and tokenizers in every Ray worker; the driver prints its own progress.
 _WORKER_ENV = {
@@ -41,3 +42,52 @@ def normal_priority() -> None:
     it."""
     with contextlib.suppress(PermissionError):
         os.setpriority(os.PRIO_PROCESS, 0, 0)
+
+
+def actor_cpus(cfg: Config) -> dict[str, float]:
+    """Ray CPUs each kind of actor reserves, by the config keys that set them."""
+    engines = cfg.rollout.num_engines
+    if cfg.critic.enabled and cfg.critic.weights != "current":
+        engines += 1  # the lagged or frozen critic's own engine
+    return {
+        "rollout.cpus_per_engine": engines * cfg.rollout.cpus_per_engine,
+        "learner.cpus_per_rank": cfg.learner.world_size * cfg.learner.cpus_per_rank,
+    }
+
+
+_SPELLED = {
+    "rollout.cpus_per_engine": "rollout.num_engines x rollout.cpus_per_engine (+1 engine for a "
+    "lagged/frozen critic)",
+    "learner.cpus_per_rank": "learner.world_size x learner.cpus_per_rank",
+}
+
+
+def cpu_problem(cfg: Config, available: float) -> tuple[str, str] | None:
+    """(key, message) when the actors ask Ray for more CPUs than it has (Ray would otherwise wait
+    forever for the missing ones), naming the key of the largest request; else None."""
+    needs = actor_cpus(cfg)
+    if sum(needs.values()) <= available + 1e-9:
+        return None
+    wanted = "; ".join(f"{_SPELLED[key]} = {value:g}" for key, value in needs.items())
+    return max(needs, key=needs.__getitem__), (
+        f"the actors need {sum(needs.values()):g} Ray CPUs but Ray has {available:g} "
+        f"({wanted}); lower rollout.cpus_per_engine or learner.cpus_per_rank (fractions are "
+        "fine: they reserve, the threads settings decide the work), learner.world_size, or "
+        "raise ray.num_cpus"
+    )
+
+
+def require_cpus(cfg: Config, available: float) -> None:
+    """Raise ConfigError when the actors do not fit in `available` Ray CPUs (a joined
+    cluster's size, known once Ray runs)."""
+    problem = cpu_problem(cfg, available)
+    if problem is not None:
+        raise ConfigError(f"config key '{problem[0]}': {problem[1]}")
+
+
+@preflight_check
+def _local_cpus(cfg: Config, problems: Problems) -> None:
+    """A local Ray's size is known before it starts (a cluster's only once joined)."""
+    if cfg.ray.address is None:
+        problem = cpu_problem(cfg, cfg.ray.num_cpus or os.cpu_count() or 1)
+        problems.require(problem is None, *(problem or ("", "")))

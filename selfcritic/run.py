@@ -1,7 +1,8 @@
 """Entry point: `python -m selfcritic.run +experiment=NAME [overrides]`.
 
 Hydra composes conf/config.yaml with the typed schema (unknown keys and wrong types fail there,
-naming the key), `validate` checks values before any work starts, then the trainer runs.
+naming the key), the preflight (selfcritic/preflight.py) checks every value before any work
+starts, then the trainer runs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from selfcritic.config import Config, ConfigError, check_output_dir, register_configs, validate
+from selfcritic.checkpoint import check_output_dir
+from selfcritic.config import Config, ConfigError, register_configs
+from selfcritic.preflight import validate
 from selfcritic.scratch import enter_scratch
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"

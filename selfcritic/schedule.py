@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import math
 
-LR_SCHEDULES = ("constant", "linear", "cosine")
+from selfcritic.config import LR_SCHEDULES, Config
+from selfcritic.preflight import Problems, preflight_check
+
+__all__ = ["LR_SCHEDULES", "annealed", "lr_scale_at"]
 
 
 def annealed(step: int, steps: int, start: float, final: float | None, kind: str) -> float:
@@ -51,3 +54,13 @@ def lr_scale_at(
         return annealed(step - warmup_steps, steps - warmup_steps, 1.0, final, kind)
     stable_steps = steps - decay_steps
     return annealed(max(step - stable_steps, 0) + 1, decay_steps + 1, 1.0, final, kind)
+
+
+@preflight_check
+def _warmup_within_the_run(cfg: Config, problems: Problems) -> None:
+    steps = cfg.trainer.steps
+    problems.require(
+        cfg.trainer.lr_warmup_steps < steps,
+        "trainer.lr_warmup_steps",
+        f"must be below trainer.steps={steps}",
+    )

@@ -31,8 +31,14 @@ from rewards.base import Rubric
 from rewards.format import apply_budget
 from rewards.pool import VerifierPool
 from rewards.registry import load_rubric
-from selfcritic.checkpoint import newest_checkpoint, publish_model, write_checkpoint
-from selfcritic.config import Config, check_resumable, require_cpus, training_settings
+from selfcritic.checkpoint import (
+    check_resumable,
+    newest_checkpoint,
+    publish_model,
+    training_settings,
+    write_checkpoint,
+)
+from selfcritic.config import Config
 from selfcritic.critic.gate import load_probes
 from selfcritic.critic.judge import prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
@@ -141,7 +147,7 @@ class Trainer:
         import ray
         from transformers import AutoTokenizer
 
-        from selfcritic.cluster import start_ray
+        from selfcritic.cluster import require_cpus, start_ray
         from selfcritic.learner.group import LearnerGroup
         from selfcritic.model.build import prepare_model
         from selfcritic.rollout.pool import RolloutPool

@@ -10,7 +10,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from selfcritic.config import ConfigError, side_by_side_verdict_tokens, validate
+from selfcritic.config import ConfigError
+from selfcritic.data.nano_world import side_by_side_verdict_tokens
+from selfcritic.preflight import validate
 from selfcritic.run import CONF_DIR, to_config
 
 

@@ -14,7 +14,7 @@ import sys
 import torch
 from hydra import compose, initialize_config_dir
 
-from selfcritic.config import validate
+from selfcritic.preflight import validate
 from selfcritic.run import CONF_DIR, to_config
 from selfcritic.trainer import Trainer
 

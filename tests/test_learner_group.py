@@ -276,7 +276,8 @@ def test_muon_orthogonalises_whole_matrices_under_sharding(tmp_path):
 
 
 def test_world_size_is_validated():
-    from selfcritic.config import Config, ConfigError, validate
+    from selfcritic.config import Config, ConfigError
+    from selfcritic.preflight import validate
 
     for field, value in (("world_size", 0), ("threads_per_rank", 0), ("cpus_per_rank", 0.0)):
         cfg = Config()

@@ -24,15 +24,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfcritic.checkpoint import newest_checkpoint, write_checkpoint
-from selfcritic.config import (
-    Config,
-    ConfigError,
-    TrainerConfig,
+from selfcritic.checkpoint import (
     check_output_dir,
     check_resumable,
+    newest_checkpoint,
     training_settings,
+    write_checkpoint,
 )
+from selfcritic.config import Config, ConfigError, TrainerConfig
 from selfcritic.scratch import SCRATCH_ROOT, orphaned_semaphores, tag_alive
 
 _WRITER = """

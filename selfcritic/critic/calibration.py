@@ -20,9 +20,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from selfcritic.config import CalibrationConfig
+from selfcritic.config import CalibrationConfig, Config
 from selfcritic.critic.examples import CriticExample
 from selfcritic.critic.judge import Judged, PairJob
+from selfcritic.preflight import Problems, preflight_check
 
 
 @dataclass(frozen=True)
@@ -143,3 +144,13 @@ def rl_groups(sampled, letter_of: Callable, letters: tuple[str, str]):
         right = letters[1] if swapped else letters[0]
         groups.append((samples, [float(letter_of(s) == right) for s in samples]))
     return groups
+
+
+@preflight_check
+def _correct_and_wrong_apart(cfg: Config, problems: Problems) -> None:
+    calibration = cfg.critic.calibration
+    problems.require(
+        calibration.wrong_max < calibration.correct_min,
+        "critic.calibration.wrong_max",
+        "must be below critic.calibration.correct_min (a sample cannot be both)",
+    )

@@ -36,9 +36,10 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from selfcritic.config import DataConfig, GateConfig
+from selfcritic.config import Config, DataConfig, GateConfig
 from selfcritic.critic.calibration import agreement
 from selfcritic.critic.judge import Judged, PairJob
+from selfcritic.preflight import Problems, preflight_check
 from selfcritic.registry import Registry
 
 # A probe source: (data settings, pairs per aspect, tie pairs per aspect, seed) -> PairJobs, the
@@ -159,6 +160,20 @@ class AspectGate:
                 found[f"critic/gate_tie_agreement/{aspect}"] = self.tie_agreement[aspect]
             found[f"critic/gate_open/{aspect}"] = float(self.is_open(aspect))
         return found
+
+
+@preflight_check
+def _probe_source_exists(cfg: Config, problems: Problems) -> None:
+    source = cfg.critic.gate.source
+    problems.require(
+        not cfg.critic.enabled
+        or source is None
+        or source in PROBE_SOURCES
+        or Path(source).expanduser().is_file(),
+        "critic.gate.source",
+        f"{source!r} is neither a registered probe source ({PROBE_SOURCES.names()}) nor a "
+        "file; give a JSONL file of labelled pairs or null to turn the gate off",
+    )
 
 
 from selfcritic.data import nano_probes as _nano_probes  # noqa: E402, F401  (registers a source)

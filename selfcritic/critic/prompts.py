@@ -25,7 +25,10 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
-DEFAULT_TEMPLATE = "C: {question}\n{x}: {first}\n{y}: {second}\n{aspect}->"
+from selfcritic.config import DEFAULT_CRITIC_TEMPLATE, Config
+from selfcritic.preflight import Problems, preflight_check
+
+DEFAULT_TEMPLATE = DEFAULT_CRITIC_TEMPLATE
 TEMPLATE_FIELDS = {"question", "first", "second", "aspect", "description", "x", "y"}
 
 
@@ -88,3 +91,19 @@ def parse_generative(text: str, letters: tuple[str, str], marker: str = "#") -> 
         return None
     verdict = text.split(marker, 1)[1].rstrip()
     return verdict if verdict in letters else None
+
+
+@preflight_check
+def _critic_prompt_settings(cfg: Config, problems: Problems) -> None:
+    critic = cfg.critic
+    if not critic.enabled:
+        return
+    problem = template_problem(critic.template)
+    problems.require(problem is None, "critic.template", str(problem))
+    letters = critic.verdict_letters
+    problems.require(
+        len(letters) == 2 and len(set(letters)) == 2 and all(letters),
+        "critic.verdict_letters",
+        f"must be two different non-empty strings, got {letters}",
+    )
+    problems.require(bool(critic.verdict_marker), "critic.verdict_marker", "must not be empty")

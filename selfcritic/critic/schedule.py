@@ -13,6 +13,9 @@ from __future__ import annotations
 import itertools
 import random
 
+from selfcritic.config import Config
+from selfcritic.preflight import Problems, preflight_check
+
 
 def all_pairs(n: int) -> list[tuple[int, int]]:
     return list(itertools.combinations(range(n), 2))
@@ -38,3 +41,18 @@ def schedule(n: int, mode: str, k: int, all_pairs_max_n: int, rng: random.Random
     if mode == "all" or (mode == "auto" and n <= all_pairs_max_n) or k >= n - 1:
         return all_pairs(n)
     return regular_pairs(n, k, rng)
+
+
+@preflight_check
+def _sampled_schedule_fits(cfg: Config, problems: Problems) -> None:
+    """The sampled schedule meets each response with exactly k others: n*k must be even."""
+    critic, n = cfg.critic, cfg.sampling.n
+    k = critic.comparisons_per_response
+    sampled = critic.schedule == "sampled" or (
+        critic.schedule == "auto" and n > critic.all_pairs_max_n
+    )
+    problems.require(
+        not critic.enabled or not sampled or k >= n - 1 or (n * k) % 2 == 0,
+        "critic.comparisons_per_response",
+        f"with sampling.n={n} responses, n*k must be even for each to meet exactly k={k} others",
+    )

@@ -23,10 +23,11 @@ from functools import lru_cache
 from itertools import product
 
 from rewards.registry import load_rubric
-from selfcritic.config import DataConfig
+from selfcritic.config import Config, DataConfig
 from selfcritic.critic.judge import PairJob
 from selfcritic.data.phrases import CLAIM, FILLER, META, PRAISE
 from selfcritic.data.prompts import Prompt, register_source
+from selfcritic.preflight import Problems, preflight_check
 
 ARITHMETIC_RUBRIC, STYLE_RUBRIC = "nano_math", "nano_style"
 MARKS = ("+", "-")  # what a generative critic writes after each response: meets the aspect, or not
@@ -315,3 +316,35 @@ def tie_pair(task: Task, aspect: str, rates: DefectRates, rng) -> LabelledPair:
     if judged:
         return LabelledPair(task, aspect, *texts, meets=(meets, meets))
     return LabelledPair(task, aspect, *texts, task.answer, tuple(words), (meets, meets))
+
+
+def side_by_side_verdict_tokens(max_operand: int, word_length: int = WORD_LENGTH) -> int:
+    """Tokens of the nano world's longest side-by-side verdict and its end token (one token a
+    character): " =28 X38=28- Y28=28+ #Y" at max_operand 14, whose wrong sums reach 38
+    (`wrong_sum` adds up to 10). Written by the warm-start's own `critic_answer`."""
+    widest = "9" * max(len(str(2 * max_operand + 10)), word_length)  # a (wrong) sum, or a word
+    pair = LabelledPair(Task("", widest, True), "correct", "", "", widest, (widest, widest))
+    return len(pair.critic_answer(False, ("X", "Y"), "#", side_by_side=True)) + 1
+
+
+@preflight_check
+def _nano_world_settings(cfg: Config, problems: Problems) -> None:
+    """The warm-start and the nano suite need the nano world; its verdicts need their length."""
+    warm = cfg.warmstart
+    problems.require(
+        warm.actor_examples + warm.critic_examples >= 1,
+        "warmstart.actor_examples",
+        "actor_examples + critic_examples must be at least 1",
+    )
+    needed = side_by_side_verdict_tokens(cfg.data.max_operand)
+    problems.require(
+        not warm.side_by_side or cfg.critic.max_tokens >= needed,
+        "critic.max_tokens",
+        f"warmstart.side_by_side verdicts take up to {needed} tokens at "
+        f"data.max_operand={cfg.data.max_operand}; set critic.max_tokens={needed} or more",
+    )
+    problems.require(
+        not (warm.enabled or cfg.eval.suite == "nano") or cfg.data.source == "nano_world",
+        "data.source",
+        "warmstart.enabled and eval.suite=nano need data.source=nano_world",
+    )

@@ -13,7 +13,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from selfcritic.config import DataConfig
+from selfcritic.config import Config, DataConfig
+from selfcritic.preflight import Problems, preflight_check
 from selfcritic.registry import Registry
 
 
@@ -40,6 +41,15 @@ def nano_arithmetic(cfg: DataConfig, step: int, draw: int = 0) -> list[Prompt]:
         a, b = rng.randint(0, cfg.max_operand), rng.randint(0, cfg.max_operand)
         prompts.append(Prompt(text=f"Q: {a}+{b}=\nA:", reference=str(a + b)))
     return prompts
+
+
+@preflight_check
+def _source_registered(cfg: Config, problems: Problems) -> None:
+    problems.require(
+        cfg.data.source in PROMPT_SOURCES,
+        "data.source",
+        f"unknown prompt source; registered: {PROMPT_SOURCES.names()}",
+    )
 
 
 from selfcritic.data import nano_world as _nano_world  # noqa: E402, F401  (registers its source)

@@ -66,7 +66,8 @@ def load_config(experiment: str, overrides: list[str], saved: Path | None = None
     """The run's saved settings (or the experiment's), with `overrides`, validated."""
     from omegaconf import OmegaConf
 
-    from selfcritic.config import Config, validate
+    from selfcritic.config import Config
+    from selfcritic.preflight import validate
     from selfcritic.run import CONF_DIR, to_config
 
     if saved is not None:

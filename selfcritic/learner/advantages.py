@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from selfcritic.config import Config
+from selfcritic.preflight import Problems, preflight_check
 from selfcritic.registry import Registry
 
 
@@ -39,3 +41,12 @@ ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
 ADVANTAGE_ESTIMATORS.register("grpo")(lambda rewards: group_relative(rewards, scale=True))
 ADVANTAGE_ESTIMATORS.register("mean")(lambda rewards: group_relative(rewards, scale=False))
 ADVANTAGE_ESTIMATORS.register("rloo")(leave_one_out)
+
+
+@preflight_check
+def _estimator_registered(cfg: Config, problems: Problems) -> None:
+    problems.require(
+        cfg.learner.advantage in ADVANTAGE_ESTIMATORS,
+        "learner.advantage",
+        f"unknown estimator; registered: {ADVANTAGE_ESTIMATORS.names()}",
+    )

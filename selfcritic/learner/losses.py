@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from selfcritic.config import Config
+from selfcritic.preflight import Problems, preflight_check
 from selfcritic.registry import Registry
 
 
@@ -148,3 +150,18 @@ def calibration_loss(
 def ptx_loss(logprobs: torch.Tensor, mask: torch.Tensor, total_tokens: int) -> torch.Tensor:
     """Language-model loss: negative logprob of the curated tokens, over the batch's tokens."""
     return -(logprobs * mask).sum() / max(total_tokens, 1)
+
+
+@preflight_check
+def _loss_registered(cfg: Config, problems: Problems) -> None:
+    learner = cfg.learner
+    problems.require(
+        learner.loss in POLICY_LOSSES,
+        "learner.loss",
+        f"unknown loss; registered: {POLICY_LOSSES.names()}",
+    )
+    problems.require(
+        learner.max_tokens_per_micro_batch >= cfg.rollout.max_model_len,
+        "learner.max_tokens_per_micro_batch",
+        f"must hold at least one sequence of rollout.max_model_len={cfg.rollout.max_model_len}",
+    )

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import torch
 
-from selfcritic.config import OptimConfig
+from selfcritic.config import Config, OptimConfig
 from selfcritic.model.attention_capture import AttentionLogitCapture
 from selfcritic.model.router_balance import RouterBalancer
 from selfcritic.optim.muon import Muon
 from selfcritic.optim.qk_clip import apply_qk_clip
+from selfcritic.preflight import Problems, preflight_check
 
 _FUSED_PAIRS = ("gate_up_proj",)  # fused tensors that hold two checkpoint matrices per expert
 
@@ -164,3 +165,13 @@ def _check_partition(model: torch.nn.Module, named: dict) -> None:
     trainable = [id(p) for p in model.parameters() if p.requires_grad]
     assert len(assigned) == len(set(assigned)), "a parameter sits in two optimizer groups"
     assert set(assigned) == set(trainable), "a trainable parameter sits in no optimizer group"
+
+
+@preflight_check
+def _adamw_betas(cfg: Config, problems: Problems) -> None:
+    betas = cfg.optim.adamw_betas
+    problems.require(
+        len(betas) == 2 and all(0 <= beta < 1 for beta in betas),
+        "optim.adamw_betas",
+        f"must be two numbers in [0, 1), got {list(betas)}",
+    )

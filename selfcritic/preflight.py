@@ -1,0 +1,129 @@
+"""The one check of a run's settings, before any work (Ray, engines, model build, warm-start).
+
+Two kinds of rules, one report:
+- field rules, declared beside each field in selfcritic/config.py (`setting(default, ge=...,
+  one_of=..., path=...)`): checked here for every field of the tree;
+- component rules, cross-field and plug-in checks that live beside the code they guard and
+  register themselves with `@preflight_check` (the critic's template and schedule, the gate's
+  probe source, the learner's loss and estimator, the verifier and rubric, Ray's CPUs, the
+  nano world's settings, ...). `CHECKED_MODULES` lists the modules that hold them.
+`validate(cfg)` runs every rule and raises one `ConfigError` with every problem, a line each,
+each naming its key and what to do. Left out: checks that need a running cluster (a joined Ray
+cluster's size is checked when Ray starts) or the output directory's contents (checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import operator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from selfcritic.config import Config, ConfigError
+
+# Modules whose import registers component rules (each guards its own settings).
+CHECKED_MODULES = (
+    "rewards.registry",
+    "selfcritic.cluster",
+    "selfcritic.schedule",
+    "selfcritic.critic.prompts",
+    "selfcritic.critic.schedule",
+    "selfcritic.critic.calibration",
+    "selfcritic.critic.gate",
+    "selfcritic.learner.losses",
+    "selfcritic.learner.advantages",
+    "selfcritic.optim.muonclip",
+    "selfcritic.data.prompts",
+    "selfcritic.data.nano_world",
+)
+
+
+class Problems:
+    """What the rules found: `require` records one line per failed condition."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def require(self, condition: bool, key: str, problem: str) -> None:
+        if not condition:
+            self.lines.append(f"config key '{key}': {problem}")
+
+
+BOUNDS = {
+    "ge": (">=", operator.ge),
+    "gt": (">", operator.gt),
+    "le": ("<=", operator.le),
+    "lt": ("<", operator.lt),
+}
+Check = Callable[[Config, Problems], None]
+_CHECKS: list[Check] = []
+
+
+def preflight_check(check: Check) -> Check:
+    """Decorator: run `check(cfg, problems)` in every preflight."""
+    if check not in _CHECKS:
+        _CHECKS.append(check)
+    return check
+
+
+def validate(cfg: Config) -> None:
+    """Every field and component rule; raise ConfigError listing each problem on its line."""
+    problems = Problems()
+    for key, value, rules in fields_with_rules(cfg):
+        field_rule(problems, key, value, rules)
+    if not problems.lines:  # component rules may rely on the fields' own rules
+        for name in CHECKED_MODULES:
+            importlib.import_module(name)
+        for check in _CHECKS:
+            check(cfg, problems)
+    if problems.lines:
+        raise ConfigError("\n".join(dict.fromkeys(problems.lines)))
+
+
+def fields_with_rules(node: Any, prefix: str = "") -> Iterator[tuple[str, Any, dict]]:
+    """(dotted key, value, declared rules) of every field of a config dataclass tree."""
+    for item in dataclasses.fields(node):
+        value, key = getattr(node, item.name), f"{prefix}{item.name}"
+        if dataclasses.is_dataclass(value):
+            yield from fields_with_rules(value, f"{key}.")
+        else:
+            yield key, value, dict(item.metadata)
+
+
+def field_rule(problems: Problems, key: str, value: Any, rules: dict) -> None:
+    """Check one value against its declared rules (a number must also be finite)."""
+    if value is None:
+        return
+    why = f" ({rules['why']})" if "why" in rules else ""
+    if "one_of" in rules:
+        choices = ", ".join(rules["one_of"])
+        problems.require(value in rules["one_of"], key, f"must be one of {choices}{why}")
+    if "path" in rules:
+        problems.require(*_path_rule(key, str(value), rules["path"]))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if not math.isfinite(value):
+        problems.require(False, key, f"must be a finite number, got {value}")
+        return
+    declared = [(name, sign, test) for name, (sign, test) in BOUNDS.items() if name in rules]
+    wanted = " and ".join(f"{sign} {rules[name]:g}" for name, sign, _ in declared)
+    ok = all(test(value, rules[name]) for name, _, test in declared)
+    problems.require(ok, key, f"must be {wanted}, got {value:g}{why}")
+
+
+def _path_rule(key: str, value: str, kind: str) -> tuple[bool, str, str]:
+    path = Path(value).expanduser()
+    if kind == "hf_model":
+        return (
+            (path / "config.json").is_file(),
+            key,
+            f"{value!r} is not a Hugging Face checkpoint directory (no config.json)",
+        )
+    return (
+        not path.exists() or path.is_dir(),
+        key,
+        f"{value!r} is a file; it must name a directory (new or existing)",
+    )
