@@ -1,41 +1,117 @@
-"""Verification in parallel worker processes, with a per-sample wall-clock timeout.
+"""Verification in worker processes, each sample under its own wall-clock timeout.
 
-`VerifierPool.score` sends (completion, reference) pairs to `workers` processes (spawned, so the
-trainer's threads and Ray state are not forked) and collects them in order. A sample is given up
-on when the pool has made no progress for `timeout_s` while it was awaited (no sample finished
-and none was given up on): it scores 0 with reason "timeout". So one hung sample stalls a batch
-by about `timeout_s`, however long the batch (a batch-wide deadline of `timeout_s` x rounds let
-one hang in a 128-sample batch stall it for 64 x `timeout_s`). Once as many samples have hung as
-there are workers, none is left to run the rest: the pool is killed and a fresh one takes the
-samples not yet scored, so they are scored rather than lost; after any hang the pool is replaced
-so a stuck verifier cannot keep a worker. A verifier that raises or returns nonsense scores 0
-(rewards/safe.py).
-`workers=0` scores in this process, serially, with no timeout (debugging, tests).
+`VerifierPool.score` hands (completion, reference) pairs to `workers` processes (spawned, so the
+trainer's threads and Ray state are not forked), one sample at a time per worker over a pipe,
+and returns the results in order. What can go wrong costs the sample it happens in, nothing
+more:
+- a sample still running `timeout_s` after it started scores 0, reason "timeout"; only its
+  worker is killed and replaced, the others go on;
+- a worker that dies in a sample (a segfault, a C-level exit, a kill) scores that sample 0,
+  reason "worker died", and is replaced;
+- an exception, `sys.exit` or `os._exit` in verifier code, or a score that is not a number in
+  [0, 1], scores 0 with the reason (rewards/safe.py), in a worker and in serial mode alike.
+`BatchStats` counts errors, timeouts and worker deaths, and the failures by reason (the
+exception's type), for the trainer's metrics and warnings. Pipes, not queues: there are no named
+semaphores to leak when the trainer is killed. `workers=0` scores in this process, serially,
+with no timeout (debugging, tests).
+
+Why not multiprocessing.Pool: it cannot say which task a dead worker held (the task is lost and
+costs the whole timeout) and cannot kill one hung worker without killing all of them.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 
 from rewards.base import RewardResult
 from rewards.registry import get_verifier
 from rewards.safe import safe_score
 
-
-def _score_one(name: str, options: dict, completion: str, reference: str) -> RewardResult:
-    return safe_score(get_verifier(name), completion, reference, options)
+TIMEOUT, WORKER_DIED = "timeout", "worker died"
 
 
 @dataclass
 class BatchStats:
-    """What went wrong in one batch: counts for the metrics."""
+    """What went wrong in one batch: counts for the metrics, and one example message a reason."""
 
-    errors: int = 0
+    errors: int = 0  # verifier errors (exceptions, exits, invalid scores)
     timeouts: int = 0
+    worker_deaths: int = 0
     seconds: float = 0.0
-    reasons: list[str] = field(default_factory=list)
+    by_reason: Counter = field(default_factory=Counter)  # every failure by its reason
+    examples: dict[str, str] = field(default_factory=dict)  # the first message of each reason
+
+    @property
+    def failed(self) -> int:
+        return self.errors + self.timeouts + self.worker_deaths
+
+    def count(self, result: RewardResult) -> None:
+        reason = failure_reason(result)
+        if reason is None:
+            return
+        if reason == TIMEOUT:
+            self.timeouts += 1
+        elif reason == WORKER_DIED:
+            self.worker_deaths += 1
+        else:
+            self.errors += 1
+        self.by_reason[reason] += 1
+        self.examples.setdefault(reason, str(result.info.get("error", reason))[:200])
+
+
+def failure_reason(result: RewardResult) -> str | None:
+    """The reason a sample failed ("timeout", "worker died", an exception's type name, "invalid
+    score"), or None when it was scored."""
+    if result.info.get("reason") in (TIMEOUT, WORKER_DIED):
+        return result.info["reason"]
+    error = result.info.get("error")
+    if error is None:
+        return None
+    return str(error).split(":", 1)[0].strip() or "error"
+
+
+def _worker_main(connection: Connection, name: str, options: dict) -> None:
+    """A worker: score each (completion, reference) received until the pipe closes."""
+    verifier = get_verifier(name)
+    while True:
+        try:
+            completion, reference = connection.recv()
+        except (EOFError, OSError):
+            return
+        result = safe_score(verifier, completion, reference, options)
+        try:
+            connection.send(result)
+        except Exception as error:  # a result that cannot be pickled
+            connection.send(RewardResult(0.0, {"error": f"UnsendableResult: {error!r}"}))
+
+
+class _Worker:
+    """One worker process, its end of the pipe, and the sample it is scoring."""
+
+    def __init__(self, name: str, options: dict) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(
+            target=_worker_main, args=(child, name, options), daemon=True
+        )
+        self.process.start()
+        child.close()
+        self.task: int | None = None
+        self.started = 0.0
+
+    def assign(self, index: int, item: tuple[str, str]) -> None:
+        self.task, self.started = index, time.monotonic()
+        self.connection.send(item)
+
+    def stop(self) -> None:
+        self.connection.close()
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
 
 
 class VerifierPool:
@@ -45,70 +121,99 @@ class VerifierPool:
         get_verifier(name)  # fail now, in the caller, on an unknown name
         self.name, self.options = name, dict(options or {})
         self.workers, self.timeout_s = workers, timeout_s
-        self._pool = None
-
-    def _ensure_pool(self):
-        if self._pool is None and self.workers > 0:
-            self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
-        return self._pool
+        self._workers: list[_Worker] = []
 
     def score(self, items: list[tuple[str, str]]) -> tuple[list[RewardResult], BatchStats]:
         start = time.perf_counter()
         if self.workers == 0:
-            results = [_score_one(self.name, self.options, c, r) for c, r in items]
+            verifier = get_verifier(self.name)
+            results = [safe_score(verifier, c, r, self.options) for c, r in items]
         else:
             results = self._score_in_workers(items)
         stats = BatchStats(seconds=time.perf_counter() - start)
         for result in results:
-            if result.info.get("reason") == "timeout":
-                stats.timeouts += 1
-            elif "error" in result.info:
-                stats.errors += 1
-                stats.reasons.append(str(result.info["error"])[:200])
+            stats.count(result)
         return results, stats
 
     def _score_in_workers(self, items: list[tuple[str, str]]) -> list[RewardResult]:
         results: list[RewardResult | None] = [None] * len(items)
-        waiting = list(range(len(items)))
-        while waiting:  # each round scores all, or gives up on `workers` hung samples
-            waiting = self._score_round(items, waiting, results)
+        waiting = list(range(len(items)))[::-1]  # popped from the end: in order
+        while len(self._workers) < self.workers:
+            self._workers.append(_Worker(self.name, self.options))
+        while waiting or any(w.task is not None for w in self._workers):
+            for worker in self._workers:
+                if worker.task is None and waiting:
+                    index = waiting.pop()
+                    worker.assign(index, items[index])
+            self._collect(results)
         return results
 
-    def _score_round(self, items, indices: list[int], results: list) -> list[int]:
-        """Score `indices` into `results` on the current pool; the indices left unscored when
-        every worker is held by a hung sample (a fresh pool takes them)."""
-        pool = self._ensure_pool()
-        jobs = [
-            (i, pool.apply_async(_score_one, (self.name, self.options, *items[i]))) for i in indices
-        ]
-        hung, progress = 0, time.monotonic()
-        for position, (index, job) in enumerate(jobs):
-            if hung >= self.workers:  # no worker left: what is not done goes to a fresh pool
-                for later, other in jobs[position:]:
-                    if other.ready():
-                        results[later], _ = self._result(other)
-                self.close()
-                return [later for later, _ in jobs[position:] if results[later] is None]
-            left = progress + self.timeout_s - time.monotonic()
-            results[index], timed_out = self._result(job, max(0.0, left))
-            hung += timed_out
-            progress = time.monotonic()
-        if hung:
-            self.close()  # kill the stuck workers; the next batch gets fresh ones
-        return []
+    def _collect(self, results: list) -> None:
+        """Wait for the first result, death or deadline among the busy workers; record it."""
+        busy = [w for w in self._workers if w.task is not None]
+        deadline = min(w.started for w in busy) + self.timeout_s
+        handles = [w.connection for w in busy] + [w.process.sentinel for w in busy]
+        ready = set(wait(handles, timeout=max(0.0, deadline - time.monotonic())))
+        for worker in busy:
+            index = worker.task
+            if worker.connection in ready or worker.process.sentinel in ready:
+                results[index] = self._receive(worker)
+            elif time.monotonic() - worker.started >= self.timeout_s:
+                results[index] = RewardResult(0.0, {"reason": TIMEOUT})
+                self._replace(worker)
 
-    @staticmethod
-    def _result(job, timeout: float = 0.0) -> tuple[RewardResult, bool]:
-        """The job's result within `timeout` seconds, and whether it timed out."""
+    def _receive(self, worker: _Worker) -> RewardResult:
+        """The worker's result; if it died instead, a failure of its sample (and a new one)."""
         try:
-            return job.get(timeout=timeout), False
-        except multiprocessing.TimeoutError:
-            return RewardResult(0.0, {"reason": "timeout"}), True
-        except Exception as error:  # e.g. a result that cannot be unpickled
-            return RewardResult(0.0, {"error": f"worker failed: {error!r}"}), False
+            if worker.connection.poll():
+                result = worker.connection.recv()
+                worker.task = None
+                return result
+        except (EOFError, OSError):
+            pass
+        worker.process.join(timeout=5)
+        code = worker.process.exitcode
+        self._replace(worker)
+        return RewardResult(0.0, {"reason": WORKER_DIED, "error": f"exit code {code}"})
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.stop()
+        self._workers[self._workers.index(worker)] = _Worker(self.name, self.options)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        for worker in self._workers:
+            worker.stop()
+        self._workers = []
+
+
+class VerifierFailing(RuntimeError):
+    """The verifier failed on every sample of `max_failed_steps` steps in a row."""
+
+
+class FailureWatch:
+    """Watches each step's verifier failures: a warning when more than `warn_share` of the
+    samples failed, and `VerifierFailing` once every sample failed in `max_failed_steps` steps
+    in a row (a verifier that cannot score anything trains on zeros: stop and say why)."""
+
+    def __init__(self, warn_share: float, max_failed_steps: int) -> None:
+        self.warn_share, self.max_failed_steps = warn_share, max_failed_steps
+        self.all_failed_streak = 0
+
+    def observe(self, stats: BatchStats, total: int) -> str | None:
+        """The warning for this step's batch of `total` samples, or None; raises when due."""
+        if total == 0:
+            return None
+        self.all_failed_streak = self.all_failed_streak + 1 if stats.failed == total else 0
+        reasons = ", ".join(
+            f"{count} {reason} (e.g. {stats.examples[reason]!r})"
+            for reason, count in stats.by_reason.most_common(3)
+        )
+        if self.all_failed_streak >= self.max_failed_steps:
+            raise VerifierFailing(
+                f"the verifier failed on every sample of {self.all_failed_streak} steps in a "
+                f"row ({reasons}); fix it (python -m rewards scores one answer) or raise "
+                "reward.max_failed_steps"
+            )
+        if stats.failed > self.warn_share * total:
+            return f"warning: the verifier failed on {stats.failed} of {total} samples: {reasons}"
+        return None

@@ -243,6 +243,11 @@ class RewardConfig:
     combine: str = setting("verifier_first", one_of=("verifier_first", "mix"))
     verifiable_weight: float = setting(1.0, ge=0)
     critic_weight: float = setting(1.0, ge=0)  # weight of the centred critic score
+    # a warning on the console when more than this share of a step's samples failed to be
+    # scored (errors, timeouts, worker deaths: counted by reason in the metrics)
+    warn_failed_share: float = setting(0.5, ge=0, le=1)
+    # stop the run when the verifier failed on every sample of this many steps in a row
+    max_failed_steps: int = setting(3, ge=1)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from rewards.pool import VerifierFailing
 from selfcritic.checkpoint import check_output_dir
 from selfcritic.config import Config, ConfigError, register_configs
 from selfcritic.preflight import validate
@@ -51,6 +52,9 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as error:  # found while setting up (e.g. Ray has too few CPUs)
         print(f"configuration error: {error}", file=sys.stderr)
         sys.exit(2)
+    except VerifierFailing as error:
+        print(f"stopped: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -113,11 +113,15 @@ def resolve_wandb_mode(setting: str) -> str:
     return "online" if logged_in else "offline"
 
 
+_SHOWN_WHEN_NONZERO = {"reward/verifier_failed"}  # shown on the steps where something failed
+
+
 def console_line(step: int, steps: int, metrics: dict[str, float]) -> str:
     """A compact progress line with the headline metrics and phase timings."""
     keys = (
         ("reward", "reward/mean"),
         ("acc", "reward/verifiable_mean"),
+        ("verify_failed", "reward/verifier_failed"),
         ("critic_invalid", "critic/invalid_rate"),
         ("critic_consistent", "critic/position_consistency"),
         ("loss", "learner/loss"),
@@ -130,6 +134,8 @@ def console_line(step: int, steps: int, metrics: dict[str, float]) -> str:
     parts = [f"step {step}/{steps}"]
     for label, key in keys:
         value = metrics.get(key)
+        if key in _SHOWN_WHEN_NONZERO and not value:
+            continue
         if value is not None and not math.isnan(value):
             parts.append(f"{label}={value:.3g}")
     return "  ".join(parts)

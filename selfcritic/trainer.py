@@ -29,7 +29,7 @@ import torch
 
 from rewards.base import Rubric
 from rewards.format import apply_budget
-from rewards.pool import VerifierPool
+from rewards.pool import BatchStats, FailureWatch, VerifierPool
 from rewards.registry import load_rubric
 from selfcritic.checkpoint import (
     check_resumable,
@@ -187,6 +187,7 @@ class Trainer:
         self.verifiers = VerifierPool(
             rewards.verifier, rewards.verifier_options, rewards.workers, rewards.timeout_s
         )
+        self.verifier_watch = FailureWatch(rewards.warn_failed_share, rewards.max_failed_steps)
         self.critic = None
         if cfg.critic.enabled:
             self.critic = SelfCritic(
@@ -287,7 +288,7 @@ class Trainer:
             draw_spec = dataclasses.replace(spec, first_index=draw * DRAW_SEED_STRIDE)
             groups = self.pool.generate([self.encode(p.text) for p in prompts], draw_spec)
             middle = time.perf_counter()
-            scores, penalties = self._verify(prompts, groups, metrics if draw == 0 else {})
+            scores, penalties = self._verify(prompts, groups, metrics, first_draw=draw == 0)
             rollout_s, verify_s = (
                 rollout_s + middle - start,
                 verify_s + time.perf_counter() - middle,
@@ -399,8 +400,12 @@ class Trainer:
                 self.judge_weights.after_update(buckets)
         return learner_metrics
 
-    def _verify(self, prompts: list[Prompt], groups, metrics) -> tuple[torch.Tensor, torch.Tensor]:
-        """Verifier scores [G, n] (NaN where a prompt has no reference) and budget penalties."""
+    def _verify(
+        self, prompts: list[Prompt], groups, metrics: dict, first_draw: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Verifier scores [G, n] (NaN where a prompt has no reference) and budget penalties.
+        The first draw's batch gives the step's metrics (unbiased: no refills) and is watched
+        for failures (a warning, or a stop when the verifier fails on everything)."""
         scores = torch.full((len(groups), self.cfg.sampling.n), float("nan"))
         penalties = torch.zeros_like(scores)
         jobs, where = [], []
@@ -424,17 +429,21 @@ class Trainer:
         results, stats = self.verifiers.score(jobs)
         for (g, i), result in zip(where, results, strict=True):
             scores[g, i] = result.score
+        if not first_draw:
+            return scores, penalties
         checked = scores[~scores.isnan()]
         metrics.update(
             {
                 "reward/verifiable_mean": float(checked.mean())
                 if checked.numel()
                 else float("nan"),
-                "reward/verifier_errors": float(stats.errors),
-                "reward/verifier_timeouts": float(stats.timeouts),
                 "reward/over_budget_rate": float((penalties > 0).float().mean()),
+                **verifier_metrics(stats),
             }
         )
+        warning = self.verifier_watch.observe(stats, len(jobs))
+        if warning:
+            print(warning, flush=True)
         return scores, penalties
 
     def _critique(
@@ -568,6 +577,19 @@ def step_seed(run_seed: int, step: int, purpose: int) -> int:
 def _learner_key(name: str) -> str:
     """Learner metrics go under learner/, unless they already name their panel (muonclip/...)."""
     return name if "/" in name else f"learner/{name}"
+
+
+def verifier_metrics(stats: BatchStats) -> dict[str, float]:
+    """The batch's failures: by kind, and by reason under reward/verifier_failures/."""
+    metrics = {
+        "reward/verifier_errors": float(stats.errors),
+        "reward/verifier_timeouts": float(stats.timeouts),
+        "reward/verifier_worker_deaths": float(stats.worker_deaths),
+        "reward/verifier_failed": float(stats.failed),
+    }
+    for reason, count in stats.by_reason.items():
+        metrics[f"reward/verifier_failures/{reason.replace(' ', '_')}"] = float(count)
+    return metrics
 
 
 def _rollout_metrics(groups: list[list[Sample]], seconds: float) -> dict[str, float]:

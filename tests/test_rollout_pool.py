@@ -96,6 +96,56 @@ def test_killed_engine_returns_at_the_current_version(pool):
     assert max_logprob_error(model, groups[2:], 0.7) < 1e-4  # the restarted engine's shard
 
 
+def _wait_dead(pid: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().split(") ")[1].startswith("Z"):
+                return  # a zombie: dead, not yet reaped
+        time.sleep(0.05)
+
+
+def test_an_engine_dead_at_a_weight_sync_is_restarted_at_the_new_weights(pool):
+    """Killed between steps, found by the next sync (not by a generate): the sync restarts it
+    and brings it to the new weights, and the step goes on."""
+    model = pytest.shared_model
+    perturb(model, 7)
+    state = to_checkpoint_names(model.state_dict())
+    restarts, victim = pool.restarts, pool.engine_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    _wait_dead(victim)
+    version = pool.update_weights(state)
+    assert pool.restarts == restarts + 1 and pool.engine_pids()[0] != victim
+    assert pool.engine_versions() == [version, version]
+    groups = pool.generate(PROMPTS * 2, SamplingSpec(n=2, temperature=0.7, max_tokens=10))
+    assert pool.restarts == restarts + 1  # nothing left to restart
+    for shard in (groups[:2], groups[2:]):
+        assert max_logprob_error(model, shard, 0.7) < 1e-4
+
+
+def test_an_engine_killed_during_a_weight_sync_serves_the_new_weights(pool):
+    """Killed while the sync is under way: whether the kill lands before, during or after its
+    load, the engine serves the new weights at the next generate."""
+    import threading
+
+    model = pytest.shared_model
+    perturb(model, 8)
+    state = to_checkpoint_names(model.state_dict())
+    victim = pool.engine_pids()[1]
+    killer = threading.Timer(0.05, os.kill, (victim, signal.SIGKILL))
+    killer.start()
+    version = pool.update_weights(state)
+    killer.join()
+    groups = pool.generate(PROMPTS * 2, SamplingSpec(n=2, temperature=0.7, max_tokens=10))
+    assert pool.engine_pids()[1] != victim
+    assert pool.engine_versions() == [version, version]
+    assert all(s.weight_version == version for g in groups for s in g)
+    for shard in (groups[:2], groups[2:]):
+        assert max_logprob_error(model, shard, 0.7) < 1e-4
+
+
 def test_engines_keep_the_configured_threads(pool):
     import ray
 

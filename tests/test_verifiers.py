@@ -171,3 +171,58 @@ def test_cli_lists_and_scores_whatever_the_response_does(tmp_path):
     )
     assert json.loads(result.stdout)["score"] == 1.0
     assert _cli("score", "no_such", "--response", str(tmp_path / "answer.txt")).returncode == 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_exits_in_verifier_code_are_errors_of_their_sample(workers):
+    """sys.exit and os._exit in a verifier: that sample scores 0 with the reason, the others are
+    scored, and the process running it (the trainer itself with workers=0) goes on."""
+    pool = VerifierPool("verifier_fixtures.exits", workers=workers, timeout_s=30.0)
+    try:
+        results, stats = pool.score([("ok", ""), ("exit", ""), ("_exit", ""), ("ok", "")])
+    finally:
+        pool.close()
+    assert [r.score for r in results] == [1.0, 0.0, 0.0, 1.0]
+    assert results[1].info["error"].startswith("SystemExit: 3")
+    assert results[2].info["error"].startswith("ProcessExit: os._exit(4)")
+    assert stats.errors == 2 and stats.worker_deaths == 0
+    assert stats.by_reason == {"SystemExit": 1, "ProcessExit": 1}
+
+
+def test_a_dead_worker_costs_its_own_sample_only():
+    """A worker killed by a signal in one sample: that sample is "worker died", the batch is
+    done long before the 60 s timeout, and a new worker scores what follows."""
+    pool = VerifierPool("verifier_fixtures.exits", workers=2, timeout_s=60.0)
+    try:
+        start = time.monotonic()
+        items = [("die" if i in (3, 7) else "ok", "") for i in range(12)]
+        results, stats = pool.score(items)
+        assert time.monotonic() - start < 30
+        assert [r.score for r in results] == [0.0 if i in (3, 7) else 1.0 for i in range(12)]
+        assert [results[i].info["reason"] for i in (3, 7)] == ["worker died"] * 2
+        assert stats.worker_deaths == 2 and stats.failed == 2
+        assert stats.by_reason == {"worker died": 2}
+    finally:
+        pool.close()
+
+
+def test_failure_watch_warns_then_stops_on_a_verifier_that_fails_everything():
+    from rewards.base import RewardResult
+    from rewards.pool import BatchStats, FailureWatch, VerifierFailing
+
+    def batch(failed: int, total: int = 4) -> BatchStats:
+        stats = BatchStats()
+        for i in range(total):
+            error = {"error": "ZeroDivisionError: division by zero"} if i < failed else {}
+            stats.count(RewardResult(0.0, error))
+        return stats
+
+    watch = FailureWatch(warn_share=0.5, max_failed_steps=2)
+    assert watch.observe(batch(2), 4) is None  # half failed: not more than the share
+    warning = watch.observe(batch(3), 4)
+    assert "3 of 4" in warning and "ZeroDivisionError" in warning
+    assert "failed on 4 of 4" in watch.observe(batch(4), 4)  # one step all failed: a warning
+    assert watch.observe(batch(1), 4) is None  # the streak breaks
+    watch.observe(batch(4), 4)
+    with pytest.raises(VerifierFailing, match="every sample of 2 steps"):
+        watch.observe(batch(4), 4)

@@ -22,3 +22,18 @@ def nonsense(completion: str, reference: str):
 def digit_share(completion: str, reference: str) -> RewardResult:
     """A dense reward, so that a random-init model gets non-zero advantages in a few steps."""
     return RewardResult(sum(c.isdigit() for c in completion) / max(len(completion), 1))
+
+
+def exits(completion: str, reference: str) -> RewardResult:
+    """sys.exit on "exit", os._exit on "_exit", a hard death (SIGKILL to itself) on "die"."""
+    import os
+    import signal
+    import sys
+
+    if completion == "exit":
+        sys.exit(3)
+    if completion == "_exit":
+        os._exit(4)
+    if completion == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return RewardResult(1.0)

@@ -2,9 +2,11 @@
 
 - generate: prompts are split into contiguous shards, one per engine, and results come back in
   prompt order with exactly n samples each, or the call fails: never a partial batch.
-- faults: an engine whose actor died is restarted and re-synced to the current weights before it
-  serves again; a shard whose generation failed is retried once (on the restarted engine if it
-  died), and a second failure raises RolloutError naming the engine and the cause.
+- faults: an engine whose actor died, at any moment, is restarted and brought to the current
+  weights before it serves again: one found dead by a weight sync is restarted by that sync;
+  one that dies after it (between steps, in an evaluation) is found by the next generate. A
+  shard whose generation failed is retried once (on the restarted engine if it died), and a
+  second failure raises RolloutError naming the engine and the cause.
 - weight sync: a checkpoint-named state is cut into buckets of `rollout.sync_bucket_mb`, each put
   once in Ray's object store as numpy arrays (shared memory on one node: engines on this node read
   them without a copy) by whoever holds the weights (`put_buckets`; in training, the learner's
@@ -162,12 +164,15 @@ class RolloutPool:
 
         self._bucket_refs = list(bucket_refs)
         self.weight_version = self.weight_version + 1 if version is None else version
-        ray.get(
-            [
-                actor.update_weights.remote(self.weight_version, *self._bucket_refs)
-                for actor in self.actors
-            ]
-        )
+        futures = [
+            actor.update_weights.remote(self.weight_version, *self._bucket_refs)
+            for actor in self.actors
+        ]
+        for index, future in enumerate(futures):
+            try:
+                ray.get(future)
+            except ray.exceptions.RayActorError:  # died before or during its load
+                self.restart(index)  # a new engine, loaded with these buckets
         return self.weight_version
 
     def engine_pids(self) -> list[int]:
