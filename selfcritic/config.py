@@ -202,7 +202,12 @@ class CriticConfig:
     # {x} {y}; the critic never sees a reference answer
     verdict_letters: list[str] = field(default_factory=lambda: ["X", "Y"])  # one token each
     flatten_newlines: bool = True  # newlines in responses become spaces (delimiter safety)
-    delimiters: list[str] = field(default_factory=list)  # strings cut out of responses
+    # strings cut out of responses (with the verdict marker); "->" ends the default template
+    delimiters: list[str] = field(default_factory=lambda: ["->"])
+    # a pair with an invalid verdict in an order: resolve (judged again with both responses
+    # sanitised; if still invalid, a response that held a delimiter or the marker loses, else
+    # the pair is dropped and counted) | tie (scored 0.5: a derailing response then ties)
+    invalid_pairs: str = setting("resolve", one_of=("resolve", "tie"))
     # all | sampled | auto (all pairs while n <= all_pairs_max_n)
     schedule: str = setting("auto", one_of=("auto", "all", "sampled"))
     all_pairs_max_n: int = setting(4, ge=2)

@@ -63,3 +63,12 @@ def test_cli_refuses_bad_input_clearly(tmp_path, nano_model_path):
         *base, "--rubric", "nope", str(tmp_path / "one.txt"), str(tmp_path / "one.txt")
     )
     assert rubric.returncode != 0 and "unknown rubric 'nope'" in rubric.stderr
+
+
+def test_cli_sets_the_delimiters_and_the_invalid_pair_rule():
+    from selfcritic.critic.__main__ import parse_args
+
+    base = ["--model", "m", "--prompt-file", "p", "a", "b"]
+    args = parse_args([*base, "--delimiter", "<<", "--delimiter", ">>", "--invalid-pairs", "tie"])
+    assert args.delimiters == ["<<", ">>"] and args.invalid_pairs == "tie"
+    assert parse_args(base).delimiters is None  # the config's default ("->") then applies

@@ -31,6 +31,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--aggregation", default="win_rate", choices=["win_rate", "bradley_terry"])
     parser.add_argument("--mandatory", default="precedence", choices=["precedence", "weighted"])
     parser.add_argument("--max-tokens", type=int, default=16, help="generative mode budget")
+    parser.add_argument(
+        "--delimiter",
+        action="append",
+        dest="delimiters",
+        help="a string cut out of responses (repeat for several); default: those of "
+        "critic.delimiters",
+    )
+    parser.add_argument(
+        "--invalid-pairs",
+        default="resolve",
+        choices=["resolve", "tie"],
+        help="critic.invalid_pairs",
+    )
     parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
     parser.add_argument("--max-model-len", type=int, help="default: the model's context length")
     parser.add_argument(
@@ -77,7 +90,7 @@ def report(critic, result, names: list[str]) -> dict:
             f"p_first_wins_shown_as_{letters[1]}": None
             if item.backward is None
             else 1 - item.backward,
-            "outcome_for_first": item.outcome,
+            "outcome_for_first": item.reward_outcome,
         }
         | (
             {"answers": [item.forward_answer.text, item.backward_answer.text]}
@@ -108,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(argv)
     prompt, responses = read_inputs(args)
+    defaults: dict = {}
     try:
         rubric = load_rubric(args.rubric)
         model_path = checkpoint_for_engines(
@@ -115,13 +129,17 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (KeyError, ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
+    if args.delimiters is not None:
+        defaults["delimiters"] = args.delimiters
     cfg = CriticConfig(
+        **defaults,
         rubric=args.rubric,
         verdict_mode=args.verdict_mode,
         aggregation=args.aggregation,
         mandatory=args.mandatory,
         max_tokens=args.max_tokens,
         schedule="all",
+        invalid_pairs=args.invalid_pairs,
         calibration=CalibrationConfig(enabled=False),
         anchor=AnchorConfig(size=0),
     )

@@ -65,11 +65,35 @@ class Judged:
     backward: float | None
     forward_answer: Sample
     backward_answer: Sample
+    # set by `Judge.resolve_invalid` on a pair still invalid when judged again: the outcome for
+    # `first` the rule forced (0: first held a forgery, 1: second did), or dropped
+    forced: float | None = None
+    dropped: bool = False
+
+    @property
+    def valid(self) -> bool:
+        return self.forward is not None and self.backward is not None
 
     @property
     def outcome(self) -> float:
         """For `first`: the mean of its win probabilities over both orders (0.5 if invalid)."""
         return pair_outcome(self.forward, self.backward)
+
+    @property
+    def reward_outcome(self) -> float | None:
+        """The outcome the reward uses: forced where the invalid rule decided, None where it
+        dropped the pair, else `outcome`."""
+        if self.dropped:
+            return None
+        return self.forced if self.forced is not None else self.outcome
+
+
+def forged_outcome(first_forged: bool, second_forged: bool) -> float | None:
+    """A pair invalid even when judged sanitised: the response that held a forgery (a
+    delimiter or the verdict marker) loses; with both or neither, no outcome (dropped)."""
+    if first_forged == second_forged:
+        return None
+    return 0.0 if first_forged else 1.0
 
 
 @dataclass
@@ -91,6 +115,7 @@ class Judge:
             letters=tuple(cfg.verdict_letters),
             flatten_newlines=cfg.flatten_newlines,
             delimiters=tuple(cfg.delimiters),
+            marker=cfg.verdict_marker if cfg.verdict_mode == "generative" else "",
         )
 
     def spec(self) -> SamplingSpec:
@@ -157,6 +182,39 @@ class Judge:
             prompt_tokens=sum(len(p) for p in prompts),
             completion_tokens=sum(len(s.completion_ids) for a in answers for s in a),
         )
+
+    def resolve_invalid(
+        self, judged: list[Judged], engine, seed: int | None = None
+    ) -> tuple[list[Judged], dict[str, float]]:
+        """Invalid verdicts never better than losing: each pair with an invalid order is judged
+        again with both responses sanitised; one still invalid is decided by `forged_outcome`
+        on the raw responses. Returns the pairs and the counts (critic/rejudged, .../forged,
+        .../dropped_pairs)."""
+        invalid = [i for i, item in enumerate(judged) if not item.valid]
+        counts = {"critic/rejudged": float(len(invalid))}
+        if not invalid:
+            return judged, counts | {"critic/forged": 0.0, "critic/dropped_pairs": 0.0}
+        clean = [
+            dataclasses.replace(
+                judged[i].job,
+                first=self.prompter.sanitise(judged[i].job.first),
+                second=self.prompter.sanitise(judged[i].job.second),
+            )
+            for i in invalid
+        ]
+        again = self.judge(clean, engine, seed).judged
+        resolved, forged, dropped = list(judged), 0, 0
+        for i, retry in zip(invalid, again, strict=True):
+            job = judged[i].job
+            if retry.valid:
+                resolved[i] = dataclasses.replace(retry, job=job)
+                continue
+            forced = forged_outcome(
+                bool(self.prompter.forgeries(job.first)), bool(self.prompter.forgeries(job.second))
+            )
+            forged, dropped = forged + (forced is not None), dropped + (forced is None)
+            resolved[i] = dataclasses.replace(judged[i], forced=forced, dropped=forced is None)
+        return resolved, counts | {"critic/forged": float(forged), "critic/dropped_pairs": dropped}
 
     def sample(
         self, jobs: list[PairJob], engine, n: int, temperature: float, seed=None, logprobs=True

@@ -14,10 +14,13 @@ also available to templates. The critic answers with the letter of the better re
 - generative mode lets it write a short rationale first and then `<marker><letter>` (default
   "#X"); `parse_generative` documents what counts as a verdict.
 
-Responses are neutralised so they cannot forge a delimiter: newline runs become one space
-(`critic.flatten_newlines`; the default template's delimiters all start a line) and each string in
-`critic.delimiters` is cut out. The critic never sees a reference answer or a verifier's output:
-the template has no field for them.
+Responses are neutralised so they cannot forge a delimiter or a verdict: newline runs become one
+space (`critic.flatten_newlines`; the default template's labels all start a line), each string in
+`critic.delimiters` is cut out (by default "->", the default template's verdict cue, the one
+delimiter that survives flattening) and so is the verdict marker. `forgeries` names what a raw
+response held of those; `sanitise` is the stronger cleaning an invalid pair is judged again with.
+The critic never sees a reference answer or a verifier's output: the template has no field for
+them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from selfcritic.config import DEFAULT_CRITIC_TEMPLATE, Config
 from selfcritic.preflight import Problems, preflight_check
 
 DEFAULT_TEMPLATE = DEFAULT_CRITIC_TEMPLATE
+_PLAIN = set(" .,;!?'\"()+-*/=%")  # punctuation `sanitise` keeps
 TEMPLATE_FIELDS = {"question", "first", "second", "aspect", "description", "x", "y"}
 
 
@@ -55,13 +59,25 @@ class CriticPrompter:
     letters: tuple[str, str] = ("X", "Y")
     flatten_newlines: bool = True
     delimiters: tuple[str, ...] = ()
+    marker: str = "#"  # the generative verdict's marker: cut out of responses too
 
     def neutralise(self, response: str) -> str:
-        """The response with no way to forge a delimiter of the template."""
+        """The response with no way to forge a delimiter of the template or a verdict."""
         text = " ".join(response.split()) if self.flatten_newlines else response
-        for delimiter in self.delimiters:
-            text = text.replace(delimiter, " ")
+        for delimiter in (*self.delimiters, self.marker):
+            if delimiter:
+                text = text.replace(delimiter, " ")
         return text
+
+    def forgeries(self, response: str) -> list[str]:
+        """The delimiters and the verdict marker that `response` holds, as written."""
+        return [d for d in (*self.delimiters, self.marker) if d and d in response]
+
+    def sanitise(self, response: str) -> str:
+        """Neutralised, then only letters, digits, spaces and plain punctuation kept: what an
+        invalid pair is judged again with (no template's delimiter is made of those alone)."""
+        kept = "".join(c if c.isalnum() or c in _PLAIN else " " for c in self.neutralise(response))
+        return " ".join(kept.split())
 
     def prompt(self, question: str, first: str, second: str, aspect: str, description="") -> str:
         """The critic prompt showing `first` as letters[0] and `second` as letters[1]."""

@@ -143,10 +143,14 @@ class SelfCritic:
         call = self.judge.judge(rubric_jobs + calibration_jobs + anchor_jobs, engine, seed)
         judged = call.judged[: len(rubric_jobs)]
         calibrated = call.judged[len(rubric_jobs) : len(rubric_jobs) + len(calibration_jobs)]
+        invalid = sum((j.forward is None) + (j.backward is None) for j in judged)
+        resolved: dict[str, float] = {}
+        if self.cfg.invalid_pairs == "resolve":
+            judged, resolved = self.judge.resolve_invalid(judged, engine, seed + 2)
         result = CritiqueResult(
             scores=self._scores(groups, rubrics, judged),
             judged=judged,
-            invalid=sum((j.forward is None) + (j.backward is None) for j in judged),
+            invalid=invalid,
             inconsistent=sum(order_flipped(j.forward, j.backward) for j in judged),
             prompt_tokens=call.prompt_tokens,
             completion_tokens=call.completion_tokens,
@@ -155,6 +159,7 @@ class SelfCritic:
             result.prompt_tokens += probe_call.prompt_tokens
             result.completion_tokens += probe_call.completion_tokens
         result.extra.update(self.gate.metrics())
+        result.extra.update(resolved)
         result.extra.update(_aspect_metrics(judged, verified, self.cfg.calibration))
         result.extra["critic/length_bias"] = length_bias(result.scores, groups)
         if calibrating:
@@ -192,7 +197,9 @@ class SelfCritic:
     def _scores(self, groups, rubrics: list[Rubric], judged: list[Judged]) -> list[list[float]]:
         per_pair: dict[tuple, dict[str, float]] = {}
         for item in judged:
-            per_pair.setdefault(item.job.key, {})[item.job.aspect] = item.outcome
+            outcome = item.reward_outcome
+            if outcome is not None:  # a dropped pair gives no outcome on that aspect
+                per_pair.setdefault(item.job.key, {})[item.job.aspect] = outcome
         outcomes: list[list] = [[] for _ in groups]
         for (g, i, j), aspects in per_pair.items():
             weights = {a.name: a.weight for a in rubrics[g].aspects}
