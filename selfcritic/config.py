@@ -208,6 +208,10 @@ class CriticConfig:
     # sanitised; if still invalid, a response that held a delimiter or the marker loses, else
     # the pair is dropped and counted) | tie (scored 0.5: a derailing response then ties)
     invalid_pairs: str = setting("resolve", one_of=("resolve", "tie"))
+    # tokens each response must keep in a critic prompt: a run whose template, longest question
+    # and answer leave less is refused before any work; above it, responses that do not fit
+    # are cut (counted: critic/cut_prompts)
+    min_response_tokens: int = setting(8, ge=1)
     # all | sampled | auto (all pairs while n <= all_pairs_max_n)
     schedule: str = setting("auto", one_of=("auto", "all", "sampled"))
     all_pairs_max_n: int = setting(4, ge=2)

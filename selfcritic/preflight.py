@@ -8,8 +8,10 @@ Two kinds of rules, one report:
   probe source, the learner's loss and estimator, the verifier and rubric, Ray's CPUs, the
   nano world's settings, ...). `CHECKED_MODULES` lists the modules that hold them.
 `validate(cfg)` runs every rule and raises one `ConfigError` with every problem, a line each,
-each naming its key and what to do. Left out: checks that need a running cluster (a joined Ray
-cluster's size is checked when Ray starts) or the output directory's contents (checkpoint.py).
+each naming its key and what to do. `context_problems` is the one rule that needs the
+tokenizer: the trainer runs it as soon as the tokenizer is there, before the warm-start, Ray and
+the engines. Left out: checks that need a running cluster (a joined Ray cluster's size is
+checked when Ray starts) or the output directory's contents (checkpoint.py).
 """
 
 from __future__ import annotations
@@ -127,3 +129,43 @@ def _path_rule(key: str, value: str, kind: str) -> tuple[bool, str, str]:
         key,
         f"{value!r} is a file; it must name a directory (new or existing)",
     )
+
+
+def context_problems(
+    cfg: Config, encode: Callable[[str], list[int]], questions: list[str], aspects: list[tuple]
+) -> list[str]:
+    """The lengths rule, with the tokenizer (`encode`) and the first step's `questions`: refuse
+    only what cannot fit the engines' context (`rollout.max_model_len`): a prompt plus
+    `sampling.max_tokens`, or a critic prompt (the template with the longest question and
+    `aspects`' longest (name, description), responses of `critic.min_response_tokens` each) plus
+    its answer. Anything longer at run time has its responses cut in critic prompts, counted."""
+    problems, limit = Problems(), cfg.rollout.max_model_len
+    longest = max(questions, key=lambda q: len(encode(q)), default="")
+    prompt = len(encode(longest))
+    problems.require(
+        prompt + cfg.sampling.max_tokens <= limit,
+        "sampling.max_tokens",
+        f"the longest prompt of the first step ({prompt} tokens) plus sampling.max_tokens="
+        f"{cfg.sampling.max_tokens} passes rollout.max_model_len={limit}: lower one, or raise "
+        "rollout.max_model_len",
+    )
+    critic = cfg.critic
+    if critic.enabled and aspects:
+        name, description = max(aspects, key=lambda a: len(a[0]) + len(a[1]))
+        letters = critic.verdict_letters
+        empty = critic.template.format(
+            question=longest, first="", second="", aspect=name, description=description,
+            x=letters[0], y=letters[1],
+        )  # fmt: skip
+        answer = 1 if critic.verdict_mode == "probability" else critic.max_tokens
+        needed = len(encode(empty)) + 2 * critic.min_response_tokens + answer
+        problems.require(
+            needed <= limit,
+            "critic.min_response_tokens",
+            f"a critic prompt needs {needed} tokens (template and longest question "
+            f"{needed - 2 * critic.min_response_tokens - answer}, two responses of "
+            f"{critic.min_response_tokens}, the answer {answer}) but rollout.max_model_len="
+            f"{limit}: raise rollout.max_model_len, or lower critic.min_response_tokens or "
+            "critic.max_tokens",
+        )
+    return problems.lines

@@ -38,7 +38,7 @@ from selfcritic.checkpoint import (
     training_settings,
     write_checkpoint,
 )
-from selfcritic.config import Config
+from selfcritic.config import Config, ConfigError
 from selfcritic.critic.gate import load_probes
 from selfcritic.critic.judge import prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
@@ -47,6 +47,7 @@ from selfcritic.data.prompts import Prompt, get_source
 from selfcritic.eval.nano import HEADLINE
 from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS, informative_groups
 from selfcritic.learner.learner import PolicyBatch, trust_engine_logprobs
+from selfcritic.preflight import context_problems
 from selfcritic.rollout.types import Sample, SamplingSpec
 from selfcritic.schedule import annealed, lr_scale_at
 from selfcritic.tracking import Tracker, console_line
@@ -153,14 +154,16 @@ class Trainer:
         from selfcritic.rollout.pool import RolloutPool
 
         cfg = self.cfg
-        # before any work: a bad probe file fails here
         probes = load_probes(cfg.critic.gate, cfg.data) if cfg.critic.enabled else []
         cache = Path(cfg.trainer.cache_dir).expanduser()
         self.model_path = prepare_model(cfg.model, cache)
-        if cfg.warmstart.enabled:
-            self.model_path = warm_start(cfg, self.model_path, cache)
+        # the tokenizer the warm-start keeps: the lengths are checked before any long work
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
         self.encode = prompt_encoder(self.tokenizer)  # prompt ids: BOS (if any), then the text
+        self.source = get_source(cfg.data.source)
+        self._check_with_tokenizer()
+        if cfg.warmstart.enabled:
+            self.model_path = warm_start(cfg, self.model_path, cache)
         self.resume_from = newest_checkpoint(self.output_dir) if cfg.trainer.resume else None
         self.resumed_state: dict = {}
         if self.resume_from is not None:
@@ -196,6 +199,7 @@ class Trainer:
                 self.encode,
                 verdict_token_ids(self.tokenizer, cfg.critic.verdict_letters),
                 probes,
+                context_len=cfg.rollout.max_model_len,
             )
             self.judge_weights = JudgeWeights(
                 cfg.critic.weights,
@@ -205,10 +209,26 @@ class Trainer:
                     self.model_path, dataclasses.replace(cfg.rollout, num_engines=1)
                 ),
             )
-        self.source = get_source(cfg.data.source)
         self.ptx_data = None
         if cfg.learner.ptx_weight > 0 and cfg.warmstart.ptx_per_step > 0:
             self.ptx_data = WarmStartData(cfg, self.tokenizer)
+
+    def _check_with_tokenizer(self) -> None:
+        """What needs the tokenizer, before any long work: the lengths rule
+        (preflight.context_problems) on the first step's prompts, one token per verdict letter."""
+        prompts = self.source(self.cfg.data, 1, 0)
+        specs = {self.cfg.critic.rubric} | {p.rubric for p in prompts if p.rubric}
+        aspects = []
+        if self.cfg.critic.enabled:
+            aspects = [(a.name, a.description) for s in specs for a in self.rubric(s).aspects]
+        problems = context_problems(self.cfg, self.encode, [p.text for p in prompts], aspects)
+        if self.cfg.critic.enabled:
+            try:
+                verdict_token_ids(self.tokenizer, self.cfg.critic.verdict_letters)
+            except ValueError as error:
+                problems.append(f"config key 'critic.verdict_letters': {error}")
+        if problems:
+            raise ConfigError("\n".join(problems))
 
     def _save_config(self) -> None:
         """The run's settings as `config.yaml` (what `python -m selfcritic.eval` reads back)."""

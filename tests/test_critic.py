@@ -670,3 +670,24 @@ def test_a_response_that_derails_the_critic_never_does_better_than_losing():
     dropped, _ = _scores(resolve, ["5", "5 zzz"], _derailed_by("zzz"))
     assert dropped.extra["critic/dropped_pairs"] == 2 and dropped.extra["critic/forged"] == 0
     assert dropped.scores[0] == [0.0, 0.0]  # no outcome at all: win rates 0.5, centred
+
+
+def test_responses_too_long_for_the_context_are_cut_and_counted():
+    """A critic prompt past the context keeps the most of the responses that fits (each cut to
+    at most the same number of characters) and is counted; one that fits is left alone."""
+    from selfcritic.critic.judge import Judge
+
+    cfg = CriticConfig(verdict_mode="generative", max_tokens=4)
+    judge = Judge(cfg, _chars_encode, (X_ID, Y_ID), context_len=40)
+    short = PairJob(("k",), "Q: 1+1=", "2", "3", "correct")
+    assert judge.encode_pair(short, False) == _chars_encode(judge.prompt_text(short, False))
+    long = PairJob(("k",), "Q: 1+1=", "2" * 30, "3" * 5, "correct")
+    ids = judge.encode_pair(long, True)
+    assert len(ids) == 36 and judge.cut_prompts == 1
+    text = "".join(map(chr, ids))
+    # 40 - 4 answer tokens - 28 fixed characters leave 8: each response cut to at most 4
+    assert shown_as(text, "X") == "3" * 4 and shown_as(text, "Y") == "2" * 4
+
+
+def _chars_encode(text: str) -> list[int]:
+    return [ord(c) for c in text]

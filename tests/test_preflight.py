@@ -173,3 +173,71 @@ def test_every_module_imports_alone():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == ""
+
+
+def _chars(text: str) -> list[int]:
+    return [ord(c) for c in text]  # one token a character, as the nano tokenizer
+
+
+def test_lengths_refused_only_when_nothing_can_fit():
+    from selfcritic.preflight import context_problems
+
+    questions = ["Q: 3+4=\nA:", "Q: 12+13=\nA:"]  # the longest: 12 tokens
+    aspects = [("correct", "right"), ("short", "brief")]
+    cfg = Config()
+    cfg.rollout.max_model_len = 28
+    cfg.sampling.max_tokens = 17  # 12 + 17 > 28
+    cfg.critic.verdict_mode, cfg.critic.max_tokens = "generative", 4
+    problems = context_problems(cfg, _chars, questions, aspects)
+    assert len(problems) == 2
+    assert (
+        problems[0].startswith("config key 'sampling.max_tokens'") and "(12 tokens)" in problems[0]
+    )
+    # the template with the longest question, "correct" and empty responses: "C: " 3, the
+    # question 12, "\nX: " 4, "\nY: " 4, "\ncorrect->" 10: 33; then 2 x 8 response tokens and
+    # the 4 of the answer: 53
+    template = Config().critic.template.format(
+        question=questions[1], first="", second="", aspect="correct", description="right",
+        x="X", y="Y",
+    )  # fmt: skip
+    assert len(template) == 33
+    assert problems[1].startswith("config key 'critic.min_response_tokens'")
+    assert "needs 53 tokens" in problems[1]
+    cfg.rollout.max_model_len, cfg.sampling.max_tokens = 53, 16
+    assert context_problems(cfg, _chars, questions, aspects) == []
+
+
+def test_a_run_whose_lengths_cannot_fit_stops_before_the_warm_start(tmp_path, cache_dir):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "selfcritic.run",
+            "+experiment=nano",
+            "rollout.max_model_len=40",
+            "sampling.max_tokens=36",
+            f"trainer.output_dir={tmp_path / 'run'}",
+            f"trainer.cache_dir={cache_dir}",
+            "tracking.wandb_mode=disabled",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "config key" in line]
+    assert [e.split("'")[1] for e in errors] == [
+        "sampling.max_tokens",
+        "critic.min_response_tokens",
+    ]
+    assert "warm-start" not in result.stdout and "Traceback" not in result.stderr
+
+
+def test_a_corrupt_probe_file_is_one_line_naming_the_source(tmp_path):
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text('{"question": "q", "better": "a", "worse": "b"}\n')  # no aspect
+    with pytest.raises(ConfigError) as caught:
+        validate(_nano(f"critic.gate.source={probes}"))
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("config key 'critic.gate.source'"), lines
+    assert "probes.jsonl:1 needs string fields" in lines[0] and lines[0].count("gate.source") == 1

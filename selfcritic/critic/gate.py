@@ -163,17 +163,24 @@ class AspectGate:
 
 
 @preflight_check
-def _probe_source_exists(cfg: Config, problems: Problems) -> None:
+def _probes_load(cfg: Config, problems: Problems) -> None:
+    """The probe source exists and its pairs load (a bad line of a file is named)."""
     source = cfg.critic.gate.source
+    if not cfg.critic.enabled or source is None:
+        return
+    known = source in PROBE_SOURCES or Path(source).expanduser().is_file()
     problems.require(
-        not cfg.critic.enabled
-        or source is None
-        or source in PROBE_SOURCES
-        or Path(source).expanduser().is_file(),
+        known,
         "critic.gate.source",
         f"{source!r} is neither a registered probe source ({PROBE_SOURCES.names()}) nor a "
         "file; give a JSONL file of labelled pairs or null to turn the gate off",
     )
+    if known:
+        try:
+            load_probes(cfg.critic.gate, cfg.data)
+        except (ValueError, KeyError, OSError) as error:
+            text = str(error).removeprefix("critic.gate.source: ")
+            problems.require(False, "critic.gate.source", text)
 
 
 from selfcritic.data import nano_probes as _nano_probes  # noqa: E402, F401  (registers a source)

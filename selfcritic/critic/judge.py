@@ -107,9 +107,18 @@ class Judge:
     """Critic prompts in, verdicts out; `encode` turns text into prompt ids (with BOS)."""
 
     def __init__(
-        self, cfg: CriticConfig, encode: Callable[[str], list[int]], verdict_ids: tuple[int, int]
+        self,
+        cfg: CriticConfig,
+        encode: Callable[[str], list[int]],
+        verdict_ids: tuple[int, int],
+        context_len: int | None = None,
     ) -> None:
+        """`context_len`: the engines' context (rollout.max_model_len); a critic prompt that
+        would leave no room for the answer has its responses cut (`encode_pair`)."""
         self.cfg, self.encode, self.verdict_ids = cfg, encode, verdict_ids
+        answer = 1 if cfg.verdict_mode == "probability" else cfg.max_tokens
+        self.max_prompt_tokens = None if context_len is None else context_len - answer
+        self.cut_prompts = 0  # prompts whose responses were cut to fit, so far
         self.prompter = CriticPrompter(
             template=cfg.template,
             letters=tuple(cfg.verdict_letters),
@@ -139,6 +148,27 @@ class Judge:
         first, second = (job.second, job.first) if swapped else (job.first, job.second)
         return self.prompter.prompt(job.question, first, second, job.aspect, job.description)
 
+    def encode_pair(self, job: PairJob, swapped: bool) -> list[int]:
+        """The critic prompt's ids. One longer than `max_prompt_tokens` has both responses cut
+        to the same number of characters, the most that fits (a binary search: tokenizers cut
+        at no fixed ratio of characters), and is counted in `cut_prompts`."""
+        ids = self.encode(self.prompt_text(job, swapped))
+        limit = self.max_prompt_tokens
+        if limit is None or len(ids) <= limit:
+            return ids
+        self.cut_prompts += 1
+        fits, low, high = None, 0, max(len(job.first), len(job.second))
+        while low <= high:
+            middle = (low + high) // 2
+            cut = dataclasses.replace(job, first=job.first[:middle], second=job.second[:middle])
+            candidate = self.encode(self.prompt_text(cut, swapped))
+            if len(candidate) <= limit:
+                fits, low = candidate, middle + 1
+            else:
+                high = middle - 1
+        # even empty responses leave no room (a question too long): the engine will refuse it
+        return fits if fits is not None else ids
+
     def read(self, answer: Sample) -> float | None:
         """P(X wins) from one critic answer; None when it holds no verdict."""
         if self.cfg.verdict_mode != "probability":
@@ -153,9 +183,7 @@ class Judge:
 
     def judge(self, jobs: list[PairJob], engine, seed: int | None = None) -> JudgeCall:
         """Every job in both orders through `engine.generate`, in one call."""
-        prompts = [
-            self.encode(self.prompt_text(job, swapped)) for job in jobs for swapped in (0, 1)
-        ]
+        prompts = [self.encode_pair(job, swapped) for job in jobs for swapped in (False, True)]
         order = sorted(range(len(prompts)), key=lambda i: prompts[i])
         answers = (
             engine.generate(
@@ -233,7 +261,7 @@ class Judge:
             logprobs=logprobs,
         )
         keys = [(job, swapped) for job in jobs for swapped in (False, True)]
-        prompts = [self.encode(self.prompt_text(job, swapped)) for job, swapped in keys]
+        prompts = [self.encode_pair(job, swapped) for job, swapped in keys]
         answers = engine.generate(prompts, spec) if prompts else []
         return [(job, swapped, group) for (job, swapped), group in zip(keys, answers, strict=True)]
 

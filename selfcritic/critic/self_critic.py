@@ -74,10 +74,12 @@ class SelfCritic:
         encode: Callable[[str], list[int]],
         verdict_ids: tuple[int, int],
         probes: list[PairJob] | None = None,
+        context_len: int | None = None,
     ) -> None:
-        """`probes`: the aspect gate's labelled pairs (`gate.load_probes`; none: no gate)."""
+        """`probes`: the aspect gate's labelled pairs (`gate.load_probes`; none: no gate);
+        `context_len`: the engines' context, past which responses are cut in critic prompts."""
         self.cfg, self.rubric = cfg, rubric
-        self.judge = Judge(cfg, encode, verdict_ids)
+        self.judge = Judge(cfg, encode, verdict_ids, context_len)
         self.calibrator = Calibrator(
             cfg.calibration, encode, verdict_ids, self.judge.prompt_text, self.judge.verdict_cue
         )
@@ -127,6 +129,7 @@ class SelfCritic:
         they are on-policy for the learner even when a lagged or frozen copy judges; `rl_logprobs`:
         whether they carry the engine's sampling logprobs (`SamplingSpec.logprobs`)."""
         rng = random.Random(seed)
+        cut_before = self.judge.cut_prompts
         probe_call = None
         if self.gate.due(step):  # before the step's pairs: a closed aspect is not judged
             probe_call = self.judge.judge(self.gate.probes, engine, seed)
@@ -176,6 +179,7 @@ class SelfCritic:
         if anchor_jobs:
             result.extra.update(self.anchor.drift(call.judged[-len(anchor_jobs) :]))
         self.calibrator.excluded |= self.anchor.freeze(judged, rng)
+        result.extra["critic/cut_prompts"] = float(self.judge.cut_prompts - cut_before)
         return result
 
     def _rubric_jobs(self, questions, texts, rubrics, rng) -> list[PairJob]:

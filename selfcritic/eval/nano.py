@@ -65,7 +65,8 @@ def evaluate_nano(engine, tokenizer, cfg: Config, seed: int = 0) -> dict[str, fl
     )
     groups = engine.generate([encode(t.question) for t in arithmetic + repeat], spec)
     metrics = actor_metrics(arithmetic, repeat, [[s.text for s in g] for g in groups])
-    judge = Judge(cfg.critic, encode, verdict_token_ids(tokenizer, cfg.critic.verdict_letters))
+    letter_ids = verdict_token_ids(tokenizer, cfg.critic.verdict_letters)
+    judge = Judge(cfg.critic, encode, letter_ids, cfg.rollout.max_model_len)
     jobs = frozen_pairs(cfg, arithmetic, repeat)
     injected = [_inject(job) for job in jobs]
     judged = judge.judge(jobs + injected, engine, seed=seed).judged
