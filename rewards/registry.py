@@ -149,6 +149,7 @@ def _load_problem(load: Callable[[str], object], spec: str) -> str | None:
 
 @preflight_check
 def _plugins_load(cfg: Config, problems: Problems) -> None:
+    """`reward.verifier` and `critic.rubric` load (any error of the plug-in, one line)."""
     verifier = _load_problem(get_verifier, cfg.reward.verifier)
     problems.require(
         verifier is None,

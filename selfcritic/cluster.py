@@ -87,7 +87,8 @@ def require_cpus(cfg: Config, available: float) -> None:
 
 @preflight_check
 def _local_cpus(cfg: Config, problems: Problems) -> None:
-    """A local Ray's size is known before it starts (a cluster's only once joined)."""
+    """The actors' Ray CPUs fit a local Ray (a joined cluster's once joined), naming the key of
+    the largest request."""
     if cfg.ray.address is None:
         problem = cpu_problem(cfg, cfg.ray.num_cpus or os.cpu_count() or 1)
         problems.require(problem is None, *(problem or ("", "")))

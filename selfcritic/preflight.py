@@ -169,3 +169,44 @@ def context_problems(
             "critic.max_tokens",
         )
     return problems.lines
+
+
+def rules_table() -> str:
+    """docs/running.md's table of checked settings: every field rule, then every component rule
+    (`python -m selfcritic.preflight` prints it; a test keeps the docs equal to it)."""
+    rows = ["| setting | checked before any work |", "| --- | --- |"]
+    for key, _, rules in fields_with_rules(Config()):
+        described = _describe(rules)
+        if described:
+            rows.append(f"| `{key}` | {described} |")
+    for name in CHECKED_MODULES:
+        importlib.import_module(name)
+    for check in _CHECKS:
+        doc = (check.__doc__ or check.__name__.strip("_").replace("_", " ")).split("\n\n")[0]
+        rows.append(f"| ({check.__module__}) | {' '.join(doc.split())} |")
+    rows.append(
+        "| (selfcritic.preflight.context_problems) | with the tokenizer: a prompt plus "
+        "`sampling.max_tokens`, and a critic prompt with `critic.min_response_tokens` per "
+        "response, fit `rollout.max_model_len`; each verdict letter is one token |"
+    )
+    return "\n".join(rows)
+
+
+def _describe(rules: dict) -> str:
+    parts = []
+    if "one_of" in rules:
+        parts.append("one of " + ", ".join(f"`{choice}`" for choice in rules["one_of"]))
+    bounds = [f"{BOUNDS[name][0]} {rules[name]:g}" for name in BOUNDS if name in rules]
+    if bounds:
+        parts.append("finite, " + " and ".join(bounds))
+    if rules.get("path") == "hf_model":
+        parts.append("a Hugging Face model directory (config.json)")
+    elif rules.get("path") == "dir_or_absent":
+        parts.append("a directory, or nothing yet (never a file)")
+    return "; ".join(parts)
+
+
+if __name__ == "__main__":  # through the package's module, where the components register
+    from selfcritic.preflight import rules_table as table_of_the_package
+
+    print(table_of_the_package())

@@ -58,6 +58,7 @@ def lr_scale_at(
 
 @preflight_check
 def _warmup_within_the_run(cfg: Config, problems: Problems) -> None:
+    """`trainer.lr_warmup_steps` below `trainer.steps`."""
     steps = cfg.trainer.steps
     problems.require(
         cfg.trainer.lr_warmup_steps < steps,

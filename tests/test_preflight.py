@@ -207,7 +207,7 @@ def test_lengths_refused_only_when_nothing_can_fit():
     assert context_problems(cfg, _chars, questions, aspects) == []
 
 
-def test_a_run_whose_lengths_cannot_fit_stops_before_the_warm_start(tmp_path, cache_dir):
+def test_what_needs_the_tokenizer_stops_a_run_before_the_warm_start(tmp_path, cache_dir):
     result = subprocess.run(
         [
             sys.executable,
@@ -216,6 +216,7 @@ def test_a_run_whose_lengths_cannot_fit_stops_before_the_warm_start(tmp_path, ca
             "+experiment=nano",
             "rollout.max_model_len=40",
             "sampling.max_tokens=36",
+            "critic.verdict_letters=[XX,YY]",  # two tokens each for the nano tokenizer
             f"trainer.output_dir={tmp_path / 'run'}",
             f"trainer.cache_dir={cache_dir}",
             "tracking.wandb_mode=disabled",
@@ -229,6 +230,7 @@ def test_a_run_whose_lengths_cannot_fit_stops_before_the_warm_start(tmp_path, ca
     assert [e.split("'")[1] for e in errors] == [
         "sampling.max_tokens",
         "critic.min_response_tokens",
+        "critic.verdict_letters",
     ]
     assert "warm-start" not in result.stdout and "Traceback" not in result.stderr
 
@@ -241,3 +243,11 @@ def test_a_corrupt_probe_file_is_one_line_naming_the_source(tmp_path):
     lines = str(caught.value).splitlines()
     assert len(lines) == 1 and lines[0].startswith("config key 'critic.gate.source'"), lines
     assert "probes.jsonl:1 needs string fields" in lines[0] and lines[0].count("gate.source") == 1
+
+
+def test_the_docs_table_of_checked_settings_is_the_codes():
+    from selfcritic.preflight import rules_table
+
+    text = (REPO / "docs" / "running.md").read_text()
+    table = text.split("<!-- checked-settings -->\n")[1].split("\n<!-- /checked-settings -->")[0]
+    assert table == rules_table(), "run: python -m selfcritic.preflight, and paste it"

@@ -148,6 +148,7 @@ def rl_groups(sampled, letter_of: Callable, letters: tuple[str, str]):
 
 @preflight_check
 def _correct_and_wrong_apart(cfg: Config, problems: Problems) -> None:
+    """`critic.calibration.wrong_max` below `critic.calibration.correct_min`."""
     calibration = cfg.critic.calibration
     problems.require(
         calibration.wrong_max < calibration.correct_min,

@@ -111,6 +111,8 @@ def parse_generative(text: str, letters: tuple[str, str], marker: str = "#") -> 
 
 @preflight_check
 def _critic_prompt_settings(cfg: Config, problems: Problems) -> None:
+    """`critic.template` has the known fields; `critic.verdict_letters` two different
+    strings; `critic.verdict_marker` not empty."""
     critic = cfg.critic
     if not critic.enabled:
         return

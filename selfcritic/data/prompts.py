@@ -45,6 +45,7 @@ def nano_arithmetic(cfg: DataConfig, step: int, draw: int = 0) -> list[Prompt]:
 
 @preflight_check
 def _source_registered(cfg: Config, problems: Problems) -> None:
+    """`data.source` names a registered prompt source."""
     problems.require(
         cfg.data.source in PROMPT_SOURCES,
         "data.source",

@@ -45,6 +45,7 @@ ADVANTAGE_ESTIMATORS.register("rloo")(leave_one_out)
 
 @preflight_check
 def _estimator_registered(cfg: Config, problems: Problems) -> None:
+    """`learner.advantage` names a registered estimator."""
     problems.require(
         cfg.learner.advantage in ADVANTAGE_ESTIMATORS,
         "learner.advantage",

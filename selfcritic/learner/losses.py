@@ -154,6 +154,8 @@ def ptx_loss(logprobs: torch.Tensor, mask: torch.Tensor, total_tokens: int) -> t
 
 @preflight_check
 def _loss_registered(cfg: Config, problems: Problems) -> None:
+    """`learner.loss` names a registered loss; `learner.max_tokens_per_micro_batch` holds a
+    sequence of `rollout.max_model_len`."""
     learner = cfg.learner
     problems.require(
         learner.loss in POLICY_LOSSES,

@@ -169,6 +169,7 @@ def _check_partition(model: torch.nn.Module, named: dict) -> None:
 
 @preflight_check
 def _adamw_betas(cfg: Config, problems: Problems) -> None:
+    """`optim.adamw_betas`: two numbers in [0, 1)."""
     betas = cfg.optim.adamw_betas
     problems.require(
         len(betas) == 2 and all(0 <= beta < 1 for beta in betas),
