@@ -32,6 +32,8 @@ from rewards.registry import get_verifier
 from rewards.safe import safe_score
 
 TIMEOUT, WORKER_DIED = "timeout", "worker died"
+READY = "ready"  # what a worker sends once its verifier is loaded
+STARTUP_S = 120.0  # the most a worker may take to start (spawn, imports) on a loaded machine
 
 
 @dataclass
@@ -77,6 +79,7 @@ def failure_reason(result: RewardResult) -> str | None:
 def _worker_main(connection: Connection, name: str, options: dict) -> None:
     """A worker: score each (completion, reference) received until the pipe closes."""
     verifier = get_verifier(name)
+    connection.send(READY)  # samples' deadlines start from here, not from the spawn
     while True:
         try:
             completion, reference = connection.recv()
@@ -102,8 +105,24 @@ class _Worker:
         child.close()
         self.task: int | None = None
         self.started = 0.0
+        self.ready = False
 
     def assign(self, index: int, item: tuple[str, str]) -> None:
+        """Send a sample (after the worker said it is ready: its start-up is not the
+        sample's time)."""
+        if not self.ready:
+            if not self.connection.poll(STARTUP_S):
+                raise RuntimeError(f"a verifier worker did not start in {STARTUP_S} s")
+            try:
+                message = self.connection.recv()
+            except (EOFError, OSError) as error:
+                self.process.join(timeout=5)
+                raise RuntimeError(
+                    f"a verifier worker died while starting (exit code {self.process.exitcode})"
+                ) from error
+            if message != READY:
+                raise RuntimeError(f"a verifier worker sent {message!r} before being ready")
+            self.ready = True
         self.task, self.started = index, time.monotonic()
         self.connection.send(item)
 
