@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from selfcritic.config import RayConfig, RolloutConfig
+from selfcritic.envs.base import Episode, SingleTurn, Step
 from selfcritic.learner.logprobs import pad_batch, token_logprobs
 from selfcritic.model.build import load_model
 from selfcritic.rollout.pool import RolloutError
@@ -276,3 +277,109 @@ def test_critic_scores_real_groups(pool, nano_model_path, mode):
         ruling = rulings[(question, x_line)]
         if len(ruling) == 1:  # the same text both right and wrong cannot be told apart
             assert example.target_probs[0] == ruling.pop()
+
+
+# ---------------------------------------------------------------- episodes (rollout/episodes.py)
+
+
+class _Answers(SingleTurn):
+    """Single-turn: the model answers once."""
+
+
+class _AskAgain:
+    """Two model turns: after the first, the environment writes "\\nA:" (or stops an episode
+    whose prompt text is in `stop_early`); the second ends it."""
+
+    def __init__(self, stop_early: tuple[str, ...] = ()) -> None:
+        self.stop_early = stop_early
+
+    def reset(self, prompt):
+        return Episode(prompt, state=0, info={"asked": 0})
+
+    def step(self, episode, turn, turn_ids):
+        assert isinstance(turn, str) and isinstance(turn_ids, tuple)
+        if episode.state == 0 and episode.prompt.text not in self.stop_early:
+            episode.state, episode.info["asked"] = 1, 1
+            return Step(observation="\nA:")
+        return Step(done=True)
+
+
+def _episodes(pool, env, nano_model_path, spec, context_len=256, max_turns=3, texts=None):
+    from transformers import AutoTokenizer
+
+    from selfcritic.envs.base import Prompt
+    from selfcritic.rollout.episodes import run_episodes
+
+    tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
+    texts = texts or ["Q: 3+4=\nA:", "R: kq\nA:"]
+    prompts = [Prompt(text, None) for text in texts]
+    ids = [[1, *tokenizer(t, add_special_tokens=False).input_ids] for t in texts]
+
+    def observe(text):
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    return run_episodes(pool, env, prompts, ids, spec, observe, context_len, max_turns), ids
+
+
+def test_single_turn_episodes_are_the_plain_rollout(pool, nano_model_path):
+    spec = SamplingSpec(n=3, temperature=0.9, max_tokens=8, seed=11)
+    groups, ids = _episodes(pool, _Answers(), nano_model_path, spec)
+    plain = pool.generate(ids, spec)
+    for trajectories, samples, prompt in zip(groups, plain, ids, strict=True):
+        for trajectory, sample in zip(trajectories, samples, strict=True):
+            assert trajectory.ids == [*prompt, *sample.completion_ids]
+            assert trajectory.loss_mask == [0] * len(prompt) + [1] * len(sample.completion_ids)
+            assert trajectory.logprobs[len(prompt) :] == list(sample.logprobs)
+            assert trajectory.finish_reason == "done" and len(trajectory.turns) == 1
+
+
+def test_two_turn_episodes_mask_the_environment_and_carry_the_behaviour_logprobs(
+    pool, nano_model_path
+):
+    """The model's tokens of both turns carry the logprobs they were sampled with: the
+    learner's, recomputed on the whole sequence (observation included), match them."""
+    spec = SamplingSpec(n=2, temperature=0.8, max_tokens=6, seed=5)
+    groups, ids = _episodes(pool, _AskAgain(), nano_model_path, spec)
+    flat = [t for g in groups for t in g]
+    for trajectory in flat:
+        assert len(trajectory.turns) == 2 and trajectory.finish_reason == "done"
+        (_, first_end, v1), (second_start, second_end, v2) = trajectory.turns
+        assert v1 == v2 == pool.weight_version
+        gap = trajectory.ids[first_end:second_start]
+        assert len(gap) == 3 and trajectory.loss_mask[first_end:second_start] == [
+            0
+        ] * len(gap)
+        assert sum(trajectory.loss_mask) == (first_end - trajectory.prompt_length) + (
+            second_end - second_start
+        )
+        assert trajectory.info == {"asked": 1}
+    model = pytest.shared_model
+    prompts = [t.ids[: t.prompt_length] for t in flat]
+    completions = [t.completion_ids for t in flat]
+    padded, attention, mask = pad_batch(prompts, completions, pad_id=0)
+    with torch.no_grad():
+        learner = token_logprobs(model, padded, attention, 0.8)
+    for row, trajectory in enumerate(flat):
+        positions = mask[row].bool()
+        mine = learner[row][positions]
+        behaviour = torch.tensor(trajectory.logprobs[trajectory.prompt_length :])
+        model_tokens = torch.tensor(trajectory.completion_mask, dtype=torch.bool)
+        assert float((mine - behaviour)[model_tokens].abs().max()) < 1e-4
+
+
+def test_an_episodes_turns_do_not_depend_on_which_others_run(pool, nano_model_path):
+    """Request seeds per (episode, turn): the second turn of the first prompt's episodes is the
+    same whether the other prompt's episodes stop after one turn or go on."""
+    spec = SamplingSpec(n=2, temperature=1.0, max_tokens=6, seed=9)
+    both, _ = _episodes(pool, _AskAgain(), nano_model_path, spec)
+    alone, _ = _episodes(pool, _AskAgain(stop_early=("R: kq\nA:",)), nano_model_path, spec)
+    assert [t.ids for t in both[0]] == [t.ids for t in alone[0]]
+    assert all(len(t.turns) == 1 for t in alone[1])
+
+
+def test_episodes_stop_at_the_context(pool, nano_model_path):
+    spec = SamplingSpec(n=2, temperature=1.0, max_tokens=8, seed=3)
+    groups, _ = _episodes(pool, _AskAgain(), nano_model_path, spec, context_len=20)
+    for trajectory in (t for g in groups for t in g):
+        assert len(trajectory.ids) <= 20
+        assert trajectory.finish_reason in ("done", "length")

@@ -11,20 +11,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from selfcritic.config import Config, DataConfig
+from selfcritic.envs.base import Prompt
 from selfcritic.preflight import Problems, preflight_check
 from selfcritic.registry import Registry
 
-
-@dataclass(frozen=True)
-class Prompt:
-    text: str
-    reference: str | None  # None: no verifiable answer, the critic alone scores it
-    token_budget: int | None = None  # this task's budget; None: reward.token_budget
-    rubric: str | None = None  # the critic's rubric for this prompt; None: critic.rubric
-
+__all__ = ["Prompt", "PromptSource", "get_source", "register_source"]
 
 PromptSource = Callable[[DataConfig, int, int], list[Prompt]]  # (config, step, draw)
 PROMPT_SOURCES: Registry[PromptSource] = Registry("prompt source")

@@ -36,7 +36,7 @@ class TransformersEngine:
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         if spec.seed is not None:  # one generator for the batched call: seeded by its first
             # prompt's seed (transformers' generate has no per-request generators)
-            torch.manual_seed(request_seed(spec.seed, spec.first_index))
+            torch.manual_seed(request_seed(spec.seed, spec.request_index(0)))
         rows = [list(p) for p in prompts for _ in range(spec.n)]
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)

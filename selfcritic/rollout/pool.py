@@ -112,7 +112,16 @@ class RolloutPool:
 
         shards = split_evenly(prompts, len(self.actors))
         starts = [sum(len(s) for s in shards[:i]) for i in range(len(shards))]
-        specs = [dataclasses.replace(spec, first_index=spec.first_index + x) for x in starts]
+        specs = [
+            dataclasses.replace(
+                spec,
+                first_index=spec.first_index + x,
+                request_indices=spec.request_indices[x : x + len(s)]
+                if spec.request_indices
+                else (),
+            )
+            for x, s in zip(starts, shards, strict=True)
+        ]
         futures = {
             i: self.actors[i].generate.remote(s, specs[i]) for i, s in enumerate(shards) if s
         }

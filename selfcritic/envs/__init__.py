@@ -1,0 +1,1 @@
+"""Environments: the one unit a user plugs in for a task (selfcritic/envs/base.py)."""
