@@ -102,14 +102,16 @@ def _same(a, b) -> bool:
 
 
 def compare_records(name: str, a: list[dict], b: list[dict]) -> list[str]:
-    """Differences between two lists of JSON records (timings ignored)."""
+    """Differences between the reference's records `a` and the tree's `b` (timings ignored):
+    a value changed, or a key the reference has that the tree lost. Keys only the tree has are
+    new metrics, not regressions: `new_keys` lists them."""
     if len(a) != len(b):
         return [f"{name}: {len(a)} records against {len(b)}"]
     problems = []
     for index, (left, right) in enumerate(zip(a, b, strict=True)):
-        keys = sorted({k for k in (*left, *right) if not _timing(k)})
+        keys = sorted(k for k in left if not _timing(k))
         for key in keys:
-            if not _same(left.get(key), right.get(key)):
+            if key not in right or not _same(left[key], right[key]):
                 where = f"step {left.get('step')}" if "step" in left else f"record {index}"
                 problems.append(f"{name}, {where}: {key}: {left.get(key)!r} != {right.get(key)!r}")
     return problems
@@ -138,6 +140,15 @@ def compare(ref: Path, tree: Path) -> list[str]:
     return problems
 
 
+def new_keys(ref: Path, tree: Path) -> set[str]:
+    """Metric keys the working tree logs that the reference does not."""
+    found: set[str] = set()
+    for name in RUNS:
+        old = {k for r in _jsonl(ref / name / "metrics.jsonl") for k in r}
+        found |= {k for r in _jsonl(tree / name / "metrics.jsonl") for k in r} - old
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ref", help="the reference commit (e.g. main, a sha)")
@@ -156,12 +167,15 @@ def main() -> int:
             results.mkdir(parents=True, exist_ok=True)
             run_tree(tree, results, cache_dir)
         problems = compare(out / "ref", out / "tree")
+        added = new_keys(out / "ref", out / "tree")
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO)
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
     for line in problems[:40]:
         print(line)
+    if added:
+        print(f"golden: new keys in the working tree (not compared): {sorted(added)}")
     verdict = "differs" if problems else "matches"
     print(f"golden: the working tree {verdict} {args.ref} ({len(problems)} differences)")
     return 1 if problems else 0
