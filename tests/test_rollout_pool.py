@@ -346,9 +346,7 @@ def test_two_turn_episodes_mask_the_environment_and_carry_the_behaviour_logprobs
         (_, first_end, v1), (second_start, second_end, v2) = trajectory.turns
         assert v1 == v2 == pool.weight_version
         gap = trajectory.ids[first_end:second_start]
-        assert len(gap) == 3 and trajectory.loss_mask[first_end:second_start] == [
-            0
-        ] * len(gap)
+        assert len(gap) == 3 and trajectory.loss_mask[first_end:second_start] == [0] * len(gap)
         assert sum(trajectory.loss_mask) == (first_end - trajectory.prompt_length) + (
             second_end - second_start
         )
