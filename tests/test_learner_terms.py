@@ -175,3 +175,33 @@ def test_lr_scale_scales_the_update(nano_model_path):
         assert full.abs().max() > 0
         torch.testing.assert_close(half, 0.5 * full, rtol=1e-4, atol=1e-7)
     assert all(change.abs().max() == 0 for change in changes[0.0].values())
+
+
+def test_a_user_registered_loss_trains_with_kl(nano_model_path):
+    """A loss registered with its normalisation works with KL on: the KL term is normalised as
+    the user's loss says (here "token": over all completion tokens of the batch)."""
+    from selfcritic.learner.losses import kl_k3, loss_normalisation, normalise, register_loss
+
+    @register_loss("test_plain_pg", "token")
+    def plain_pg(logprobs, old_logprobs, advantages, mask, scale, token_weights=None):
+        per_token = -logprobs * advantages.unsqueeze(1)  # REINFORCE on the sampled tokens
+        return normalise(per_token, mask, "token", scale), {}
+
+    assert loss_normalisation("test_plain_pg") == "token"
+    batch = PolicyBatch(
+        prompts=[(1, 56, 81, 98)] * 2,
+        completions=[(20, 21, 22), (23, 24)],
+        old_logprobs=[(), ()],
+        advantages=[1.0, -1.0],
+        temperature=1.0,
+        max_new_tokens=4,
+    )
+    cfg = LearnerConfig(loss="test_plain_pg", kl_beta=0.1)
+    learner = Learner(nano_model_path, cfg, OptimConfig(), trust_engine=True)
+    first = learner.step(batch)
+    assert first["kl"] == 0.0  # the policy is still the reference
+    second = learner.step(batch)
+    assert second["kl"] > 0 and math.isfinite(second["loss"])
+    assert kl_k3(torch.zeros(1), torch.zeros(1)).item() == 0.0
+    with pytest.raises(ValueError, match="normalisation must be one of"):
+        register_loss("test_bad", "per_sequence")

@@ -22,6 +22,7 @@ all-reduces) steps on its slice of the batch but normalises by the whole batch's
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,11 @@ from selfcritic.critic.examples import CriticExample
 from selfcritic.learner.distributed import BatchTotals
 from selfcritic.learner.logprobs import pad_batch, token_logprobs
 from selfcritic.learner.losses import (
-    NORMALISATION,
     LossScale,
     calibration_loss,
     get_loss,
     kl_k3,
+    loss_normalisation,
     normalise,
     ptx_loss,
     truncated_is_weights,
@@ -182,7 +183,8 @@ class Learner:
             for key in ("loss", "kl"):  # already normalised by whole-batch totals
                 totals[key] += part[key]
             for key in keys[2:]:  # token means: weight by this micro-batch's share of tokens
-                totals[key] += part[key] * share
+                # a loss that reports no clip_fraction or ratio_mean (a user's) leaves them NaN
+                totals[key] += part.get(key, math.nan) * share
             if part["diff"] is not None:
                 totals["logprob_diff_max"] = max(totals.get("logprob_diff_max", 0.0), part["diff"])
         return totals | {"tokens": float(scale.total_tokens), "micro_batches": float(len(groups))}
@@ -208,7 +210,8 @@ class Learner:
         if self.reference is not None:
             with torch.no_grad():
                 reference = token_logprobs(self.reference, ids, attention, batch.temperature)
-            kl = normalise(kl_k3(logprobs, reference), mask, NORMALISATION[self.cfg.loss], scale)
+            how = loss_normalisation(self.cfg.loss)  # the policy term's own
+            kl = normalise(kl_k3(logprobs, reference), mask, how, scale)
             loss = loss + self.cfg.kl_beta * kl
         loss.backward()
         count = mask.sum().clamp(min=1)

@@ -45,9 +45,40 @@ class LossScale:
 
 
 PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
-POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
-register_loss = POLICY_LOSSES.register
-get_loss = POLICY_LOSSES.get
+NORMALISATIONS = ("sequence", "constant", "token")  # see `normalise`
+
+
+@dataclass(frozen=True)
+class RegisteredLoss:
+    """A policy loss and how its per-token terms are normalised: the learner normalises the KL
+    term the same way, so the two are registered together."""
+
+    fn: PolicyLoss
+    normalisation: str
+
+
+POLICY_LOSSES: Registry[RegisteredLoss] = Registry("policy loss")
+
+
+def register_loss(name: str, normalisation: str) -> Callable[[PolicyLoss], PolicyLoss]:
+    """Decorator: register a policy loss under `name` with its normalisation (one of
+    `NORMALISATIONS`); `learner.loss=name` then selects it, with or without KL."""
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+
+    def decorate(fn: PolicyLoss) -> PolicyLoss:
+        POLICY_LOSSES.register(name)(RegisteredLoss(fn, normalisation))
+        return fn
+
+    return decorate
+
+
+def get_loss(name: str) -> PolicyLoss:
+    return POLICY_LOSSES.get(name).fn
+
+
+def loss_normalisation(name: str) -> str:
+    return POLICY_LOSSES.get(name).normalisation
 
 
 def _clipped_terms(logprobs, old_logprobs, advantages, low: float, high: float):
@@ -83,37 +114,26 @@ def normalise(per_token: torch.Tensor, mask: torch.Tensor, how: str, scale: Loss
     return (per_token * mask).sum() / max(scale.total_tokens, 1)  # "token"
 
 
-NORMALISATION = {
-    "grpo": "sequence",
-    "dr_grpo": "constant",
-    "dapo": "token",
-    "ppo": "token",
-    "k2": "sequence",
-}
-
-
-def _ppo_family(name: str, high_of):
+def _ppo_family(name: str, normalisation: str, high_of):
     def loss(logprobs, old_logprobs, advantages, mask, scale: LossScale, token_weights=None):
         per_token, ratio, was_clipped = _clipped_terms(
             logprobs, old_logprobs, advantages, scale.clip_eps, high_of(scale)
         )
         if token_weights is not None:
             per_token = per_token * token_weights
-        return normalise(per_token, mask, NORMALISATION[name], scale), _stats(
-            ratio, was_clipped, mask
-        )
+        return normalise(per_token, mask, normalisation, scale), _stats(ratio, was_clipped, mask)
 
     loss.__name__ = f"{name}_loss"
-    return register_loss(name)(loss)
+    return register_loss(name, normalisation)(loss)
 
 
-grpo_loss = _ppo_family("grpo", lambda s: s.clip_eps)
-dr_grpo_loss = _ppo_family("dr_grpo", lambda s: s.clip_eps)
-dapo_loss = _ppo_family("dapo", lambda s: s.clip_eps_high)
-ppo_loss = _ppo_family("ppo", lambda s: s.clip_eps)
+grpo_loss = _ppo_family("grpo", "sequence", lambda s: s.clip_eps)
+dr_grpo_loss = _ppo_family("dr_grpo", "constant", lambda s: s.clip_eps)
+dapo_loss = _ppo_family("dapo", "token", lambda s: s.clip_eps_high)
+ppo_loss = _ppo_family("ppo", "token", lambda s: s.clip_eps)
 
 
-@register_loss("k2")
+@register_loss("k2", "sequence")
 def k2_loss(logprobs, old_logprobs, advantages, mask, scale: LossScale, token_weights=None):
     """Kimi K1.5/K2: mean over samples of (r - mean r - tau * log(pi(y|x) / pi_old(y|x)))^2."""
     log_ratio = ((logprobs - old_logprobs) * mask).sum(dim=1)  # [B] whole-sequence log ratio
