@@ -646,7 +646,9 @@ def test_a_derailing_response_is_judged_again_sanitised():
     assert result.extra["critic/rejudged"] == 2  # both aspects' pairs
     assert result.extra["critic/dropped_pairs"] == 0 and result.extra["critic/forged"] == 0
     assert result.scores[0][0] > result.scores[0][1]
-    assert all(item.valid for item in result.judged)
+    assert all(item.valid and item.rejudged for item in result.judged)
+    # consistency measures the critic's first judgement: here no pair had two valid verdicts
+    assert math.isnan(result.metrics()["critic/position_consistency"])
 
 
 def test_a_response_that_derails_the_critic_never_does_better_than_losing():

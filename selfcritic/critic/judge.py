@@ -69,6 +69,12 @@ class Judged:
     # `first` the rule forced (0: first held a forgery, 1: second did), or dropped
     forced: float | None = None
     dropped: bool = False
+    rejudged: bool = False  # its verdicts are those of the sanitised second judgement
+
+    @property
+    def first_judgement_valid(self) -> bool:
+        """Both orders valid at the first judgement (what consistency metrics measure)."""
+        return self.valid and not self.rejudged
 
     @property
     def valid(self) -> bool:
@@ -235,7 +241,7 @@ class Judge:
         for i, retry in zip(invalid, again, strict=True):
             job = judged[i].job
             if retry.valid:
-                resolved[i] = dataclasses.replace(retry, job=job)
+                resolved[i] = dataclasses.replace(retry, job=job, rejudged=True)
                 continue
             forced = forged_outcome(
                 bool(self.prompter.forgeries(job.first)), bool(self.prompter.forgeries(job.second))

@@ -48,7 +48,7 @@ class CritiqueResult:
 
     def metrics(self) -> dict[str, float]:
         calls = max(2 * len(self.judged), 1)
-        valid = sum(1 for j in self.judged if None not in (j.forward, j.backward))
+        valid = sum(1 for j in self.judged if j.first_judgement_valid)
         flat = [s for group in self.scores for s in group]
         spread = math.sqrt(sum(s * s for s in flat) / len(flat)) if flat else float("nan")
         return {
@@ -154,7 +154,9 @@ class SelfCritic:
             scores=self._scores(groups, rubrics, judged),
             judged=judged,
             invalid=invalid,
-            inconsistent=sum(order_flipped(j.forward, j.backward) for j in judged),
+            inconsistent=sum(
+                order_flipped(j.forward, j.backward) for j in judged if not j.rejudged
+            ),
             prompt_tokens=call.prompt_tokens,
             completion_tokens=call.completion_tokens,
         )
