@@ -101,10 +101,8 @@ class RolloutConfig:
     num_engines: int = setting(1, ge=1)  # Ray actors, each hosting one engine
     cpus_per_engine: float = setting(1.0, ge=0)
     # torch intra-op threads of each CPU engine, set before it starts (Ray's OMP_NUM_THREADS
-    # for a 1-CPU actor is 1). Engines and the learner take turns in a step, so on a small
-    # machine each may use every core: W1 generation 6.0 -> 5.0 s with 2 on 2 cores. More
-    # engines of 1 thread do better still (vLLM's per-step Python halves with each engine's
-    # batch, not with threads): 2 engines x 1 thread 4.4 s; 2 x 2 on 2 cores 21 s
+    # for a 1-CPU actor is 1). Engines and the learner take turns in a step, so each may use
+    # every core; several engines of one thread beat one of several (docs/benchmarks.md)
     threads_per_engine: int = setting(1, ge=1)
     gpus_per_engine: float = setting(0.0, ge=0)
     tensor_parallel_size: int = setting(1, ge=1)  # GPUs one vLLM engine spans
@@ -351,27 +349,23 @@ class WarmStartConfig:
     actor_examples: int = setting(32, ge=0)
     # critic verdicts per step (half correctness, half style aspects)
     critic_examples: int = setting(32, ge=0)
-    # Curriculum: correctness verdicts join after this fraction of the steps. Mixed in from the
-    # start they stalled all verdict learning (nano: style alone is learned in ~50 steps, style
-    # + correctness not in 120: the verdict stays on one letter)
+    # curriculum: correctness verdicts join after this fraction of the steps (from the start
+    # they stalled all verdict learning: docs/nano-world.md)
     correctness_after: float = setting(0.4, ge=0, le=1)
-    # Share of minimal style pairs (only the judged defect differs). All minimal, the worse
-    # response is always the longer one, and the critic learned brevity, which RL exploited
+    # share of minimal style pairs (only the judged defect differs; all minimal, the worse
+    # response is always the longer one and the critic learns brevity)
     minimal_pairs: float = setting(0.5, ge=0, le=1)
-    # Share of critic pairs that tie on the judged aspect (the other defects drawn apart): a
-    # right critic names the first shown, and its two orders cancel. Without them it broke ties
-    # by the other aspects, and RL rewarded filler through on_task (docs/nano-world.md)
+    # share of critic pairs that tie on the judged aspect (the other defects drawn apart): a
+    # right critic names the first shown, and its two orders cancel (docs/nano-world.md)
     ties: float = setting(0.3, ge=0, le=1)
-    # Share of the style verdicts on on_task, the rest split evenly over the three defects; None:
-    # the four aspects alike. On_task is an equality check like correctness, learned far slower
-    # than the defects (docs/benchmarks.md, the nano world: marks side by side)
+    # share of the style verdicts on on_task, the rest split evenly over the three defects;
+    # None: the four aspects alike
     on_task_share: float | None = setting(None, ge=0, le=1)
-    # Weight of the verdicts' marks (+ and -) in the language-model loss, here and in RL's PTX:
-    # they are 2 tokens of a verdict's 15-20, and the equality checks they end are what the
-    # nano critic learns last
+    # weight of the verdicts' marks (+ and -) in the language-model loss, here and in RL's PTX
+    # (1: like every other target token)
     mark_weight: float = setting(1.0, gt=0)
-    # Verdict form: the computed answer restated beside each response's on correctness and
-    # on_task (" =19 X18=19- Y19=19+ #Y"), so each mark compares strings 3 characters apart
+    # verdict form: the computed answer restated beside each response's on correctness and
+    # on_task (" =19 X18=19- Y19=19+ #Y"), so each mark compares strings side by side
     side_by_side: bool = False
     wrong: float = setting(0.5, ge=0, le=1)  # share of wrong arithmetic answers in the actor data
     praise: float = setting(0.35, ge=0, le=1)  # share of repeat answers opening with praise
@@ -380,15 +374,12 @@ class WarmStartConfig:
     # share of all answers ending with a claim of being right
     claim: float = setting(0.15, ge=0, le=1)
     seed: int = setting(0, ge=0)
-    # its own learning rates (the RL stage uses optim.*); Muon at 0.02 made this mixed
-    # supervised task unstable (loss spikes, no copying)
+    # the warm-start's own learning rates (the RL stage uses optim.*)
     muon_lr: float = setting(0.005, ge=0)
     adamw_lr: float = setting(2e-3, ge=0)
-    # The rates hold, then decay over the last lr_decay_fraction of the steps (constant |
+    # the rates hold, then decay over the last lr_decay_fraction of the steps (constant |
     # linear | cosine) to lr_final_fraction of them: warm-up-stable-decay without the warm-up,
-    # Kimi K2's pre-training schedule. On the nano world, cosine over the last 60% to 0.02 did
-    # not help 250 steps reliably; with 500 steps the critic learned its equality checks (95%
-    # position consistency), which RL then misused (docs/benchmarks.md, probes J-V)
+    # Kimi K2's pre-training schedule
     lr_schedule: str = setting("constant", one_of=LR_SCHEDULES)
     lr_decay_fraction: float = setting(1.0, gt=0, le=1)
     lr_final_fraction: float = setting(0.1, ge=0, le=1)

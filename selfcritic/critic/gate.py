@@ -20,7 +20,7 @@ labelled probe pairs and keeps those that fail out of the reward until they pass
   probes, are at least `min_agreement`. Ties are most of what the aspect judges in RL (the
   answers of a group often share the word or the style), and a critic right on labelled pairs
   can still break ties by the other defects; a mandatory aspect then overrides the others with
-  them (the nano world's probe V, docs/benchmarks.md). A closed aspect is not judged on the
+  them (the nano world's probe V, docs/nano-probe-log.md). A closed aspect is not judged on the
   step's pairs (its tokens are saved) and takes no part in the score; a mandatory one then no
   longer overrides the others.
 

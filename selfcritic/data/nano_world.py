@@ -219,7 +219,7 @@ class LabelledPair:
         chance on correctness and contrast pairs). `side_by_side` writes the computed answer
         again beside each response's, on correctness and on on_task (the asked word), so that
         each mark compares two strings 3 characters apart: " =19 X18=19- Y19=19+ #Y",
-        " =kq Xkq=kq+ Ykd=kq- #X" (docs/benchmarks.md, the nano world: marks side by side)."""
+        " =kq Xkq=kq+ Ykd=kq- #X" (docs/nano-probe-log.md: marks side by side)."""
         signs = (MARKS[0] if meets else MARKS[1] for meets in self.meets)
         restated = bool(self.computed) and (side_by_side or self.aspect == "correct")
         evidence = self.evidence if restated else ("", "")

@@ -3,7 +3,7 @@
 A real BPE vocabulary spends one or two tokens on a common phrase like "Great!" or "I think";
 the nano tokenizer (selfcritic/data/tokenizer.py) does the same for these, so that noticing a
 defect is noticing one token, as it is for a real model, and not spelling it out character by
-character. Measured in docs/benchmarks.md ("The nano world"): with the phrases spelled in
+character. Measured in docs/nano-probe-log.md: with the phrases spelled in
 characters the 4.6M-parameter critic was at 59-83% on them after the 250-step warm-start; as
 one token each, at 95-100% (run 5). Everything else (answers, words, the judge's prompt,
 the evaluation's injection sentence) stays one character per token.
