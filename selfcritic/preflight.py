@@ -77,12 +77,19 @@ def validate(cfg: Config) -> None:
     for key, value, rules in fields_with_rules(cfg):
         field_rule(problems, key, value, rules)
     if not problems.lines:  # component rules may rely on the fields' own rules
-        for name in CHECKED_MODULES:
-            importlib.import_module(name)
-        for check in _CHECKS:
+        for check in registered_checks():
             check(cfg, problems)
     if problems.lines:
         raise ConfigError("\n".join(dict.fromkeys(problems.lines)))
+
+
+def registered_checks() -> list[Check]:
+    """Every component rule, in `CHECKED_MODULES` order (not import order: the same report
+    whatever was imported first)."""
+    for name in CHECKED_MODULES:
+        importlib.import_module(name)
+    rank = {name: index for index, name in enumerate(CHECKED_MODULES)}
+    return sorted(_CHECKS, key=lambda c: (rank.get(c.__module__, len(rank)), c.__name__))
 
 
 def fields_with_rules(node: Any, prefix: str = "") -> Iterator[tuple[str, Any, dict]]:
@@ -179,9 +186,7 @@ def rules_table() -> str:
         described = _describe(rules)
         if described:
             rows.append(f"| `{key}` | {described} |")
-    for name in CHECKED_MODULES:
-        importlib.import_module(name)
-    for check in _CHECKS:
+    for check in registered_checks():
         doc = (check.__doc__ or check.__name__.strip("_").replace("_", " ")).split("\n\n")[0]
         rows.append(f"| ({check.__module__}) | {' '.join(doc.split())} |")
     rows.append(

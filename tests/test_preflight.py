@@ -251,3 +251,20 @@ def test_the_docs_table_of_checked_settings_is_the_codes():
     text = (REPO / "docs" / "running.md").read_text()
     table = text.split("<!-- checked-settings -->\n")[1].split("\n<!-- /checked-settings -->")[0]
     assert table == rules_table(), "run: python -m selfcritic.preflight, and paste it"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["learner.ptx_weight=0.5"], "learner.ptx_weight"),  # nano_arithmetic has no corpus
+        (["eval.every=5"], "eval.every"),  # and no held-out suite
+    ],
+)
+def test_ptx_or_evaluation_without_a_source_for_them_is_refused(overrides, key):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = to_config(
+            compose(config_name="config", overrides=["+experiment=nano_quick", *overrides])
+        )
+    with pytest.raises(ConfigError) as caught:
+        validate(cfg)
+    assert str(caught.value).startswith(f"config key '{key}'")

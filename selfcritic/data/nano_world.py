@@ -348,3 +348,18 @@ def _nano_world_settings(cfg: Config, problems: Problems) -> None:
         "data.source",
         "warmstart.enabled and eval.suite=nano need data.source=nano_world",
     )
+    # the only PTX corpus and held-out suite today are the nano world's: a run elsewhere that
+    # asks for them would silently train on, or skip, the wrong thing
+    problems.require(
+        cfg.learner.ptx_weight == 0
+        or (cfg.data.source == "nano_world" and warm.ptx_per_step > 0),
+        "learner.ptx_weight",
+        f"PTX draws the nano world's warm-start verdicts (warmstart.ptx_per_step), and "
+        f"data.source={cfg.data.source} has no corpus; set learner.ptx_weight=0",
+    )
+    problems.require(
+        cfg.eval.every == 0 or cfg.eval.suite != "none",
+        "eval.every",
+        "no held-out evaluation is set (eval.suite=none); set eval.suite=nano with "
+        "data.source=nano_world, or eval.every=0",
+    )
