@@ -17,6 +17,7 @@ checked when Ray starts) or the output directory's contents (checkpoint.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import math
 import operator
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from selfcritic.config import Config, ConfigError
+from selfcritic.registry import Registry
 
 # Modules whose import registers component rules (each guards its own settings).
 CHECKED_MODULES = (
@@ -86,6 +88,22 @@ def validate(cfg: Config) -> None:
                 raise
     if problems.lines:
         raise ConfigError("\n".join(dict.fromkeys(problems.lines)))
+
+
+def require_registered(registry: Registry, key: str, module: str) -> Check:
+    """Register the rule that the setting `key` (dotted) names an entry of `registry`;
+    `module` is the registering module's `__name__` (the rule's place in the report)."""
+
+    def check(cfg: Config, problems: Problems) -> None:
+        value = functools.reduce(getattr, key.split("."), cfg)
+        names = ", ".join(registry.names())
+        problems.require(
+            value in registry, key, f"unknown {registry.kind} {value!r}; registered: {names}"
+        )
+
+    check.__doc__ = f"`{key}` names a registered {registry.kind}."
+    check.__module__, check.__name__ = module, f"_{key.replace('.', '_')}_registered"
+    return preflight_check(check)
 
 
 def registered_checks() -> list[Check]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from selfcritic.config import TrackingConfig
@@ -83,19 +84,24 @@ class Tracker:
         self.run.finish()
 
 
-def truncate_records(path: Path, step: int) -> None:
-    """Keep the JSON lines of `path` whose "step" is at most `step`; drop the later ones and any
-    half-written line. Rewritten atomically, so a kill during the cut loses nothing kept."""
-    if not path.exists():
-        return
-    kept = []
+def json_lines(path: Path) -> Iterator[tuple[str, dict]]:
+    """(line, record) for each line of `path` holding a JSON object; a half-written or foreign
+    line (a run killed while writing) is skipped."""
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line)
+        if isinstance(record, dict):
+            yield line, record
+
+
+def truncate_records(path: Path, step: int) -> None:
+    """Keep the JSON lines of `path` whose "step" is at most `step`; drop the later ones and any
+    half-written line. Rewritten atomically, so a kill during the cut loses nothing kept."""
+    if not path.exists():
+        return
+    kept = [line for line, record in json_lines(path) if record.get("step", 0) <= step]
     staging = path.with_name(path.name + ".tmp")
     staging.write_text("".join(f"{line}\n" for line in kept))
     staging.replace(path)

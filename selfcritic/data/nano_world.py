@@ -329,7 +329,8 @@ def side_by_side_verdict_tokens(max_operand: int, word_length: int = WORD_LENGTH
 
 @preflight_check
 def _nano_world_settings(cfg: Config, problems: Problems) -> None:
-    """The warm-start and the nano suite need the nano world; its verdicts need their length."""
+    """The warm-start and the nano suite need the nano world; its verdicts need their length;
+    PTX and evaluation need a corpus and a held-out suite (the nano world's, today)."""
     warm = cfg.warmstart
     problems.require(
         warm.actor_examples + warm.critic_examples >= 1,

@@ -12,9 +12,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from selfcritic.config import Config, DataConfig
+from selfcritic.config import DataConfig
 from selfcritic.envs.base import Prompt
-from selfcritic.preflight import Problems, preflight_check
+from selfcritic.preflight import require_registered
 from selfcritic.registry import Registry
 
 __all__ = ["Prompt", "PromptSource", "get_source", "register_source"]
@@ -36,14 +36,7 @@ def nano_arithmetic(cfg: DataConfig, step: int, draw: int = 0) -> list[Prompt]:
     return prompts
 
 
-@preflight_check
-def _source_registered(cfg: Config, problems: Problems) -> None:
-    """`data.source` names a registered prompt source."""
-    problems.require(
-        cfg.data.source in PROMPT_SOURCES,
-        "data.source",
-        f"unknown prompt source; registered: {PROMPT_SOURCES.names()}",
-    )
+require_registered(PROMPT_SOURCES, "data.source", __name__)
 
 
 from selfcritic.data import nano_world as _nano_world  # noqa: E402, F401  (registers its source)

@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+from selfcritic.tracking import json_lines
+
 # (metric, label, better when higher)
 REPORT_METRICS = (
     ("eval/accuracy", "held-out accuracy (arithmetic)", True),
@@ -38,14 +40,7 @@ CURVES = (
 
 def evaluation_rows(metrics_path: Path) -> list[dict]:
     """The records of `metrics.jsonl` that hold an evaluation, by step."""
-    rows = []
-    for line in metrics_path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "eval/accuracy" in record:
-            rows.append(record)
+    rows = [record for _, record in json_lines(metrics_path) if "eval/accuracy" in record]
     return sorted(rows, key=lambda r: r["step"])
 
 

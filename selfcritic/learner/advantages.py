@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from selfcritic.config import Config
-from selfcritic.preflight import Problems, preflight_check
+from selfcritic.preflight import require_registered
 from selfcritic.registry import Registry
 
 
@@ -43,11 +42,4 @@ ADVANTAGE_ESTIMATORS.register("mean")(lambda rewards: group_relative(rewards, sc
 ADVANTAGE_ESTIMATORS.register("rloo")(leave_one_out)
 
 
-@preflight_check
-def _estimator_registered(cfg: Config, problems: Problems) -> None:
-    """`learner.advantage` names a registered estimator."""
-    problems.require(
-        cfg.learner.advantage in ADVANTAGE_ESTIMATORS,
-        "learner.advantage",
-        f"unknown estimator; registered: {ADVANTAGE_ESTIMATORS.names()}",
-    )
+require_registered(ADVANTAGE_ESTIMATORS, "learner.advantage", __name__)

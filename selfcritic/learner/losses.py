@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from selfcritic.config import Config
-from selfcritic.preflight import Problems, preflight_check
+from selfcritic.preflight import Problems, preflight_check, require_registered
 from selfcritic.registry import Registry
 
 
@@ -172,16 +172,13 @@ def ptx_loss(logprobs: torch.Tensor, mask: torch.Tensor, total_tokens: int) -> t
     return -(logprobs * mask).sum() / max(total_tokens, 1)
 
 
+require_registered(POLICY_LOSSES, "learner.loss", __name__)
+
+
 @preflight_check
-def _loss_registered(cfg: Config, problems: Problems) -> None:
-    """`learner.loss` names a registered loss; `learner.max_tokens_per_micro_batch` holds a
-    sequence of `rollout.max_model_len`."""
+def _micro_batch_holds_a_sequence(cfg: Config, problems: Problems) -> None:
+    """`learner.max_tokens_per_micro_batch` holds a sequence of `rollout.max_model_len`."""
     learner = cfg.learner
-    problems.require(
-        learner.loss in POLICY_LOSSES,
-        "learner.loss",
-        f"unknown loss; registered: {POLICY_LOSSES.names()}",
-    )
     problems.require(
         learner.max_tokens_per_micro_batch >= cfg.rollout.max_model_len,
         "learner.max_tokens_per_micro_batch",

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from selfcritic.config import Config, RolloutConfig
-from selfcritic.preflight import Problems, preflight_check
+from selfcritic.config import RolloutConfig
+from selfcritic.preflight import require_registered
 from selfcritic.registry import Registry
 from selfcritic.rollout.types import RolloutEngine
 
@@ -36,11 +36,4 @@ def transformers_engine(model_path: Path, cfg: RolloutConfig) -> RolloutEngine:
     return TransformersEngine(model_path, cfg)
 
 
-@preflight_check
-def _engine_registered(cfg: Config, problems: Problems) -> None:
-    """`rollout.engine` names a registered engine."""
-    problems.require(
-        cfg.rollout.engine in ENGINES,
-        "rollout.engine",
-        f"unknown engine; registered: {', '.join(ENGINES.names())}",
-    )
+require_registered(ENGINES, "rollout.engine", __name__)
