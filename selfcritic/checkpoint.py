@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from selfcritic.config import Config, ConfigError, TrainerConfig
+from selfcritic.config import Config, ConfigError, TrainerConfig, keyed
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 COMPLETE = "COMPLETE"
@@ -119,7 +119,7 @@ def _fsync_dir(directory: Path) -> None:
 
 def _require(condition: bool, key: str, problem: str) -> None:
     if not condition:
-        raise ConfigError(f"config key '{key}': {problem}")
+        raise ConfigError(keyed(key, problem))
 
 
 # What a run leaves in its output directory.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from selfcritic.config import Config, ConfigError, RayConfig
+from selfcritic.config import Config, ConfigError, RayConfig, keyed
 from selfcritic.preflight import Problems, preflight_check
 
 # Quiet engines and tokenizers in every Ray worker; the driver prints its own progress.
@@ -82,7 +82,7 @@ def require_cpus(cfg: Config, available: float) -> None:
     cluster's size, known once Ray runs)."""
     problem = cpu_problem(cfg, available)
     if problem is not None:
-        raise ConfigError(f"config key '{problem[0]}': {problem[1]}")
+        raise ConfigError(keyed(*problem))
 
 
 @preflight_check
@@ -91,4 +91,5 @@ def _local_cpus(cfg: Config, problems: Problems) -> None:
     the largest request."""
     if cfg.ray.address is None:
         problem = cpu_problem(cfg, cfg.ray.num_cpus or os.cpu_count() or 1)
-        problems.require(problem is None, *(problem or ("", "")))
+        if problem is not None:
+            problems.require(False, *problem)

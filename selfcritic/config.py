@@ -469,3 +469,8 @@ def register_configs() -> None:
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key and the fix."""
+
+
+def keyed(key: str, problem: str) -> str:
+    """How every settings problem is reported: its key, then what is wrong and what to do."""
+    return f"config key '{key}': {problem}"

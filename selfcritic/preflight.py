@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from selfcritic.config import Config, ConfigError
+from selfcritic.config import Config, ConfigError, keyed
 from selfcritic.registry import Registry
 
 # Modules whose import registers component rules (each guards its own settings).
@@ -54,7 +54,7 @@ class Problems:
 
     def require(self, condition: bool, key: str, problem: str) -> None:
         if not condition:
-            self.lines.append(f"config key '{key}': {problem}")
+            self.lines.append(keyed(key, problem))
 
 
 BOUNDS = {

@@ -38,7 +38,7 @@ from selfcritic.checkpoint import (
     training_settings,
     write_checkpoint,
 )
-from selfcritic.config import Config, ConfigError
+from selfcritic.config import Config, ConfigError, keyed
 from selfcritic.critic.gate import load_probes
 from selfcritic.critic.judge import prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
@@ -226,7 +226,7 @@ class Trainer:
             try:
                 verdict_token_ids(self.tokenizer, self.cfg.critic.verdict_letters)
             except ValueError as error:
-                problems.append(f"config key 'critic.verdict_letters': {error}")
+                problems.append(keyed("critic.verdict_letters", str(error)))
         if problems:
             raise ConfigError("\n".join(problems))
 

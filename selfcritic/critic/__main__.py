@@ -121,7 +121,6 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(argv)
     prompt, responses = read_inputs(args)
-    defaults: dict = {}
     try:
         rubric = load_rubric(args.rubric)
         model_path = checkpoint_for_engines(
@@ -129,10 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (KeyError, ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
-    if args.delimiters is not None:
-        defaults["delimiters"] = args.delimiters
     cfg = CriticConfig(
-        **defaults,
         rubric=args.rubric,
         verdict_mode=args.verdict_mode,
         aggregation=args.aggregation,
@@ -140,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         max_tokens=args.max_tokens,
         schedule="all",
         invalid_pairs=args.invalid_pairs,
+        delimiters=CriticConfig().delimiters if args.delimiters is None else args.delimiters,
         calibration=CalibrationConfig(enabled=False),
         anchor=AnchorConfig(size=0),
     )

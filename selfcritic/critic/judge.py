@@ -248,7 +248,10 @@ class Judge:
             )
             forged, dropped = forged + (forced is not None), dropped + (forced is None)
             resolved[i] = dataclasses.replace(judged[i], forced=forced, dropped=forced is None)
-        return resolved, counts | {"critic/forged": float(forged), "critic/dropped_pairs": dropped}
+        return resolved, counts | {
+            "critic/forged": float(forged),
+            "critic/dropped_pairs": float(dropped),
+        }
 
     def sample(
         self, jobs: list[PairJob], engine, n: int, temperature: float, seed=None, logprobs=True
