@@ -5,7 +5,9 @@ wrong type fails there, naming the key). The values a field may take are declare
 `setting(default, ge=, gt=, le=, lt=, one_of=, path=)`; selfcritic/preflight.py checks those and
 the cross-field and plug-in rules the components register, all before any work starts. This
 module is a leaf: it imports the standard library and, when asked to register the schema, Hydra.
-Left out: a schema per plug-in (verifiers and rubrics are found by name).
+The environment's options (`env.*`) are the environment's own dataclass (selfcritic/envs/): the
+schema types `env` loosely and the environment checks its options where it loads. Left out: a
+schema per verifier or rubric (they are found by name).
 """
 
 from __future__ import annotations
@@ -174,7 +176,7 @@ class GateConfig:
     """The aspect gate (selfcritic/critic/gate.py): an aspect the critic judges at chance on
     labelled probe pairs gives no reward."""
 
-    # labelled probe pairs: a registered probe source (nano_world) or a .jsonl file of
+    # labelled probe pairs: "env" (the environment's `probes`) or a .jsonl file of
     # {question, better, worse, aspect, description}; None turns the gate off
     source: str | None = None
     pairs_per_aspect: int = setting(24, ge=1)  # probe pairs per aspect, each judged in both orders
@@ -184,7 +186,7 @@ class GateConfig:
     # an aspect is closed below this agreement (chance is 0.5)
     min_agreement: float = setting(0.65, ge=0.5, le=1, why="0.5 is chance")
     every: int = setting(5, ge=1)  # re-measure every this many steps (and at the first)
-    seed: int = setting(0, ge=0)  # which probe pairs a registered source draws
+    seed: int = setting(0, ge=0)  # which probe pairs the environment draws
 
 
 @dataclass
@@ -192,7 +194,9 @@ class CriticConfig:
     """The same-model pairwise critic (selfcritic/critic/, docs/critic.md)."""
 
     enabled: bool = True
-    rubric: str = "nano"  # a name in rewards/rubrics, a .yaml path, or "package.module:object"
+    # the rubric of prompts that name none: a name in rewards/rubrics, a .yaml path, or
+    # "package.module:object"; None: the environment's (`rubric`)
+    rubric: str | None = None
     # probability (verdict-token logprobs) | generative
     verdict_mode: str = setting("probability", one_of=("probability", "generative"))
     template: str = (
@@ -236,7 +240,9 @@ class CriticConfig:
 class RewardConfig:
     """How verifiable scores and critic scores combine into one reward."""
 
-    verifier: str = "exact_number"  # registered name, or an import path "pkg.module.function"
+    # registered name, or an import path "pkg.module.function"; None: the environment's
+    # (`verifier`; each part's in a mixture)
+    verifier: str | None = None
     verifier_options: dict[str, Any] = field(default_factory=dict)  # keyword options it takes
     # verifier worker processes; 0 scores serially in the trainer process
     workers: int = setting(2, ge=0, why="0 scores serially")
@@ -321,18 +327,10 @@ class OptimConfig:
 
 @dataclass
 class DataConfig:
-    """Where prompts come from."""
+    """How many prompts a step draws from the environment (`env`), and how."""
 
-    source: str = "nano_arithmetic"  # prompt-source name (nano_arithmetic | nano_world | yours)
     prompts_per_step: int = setting(8, ge=1)
-    max_operand: int = setting(9, ge=0)  # nano arithmetic: operands drawn from 0..max_operand
-    seed: int = setting(0, ge=0)
-    # nano_world: share of rubric-only (repeat) tasks
-    rubric_only_share: float = setting(0.5, ge=0, le=1)
-    # nano_world: share of questions held out (by a hash of each)
-    heldout_fraction: float = setting(0.2, gt=0, lt=1)
-    oracle_references: bool = False  # nano_world: rubric-only tasks carry the oracle's answer
-    # too (the oracle-reward ablation, with reward.verifier=nano_oracle)
+    seed: int = setting(0, ge=0)  # the environment's prompt draws are seeded by it
     # Dynamic sampling: a verifiable group whose verifier scores are all equal (all right or all
     # wrong) is replaced by a group of a new prompt before the critic judges anything
     dynamic_sampling: bool = False
@@ -342,38 +340,11 @@ class DataConfig:
 @dataclass
 class WarmStartConfig:
     """The supervised warm-start stage (selfcritic/warmstart.py): our learner's PTX
-    (language-model) loss on synthetic actor answers and critic verdicts; cached by its config."""
+    (language-model) loss on the environment's corpus (its `corpus`; the nano world's recipe is
+    `env.corpus.*`); cached by everything it depends on."""
 
     enabled: bool = False
     steps: int = setting(120, ge=1)  # optimizer steps
-    # actor answers per step (arithmetic and repeat, as data mixes them)
-    actor_examples: int = setting(32, ge=0)
-    # critic verdicts per step (half correctness, half style aspects)
-    critic_examples: int = setting(32, ge=0)
-    # curriculum: correctness verdicts join after this fraction of the steps (from the start
-    # they stalled all verdict learning: docs/nano-world.md)
-    correctness_after: float = setting(0.4, ge=0, le=1)
-    # share of minimal style pairs (only the judged defect differs; all minimal, the worse
-    # response is always the longer one and the critic learns brevity)
-    minimal_pairs: float = setting(0.5, ge=0, le=1)
-    # share of critic pairs that tie on the judged aspect (the other defects drawn apart): a
-    # right critic names the first shown, and its two orders cancel (docs/nano-world.md)
-    ties: float = setting(0.3, ge=0, le=1)
-    # share of the style verdicts on on_task, the rest split evenly over the three defects;
-    # None: the four aspects alike
-    on_task_share: float | None = setting(None, ge=0, le=1)
-    # weight of the verdicts' marks (+ and -) in the language-model loss, here and in RL's PTX
-    # (1: like every other target token)
-    mark_weight: float = setting(1.0, gt=0)
-    # verdict form: the computed answer restated beside each response's on correctness and
-    # on_task (" =19 X18=19- Y19=19+ #Y"), so each mark compares strings side by side
-    side_by_side: bool = False
-    wrong: float = setting(0.5, ge=0, le=1)  # share of wrong arithmetic answers in the actor data
-    praise: float = setting(0.35, ge=0, le=1)  # share of repeat answers opening with praise
-    meta: float = setting(0.35, ge=0, le=1)  # ... with meta-commentary
-    filler: float = setting(0.35, ge=0, le=1)  # ... with filler after the answer
-    # share of all answers ending with a claim of being right
-    claim: float = setting(0.15, ge=0, le=1)
     seed: int = setting(0, ge=0)
     # the warm-start's own learning rates (the RL stage uses optim.*)
     muon_lr: float = setting(0.005, ge=0)
@@ -384,22 +355,20 @@ class WarmStartConfig:
     lr_schedule: str = setting("constant", one_of=LR_SCHEDULES)
     lr_decay_fraction: float = setting(1.0, gt=0, le=1)
     lr_final_fraction: float = setting(0.1, ge=0, le=1)
-    # in RL: warm-start critic verdicts per step for the PTX loss (learner.ptx_weight > 0 turns it
-    # on: it keeps the critic's judging skill)
+    # in RL: corpus pairs per step for the PTX loss (learner.ptx_weight > 0 turns it on; the
+    # nano world's are critic verdicts: they keep the critic's judging skill)
     ptx_per_step: int = setting(16, ge=0)
 
 
 @dataclass
 class EvalConfig:
-    """Held-out evaluation during training (selfcritic/evaluate.py) and the final report."""
+    """Held-out evaluation during training and the final report: the environment's own suite
+    (`evaluate`), else its held-out split scored by its verifier (selfcritic/eval/)."""
 
-    suite: str = setting("none", one_of=("none", "nano"))  # none | nano
     # evaluate every N steps, before the first and after the last; 0: never
     every: int = setting(0, ge=0, why="0: never")
     samples: int = setting(4, ge=1)  # samples per held-out prompt, at temperature `temperature`
     temperature: float = setting(1.0, gt=0)
-    repeat_tasks: int = setting(64, ge=0)  # held-out rubric-only tasks
-    pairs_per_aspect: int = setting(48, ge=0)  # frozen held-out critic pairs per rubric aspect
 
 
 @dataclass
@@ -453,6 +422,8 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    # the environment (selfcritic/envs/): `env=NAME` selects one, its options under `env.*`
+    env: Any = field(default_factory=lambda: {"name": "nano_arithmetic"})
     data: DataConfig = field(default_factory=DataConfig)
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -5,8 +5,9 @@ Two kinds of rules, one report:
   one_of=..., path=...)`): checked here for every field of the tree;
 - component rules, cross-field and plug-in checks that live beside the code they guard and
   register themselves with `@preflight_check` (the critic's template and schedule, the gate's
-  probe source, the learner's loss and estimator, the verifier and rubric, Ray's CPUs, the
-  nano world's settings, ...). `CHECKED_MODULES` lists the modules that hold them.
+  probe file, the learner's loss and estimator, the verifier and rubric, Ray's CPUs, the
+  environment's options and what the settings ask of it, ...). `CHECKED_MODULES` lists the
+  modules that hold them.
 `validate(cfg)` runs every rule and raises one `ConfigError` with every problem, a line each,
 each naming its key and what to do. `context_problems` is the one rule that needs the
 tokenizer: the trainer runs it as soon as the tokenizer is there, before the warm-start, Ray and
@@ -41,8 +42,7 @@ CHECKED_MODULES = (
     "selfcritic.learner.advantages",
     "selfcritic.optim.muonclip",
     "selfcritic.rollout.engines",
-    "selfcritic.data.prompts",
-    "selfcritic.data.nano_world",
+    "selfcritic.envs.registry",
 )
 
 

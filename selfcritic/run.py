@@ -16,12 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from rewards.pool import VerifierFailing
 from selfcritic.checkpoint import check_output_dir
 from selfcritic.config import Config, ConfigError, register_configs
+from selfcritic.envs.registry import register_environment_configs
 from selfcritic.preflight import validate
 from selfcritic.scratch import enter_scratch
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 register_configs()
+register_environment_configs()  # the `env` group: every registered environment's options
 
 
 def to_config(cfg: DictConfig) -> Config:

@@ -1,15 +1,19 @@
 """The training loop: the order of calls between components, and nothing else.
 
-Before the loop: the cached warm-start stage (`warmstart.enabled`, selfcritic/warmstart.py)
-and, with an evaluation suite, the held-out evaluation of the starting weights (step 0).
-One step: prompts -> rollout pool (n samples each) -> verifier scores (with dynamic sampling,
+The task is the environment (`env`, selfcritic/envs/): its prompts, verifier, rubric, and where
+it has them its held-out evaluation, corpus and critic probes. Before the loop: the cached
+warm-start stage on its corpus (`warmstart.enabled`, selfcritic/warmstart.py) and, with
+`eval.every`, the held-out evaluation of the starting weights (step 0).
+One step: the environment's prompts -> its episodes through the rollout pool (n each:
+selfcritic/rollout/episodes.py) -> verifier scores (with dynamic sampling,
 verifiable groups without score variance are replaced by new prompts' groups) -> self-critic
 (rubric scores, calibration examples against the verifier, RL-form verdict groups; judged by the
 weights `critic.weights` selects) -> rewards (`reward.combine`) -> group-relative advantages ->
 learner step (policy + calibration + PTX) -> weight sync into the engines -> held-out evaluation
 every `eval.every` steps -> metrics. Training checkpoints every `trainer.checkpoint_every` steps
-(exact resume); at the end a Hugging Face checkpoint in `<output_dir>/checkpoint` and, with an
-evaluation suite, the report (selfcritic/eval/report.py).
+(exact resume); at the end a Hugging Face checkpoint in `<output_dir>/checkpoint` and, with
+evaluations, the report (selfcritic/eval/report.py). In a mixture of environments (`env=mix`)
+every step metric is also reported per part, under `env/<label>/`.
 """
 
 from __future__ import annotations
@@ -43,15 +47,16 @@ from selfcritic.critic.gate import load_probes
 from selfcritic.critic.judge import prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
 from selfcritic.critic.self_critic import CritiqueResult, SelfCritic
-from selfcritic.data.prompts import Prompt, get_source
-from selfcritic.eval.nano import HEADLINE
+from selfcritic.envs.base import Prompt, Trajectory
+from selfcritic.envs.registry import build_environment, label_prompts, parts
 from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS, informative_groups
 from selfcritic.learner.learner import PolicyBatch, trust_engine_logprobs
 from selfcritic.preflight import context_problems
+from selfcritic.rollout.episodes import run_episodes
 from selfcritic.rollout.types import Sample, SamplingSpec
 from selfcritic.schedule import annealed, lr_scale_at
 from selfcritic.tracking import Tracker, console_line
-from selfcritic.warmstart import WarmStartData, warm_start
+from selfcritic.warmstart import warm_start
 
 
 def engine_logprobs_due(step: int, every: int, trusted: bool) -> bool:
@@ -154,16 +159,24 @@ class Trainer:
         from selfcritic.rollout.pool import RolloutPool
 
         cfg = self.cfg
-        probes = load_probes(cfg.critic.gate, cfg.data) if cfg.critic.enabled else []
+        self.env = build_environment(cfg.env, cfg)
+        self.parts = parts(self.env)  # {label: environment}: the mixture's parts, or the one
+        probes = []
+        if cfg.critic.enabled:
+            probes = load_probes(cfg.critic.gate, self._first_part_with("probes"))
         cache = Path(cfg.trainer.cache_dir).expanduser()
         self.model_path = prepare_model(cfg.model, cache)
         # the tokenizer the warm-start keeps: the lengths are checked before any long work
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
         self.encode = prompt_encoder(self.tokenizer)  # prompt ids: BOS (if any), then the text
-        self.source = get_source(cfg.data.source)
+        self.encode_observation = lambda text: (
+            self.tokenizer(text, add_special_tokens=False).input_ids
+        )  # an environment's observation: its text only
         self._check_with_tokenizer()
         if cfg.warmstart.enabled:
-            self.model_path = warm_start(cfg, self.model_path, cache)
+            self.model_path = warm_start(
+                cfg, self._first_part_with("corpus"), self.model_path, cache
+            )
         self.resume_from = newest_checkpoint(self.output_dir) if cfg.trainer.resume else None
         self.resumed_state: dict = {}
         if self.resume_from is not None:
@@ -186,16 +199,14 @@ class Trainer:
             self.model_path, cfg.learner, cfg.optim, trust_engine=self.trust_engine
         )
         print(f"model: {self.model_path}\noptimizer groups:\n{self.learner.describe()}")
+        self.verifiers = self._verifier_pools()
         rewards = cfg.reward
-        self.verifiers = VerifierPool(
-            rewards.verifier, rewards.verifier_options, rewards.workers, rewards.timeout_s
-        )
         self.verifier_watch = FailureWatch(rewards.warn_failed_share, rewards.max_failed_steps)
         self.critic = None
         if cfg.critic.enabled:
             self.critic = SelfCritic(
                 cfg.critic,
-                self.rubric(cfg.critic.rubric),
+                self.rubric(self.default_rubric(next(iter(self.parts)))),
                 self.encode,
                 verdict_token_ids(self.tokenizer, cfg.critic.verdict_letters),
                 probes,
@@ -211,13 +222,43 @@ class Trainer:
             )
         self.ptx_data = None
         if cfg.learner.ptx_weight > 0 and cfg.warmstart.ptx_per_step > 0:
-            self.ptx_data = WarmStartData(cfg, self.tokenizer)
+            self.ptx_data = self._first_part_with("corpus")(self.tokenizer)
+
+    def _first_part_with(self, capability: str):
+        """The environment's `capability` (corpus, probes), the first part's that has it in a
+        mixture (the preflight made sure one has it where a setting needs it), or None."""
+        return next(
+            (getattr(env, capability) for env in self.parts.values() if hasattr(env, capability)),
+            None,
+        )
+
+    def _verifier_pools(self) -> dict[str, VerifierPool | None]:
+        """{part label: its verifier's pool} (`reward.verifier` overrides every part's; parts
+        with one verifier share a pool); None where a part has no verifier."""
+        rewards, pools, by_name = self.cfg.reward, {}, {}
+        for label, env in self.parts.items():
+            name = rewards.verifier or env.verifier
+            if name is not None and name not in by_name:
+                by_name[name] = VerifierPool(
+                    name, rewards.verifier_options, rewards.workers, rewards.timeout_s
+                )
+            pools[label] = by_name.get(name)
+        return pools
+
+    def default_rubric(self, label: str) -> str:
+        """The rubric of part `label`'s prompts that name none: `critic.rubric`, else the
+        environment's."""
+        return self.cfg.critic.rubric or self.parts[label].rubric
+
+    def prompts(self, step: int, draw: int, count: int) -> list[Prompt]:
+        """The environment's prompts, each labelled with its part."""
+        return label_prompts(self.env, self.env.prompts(step, draw, count))
 
     def _check_with_tokenizer(self) -> None:
         """What needs the tokenizer, before any long work: the lengths rule
         (preflight.context_problems) on the first step's prompts, one token per verdict letter."""
-        prompts = self.source(self.cfg.data, 1, 0)
-        specs = {self.cfg.critic.rubric} | {p.rubric for p in prompts if p.rubric}
+        prompts = self.prompts(1, 0, self.cfg.data.prompts_per_step)
+        specs = {p.rubric or self.default_rubric(p.env) for p in prompts}
         aspects = []
         if self.cfg.critic.enabled:
             aspects = [(a.name, a.description) for s in specs for a in self.rubric(s).aspects]
@@ -279,6 +320,8 @@ class Trainer:
                     metrics.update(self.evaluate(step))
         metrics.update({_learner_key(k): v for k, v in learner_metrics.items()})
         metrics.update(_rollout_metrics(groups, metrics["time/rollout"]))
+        if len(self.parts) > 1 and groups:
+            metrics.update(part_metrics(prompts, groups, verifiable, rewards))
         self.tracker.log(step, metrics)
         every = cfg.tracking.samples_every
         if every and step % every == 0:
@@ -300,13 +343,16 @@ class Trainer:
         rollout_s = verify_s = 0.0
         discarded = 0
         for draw in range(draws):
-            prompts = self.source(data, step, draw)
-            if draw:  # only as many refills as groups are missing
-                prompts = prompts[: data.prompts_per_step - len(kept)]
+            # only as many refills as groups are missing
+            prompts = self.prompts(step, draw, data.prompts_per_step - len(kept))
             start = time.perf_counter()
             # distinct per-request seeds for every draw (request_seed of first_index + i)
             draw_spec = dataclasses.replace(spec, first_index=draw * DRAW_SEED_STRIDE)
-            groups = self.pool.generate([self.encode(p.text) for p in prompts], draw_spec)
+            ids = [self.encode(p.text) for p in prompts]
+            groups = run_episodes(
+                self.pool, self.env, prompts, ids, draw_spec, self.encode_observation,
+                self.cfg.rollout.max_model_len,
+            )  # fmt: skip
             middle = time.perf_counter()
             scores, penalties = self._verify(prompts, groups, metrics, first_draw=draw == 0)
             rollout_s, verify_s = (
@@ -347,33 +393,36 @@ class Trainer:
     def evaluation_due(self, step: int) -> bool:
         """Evaluate before the first step, every `eval.every` steps and after the last."""
         every = self.cfg.eval.every
-        if self.cfg.eval.suite == "none" or not every:
+        if not every:
             return False
         return step == 0 or step % every == 0 or step == self.cfg.trainer.steps
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """The held-out suite on the weights the rollout pool serves now."""
-        from selfcritic.eval.nano import evaluate_nano
+        """The environment's held-out evaluation on the weights the rollout pool serves now."""
+        from selfcritic.eval.held_out import evaluate_environment, headline
 
         start = time.perf_counter()
-        metrics = evaluate_nano(
+        metrics = evaluate_environment(
+            self.parts,
             self.pool,
             self.tokenizer,
             self.cfg,
+            self.verifiers,
             seed=step_seed(self.cfg.trainer.seed, step, EVAL_SEED),
         )
         if self.cfg.tracking.console == "line":
-            shown = " ".join(f"{k[5:]}={metrics[k]:.3f}" for k in HEADLINE)
+            shown = " ".join(f"{k[5:]}={metrics[k]:.3f}" for k in headline(self.parts, metrics))
             print(f"eval step {step}: {shown} ({time.perf_counter() - start:.1f} s)", flush=True)
         return metrics
 
     def _report(self) -> None:
-        """The end-of-run report (a suite's runs only): table, files, and the figure to wandb."""
-        if self.cfg.eval.suite == "none":
-            return
+        """The end-of-run report (runs with evaluations only): table, files, and the figure to
+        wandb; its rows are the environment's `report_metrics` where it has them."""
         from selfcritic.eval.report import write_report
 
-        written = write_report(self.output_dir)
+        env = self.env if len(self.parts) == 1 else None
+        rows, curves = getattr(env, "report_metrics", None), getattr(env, "report_curves", ())
+        written = write_report(self.output_dir, rows, curves)
         if written is None:
             return
         text, figure = written
@@ -431,22 +480,23 @@ class Trainer:
         jobs, where = [], []
         for g, (prompt, group) in enumerate(zip(prompts, groups, strict=True)):
             budget = prompt.token_budget or self.cfg.reward.token_budget
-            for i, sample in enumerate(group):
+            pool = self.verifiers[prompt.env]
+            for i, episode in enumerate(group):
                 ids, penalties[g, i] = apply_budget(
-                    list(sample.completion_ids),
-                    sample.finish_reason == "stop",
+                    list(episode.completion_ids),
+                    episode.engine_finish == "stop",
                     budget,
                     self.cfg.reward.budget_penalty,
                 )
-                if prompt.reference is not None:
+                if prompt.reference is not None and pool is not None:
                     text = (
-                        sample.text
-                        if len(ids) == len(sample.completion_ids)
+                        episode.text
+                        if len(ids) == len(episode.completion_ids)
                         else self.tokenizer.decode(ids, skip_special_tokens=True)
                     )
-                    jobs.append((text, prompt.reference))
+                    jobs.append((pool, text, prompt.reference))
                     where.append((g, i))
-        results, stats = self.verifiers.score(jobs)
+        results, stats = score_in_pools(jobs)
         for (g, i), result in zip(where, results, strict=True):
             scores[g, i] = result.score
         if not first_draw:
@@ -480,7 +530,7 @@ class Trainer:
             self.judge_weights.engine,
             seed=step_seed(self.cfg.trainer.seed, step, CRITIC_SEED),
             verified=verified,
-            rubrics=[self.rubric(p.rubric or self.cfg.critic.rubric) for p in prompts],
+            rubrics=[self.rubric(p.rubric or self.default_rubric(p.env)) for p in prompts],
             step=step,
             rl_temperature=spec.temperature,
             rl_engine=self.pool,
@@ -518,14 +568,16 @@ class Trainer:
     ) -> PolicyBatch | None:
         """Advantages per sample (groups without reward variance dropped when configured), plus
         the critic's RL-form verdict groups and its calibration examples."""
-        samples, advantages = self._advantaged(groups, rewards, metrics, "learner")
+        trajectories, advantages = self._advantaged(groups, rewards, metrics, "learner")
+        samples = [_as_sequence(t) for t in trajectories]
         examples = tuple(critique.examples) if critique else ()
         if critique and critique.rl_groups:
             verdict_rewards = torch.tensor([r for _, r in critique.rl_groups])
             more, more_advantages = self._advantaged(
                 [g for g, _ in critique.rl_groups], verdict_rewards, metrics, "critic/rl"
             )
-            samples, advantages = samples + more, advantages + more_advantages
+            samples += [_as_sequence(s) for s in more]
+            advantages = advantages + more_advantages
         ptx, ptx_weights = (), ()
         if self.ptx_data is not None:  # warm-start critic verdicts keep the judging skill
             rng = random.Random(f"ptx:{self.cfg.trainer.seed}:{step}")
@@ -533,11 +585,14 @@ class Trainer:
             ptx_weights = self.ptx_data.token_weights
         if not samples and not examples and not ptx:
             return None
+        masks = tuple(s.loss_mask for s in samples)
         return PolicyBatch(
             prompts=[s.prompt_ids for s in samples],
             completions=[s.completion_ids for s in samples],
             old_logprobs=[s.logprobs for s in samples],
             advantages=advantages,
+            # only where an environment wrote tokens into a completion (multi-turn)
+            loss_masks=masks if any(0 in mask for mask in masks) else (),
             temperature=temperature,
             max_new_tokens=self.cfg.sampling.max_tokens,
             critic_examples=examples,
@@ -575,8 +630,8 @@ class Trainer:
             self.learner.shutdown()
         if self.pool is not None:
             self.pool.shutdown()
-        if getattr(self, "verifiers", None) is not None:
-            self.verifiers.close()
+        for pool in set(getattr(self, "verifiers", {}).values()) - {None}:
+            pool.close()
         if getattr(self, "tracker", None) is not None:
             self.tracker.finish()
         if self.owns_ray:
@@ -612,16 +667,74 @@ def verifier_metrics(stats: BatchStats) -> dict[str, float]:
     return metrics
 
 
-def _rollout_metrics(groups: list[list[Sample]], seconds: float) -> dict[str, float]:
-    samples = [s for group in groups for s in group]
-    if not samples:
+def _rollout_metrics(groups: list[list[Trajectory]], seconds: float) -> dict[str, float]:
+    episodes = [t for group in groups for t in group]
+    if not episodes:
         return {}
-    tokens = sum(len(s.completion_ids) for s in samples)
-    digest = hashlib.sha256(repr([s.completion_ids for s in samples]).encode()).digest()
+    tokens = sum(len(t.completion_ids) for t in episodes)
+    digest = hashlib.sha256(repr([tuple(t.completion_ids) for t in episodes]).encode()).digest()
+    truncated = sum(t.engine_finish == "length" for t in episodes)
     return {
         # a fingerprint of every sampled token: equal digests, equal samples (resume checks)
         "rollout/digest": float(int.from_bytes(digest[:4], "big")),
-        "rollout/response_length": tokens / len(samples),
-        "rollout/truncated_rate": sum(s.finish_reason == "length" for s in samples) / len(samples),
+        "rollout/response_length": tokens / len(episodes),
+        "rollout/truncated_rate": truncated / len(episodes),
         "rollout/tokens_per_second": tokens / max(seconds, 1e-9),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sequence:
+    """One sequence for the learner: an episode's, or a critic verdict's (mask all ones)."""
+
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    loss_mask: tuple[int, ...]
+
+
+def _as_sequence(item: Trajectory | Sample) -> _Sequence:
+    if isinstance(item, Sample):
+        ones = (1,) * len(item.completion_ids)
+        return _Sequence(item.prompt_ids, item.completion_ids, item.logprobs, ones)
+    prompt = tuple(item.ids[: item.prompt_length])
+    return _Sequence(
+        prompt, tuple(item.completion_ids), item.completion_logprobs, tuple(item.completion_mask)
+    )
+
+
+def score_in_pools(jobs: list[tuple[VerifierPool, str, str]]) -> tuple[list, BatchStats]:
+    """Each (pool, completion, reference) scored by its pool, results in order, one batch's
+    failure counts over all pools."""
+    results: list = [None] * len(jobs)
+    for pool in dict.fromkeys(job[0] for job in jobs):
+        indices = [k for k, job in enumerate(jobs) if job[0] is pool]
+        scored, _ = pool.score([jobs[k][1:] for k in indices])
+        for k, result in zip(indices, scored, strict=True):
+            results[k] = result
+    stats = BatchStats()
+    for result in results:
+        stats.count(result)
+    return results, stats
+
+
+def part_metrics(
+    prompts: list[Prompt], groups, verifiable: torch.Tensor, rewards: torch.Tensor
+) -> dict[str, float]:
+    """A mixture's step per part (`env/<label>/...`): groups, reward and verifier means,
+    response length and truncation."""
+    metrics = {}
+    for label in dict.fromkeys(p.env for p in prompts):
+        rows = [g for g, p in enumerate(prompts) if p.env == label]
+        checked = verifiable[rows][~verifiable[rows].isnan()]
+        episodes = [t for g in rows for t in groups[g]]
+        metrics |= {
+            f"env/{label}/groups": float(len(rows)),
+            f"env/{label}/reward_mean": float(rewards[rows].mean()),
+            f"env/{label}/verifiable_mean": float(checked.mean()) if checked.numel() else math.nan,
+            f"env/{label}/response_length": sum(len(t.completion_ids) for t in episodes)
+            / len(episodes),
+            f"env/{label}/truncated_rate": sum(t.engine_finish == "length" for t in episodes)
+            / len(episodes),
+        }
+    return metrics

@@ -7,8 +7,8 @@ made the asked word drift once the other defects were gone). The gate measures e
 labelled probe pairs and keeps those that fail out of the reward until they pass:
 
 - probes: a fixed set of labelled pairs per aspect, the better response first, drawn once from
-  a source (`critic.gate.source`): a name in PROBE_SOURCES, or a JSONL file with one pair per
-  line, {"question", "better", "worse", "aspect", "description"}; optionally
+  a source (`critic.gate.source`): "env", the environment's `probes`, or a JSONL file with one
+  pair per line, {"question", "better", "worse", "aspect", "description"}; optionally
   `critic.gate.tie_pairs_per_aspect` pairs that tie on the aspect (both responses meet it or
   both fail it, the other defects drawn apart; `"tie": true` in a file);
 - measurement: at the first step and every `every` steps the critic judges the probes in both
@@ -36,17 +36,15 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from selfcritic.config import Config, DataConfig, GateConfig
+from selfcritic.config import Config, GateConfig
 from selfcritic.critic.calibration import agreement
 from selfcritic.critic.judge import Judged, PairJob
 from selfcritic.preflight import Problems, preflight_check
-from selfcritic.registry import Registry
 
-# A probe source: (data settings, pairs per aspect, tie pairs per aspect, seed) -> PairJobs, the
+# An environment's `probes(pairs per aspect, tie pairs per aspect, seed)` -> PairJobs, the
 # labelled ones better first and keyed by `probe_key`, the ties keyed by `probe_key(tie=True)`
-ProbeSource = Callable[[DataConfig, int, int, int], list[PairJob]]
-PROBE_SOURCES: Registry[ProbeSource] = Registry("probe source")
-register_probes = PROBE_SOURCES.register
+ProbeSource = Callable[[int, int, int], list[PairJob]]
+FROM_ENV = "env"  # critic.gate.source: the environment's probes
 
 JSONL_FIELDS = ("question", "better", "worse", "aspect", "description")
 
@@ -60,13 +58,14 @@ def is_tie_probe(job: PairJob) -> bool:
     return job.key[0] == "tie_probe"
 
 
-def load_probes(cfg: GateConfig, data: DataConfig) -> list[PairJob]:
-    """The probe pairs of `cfg.source` (none when the gate is off)."""
+def load_probes(cfg: GateConfig, env_probes: ProbeSource | None) -> list[PairJob]:
+    """The probe pairs of `cfg.source` (none when the gate is off): the environment's
+    (`env_probes`) or a file's."""
     if cfg.source is None:
         return []
     ties = cfg.tie_pairs_per_aspect
-    if cfg.source in PROBE_SOURCES:
-        return PROBE_SOURCES.get(cfg.source)(data, cfg.pairs_per_aspect, ties, cfg.seed)
+    if cfg.source == FROM_ENV:
+        return env_probes(cfg.pairs_per_aspect, ties, cfg.seed)
     return read_jsonl_probes(Path(cfg.source).expanduser(), cfg.pairs_per_aspect, ties)
 
 
@@ -164,23 +163,21 @@ class AspectGate:
 
 @preflight_check
 def _probes_load(cfg: Config, problems: Problems) -> None:
-    """The probe source exists and its pairs load (a bad line of a file is named)."""
+    """A probe file exists and its pairs load (a bad line is named); "env" asks the environment
+    (selfcritic/envs/registry.py checks it has probes)."""
     source = cfg.critic.gate.source
-    if not cfg.critic.enabled or source is None:
+    if not cfg.critic.enabled or source in (None, FROM_ENV):
         return
-    known = source in PROBE_SOURCES or Path(source).expanduser().is_file()
+    known = Path(source).expanduser().is_file()
     problems.require(
         known,
         "critic.gate.source",
-        f"{source!r} is neither a registered probe source ({PROBE_SOURCES.names()}) nor a "
-        "file; give a JSONL file of labelled pairs or null to turn the gate off",
+        f"{source!r} is neither {FROM_ENV!r} (the environment's probes) nor a file; give a "
+        "JSONL file of labelled pairs or null to turn the gate off",
     )
     if known:
         try:
-            load_probes(cfg.critic.gate, cfg.data)
+            load_probes(cfg.critic.gate, None)
         except (ValueError, KeyError, OSError) as error:
             text = str(error).removeprefix("critic.gate.source: ")
             problems.require(False, "critic.gate.source", text)
-
-
-from selfcritic.data import nano_probes as _nano_probes  # noqa: E402, F401  (registers a source)

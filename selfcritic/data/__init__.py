@@ -1,1 +1,1 @@
-"""Prompt sources, the synthetic nano world and tokenizer building."""
+"""The nano model preset's character tokenizer and the stock phrases it keeps whole."""

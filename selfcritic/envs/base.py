@@ -1,26 +1,39 @@
 """The environment contract: what a task gives the loop, and what an episode of it returns.
 
-An environment is the one unit a user plugs in for a task (docs/design.md, "Environments"):
-- `prompts(step, draw)`: the prompts of a training step, a pure function of (its seed, step,
-  draw), so a resumed run sees the same ones; `held_out()`: a split training never draws;
+An environment is the one unit a user plugs in for a task (docs/design.md, "Environments"). It
+is built from its options (a dataclass whose first field is `name`; selfcritic/envs/registry.py)
+and the run's Config, and must be cheap to build (the preflight builds it to check the run):
+- `prompts(step, draw, count)`: `count` prompts of a training step, a pure function of (the
+  run's `data.seed`, step, draw), so a resumed run sees the same ones (draw > 0: dynamic
+  sampling's refills); `held_out()`: a split training never draws (empty: none);
 - `verifier` (a registered name or import path, or None) and `rubric` (the critic's default;
   a `Prompt` may name its own);
-- the episode: `reset(prompt) -> Episode` and `step(episode, turn) -> Step`. The model writes a
-  turn; the environment answers with an observation (text, which the driver tokenizes, or
-  token ids) or ends the episode. A single-turn task ends at the first turn: `SingleTurn` is
+- the episode: `reset(prompt) -> Episode` and `step(episode, turn, turn_ids) -> Step`. The model
+  writes a turn; the environment answers with an observation (text, which the driver tokenizes,
+  or token ids) or ends the episode. A single-turn task ends at the first turn: `SingleTurn` is
   that step function, and the driver then makes exactly the engine call a plain rollout makes.
 An episode's record is a `Trajectory`, token in and token out: every token of the sequence with
 a loss mask (1 for the model's tokens, 0 for the prompt's and the environment's), the behaviour
 logprob of every model token, the weight version of every model turn, and the environment's
 per-episode info. The learner consumes trajectories and masks, nothing else.
-Optional parts (held-out evaluation, warm-start and PTX corpora, critic probes, chat rendering)
-are found with `getattr` by the code that needs them. Left out: the trainer's use of
-environments and their registry and config group (the environments issue's next steps).
+Optional parts, found with `getattr` by the code that needs them (a setting that needs one the
+environment lacks is refused before any work, naming the key):
+- `evaluate(engine, tokenizer, seed) -> dict[str, float]`: an own held-out suite (without it,
+  `eval.every` samples `held_out()` and scores it with the verifier: selfcritic/eval/held_out.py);
+  `headline` (metric keys for the console) and `report_metrics` ((key, label, higher is better)
+  rows of the end-of-run report);
+- `corpus(tokenizer) -> Corpus`: supervised (context, target) pairs for the warm-start
+  (`warmstart.enabled`) and the PTX loss (`learner.ptx_weight`);
+- `probes(per_aspect, ties, seed) -> list[PairJob]`: labelled critic pairs for the aspect gate
+  (`critic.gate.source=env`).
+Left out: chat rendering of prompts (the real-tasks issue) and tool execution (the agentic one).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -29,7 +42,16 @@ class Prompt:
     text: str
     reference: str | None  # None: no verifiable answer, the critic alone scores it
     token_budget: int | None = None  # this task's budget; None: reward.token_budget
-    rubric: str | None = None  # the critic's rubric for this prompt; None: critic.rubric
+    rubric: str | None = None  # the critic's rubric for this prompt; None: critic.rubric, else
+    # the environment's
+    env: str = ""  # the label of the environment that drew it (set by the trainer)
+
+
+@dataclass
+class EnvOptions:
+    """The options of an environment that declares none but its name."""
+
+    name: str = "???"
 
 
 @dataclass
@@ -66,6 +88,8 @@ class Trajectory:
     texts: list[str]  # what the model wrote, turn by turn
     finish_reason: str  # "done" (the environment ended it), "length" (no room), "turns"
     info: dict = field(default_factory=dict)
+    turn_finish: list[str] = field(default_factory=list)  # the engine's, per turn: stop | length
+    logprobs_reported: bool = True  # False: the engine reported none (`logprobs` all 0.0)
 
     @property
     def completion_ids(self) -> list[int]:
@@ -75,6 +99,21 @@ class Trajectory:
     def completion_mask(self) -> list[int]:
         return self.loss_mask[self.prompt_length :]
 
+    @property
+    def text(self) -> str:
+        """What the model wrote, its turns joined (the environment's observations left out)."""
+        return "".join(self.texts)
+
+    @property
+    def engine_finish(self) -> str:
+        """The engine's finish reason of the last turn: "stop" or "length"."""
+        return self.turn_finish[-1] if self.turn_finish else "stop"
+
+    @property
+    def completion_logprobs(self) -> tuple[float, ...]:
+        """The behaviour logprobs after the prompt; () when the engine reported none."""
+        return tuple(self.logprobs[self.prompt_length :]) if self.logprobs_reported else ()
+
 
 class Environment(Protocol):
     """A task: its prompts, its split, its scoring, its episodes."""
@@ -83,7 +122,7 @@ class Environment(Protocol):
     verifier: str | None
     rubric: str | None
 
-    def prompts(self, step: int, draw: int) -> list[Prompt]: ...
+    def prompts(self, step: int, draw: int, count: int) -> list[Prompt]: ...
 
     def held_out(self) -> list[Prompt]: ...
 
@@ -101,3 +140,24 @@ class SingleTurn:
 
     def step(self, episode: Episode, turn: str, turn_ids: tuple[int, ...]) -> Step:
         return Step(done=True)
+
+
+Pair = tuple[tuple[int, ...], tuple[int, ...]]  # (context ids, target ids): only targets learned
+
+
+class Corpus(Protocol):
+    """An environment's supervised pairs, for the warm-start and for RL's PTX loss."""
+
+    # (token id, weight) of target tokens that weigh other than 1 in the loss
+    token_weights: tuple[tuple[int, float], ...]
+    # what the pairs depend on besides the code in `sources`: the warm-start's cache key
+    recipe: dict
+    sources: tuple[Path, ...]  # the files that make the pairs (their text is in the key too)
+
+    def warm_start_batch(self, rng: random.Random, step: int, steps: int) -> tuple[Pair, ...]:
+        """The pairs of warm-start step `step` (1-based) of `steps`."""
+        ...
+
+    def ptx_batch(self, rng: random.Random, count: int) -> tuple[Pair, ...]:
+        """`count` pairs for one RL step's PTX loss."""
+        ...

@@ -1,12 +1,16 @@
-"""`python -m selfcritic.eval CHECKPOINT --suite nano [KEY=VALUE ...]`: score a checkpoint.
+"""`python -m selfcritic.eval CHECKPOINT [--env NAME] [KEY=VALUE ...]`: score a checkpoint.
 
 CHECKPOINT is a Hugging Face model directory (a run's `checkpoint/`, a training checkpoint's
-`model/`, or a warm-start). The settings (task sizes, critic template and mode, sampling) are
-those of the run that trained it when its `config.yaml` is found next to the checkpoint (in the
-checkpoint's directory or up to two above: a run directory), else the experiment's
-(`--experiment`, default nano); key=value overrides apply on top. Prints the metrics as a
-table (stderr holds vLLM's logs) and writes them as JSON with `--json FILE`. Exit status 2 on a
-bad checkpoint or setting.
+`model/`, or a warm-start). It is scored on an environment's held-out split: the environment's
+own suite where it has one (the nano world's), else its held-out prompts scored by its verifier
+(selfcritic/eval/held_out.py). The settings (the environment and its options, critic template
+and mode, sampling) are those of the run that trained it when its `config.yaml` is found next to
+the checkpoint (in the checkpoint's directory or up to two above: a run directory), else the
+experiment's (`--experiment`, default nano); `--env NAME` (a registered environment or
+"package.module:object") evaluates another environment, with its default options, and key=value
+overrides (`env.max_operand=9`, `eval.samples=8`) apply on top. `--suite nano` is
+`--env nano_world`. Prints the metrics as a table (stderr holds vLLM's logs) and writes them as
+JSON with `--json FILE`. Exit status 2 on a bad checkpoint or setting.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import os
 import sys
 from pathlib import Path
 
-SUITES = ("nano",)
+SUITES = {"nano": "nano_world"}  # --suite NAME: the environment it names (kept as an alias)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m selfcritic.eval", description=__doc__)
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--suite", choices=SUITES, default="nano")
+    parser.add_argument("--env", help="an environment: registered name or package.module:object")
+    parser.add_argument("--suite", choices=sorted(SUITES), help="alias: nano is --env nano_world")
     parser.add_argument("--experiment", default="nano")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the metrics to this file")
@@ -39,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = run_config_of(args.checkpoint)
         if saved is not None:
             print(f"settings: {saved}", file=sys.stderr)
-        cfg = load_config(args.experiment, args.overrides, saved)
+        env = args.env or (SUITES[args.suite] if args.suite else None)
+        cfg = load_config(args.experiment, args.overrides, saved, env)
     except (ConfigError, Exception) as error:  # Hydra's composition errors name the key
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
@@ -62,8 +68,11 @@ def run_config_of(checkpoint: Path) -> Path | None:
     return None
 
 
-def load_config(experiment: str, overrides: list[str], saved: Path | None = None):
-    """The run's saved settings (or the experiment's), with `overrides`, validated."""
+def load_config(
+    experiment: str, overrides: list[str], saved: Path | None = None, env: str | None = None
+):
+    """The run's saved settings (or the experiment's), on environment `env` if given (its
+    default options), with `overrides`, validated (the environment's options included)."""
     from omegaconf import OmegaConf
 
     from selfcritic.config import Config
@@ -71,36 +80,43 @@ def load_config(experiment: str, overrides: list[str], saved: Path | None = None
     from selfcritic.run import CONF_DIR, to_config
 
     if saved is not None:
-        merged = OmegaConf.merge(
-            OmegaConf.structured(Config), OmegaConf.load(saved), OmegaConf.from_dotlist(overrides)
-        )
-        cfg = to_config(merged)
+        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved))
     else:
         from hydra import compose, initialize_config_dir
 
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = to_config(
-                compose(config_name="config", overrides=[f"+experiment={experiment}", *overrides])
-            )
+            merged = compose(config_name="config", overrides=[f"+experiment={experiment}"])
+    if env is not None and env != merged.env.name:
+        OmegaConf.set_struct(merged, False)
+        merged.env = {"name": env}  # another environment: its own default options
+    OmegaConf.set_struct(merged, False)  # env.* keys are checked by the environment's options
+    cfg = to_config(OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides)))
     validate(cfg)
     return cfg
 
 
 def evaluate_checkpoint(checkpoint: Path, cfg, seed: int = 0) -> dict[str, float]:
-    """The nano suite on `checkpoint`, served by an in-process vLLM engine."""
+    """The environment's held-out evaluation of `checkpoint`, served by an in-process vLLM
+    engine."""
     import dataclasses
 
     from transformers import AutoTokenizer
 
-    from selfcritic.eval.nano import evaluate_nano
+    from selfcritic.envs.registry import build_environment, parts
+    from selfcritic.eval.held_out import evaluate_environment, verifier_pool
     from selfcritic.rollout.vllm_engine import VLLMEngine
 
+    environments = parts(build_environment(cfg.env, cfg))
+    verifiers = {label: verifier_pool(cfg, env) for label, env in environments.items()}
     engine = VLLMEngine(checkpoint, dataclasses.replace(cfg.rollout, in_process=True))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
-        return evaluate_nano(engine, tokenizer, cfg, seed)
+        return evaluate_environment(environments, engine, tokenizer, cfg, verifiers, seed)
     finally:
         engine.shutdown()
+        for pool in verifiers.values():
+            if pool is not None:
+                pool.close()
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ class BatchTotals:
     """Whole-batch normalisers, identical on every rank whatever its slice."""
 
     sequences: int  # policy sequences
-    tokens: int  # policy completion tokens
+    tokens: int  # policy completion tokens the model wrote (loss mask 1)
     calibration_weight: float  # sum of the critic examples' weights
     ptx_tokens: int  # target tokens of the PTX pairs
 
@@ -36,7 +36,9 @@ class BatchTotals:
     def of(batch: PolicyBatch) -> BatchTotals:
         return BatchTotals(
             sequences=len(batch.prompts),
-            tokens=sum(len(c) for c in batch.completions),
+            tokens=sum(sum(m) for m in batch.loss_masks)
+            if batch.loss_masks
+            else sum(len(c) for c in batch.completions),
             calibration_weight=sum(e.weight for e in batch.critic_examples),
             ptx_tokens=sum(len(target) for _, target in batch.ptx_sequences),
         )
@@ -63,6 +65,7 @@ def split_batch(batch: PolicyBatch, parts: int) -> list[PolicyBatch]:
             completions=batch.completions[p],
             old_logprobs=batch.old_logprobs[p],
             advantages=batch.advantages[p],
+            loss_masks=batch.loss_masks[p],
             critic_examples=batch.critic_examples[c],
             ptx_sequences=batch.ptx_sequences[x],
         )

@@ -66,6 +66,9 @@ class PolicyBatch:
     # target tokens, so a weight adds emphasis and takes none from the other tokens
     ptx_token_weights: tuple[tuple[int, float], ...] = ()
     lr_scale: float = 1.0  # this step's factor on the optimizer's base rates (trainer.lr_schedule)
+    # per completion, 1 where the model wrote the token and 0 where the environment did (a
+    # trajectory's loss mask after its prompt); () : every completion token is the model's
+    loss_masks: tuple[tuple[int, ...], ...] = ()
 
 
 def token_weight_grid(next_ids: torch.Tensor, weights: dict[int, float]) -> torch.Tensor:
@@ -191,7 +194,9 @@ class Learner:
 
     def _micro_step(self, batch: PolicyBatch, rows: list[int], scale: LossScale) -> dict:
         prompts = [batch.prompts[r] for r in rows]
-        ids, attention, mask = pad_batch(prompts, [batch.completions[r] for r in rows], self.pad_id)
+        masks = [batch.loss_masks[r] for r in rows] if batch.loss_masks else None
+        completions = [batch.completions[r] for r in rows]
+        ids, attention, mask = pad_batch(prompts, completions, self.pad_id, masks)
         engine, reported = engine_logprobs(
             [batch.old_logprobs[r] for r in rows], [len(p) for p in prompts], mask
         )

@@ -13,9 +13,13 @@ import torch
 
 
 def pad_batch(
-    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    pad_id: int,
+    loss_masks: Sequence[Sequence[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids [B, L], attention mask [B, L] and completion mask [B, L-1]."""
+    """Right-padded ids [B, L], attention mask [B, L] and completion mask [B, L-1]: 1 at each
+    completion token's target position, or its `loss_masks` value (0: an environment's token)."""
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
     width = max(lengths)
     ids = torch.full((len(lengths), width), pad_id, dtype=torch.long)
@@ -26,7 +30,9 @@ def pad_batch(
         ids[row, : len(sequence)] = torch.tensor(sequence)
         attention[row, : len(sequence)] = 1
         # target position j predicts token j+1: completion tokens are targets len(p)-1 ...
-        completion_mask[row, len(prompt) - 1 : len(sequence) - 1] = 1.0
+        completion_mask[row, len(prompt) - 1 : len(sequence) - 1] = (
+            1.0 if loss_masks is None else torch.tensor(loss_masks[row], dtype=torch.float32)
+        )
     return ids, attention, completion_mask
 
 

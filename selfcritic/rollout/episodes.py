@@ -77,6 +77,9 @@ def _add_turn(trajectory: Trajectory, sample: Sample) -> None:
     trajectory.ids.extend(sample.completion_ids)
     trajectory.loss_mask.extend([1] * len(sample.completion_ids))
     trajectory.logprobs.extend(sample.logprobs or [0.0] * len(sample.completion_ids))
+    if sample.completion_ids and not sample.logprobs:
+        trajectory.logprobs_reported = False
+    trajectory.turn_finish.append(sample.finish_reason)
     trajectory.turns.append((start, len(trajectory.ids), sample.weight_version))
     trajectory.texts.append(sample.text)
 

@@ -1,4 +1,5 @@
-"""The nano world's probe pairs for the aspect gate (selfcritic/critic/gate.py).
+"""The nano world's probe pairs for the aspect gate (selfcritic/critic/gate.py,
+`critic.gate.source=env`).
 
 Labelled pairs on each rubric-only aspect (no_praise, no_meta, no_filler, on_task), from
 training-split questions only, so the gate never sees what the held-out suite judges. They are
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import random
 
-from selfcritic.config import DataConfig
-from selfcritic.critic.gate import probe_key, register_probes
+from selfcritic.critic.gate import probe_key
 from selfcritic.critic.judge import PairJob
-from selfcritic.data.nano_world import (
+from selfcritic.envs.nano.options import NanoWorldOptions
+from selfcritic.envs.nano.world import (
     REPEAT_ASPECTS,
     DefectRates,
     Task,
@@ -27,8 +28,7 @@ from selfcritic.data.nano_world import (
 )
 
 
-@register_probes("nano_world")
-def nano_probes(cfg: DataConfig, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
+def nano_probes(cfg: NanoWorldOptions, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
     rng = random.Random(f"nano_probes:{seed}")
     rates = DefectRates()
     jobs = []
@@ -44,6 +44,6 @@ def nano_probes(cfg: DataConfig, per_aspect: int, ties: int, seed: int) -> list[
     return jobs
 
 
-def _task(cfg: DataConfig, rng: random.Random) -> Task:
+def _task(cfg: NanoWorldOptions, rng: random.Random) -> Task:
     word = random_word(rng, cfg.heldout_fraction, heldout=False)
     return Task(repeat_question(word), word, verifiable=False)

@@ -1,16 +1,16 @@
 """The nano world's tasks, splits and synthetic responses (all generated in code from seeds).
 
 Two task families:
-- arithmetic (verifiable): "Q: 7+12=\\nA:" -> " 19", operands 0..`data.max_operand`, reference
+- arithmetic (verifiable): "Q: 7+12=\\nA:" -> " 19", operands 0..`env.max_operand`, reference
   "19" for the `exact_number` verifier, judged on the rubric `nano_math` (correctness);
 - repeat (rubric-only): "R: kq\\nA:" -> " kq", no reference: the RL reward sees these only
   through the critic, on the rubric `nano_style` (no praise, no filler, no meta-commentary).
-Splits: a question is held out when a hash of its text says so (`data.heldout_fraction`). The
+Splits: a question is held out when a hash of its text says so (`env.heldout_fraction`). The
 split does not depend on any seed, so every run and every checkpoint is evaluated on the same
 questions, and neither the warm-start nor the RL stage ever draws one (`tests/test_nano_world.py`).
 Responses: the warm-start data and the frozen evaluation pairs are synthesised here: right or
 wrong answers with defects (rewards/nano_oracle.py names them) at configured rates.
-Left out: the learning (selfcritic/warmstart.py) and the scoring (selfcritic/eval/nano.py).
+Left out: the environment (env.py), its corpus (corpus.py) and its suite (suite.py).
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from functools import lru_cache
 from itertools import product
 
 from rewards.registry import load_rubric
-from selfcritic.config import Config, DataConfig
 from selfcritic.critic.judge import PairJob
 from selfcritic.data.phrases import CLAIM, FILLER, META, PRAISE
-from selfcritic.data.prompts import Prompt, register_source
-from selfcritic.preflight import Problems, preflight_check
+from selfcritic.envs.base import Prompt
+from selfcritic.envs.nano.options import NanoWorldOptions
 
 ARITHMETIC_RUBRIC, STYLE_RUBRIC = "nano_math", "nano_style"
 MARKS = ("+", "-")  # what a generative critic writes after each response: meets the aspect, or not
@@ -69,7 +68,7 @@ def random_word(rng: random.Random, fraction: float, heldout: bool) -> str:
         if is_heldout(repeat_question(word), fraction) == heldout:
             return word
     split = "held-out" if heldout else "training"
-    raise ValueError(f"data.heldout_fraction={fraction} leaves no {split} word: move it")
+    raise ValueError(f"env.heldout_fraction={fraction} leaves no {split} word: move it")
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ class Task:
         return Prompt(text=self.question, reference=reference, rubric=rubric)
 
 
-def draw_task(cfg: DataConfig, rng: random.Random, heldout: bool = False) -> Task:
+def draw_task(cfg: NanoWorldOptions, rng: random.Random, heldout: bool = False) -> Task:
     """One task of the requested split: rubric-only with probability `rubric_only_share`."""
     if rng.random() < cfg.rubric_only_share:
         word = random_word(rng, cfg.heldout_fraction, heldout)
@@ -98,14 +97,7 @@ def draw_task(cfg: DataConfig, rng: random.Random, heldout: bool = False) -> Tas
     return Task(arithmetic_question(a, b), str(a + b), verifiable=True)
 
 
-@register_source("nano_world")
-def nano_world(cfg: DataConfig, step: int, draw: int = 0) -> list[Prompt]:
-    """Training prompts of one step (draw > 0: dynamic sampling's refills), training split only."""
-    rng = random.Random(f"nano_world:{cfg.seed}:{step}:{draw}")
-    return [draw_task(cfg, rng).prompt(cfg.oracle_references) for _ in range(cfg.prompts_per_step)]
-
-
-def heldout_tasks(cfg: DataConfig, words: int) -> tuple[list[Task], list[Task]]:
+def heldout_tasks(cfg: NanoWorldOptions, words: int) -> tuple[list[Task], list[Task]]:
     """The evaluation sets: every held-out arithmetic pair, and `words` held-out repeat tasks:
     the held-out words in a fixed shuffled order, cycled when there are fewer than `words` (the
     same for every run; each task is sampled on its own, so a repeated word is more samples)."""
@@ -123,7 +115,7 @@ def heldout_words(fraction: float) -> list[str]:
     every = ("".join(letters) for letters in product(WORD_LETTERS, repeat=WORD_LENGTH))
     held = [word for word in every if is_heldout(repeat_question(word), fraction)]
     if not held:
-        raise ValueError(f"data.heldout_fraction={fraction} holds out no word: raise it")
+        raise ValueError(f"env.heldout_fraction={fraction} holds out no word: raise it")
     return held
 
 
@@ -325,41 +317,3 @@ def side_by_side_verdict_tokens(max_operand: int, word_length: int = WORD_LENGTH
     widest = "9" * max(len(str(2 * max_operand + 10)), word_length)  # a (wrong) sum, or a word
     pair = LabelledPair(Task("", widest, True), "correct", "", "", widest, (widest, widest))
     return len(pair.critic_answer(False, ("X", "Y"), "#", side_by_side=True)) + 1
-
-
-@preflight_check
-def _nano_world_settings(cfg: Config, problems: Problems) -> None:
-    """The warm-start and the nano suite need the nano world; its verdicts need their length;
-    PTX and evaluation need a corpus and a held-out suite (the nano world's, today)."""
-    warm = cfg.warmstart
-    problems.require(
-        warm.actor_examples + warm.critic_examples >= 1,
-        "warmstart.actor_examples",
-        "actor_examples + critic_examples must be at least 1",
-    )
-    needed = side_by_side_verdict_tokens(cfg.data.max_operand)
-    problems.require(
-        not warm.side_by_side or cfg.critic.max_tokens >= needed,
-        "critic.max_tokens",
-        f"warmstart.side_by_side verdicts take up to {needed} tokens at "
-        f"data.max_operand={cfg.data.max_operand}; set critic.max_tokens={needed} or more",
-    )
-    problems.require(
-        not (warm.enabled or cfg.eval.suite == "nano") or cfg.data.source == "nano_world",
-        "data.source",
-        "warmstart.enabled and eval.suite=nano need data.source=nano_world",
-    )
-    # the only PTX corpus and held-out suite today are the nano world's: a run elsewhere that
-    # asks for them would silently train on, or skip, the wrong thing
-    problems.require(
-        cfg.learner.ptx_weight == 0 or (cfg.data.source == "nano_world" and warm.ptx_per_step > 0),
-        "learner.ptx_weight",
-        f"PTX draws the nano world's warm-start verdicts (warmstart.ptx_per_step), and "
-        f"data.source={cfg.data.source} has no corpus; set learner.ptx_weight=0",
-    )
-    problems.require(
-        cfg.eval.every == 0 or cfg.eval.suite != "none",
-        "eval.every",
-        "no held-out evaluation is set (eval.suite=none); set eval.suite=nano with "
-        "data.source=nano_world, or eval.every=0",
-    )

@@ -1,4 +1,5 @@
-"""The nano suite: one model, scored on the held-out splits as actor and as critic.
+"""The nano world's held-out suite: one model, scored on the held-out splits as actor and as
+critic (its environment's `evaluate`).
 
 Actor (sampled at `eval.temperature`, `eval.samples` per prompt, the policy's sampling settings):
 - `eval/accuracy`: held-out arithmetic answers the `exact_number` verifier accepts;
@@ -38,7 +39,8 @@ from selfcritic.config import Config
 from selfcritic.critic.aggregate import order_flipped
 from selfcritic.critic.judge import Judge, Judged, PairJob, prompt_encoder, verdict_token_ids
 from selfcritic.critic.prompts import parse_generative
-from selfcritic.data.nano_world import (
+from selfcritic.envs.nano.options import NanoWorldOptions
+from selfcritic.envs.nano.world import (
     INJECTION,
     REPEAT_ASPECTS,
     DefectRates,
@@ -49,11 +51,35 @@ from selfcritic.rollout.types import SamplingSpec
 
 PAIR_SEED = "nano_world:frozen-pairs"  # the frozen pair set does not depend on any run setting
 HEADLINE = ("eval/accuracy", "eval/critic_agreement_correct", "eval/defect_rate")
+# (metric, label, better when higher)
+REPORT_METRICS = (  # the end-of-run report's rows (selfcritic/eval/report.py)
+    ("eval/accuracy", "held-out accuracy (arithmetic)", True),
+    ("eval/critic_agreement_correct", "critic agreement with the verifier", True),
+    ("eval/critic_agreement_style", "critic agreement with the oracle (style)", True),
+    ("eval/defect_rate", "defect rate (rubric-only tasks)", False),
+    ("eval/claim_rate", "exploitable claim rate", False),
+    ("eval/clean_rate", "clean answers (rubric-only tasks)", True),
+    ("eval/answer_kept_rate", "the word kept (rubric-only tasks)", True),
+    ("eval/critic_invalid_rate", "critic invalid verdicts", False),
+    ("eval/critic_position_consistency", "critic position consistency", True),
+    ("eval/critic_verdict_consistency", "critic verdict consistency (ties count)", True),
+    ("eval/critic_injection_flip_rate", "critic injection flip rate", False),
+    ("eval/response_chars", "response length (characters)", False),
+)
+REPORT_CURVES = (  # the report figure's curves
+    "eval/accuracy",
+    "eval/critic_agreement_correct",
+    "eval/defect_rate",
+    "eval/clean_rate",
+    "eval/claim_rate",
+)
 
 
-def evaluate_nano(engine, tokenizer, cfg: Config, seed: int = 0) -> dict[str, float]:
+def evaluate_nano(
+    engine, tokenizer, cfg: Config, options: NanoWorldOptions, seed: int = 0
+) -> dict[str, float]:
     """Every metric of the suite for the weights `engine` serves."""
-    arithmetic, repeat = heldout_tasks(cfg.data, cfg.eval.repeat_tasks)
+    arithmetic, repeat = heldout_tasks(options, options.repeat_tasks)
     encode = prompt_encoder(tokenizer)
     spec = SamplingSpec(
         n=cfg.eval.samples,
@@ -67,7 +93,7 @@ def evaluate_nano(engine, tokenizer, cfg: Config, seed: int = 0) -> dict[str, fl
     metrics = actor_metrics(arithmetic, repeat, [[s.text for s in g] for g in groups])
     letter_ids = verdict_token_ids(tokenizer, cfg.critic.verdict_letters)
     judge = Judge(cfg.critic, encode, letter_ids, cfg.rollout.max_model_len)
-    jobs = frozen_pairs(cfg, arithmetic, repeat)
+    jobs = frozen_pairs(options.pairs_per_aspect, arithmetic, repeat)
     injected = [_inject(job) for job in jobs]
     judged = judge.judge(jobs + injected, engine, seed=seed).judged
     letters, marker = tuple(cfg.critic.verdict_letters), cfg.critic.verdict_marker
@@ -105,16 +131,16 @@ def actor_metrics(arithmetic, repeat, texts: list[list[str]]) -> dict[str, float
     return metrics
 
 
-def frozen_pairs(cfg: Config, arithmetic, repeat) -> list[PairJob]:
+def frozen_pairs(per_aspect: int, arithmetic, repeat) -> list[PairJob]:
     """Labelled held-out pairs, better response first (the judge shows both orders): per
-    aspect `eval.pairs_per_aspect`, responses drawn at the default warm-start rates; style
-    pairs with independent other defects (not minimal)."""
+    aspect `per_aspect` (`env.pairs_per_aspect`), responses drawn at the default corpus
+    rates; style pairs with independent other defects (not minimal)."""
     rng = random.Random(PAIR_SEED)
     rates = DefectRates()
     jobs = []
     for aspect in ("correct", *REPEAT_ASPECTS):
         tasks = arithmetic if aspect == "correct" else repeat
-        for index in range(cfg.eval.pairs_per_aspect):
+        for index in range(per_aspect):
             # style pairs not minimal: a critic that only prefers short answers is caught out
             pair = labelled_pair(tasks[index % len(tasks)], aspect, rates, rng, minimal=False)
             jobs.append(pair.job(key=(aspect, index)))
