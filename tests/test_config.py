@@ -11,7 +11,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from selfcritic.config import ConfigError
-from selfcritic.data.nano_world import side_by_side_verdict_tokens
+from selfcritic.envs.nano.options import NanoWorldOptions
+from selfcritic.envs.nano.world import side_by_side_verdict_tokens
 from selfcritic.preflight import validate
 from selfcritic.run import CONF_DIR, to_config
 
@@ -26,10 +27,11 @@ def test_nano_experiments_are_valid(experiment):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         config = to_config(compose(config_name="config", overrides=[f"+experiment={experiment}"]))
     validate(config)
-    assert config.data.source == "nano_world" and config.warmstart.enabled
-    assert config.eval.suite == "nano" and config.critic.verdict_mode == "generative"
+    assert isinstance(config.env, NanoWorldOptions) and config.warmstart.enabled
+    assert config.eval.every == 10 and config.critic.verdict_mode == "generative"
     # the default writes the marks side by side; nano_headform puts the head form back
-    assert config.warmstart.side_by_side == (experiment == "nano")
+    assert config.env.corpus.side_by_side == (experiment == "nano")
+    assert config.env.max_operand == 14 and config.critic.gate.source == "env"
     assert config.critic.max_tokens == (24 if experiment == "nano" else 20)
     assert config.data.prompts_per_step == 16
     assert config.trainer.steps == (40 if experiment == "nano" else 30)
@@ -101,25 +103,24 @@ def test_missing_model_path_names_the_key(tmp_path):
         ("reward.verifier=nope", "reward.verifier"),
         ("critic.rubric=nope", "critic.rubric"),
         ("tracking.wandb_mode=sometimes", "tracking.wandb_mode"),
-        ("data.source=wikipedia", "data.source"),
-        ("data.heldout_fraction=0", "data.heldout_fraction"),
-        ("warmstart.wrong=1.5", "warmstart.wrong"),
+        ("env=custom env.name=wikipedia", "env.name"),
+        ("env=nano_world env.heldout_fraction=0", "env.heldout_fraction"),
+        ("env=nano_world env.corpus.wrong=1.5", "env.corpus.wrong"),
         ("warmstart.lr_schedule=wsd", "warmstart.lr_schedule"),
         ("warmstart.lr_decay_fraction=0", "warmstart.lr_decay_fraction"),
         ("warmstart.lr_final_fraction=-0.1", "warmstart.lr_final_fraction"),
-        ("warmstart.on_task_share=1.2", "warmstart.on_task_share"),
-        ("warmstart.mark_weight=0", "warmstart.mark_weight"),
+        ("env=nano_world env.corpus.on_task_share=1.2", "env.corpus.on_task_share"),
+        ("env=nano_world env.corpus.mark_weight=0", "env.corpus.mark_weight"),
         # the side-by-side verdict is 24 tokens with its end; 20 would cut it short
-        ("warmstart.side_by_side=true critic.max_tokens=20", "critic.max_tokens"),
+        ("env=nano_world env.corpus.side_by_side=true critic.max_tokens=20", "critic.max_tokens"),
         # sums to 120, wrong ones to 130: " =120 X130=120- Y120=120+ #Y" and its end, 29
         (
-            "warmstart.side_by_side=true critic.max_tokens=24 data.max_operand=60",
+            "env=nano_world env.corpus.side_by_side=true critic.max_tokens=24 env.max_operand=60",
             "critic.max_tokens",
         ),
-        ("eval.suite=mmlu", "eval.suite"),
-        # the nano suite and the warm-start need the nano world's tasks
-        ("eval.suite=nano", "data.source"),
-        ("warmstart.enabled=true", "data.source"),
+        # the held-out evaluation and the warm-start need what nano_arithmetic has not
+        ("eval.every=5", "eval.every"),
+        ("warmstart.enabled=true", "warmstart.enabled"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):

@@ -13,7 +13,7 @@ import math
 import subprocess
 import sys
 
-from selfcritic.eval.report import REPORT_METRICS
+from selfcritic.envs.nano.suite import REPORT_METRICS
 
 # Metrics over a subset that may be empty after a few warm-start steps: consistency needs a pair
 # with two valid verdicts, the injection flip rate a pair the critic decided right.
@@ -24,14 +24,14 @@ CONDITIONAL = (
 )
 SHORT = [
     "warmstart.steps=3",
-    "warmstart.actor_examples=8",
-    "warmstart.critic_examples=8",
+    "env.corpus.actor_examples=8",
+    "env.corpus.critic_examples=8",
     "warmstart.ptx_per_step=4",
     "trainer.steps=2",
     "eval.every=1",
     "eval.samples=1",
-    "eval.repeat_tasks=8",
-    "eval.pairs_per_aspect=4",
+    "env.repeat_tasks=8",
+    "env.pairs_per_aspect=4",
     "data.prompts_per_step=4",
     "critic.gate.pairs_per_aspect=4",
     "critic.gate.tie_pairs_per_aspect=4",
@@ -95,8 +95,8 @@ def test_nano_experiment_short(tmp_path, cache_dir):
             "--json",
             str(metrics_file),
             "eval.samples=1",
-            "eval.repeat_tasks=8",
-            "eval.pairs_per_aspect=4",
+            "env.repeat_tasks=8",
+            "env.pairs_per_aspect=4",
         ],
         capture_output=True,
         text=True,

@@ -15,8 +15,18 @@ from rewards.nano_oracle import core_answer, defects, nano_oracle
 from selfcritic.config import Config, DataConfig
 from selfcritic.critic.gate import is_tie_probe
 from selfcritic.critic.judge import Judged, PairJob
-from selfcritic.data.nano_probes import nano_probes
-from selfcritic.data.nano_world import (
+from selfcritic.envs.nano import NanoWorld
+from selfcritic.envs.nano.options import NanoWorldOptions
+from selfcritic.envs.nano.probes import nano_probes
+from selfcritic.envs.nano.suite import (
+    REPORT_CURVES,
+    REPORT_METRICS,
+    actor_metrics,
+    critic_metrics,
+    declared_verdict,
+    worked_answer_accuracy,
+)
+from selfcritic.envs.nano.world import (
     CLAIM,
     REPEAT_ASPECTS,
     STYLE_ASPECTS,
@@ -29,30 +39,33 @@ from selfcritic.data.nano_world import (
     heldout_words,
     is_heldout,
     labelled_pair,
-    nano_world,
     random_word,
     repeat_question,
     synthetic_response,
     tie_pair,
 )
-from selfcritic.eval.nano import (
-    actor_metrics,
-    critic_metrics,
-    declared_verdict,
-    worked_answer_accuracy,
-)
 from selfcritic.eval.report import summarise, table, write_report
 from selfcritic.rollout.types import Sample
 
-DATA = DataConfig(source="nano_world", max_operand=19, prompts_per_step=16)
+DATA = NanoWorldOptions(max_operand=19)
+
+
+def _corpus(tokenizer, verdict_mode: str = "generative", **corpus):
+    """The nano world's corpus on DATA's tasks, with `corpus` options changed."""
+    from dataclasses import replace
+
+    from selfcritic.envs.nano.corpus import WarmStartData
+
+    cfg = Config()
+    cfg.critic.verdict_mode = verdict_mode
+    options = replace(DATA, corpus=replace(DATA.corpus, **corpus))
+    return WarmStartData(options, cfg.critic, tokenizer)
 
 
 def test_heldout_split_is_disjoint_from_everything_training_draws(nano_model_path):
     """No training prompt (any seed, step, refill draw) and no warm-start example (actor
     answers and critic verdicts) contains a held-out question."""
     from transformers import AutoTokenizer
-
-    from selfcritic.warmstart import WarmStartData
 
     train, held = arithmetic_split(19, DATA.heldout_fraction)
     assert set(train).isdisjoint(held) and len(train) + len(held) == 400
@@ -68,17 +81,15 @@ def test_heldout_split_is_disjoint_from_everything_training_draws(nano_model_pat
     for seed in range(3):
         for step in range(1, 40):
             for draw in range(3):
-                cfg = DataConfig(**{**DATA.__dict__, "seed": seed})
-                drawn.update(p.text for p in nano_world(cfg, step, draw))
+                env = NanoWorld(DATA, Config(data=DataConfig(seed=seed)))
+                drawn.update(p.text for p in env.prompts(step, draw, 16))
     assert drawn.isdisjoint(heldout_questions)
     assert any(t.startswith("R: ") for t in drawn) and any(t.startswith("Q: ") for t in drawn)
     probes = {job.question for seed in range(3) for job in nano_probes(DATA, 48, 24, seed)}
     assert probes.isdisjoint(heldout_questions) and len(probes) > 100  # the aspect gate's
 
-    cfg = Config(data=DATA)
-    cfg.critic.verdict_mode = "generative"
     tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
-    data = WarmStartData(cfg, tokenizer)
+    data = _corpus(tokenizer)
     rng = random.Random(0)
     texts = [tokenizer.decode(c) for c, _ in data.batch(rng, 300, 300)]
     questions = [q.replace("\n", " ") for q in heldout_questions]  # the critic flattens newlines
@@ -91,15 +102,15 @@ def test_split_depends_on_the_question_only():
     assert is_heldout(q, 0.2) == is_heldout(q, 0.2)
     assert not is_heldout(q, 0.0) and is_heldout(q, 1.0)
     # the held-out evaluation set is the same whatever the run seed
-    a = heldout_tasks(DataConfig(max_operand=19, seed=0), 16)
-    b = heldout_tasks(DataConfig(max_operand=19, seed=5), 16)
-    assert a == b
+    a = NanoWorld(DATA, Config(data=DataConfig(seed=0))).held_out()
+    b = NanoWorld(DATA, Config(data=DataConfig(seed=5))).held_out()
+    assert a == b and len(a) == len(arithmetic_split(19, 0.2)[1]) + DATA.repeat_tasks
 
 
 def test_a_split_without_words_on_one_side_is_refused():
     """A fraction so small no word is held out (or so large none is left to train on) fails
     with the key to change, instead of sampling forever."""
-    with pytest.raises(ValueError, match="data.heldout_fraction=1e-09 holds out no word"):
+    with pytest.raises(ValueError, match="env.heldout_fraction=1e-09 holds out no word"):
         heldout_words(1e-9)
     with pytest.raises(ValueError, match="leaves no training word"):
         random_word(random.Random(0), 1.0, heldout=False)
@@ -275,12 +286,8 @@ def test_warm_start_critic_targets_work_the_answer_out_then_name_the_better_one(
 ):
     from transformers import AutoTokenizer
 
-    from selfcritic.warmstart import WarmStartData
-
     tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
-    cfg = Config(data=DATA)
-    cfg.critic.verdict_mode = "generative"
-    data = WarmStartData(cfg, tokenizer)
+    data = _corpus(tokenizer)
     pair = labelled_pair(
         Task(arithmetic_question(7, 12), "19", True), "correct", DefectRates(), random.Random(3)
     )
@@ -294,11 +301,9 @@ def test_warm_start_critic_targets_work_the_answer_out_then_name_the_better_one(
         wrong = pair.evidence[1]
         marks = f"X19+ Y{wrong}-" if letter == "X" else f"X{wrong}- Y19+"
         assert tokenizer.decode(target[:-1]) == f" =19 {marks} #{letter}"
-    cfg.warmstart.side_by_side = True
-    _, target = WarmStartData(cfg, tokenizer).verdict(pair, swapped=False)
+    _, target = _corpus(tokenizer, side_by_side=True).verdict(pair, swapped=False)
     assert tokenizer.decode(target[:-1]) == f" =19 X19=19+ Y{pair.evidence[1]}=19- #X"
-    cfg.critic.verdict_mode = "probability"
-    _, target = WarmStartData(cfg, tokenizer).verdict(pair, swapped=True)
+    _, target = _corpus(tokenizer, "probability", side_by_side=True).verdict(pair, swapped=True)
     assert tokenizer.decode(target[:-1]) == "Y"
 
 
@@ -309,19 +314,14 @@ def test_warm_start_draws_on_task_at_its_share_and_weights_the_marks(nano_model_
 
     from transformers import AutoTokenizer
 
-    from selfcritic.warmstart import WarmStartData
-
     tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
-    cfg = Config(data=DATA)
-    cfg.warmstart.on_task_share, cfg.warmstart.mark_weight = 0.6, 5.0
-    data = WarmStartData(cfg, tokenizer)
+    data = _corpus(tokenizer, on_task_share=0.6, mark_weight=5.0)
     rng = random.Random(0)
     counts = Counter(data.repeat_aspect(rng) for _ in range(3000))
     assert abs(counts["on_task"] / 3000 - 0.6) < 0.03
     for aspect in STYLE_ASPECTS:
         assert abs(counts[aspect] / 3000 - 0.4 / 3) < 0.03
-    cfg.warmstart.on_task_share = None
-    counts = Counter(WarmStartData(cfg, tokenizer).repeat_aspect(rng) for _ in range(3000))
+    counts = Counter(_corpus(tokenizer, on_task_share=None).repeat_aspect(rng) for _ in range(3000))
     assert all(abs(counts[aspect] / 3000 - 0.25) < 0.03 for aspect in REPEAT_ASPECTS)
     plus, minus = tokenizer.convert_tokens_to_ids(["+", "-"])
     assert data.token_weights == ((plus, 5.0), (minus, 5.0))
@@ -419,33 +419,43 @@ def test_report_table_and_files(tmp_path):
         {"step": 0, "eval/accuracy": 0.4, "eval/defect_rate": 0.6, "eval/response_chars": 9.0},
         {"step": 10, "eval/accuracy": 0.7, "eval/defect_rate": 0.2, "eval/response_chars": 6.0},
     ]
-    summary = summarise(rows)
+    summary = summarise(rows, REPORT_METRICS)
     assert summary["metrics"]["eval/accuracy"]["change"] == pytest.approx(0.3)
-    text = table(summary)
+    text = table(summary, REPORT_METRICS)
     assert "| held-out accuracy (arithmetic) | 40.0% | 70.0% | +30.0 pts |" in text
     assert "| response length (characters) | 9.0 | 6.0 | -3.0 |" in text
     lines = [json.dumps({"step": 1, "reward/mean": 0.1})] + [json.dumps(r) for r in rows]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    written = write_report(tmp_path)
+    written = write_report(tmp_path, REPORT_METRICS, REPORT_CURVES)
     assert written is not None and written[1].stat().st_size > 10_000
     assert json.loads((tmp_path / "report.json").read_text())["end_step"] == 10
+    # without the environment's rows: every evaluation metric, by its key
+    text, _ = write_report(tmp_path)
+    assert "| accuracy | 40.0% | 70.0% | +30.0 pts |" in text and len(text.splitlines()) == 2 + 3
 
 
-def test_warm_start_cache_key_follows_the_recipe_code(tmp_path, monkeypatch):
-    """An edit to the code that makes the warm-start data changes the key (no stale reuse)."""
+def test_warm_start_cache_key_follows_the_recipe_code(tmp_path, monkeypatch, nano_model_path):
+    """An edit to the code that makes the warm-start data changes the key (no stale reuse), and
+    so do the corpus's options and the warm-start's settings."""
+    from transformers import AutoTokenizer
+
     from selfcritic import warmstart
+    from selfcritic.envs.nano.corpus import WarmStartData
 
-    assert all(path.is_file() for path in warmstart.RECIPE_SOURCES)  # the real files are read
-    cfg = Config(data=DATA)
+    tokenizer = AutoTokenizer.from_pretrained(str(nano_model_path))
+    assert all(path.is_file() for path in WarmStartData.sources)  # the real files are read
+    cfg, corpus = Config(), _corpus(tokenizer)
     source = tmp_path / "recipe.py"
-    monkeypatch.setattr(warmstart, "RECIPE_SOURCES", (source,))
+    monkeypatch.setattr(WarmStartData, "sources", (source,))
     source.write_text("WORD_LENGTH = 2\n")
-    before = warmstart.cache_key(cfg)
-    assert warmstart.cache_key(cfg) == before  # deterministic
+    before = warmstart.cache_key(cfg, corpus)
+    assert warmstart.cache_key(cfg, corpus) == before  # deterministic
     source.write_text("WORD_LENGTH = 1\n")
-    assert warmstart.cache_key(cfg) != before
+    assert warmstart.cache_key(cfg, corpus) != before
+    after = warmstart.cache_key(cfg, corpus)
+    assert warmstart.cache_key(cfg, _corpus(tokenizer, ties=0.1)) != after
     cfg.warmstart.seed = 1
-    assert warmstart.cache_key(cfg) != warmstart.cache_key(Config(data=DATA))
+    assert warmstart.cache_key(cfg, corpus) != after
 
 
 def test_gate_tie_probes_tie_on_their_aspect_by_the_oracle():

@@ -57,7 +57,7 @@ def _nano(*overrides: str) -> Config:
 REFUSED = [
     ("optim.muon_lr=-0.01", "optim.muon_lr", "must be >= 0, got -0.01"),
     ("optim.adamw_lr=-1e-3", "optim.adamw_lr", "must be >= 0"),
-    ("data.max_operand=-3", "data.max_operand", "must be >= 0, got -3"),
+    ("env.max_operand=-3", "env.max_operand", "must be >= 0, got -3"),
     ("rollout.cpus_per_engine=-1", "rollout.cpus_per_engine", "must be >= 0"),
     ("rollout.kv_cache_gib=-1", "rollout.kv_cache_gib", "must be > 0"),
     ("learner.kl_beta=inf", "learner.kl_beta", "must be a finite number"),

@@ -96,10 +96,10 @@ def test_resume_refuses_changed_training_settings(tmp_path):
 SHAPE = [
     "+experiment=nano",
     "warmstart.steps=30",
-    "warmstart.actor_examples=32",
-    "warmstart.critic_examples=8",
+    "env.corpus.actor_examples=32",
+    "env.corpus.critic_examples=8",
     "warmstart.ptx_per_step=4",
-    "data.max_operand=3",
+    "env.max_operand=3",
     "data.prompts_per_step=4",
     "critic.gate.pairs_per_aspect=4",
     "critic.gate.tie_pairs_per_aspect=4",

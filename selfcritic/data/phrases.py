@@ -7,7 +7,7 @@ character. Measured in docs/nano-probe-log.md: with the phrases spelled in
 characters the 4.6M-parameter critic was at 59-83% on them after the 250-step warm-start; as
 one token each, at 95-100% (run 5). Everything else (answers, words, the judge's prompt,
 the evaluation's injection sentence) stays one character per token.
-Left out: where the phrases go (selfcritic/data/nano_world.py) and how the oracle finds them
+Left out: where the phrases go (selfcritic/envs/nano/world.py) and how the oracle finds them
 (rewards/nano_oracle.py, by pattern on the text, so it does not depend on tokens).
 """
 

@@ -62,7 +62,7 @@ class PolicyBatch:
     # (plain text is (first token, the rest))
     ptx_sequences: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
     # (token id, weight) of PTX target tokens that count other than 1 in its loss (the
-    # warm-start's verdict marks: warmstart.mark_weight); the normaliser stays the number of
+    # nano world's verdict marks: env.corpus.mark_weight); the normaliser stays the number of
     # target tokens, so a weight adds emphasis and takes none from the other tokens
     ptx_token_weights: tuple[tuple[int, float], ...] = ()
     lr_scale: float = 1.0  # this step's factor on the optimizer's base rates (trainer.lr_schedule)

@@ -112,7 +112,7 @@ class WarmStartData:
         return self.verdict(pair, swapped=rng.random() < 0.5)
 
     def repeat_aspect(self, rng: random.Random) -> str:
-        """on_task at `warmstart.on_task_share`, else one of the defect aspects; all four alike
+        """on_task at `env.corpus.on_task_share`, else one of the defect aspects; all four alike
         when it is None."""
         share = self.corpus_options.on_task_share
         if share is None:
