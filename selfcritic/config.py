@@ -83,6 +83,10 @@ class ModelConfig:
     # a local HF DeepseekV3 checkpoint; None builds `arch` locally
     path: str | None = setting(None, path="hf_model")
     seed: int = setting(0, ge=0)  # initialisation seed of a locally built model
+    # strings the character tokenizer of a locally built model keeps as one token each: an
+    # import path "package.module:NAME" of a tuple of strings (the nano world's stock phrases,
+    # so that noticing a defect is noticing one token); None: characters only
+    phrases: str | None = "selfcritic.envs.nano.phrases:STOCK_PHRASES"
     arch: ArchConfig = field(default_factory=ArchConfig)
 
 

@@ -7,8 +7,12 @@ import json
 from safetensors.torch import load_file
 
 from selfcritic.config import ModelConfig
+from selfcritic.envs.nano.phrases import STOCK_PHRASES
 from selfcritic.model.build import count_parameters, load_model, prepare_model
 from selfcritic.rollout.weights import to_checkpoint_names
+
+# the nano world's phrases with the last one changed (as many: the vocabulary keeps its size)
+OTHER_PHRASES = (*STOCK_PHRASES[:-1], " Hmm.")
 
 
 def test_nano_model_has_the_real_architecture(nano_model_path):
@@ -85,5 +89,5 @@ def test_cache_key_follows_the_recipe(nano_model_path, cache_dir, monkeypatch):
     monkeypatch.setattr(build, "ALPHABET", (*build.ALPHABET, "\t"))
     assert prepare_model(ModelConfig(), cache_dir) != nano_model_path
     monkeypatch.undo()
-    monkeypatch.setattr(build, "STOCK_PHRASES", (*build.STOCK_PHRASES, " Hmm."))
-    assert prepare_model(ModelConfig(), cache_dir) != nano_model_path
+    other = ModelConfig(phrases="test_model:OTHER_PHRASES")
+    assert prepare_model(other, cache_dir) != nano_model_path

@@ -19,8 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from selfcritic.config import ModelConfig
-from selfcritic.data.phrases import STOCK_PHRASES
-from selfcritic.data.tokenizer import ALPHABET, SPECIAL_TOKENS, build_char_tokenizer, vocab_size
+from selfcritic.model.tokenizer import (
+    ALPHABET,
+    SPECIAL_TOKENS,
+    build_char_tokenizer,
+    load_phrases,
+    vocab_size,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -35,10 +40,11 @@ VLLM_ROUTING_FIELDS = {"topk_method": "noaux_tc", "scoring_func": "sigmoid"}
 def deepseek_config_dict(cfg: ModelConfig) -> dict:
     """The transformers DeepseekV3Config fields for a locally built preset."""
     arch = dataclasses.asdict(cfg.arch)
-    if arch["vocab_size"] < vocab_size():
+    needed = vocab_size(load_phrases(cfg.phrases))
+    if arch["vocab_size"] < needed:
         raise ValueError(
             f"model.arch.vocab_size={arch['vocab_size']} is smaller than the tokenizer's "
-            f"{vocab_size()} tokens: raise it to at least {vocab_size()}"
+            f"{needed} tokens: raise it to at least {needed}"
         )
     if arch["rope_scaling"] is None:
         del arch["rope_scaling"]
@@ -60,16 +66,17 @@ def prepare_model(cfg: ModelConfig, cache_dir: Path) -> Path:
     fields = deepseek_config_dict(cfg)
     # The key covers everything the built files depend on: a change of dimensions, seed,
     # tokenizer alphabet or phrases, or build format gets a new directory, not a stale model.
-    recipe = [fields, cfg.seed, ALPHABET, SPECIAL_TOKENS, STOCK_PHRASES, _BUILD_FORMAT]
+    phrases = load_phrases(cfg.phrases)
+    recipe = [fields, cfg.seed, ALPHABET, SPECIAL_TOKENS, phrases, _BUILD_FORMAT]
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     target = cache_dir / "models" / f"{cfg.preset}-{key}"
     if (target / _COMPLETE_MARKER).exists():
         return target
-    _build_locally(fields, cfg.seed, target)
+    _build_locally(fields, cfg.seed, phrases, target)
     return target
 
 
-def _build_locally(fields: dict, seed: int, target: Path) -> None:
+def _build_locally(fields: dict, seed: int, phrases: tuple[str, ...], target: Path) -> None:
     """Initialise the model from `seed` and write it atomically (temp dir, then rename)."""
     import torch
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, GenerationConfig
@@ -80,7 +87,7 @@ def _build_locally(fields: dict, seed: int, target: Path) -> None:
     model = DeepseekV3ForCausalLM(DeepseekV3Config(**fields)).to(torch.float32)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model.save_pretrained(str(staging))
-    build_char_tokenizer(staging, fields["max_position_embeddings"])
+    build_char_tokenizer(staging, fields["max_position_embeddings"], phrases)
     (staging / _COMPLETE_MARKER).touch()
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)

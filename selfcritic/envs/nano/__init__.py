@@ -1,9 +1,9 @@
 """The nano world as environments: `nano_world` (sums and rubric-only repeat tasks, with its
 held-out suite, warm-start corpus and critic probes) and `nano_arithmetic` (sums only, the smoke
 run's task). Everything the nano world is lives in this package (docs/nano-world.md): tasks and
-splits (world.py), the supervised corpus (corpus.py), the gate's probes (probes.py), the
-held-out suite (suite.py) and the options (options.py). Left out: the nano model's character
-tokenizer and its stock phrases (selfcritic/data/), which the model preset builds.
+splits (world.py) and their stock phrases (phrases.py, which the nano model's tokenizer keeps
+whole: `model.phrases`), the supervised corpus (corpus.py), the gate's probes (probes.py), the
+held-out suite (suite.py) and the options (options.py).
 """
 
 from __future__ import annotations

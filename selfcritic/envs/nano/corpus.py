@@ -44,7 +44,7 @@ from selfcritic.envs.nano.world import (
 RECIPE_SOURCES = (
     Path(__file__),
     Path(__file__).parent / "world.py",
-    Path(__file__).parent.parent.parent / "data" / "phrases.py",
+    Path(__file__).parent / "phrases.py",
 )
 
 

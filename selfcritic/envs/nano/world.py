@@ -24,9 +24,9 @@ from itertools import product
 
 from rewards.registry import load_rubric
 from selfcritic.critic.judge import PairJob
-from selfcritic.data.phrases import CLAIM, FILLER, META, PRAISE
 from selfcritic.envs.base import Prompt
 from selfcritic.envs.nano.options import NanoWorldOptions
+from selfcritic.envs.nano.phrases import CLAIM, FILLER, META, PRAISE
 
 ARITHMETIC_RUBRIC, STYLE_RUBRIC = "nano_math", "nano_style"
 MARKS = ("+", "-")  # what a generative critic writes after each response: meets the aspect, or not

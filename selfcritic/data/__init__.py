@@ -1,1 +1,0 @@
-"""The nano model preset's character tokenizer and the stock phrases it keeps whole."""
