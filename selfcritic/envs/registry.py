@@ -268,6 +268,11 @@ def require_parts(cfg: Config, problems: Problems, label: str, env: Environment)
     rubric = cfg.critic.enabled and cfg.critic.rubric is None and env.rubric
     problem = rubric and _load_problem(load_rubric, rubric)
     problems.require(not problem, "env.name", f"{label!r}'s rubric {rubric!r}: {problem}")
+    problems.require(
+        not cfg.critic.enabled or bool(cfg.critic.rubric or env.rubric),
+        "critic.rubric",
+        f"environment {label!r} names no rubric for the critic; set critic.rubric",
+    )
     corpus = hasattr(env, "corpus")
     problems.require(
         not cfg.warmstart.enabled or corpus,
