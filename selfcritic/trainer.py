@@ -351,7 +351,7 @@ class Trainer:
             ids = [self.encode(p.text) for p in prompts]
             groups = run_episodes(
                 self.pool, self.env, prompts, ids, draw_spec, self.encode_observation,
-                self.cfg.rollout.max_model_len,
+                self.cfg.rollout.max_model_len, getattr(self.env, "max_turns", 1),
             )  # fmt: skip
             middle = time.perf_counter()
             scores, penalties = self._verify(prompts, groups, metrics, first_draw=draw == 0)

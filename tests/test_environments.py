@@ -32,7 +32,7 @@ import random
 from dataclasses import dataclass
 
 from rewards.base import RewardResult, Rubric, RubricAspect
-from selfcritic.envs.base import Prompt, SingleTurn
+from selfcritic.envs.base import Episode, Prompt, SingleTurn, Step
 
 RUBRIC = Rubric("echo", (RubricAspect("same", "the answer is the number asked for"),))
 
@@ -59,6 +59,22 @@ class Echo(SingleTurn):
 
     def held_out(self):
         return [Prompt(f"Say {n}:", str(n)) for n in range(0, self.options.top + 1, 5)]
+
+
+class EchoTwice(Echo):
+    """Two turns: after the first answer the environment asks " Again:" and the second ends
+    the episode."""
+
+    max_turns = 2
+
+    def reset(self, prompt):
+        return Episode(prompt, state=0)
+
+    def step(self, episode, turn, turn_ids):
+        if episode.state == 0:
+            episode.state = 1
+            return Step(observation=" Again:")
+        return Step(done=True)
 '''
 
 
@@ -261,3 +277,30 @@ def test_a_mixture_trains_with_metrics_per_environment(user_env, tmp_path, cache
         assert record["reward/mean"] == pytest.approx(mixed, abs=1e-6)
     rows = _records(out / "samples.jsonl")
     assert {row["prompt"][:2] for row in rows} <= {"Q:", "Sa"}
+
+
+def test_two_turn_episodes_train_on_the_models_tokens_only(user_env, tmp_path, cache_dir):
+    """An environment that answers the model once: the learner's tokens are the episodes'
+    completion tokens less the environment's (" Again:", 7 characters, one token each)."""
+    from selfcritic.trainer import Trainer
+
+    cfg = _compose(
+        "+experiment=nano_quick",
+        "env=custom",
+        "env.name=echo_task:EchoTwice",
+        "trainer.steps=2",
+        "data.prompts_per_step=2",
+        "sampling.max_tokens=4",
+        "critic.enabled=false",  # its verdict groups would join the policy's tokens
+        "learner.filter_zero_variance=false",  # every episode is learned
+        f"trainer.cache_dir={cache_dir}",
+        "tracking.wandb_mode=disabled",
+    )
+    validate(cfg)
+    out = tmp_path / "turns"
+    Trainer(cfg, out).run()
+    for record in _records(out / "metrics.jsonl"):
+        episodes = 2 * cfg.sampling.n
+        completion_tokens = record["rollout/response_length"] * episodes  # with the observation
+        assert record["learner/tokens"] == pytest.approx(completion_tokens - 7 * episodes)
+        assert 2 <= completion_tokens / episodes - 7 <= 8  # two turns of 1 to 4 tokens

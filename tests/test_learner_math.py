@@ -116,6 +116,66 @@ def test_pad_batch_marks_completion_targets():
     assert mask.tolist() == [[0, 0, 1, 1], [0, 1, 0, 0]]
 
 
+def test_pad_batch_takes_loss_masks_and_totals_count_the_models_tokens():
+    """An environment's tokens in a completion (loss mask 0) are no targets, and the batch's
+    token total, the loss normaliser, counts the model's only; slices keep their masks."""
+    from selfcritic.learner.distributed import BatchTotals, split_batch
+
+    masks = [(1, 0), (1,)]
+    _, _, mask = pad_batch([(1, 5, 6), (1, 7)], [(8, 9), (3,)], pad_id=0, loss_masks=masks)
+    assert mask.tolist() == [[0, 0, 1, 0], [0, 1, 0, 0]]
+    batch = PolicyBatch(
+        prompts=[(1, 5, 6), (1, 7)],
+        completions=[(8, 9), (3,)],
+        old_logprobs=[(), ()],
+        advantages=[1.0, -1.0],
+        temperature=1.0,
+        max_new_tokens=2,
+        loss_masks=tuple(masks),
+    )
+    assert BatchTotals.of(batch).tokens == 2  # of 3 completion tokens
+    assert [part.loss_masks for part in split_batch(batch, 2)] == [((1, 0),), ((1,),)]
+
+
+def test_a_masked_last_token_is_not_learned(nano_model_path):
+    """A completion whose last token is the environment's (mask 0) gives the update of the
+    completion without it (to float noise: the padded shapes differ), and learned, the same
+    token would have moved the weights by far more."""
+    generator = torch.Generator().manual_seed(1)
+    ids = [tuple(torch.randint(3, 99, (n,), generator=generator).tolist()) for n in (4, 6)]
+    old = [tuple((-4.6 + 0.1 * torch.randn(len(c), generator=generator)).tolist()) for c in ids]
+    common = dict(prompts=[(1, 56, 81)] * 2, advantages=[0.7, -0.4], temperature=1.0)
+    masked = PolicyBatch(
+        completions=ids,
+        old_logprobs=old,
+        max_new_tokens=6,
+        loss_masks=((1, 1, 1, 0), (1, 1, 1, 1, 1, 0)),
+        **common,
+    )
+    learned = PolicyBatch(completions=ids, old_logprobs=old, max_new_tokens=6, **common)
+    cut = PolicyBatch(
+        completions=[c[:-1] for c in ids],
+        old_logprobs=[o[:-1] for o in old],
+        max_new_tokens=6,
+        **common,
+    )
+    updated = []
+    for batch in (masked, learned, cut):
+        cfg = LearnerConfig(loss="grpo", kl_beta=0.05)
+        learner = Learner(nano_model_path, cfg, OptimConfig(qk_clip=False), trust_engine=True)
+        metrics = learner.step(batch)
+        updated.append((metrics, dict(learner.model.named_parameters())))
+    (with_mask, params_masked), (_, params_learned), (without, params_cut) = updated
+    assert with_mask["tokens"] == without["tokens"] == 8
+    assert with_mask["loss"] == pytest.approx(without["loss"], rel=1e-5, abs=1e-7)
+
+    def largest_difference(params) -> float:
+        return max(float((v - params_cut[n]).abs().max()) for n, v in params.items())
+
+    assert largest_difference(params_masked) < 1e-5
+    assert largest_difference(params_learned) > 1e-4
+
+
 class _TableModel(torch.nn.Module):
     """Logits depend only on the current token: a lookup table we can reason about."""
 

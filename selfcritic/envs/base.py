@@ -18,6 +18,9 @@ logprob of every model token, the weight version of every model turn, and the en
 per-episode info. The learner consumes trajectories and masks, nothing else.
 Optional parts, found with `getattr` by the code that needs them (a setting that needs one the
 environment lacks is refused before any work, naming the key):
+- `max_turns`: model turns an episode may take (default 1; `sampling.max_tokens` is each turn's
+  budget). The verifier and the critic see the model's turns joined (`Trajectory.text`);
+  judging whole transcripts with their observations is the agentic issue's;
 - `evaluate(engine, tokenizer, seed) -> dict[str, float]`: an own held-out suite (without it,
   `eval.every` samples `held_out()` and scores it with the verifier: selfcritic/eval/held_out.py);
   `headline` (metric keys for the console) and `report_metrics` ((key, label, higher is better)

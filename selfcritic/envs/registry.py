@@ -166,6 +166,8 @@ class Mixture:
             options = options_of(part, where)
             self.parts[label] = entry(options.name).build(options, cfg)
             self.weights[label] = float(weight)
+        # the driver's turn limit: a part that ends its episodes sooner ends them itself
+        self.max_turns = max(getattr(env, "max_turns", 1) for env in self.parts.values())
 
     def counts(self, count: int) -> dict[str, int]:
         """How many of `count` prompts each part gives (largest remainders)."""
