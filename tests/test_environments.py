@@ -304,3 +304,14 @@ def test_two_turn_episodes_train_on_the_models_tokens_only(user_env, tmp_path, c
         completion_tokens = record["rollout/response_length"] * episodes  # with the observation
         assert record["learner/tokens"] == pytest.approx(completion_tokens - 7 * episodes)
         assert 2 <= completion_tokens / episodes - 7 <= 8  # two turns of 1 to 4 tokens
+
+
+def test_the_eval_cli_switches_environments_and_refuses_one_without_a_split(user_env):
+    """`--env` on a run trained elsewhere: the training's demands on its own environment
+    (warm-start, PTX, probes) do not bind the other; one with nothing held out is refused."""
+    from selfcritic.eval.__main__ import load_config
+
+    cfg = load_config("nano", ["eval.samples=2"], None, "echo_task:Echo")
+    assert cfg.env == {"name": "echo_task:Echo"} and cfg.eval.samples == 2
+    with pytest.raises(ConfigError, match=r"'env\.name': environment 'nano_arithmetic' has no"):
+        load_config("nano", [], None, "nano_arithmetic")

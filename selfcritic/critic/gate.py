@@ -2,9 +2,9 @@
 
 A rubric aspect reaches the policy only through the critic's verdicts. Where the critic judges
 an aspect at chance, its verdicts are noise that the policy still follows; a mandatory aspect
-even decides the pair outright (in the nano world, the critic's on_task verdicts near chance
-made the asked word drift once the other defects were gone). The gate measures each aspect on
-labelled probe pairs and keeps those that fail out of the reward until they pass:
+even decides the pair outright, and the policy drifts on it once the other aspects are met
+(docs/nano-probe-log.md, the gate runs). The gate measures each aspect on labelled probe pairs
+and keeps those that fail out of the reward until they pass:
 
 - probes: a fixed set of labelled pairs per aspect, the better response first, drawn once from
   a source (`critic.gate.source`): "env", the environment's `probes`, or a JSONL file with one
@@ -17,10 +17,10 @@ labelled probe pairs and keeps those that fail out of the reward until they pass
   chance is 0.5; on tie probes, the mean of 1 - 2 |outcome - 0.5|: 1 when the two orders cancel,
   0 when one response won both (chance 0.5 too);
 - the rule: an aspect is open while its last agreement, and its tie agreement where it has tie
-  probes, are at least `min_agreement`. Ties are most of what the aspect judges in RL (the
-  answers of a group often share the word or the style), and a critic right on labelled pairs
-  can still break ties by the other defects; a mandatory aspect then overrides the others with
-  them (the nano world's probe V, docs/nano-probe-log.md). A closed aspect is not judged on the
+  probes, are at least `min_agreement`. Ties are much of what an aspect judges in RL (the
+  answers of a group often meet it alike), and a critic right on labelled pairs can still break
+  ties by the other aspects; a mandatory aspect then overrides the others with them (probe V,
+  docs/nano-probe-log.md). A closed aspect is not judged on the
   step's pairs (its tokens are saved) and takes no part in the score; a mandatory one then no
   longer overrides the others.
 

@@ -89,10 +89,26 @@ def load_config(
     if env is not None and env != merged.env.name:
         OmegaConf.set_struct(merged, False)
         merged.env = {"name": env}  # another environment: its own default options
+        # what the run's training asked of its own environment does not bind this one
+        merged.warmstart.enabled, merged.learner.ptx_weight = False, 0.0
+        merged.critic.gate.source, merged.eval.every = None, 0  # require_held_out checks
     OmegaConf.set_struct(merged, False)  # env.* keys are checked by the environment's options
     cfg = to_config(OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides)))
     validate(cfg)
+    require_held_out(cfg)
     return cfg
+
+
+def require_held_out(cfg) -> None:
+    """The environment has something to evaluate: its own suite or a held-out split."""
+    from selfcritic.config import ConfigError, keyed
+    from selfcritic.envs.registry import build_environment, parts
+
+    for label, env in parts(build_environment(cfg.env, cfg)).items():
+        if not hasattr(env, "evaluate") and not env.held_out():
+            raise ConfigError(
+                keyed("env.name", f"environment {label!r} has no held-out split to evaluate")
+            )
 
 
 def evaluate_checkpoint(checkpoint: Path, cfg, seed: int = 0) -> dict[str, float]:
