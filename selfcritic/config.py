@@ -291,6 +291,15 @@ class LearnerConfig:
     filter_zero_variance: bool = True
     # padded tokens (rows x longest) per forward/backward
     max_tokens_per_micro_batch: int = setting(4096, ge=1)
+    # PPO epochs: each batch is learned `epochs` times, each time in `minibatches_per_epoch`
+    # optimizer steps (contiguous slices of its policy sequences, critic examples and PTX pairs,
+    # each normalised by its own totals). The old policy is fixed before the first step (the
+    # engine's logprobs where trusted and reported, else the learner's own, computed once), so
+    # from the second step on the ratio leaves 1 and clipping acts. QK-Clip and router-bias
+    # balancing act after every optimizer step; the rate schedule is per RL step (every step of
+    # a batch has its rate). 1 and 1: one step per batch, the ratio is 1
+    epochs: int = setting(1, ge=1)
+    minibatches_per_epoch: int = setting(1, ge=1)
     # Old-policy logprobs: "engine" trusts the sampling logprobs, "recompute" uses the learner's
     # own, "auto" trusts them only where parity is verified (float32 on CPU).
     old_logprobs: str = setting("auto", one_of=("auto", "engine", "recompute"))

@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
@@ -151,3 +152,26 @@ def test_readme_command_runs(tmp_path, cache_dir):
     assert "step 2/2" in result.stdout
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_ppo_epochs_in_a_run(tmp_path, cache_dir):
+    """`learner.epochs=2 learner.minibatches_per_epoch=2`: every RL step is 4 optimizer steps
+    from a fixed old policy; the second epoch's ratio leaves 1."""
+    overrides = [
+        "+experiment=nano_quick",
+        "trainer.steps=2",
+        "learner.epochs=2",
+        "learner.minibatches_per_epoch=2",
+        "learner.filter_zero_variance=false",  # every group learned: the batch is never empty
+        f"trainer.cache_dir={cache_dir}",
+        "tracking.wandb_mode=disabled",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = to_config(compose(config_name="config", overrides=overrides))
+    validate(config)
+    Trainer(config, tmp_path).run()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        assert record["learner/optimizer_steps"] == 4
+        assert record["learner/ratio_mean_epoch_1"] == pytest.approx(1.0, abs=0.05)
+        assert record["learner/ratio_mean_epoch_2"] != pytest.approx(1.0, abs=1e-4)

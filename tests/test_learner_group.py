@@ -166,6 +166,31 @@ def test_one_rank_group_equals_the_plain_learner(ray_cluster, reference, nano_mo
         assert torch.allclose(reloaded[name], tensor, atol=WEIGHT_ATOL), name
 
 
+def test_two_ranks_take_ppo_epochs_like_one_learner(ray_cluster, nano_model_path):
+    """2 epochs x 2 minibatches over 2 FSDP ranks: the old policy fixed by the ranks on their
+    slices, then 4 optimizer steps, each the one the plain learner takes."""
+    batch = _batch()
+    cfg = LearnerConfig(**{**LEARNER.__dict__, "epochs": 2, "minibatches_per_epoch": 2})
+    torch.manual_seed(0)
+    learner = Learner(nano_model_path, cfg, OPTIM, trust_engine=False)
+    ref_metrics = learner.step(batch)
+    ref_state = learner.checkpoint_state()
+    from selfcritic.learner.group import LearnerGroup
+
+    group = LearnerGroup(nano_model_path, replace(cfg, world_size=2), OPTIM, trust_engine=False)
+    try:
+        metrics = group.step(batch)
+        state = group.checkpoint_state()
+    finally:
+        group.shutdown()
+    assert metrics["optimizer_steps"] == ref_metrics["optimizer_steps"] == 4
+    for key in ("loss", "learner/ratio_mean_epoch_2", "learner/clip_fraction_epoch_2"):
+        assert metrics[key] == pytest.approx(ref_metrics[key], rel=1e-4, abs=1e-6), key
+    assert abs(ref_metrics["learner/ratio_mean_epoch_2"] - 1.0) > 1e-3
+    for name, expected in ref_state.items():
+        assert torch.allclose(state[name], expected, rtol=0, atol=4 * WEIGHT_ATOL), name
+
+
 def test_batch_split_and_totals():
     batch = _batch()
     parts = split_batch(batch, 2)

@@ -176,6 +176,98 @@ def test_a_masked_last_token_is_not_learned(nano_model_path):
     assert largest_difference(params_learned) > 1e-4
 
 
+def _ppo_batch(reported: bool = False) -> PolicyBatch:
+    """8 sequences of unequal lengths; the engine's logprobs `reported`, or not."""
+    generator = torch.Generator().manual_seed(2)
+    lengths = [3, 9, 5, 12, 7, 4, 10, 6]
+    return PolicyBatch(
+        prompts=[(1, 56, 81, 98)] * 8,
+        completions=[
+            tuple(torch.randint(3, 99, (n,), generator=generator).tolist()) for n in lengths
+        ],
+        old_logprobs=[
+            tuple((-4.6 + 0.1 * torch.randn(n, generator=generator)).tolist()) if reported else ()
+            for n in lengths
+        ],
+        advantages=torch.randn(8, generator=generator).tolist(),
+        temperature=0.9,
+        max_new_tokens=12,
+        ptx_sequences=(((1,), (40, 41, 42, 43)),),
+        lr_scale=0.7,
+    )
+
+
+def test_merge_updates_by_hand():
+    from selfcritic.learner.learner import merge_updates
+
+    steps = [
+        {"loss": 1.0, "clip_fraction": 0.0, "ratio_mean": 1.0, "tokens": 5.0, "micro_batches": 1},
+        {"loss": 2.0, "clip_fraction": 0.1, "ratio_mean": 1.0, "tokens": 3.0, "micro_batches": 1},
+        {"loss": 3.0, "clip_fraction": 0.4, "ratio_mean": 1.2, "tokens": 5.0, "micro_batches": 2},
+        {"loss": 6.0, "clip_fraction": 0.2, "ratio_mean": 0.8, "tokens": 3.0, "micro_batches": 1},
+    ]
+    merged = merge_updates(steps, epochs=2)
+    assert merged["loss"] == 3.0 and merged["micro_batches"] == 5 and merged["tokens"] == 8
+    assert merged["learner/clip_fraction_epoch_1"] == pytest.approx(0.05)
+    assert merged["learner/clip_fraction_epoch_2"] == pytest.approx(0.3)
+    assert merged["learner/ratio_mean_epoch_2"] == pytest.approx(1.0)
+    assert merged["optimizer_steps"] == 4
+
+
+def test_update_plan_slices_every_part_of_the_batch():
+    from selfcritic.learner.learner import update_plan
+
+    batch = _ppo_batch()
+    assert update_plan(batch, 1, 1) == [batch]  # today's single step, the batch itself
+    plan = update_plan(batch, 2, 3)
+    assert [len(part.prompts) for part in plan] == [3, 3, 2] * 2
+    assert [len(part.ptx_sequences) for part in plan] == [1, 0, 0] * 2
+    assert plan[0].completions == batch.completions[:3] and plan[3] == plan[0]
+
+
+def test_the_second_epoch_moves_the_ratio_and_clipping_acts(nano_model_path):
+    """From a fixed old policy the first step's ratio is 1 and nothing is clipped; after it the
+    ratio leaves 1 and the clip acts."""
+    cfg = LearnerConfig(loss="grpo", epochs=2, clip_eps=0.2)
+    learner = Learner(nano_model_path, cfg, OptimConfig(qk_clip=False), trust_engine=True)
+    metrics = learner.step(_ppo_batch())
+    assert metrics["optimizer_steps"] == 2
+    assert metrics["learner/ratio_mean_epoch_1"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["learner/clip_fraction_epoch_1"] == 0.0
+    assert abs(metrics["learner/ratio_mean_epoch_2"] - 1.0) > 1e-3
+    assert metrics["learner/clip_fraction_epoch_2"] > 0.0
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_epochs_are_their_single_updates_in_order(nano_model_path, trusted):
+    """2 epochs x 2 minibatches are 4 optimizer steps, each exactly a single update of its
+    slice from the old policy fixed before the first (engine logprobs trusted and reported, or
+    the learner's own with TIS): QK-Clip and router balancing act after each, at the batch's
+    one rate."""
+    from dataclasses import replace
+
+    from selfcritic.learner.learner import update_plan
+
+    batch = _ppo_batch(reported=True)
+    cfg = LearnerConfig(loss="ppo", kl_beta=0.05, ptx_weight=0.5, tis_cap=2.0)
+    optim = OptimConfig(qk_clip_tau=0.12)  # nano heads peak near 0.2: QK-Clip acts
+    planned = Learner(
+        nano_model_path, replace(cfg, epochs=2, minibatches_per_epoch=2), optim, trusted
+    )
+    metrics = planned.step(batch)
+    single = Learner(nano_model_path, cfg, optim, trusted)
+    fixed = replace(batch, before_update=tuple(single.own_logprobs(batch)))
+    steps = [single.update(part) for part in update_plan(fixed, 2, 2)]
+    assert len(steps) == metrics["optimizer_steps"] == 4
+    for name, value in planned.model.state_dict().items():
+        assert torch.equal(value, single.model.state_dict()[name]), name
+    clipped = [step["muonclip/heads_clipped"] for step in steps]
+    assert all(count > 0 for count in clipped) and metrics["muonclip/heads_clipped"] == sum(clipped)
+    adamw = planned.optimizer.optimizers["adamw"]
+    assert all(state["step"] == 4 for state in adamw.state.values())
+    assert metrics["lr_scale"] == 0.7 and all(step["lr_scale"] == 0.7 for step in steps)
+
+
 class _TableModel(torch.nn.Module):
     """Logits depend only on the current token: a lookup table we can reason about."""
 

@@ -66,6 +66,7 @@ def split_batch(batch: PolicyBatch, parts: int) -> list[PolicyBatch]:
             old_logprobs=batch.old_logprobs[p],
             advantages=batch.advantages[p],
             loss_masks=batch.loss_masks[p],
+            before_update=batch.before_update[p],
             critic_examples=batch.critic_examples[c],
             ptx_sequences=batch.ptx_sequences[x],
         )

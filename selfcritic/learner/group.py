@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from selfcritic.config import LearnerConfig, OptimConfig
 from selfcritic.learner.distributed import BatchTotals, split_batch
-from selfcritic.learner.learner import PolicyBatch
+from selfcritic.learner.learner import PolicyBatch, merge_updates, update_plan
 from selfcritic.learner.sharded import PHASES, phase_passes
 
 _SUMMED = (
@@ -92,6 +93,9 @@ class _LearnerRank:
 
     def step(self, batch: PolicyBatch, totals: BatchTotals, passes: dict[str, int]) -> dict:
         return self.learner.step_slice(batch, totals, passes)
+
+    def own_logprobs(self, batch: PolicyBatch, passes: int) -> list[tuple[float, ...]]:
+        return self.learner.own_logprobs_slice(batch, passes)
 
     def checkpoint_state(self) -> dict[str, torch.Tensor] | None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -217,10 +221,24 @@ class LearnerGroup:
             raise
 
     def step(self, batch: PolicyBatch) -> dict[str, float]:
+        """Learn `batch` as the plain `Learner.step` does: one optimizer step on the whole
+        batch split across the ranks, or the steps of `update_plan` from a fixed old policy."""
+        start = time.perf_counter()
+        epochs, minibatches = self.cfg.epochs, self.cfg.minibatches_per_epoch
+        plan = update_plan(batch, epochs, minibatches)
+        if len(plan) == 1:
+            metrics = self.update(batch)
+        else:
+            batch = replace(batch, before_update=tuple(self.own_logprobs(batch)))
+            plan = update_plan(batch, epochs, minibatches)
+            metrics = merge_updates([self.update(part) for part in plan], epochs)
+        read = sum(_tokens_read(part) for part in plan)
+        return metrics | {"tokens_per_second": read / max(time.perf_counter() - start, 1e-9)}
+
+    def update(self, batch: PolicyBatch) -> dict[str, float]:
         """One optimizer step on the whole `batch`, split across the ranks."""
         import ray
 
-        start = time.perf_counter()
         slices = split_batch(batch, len(self.ranks))
         totals = BatchTotals.of(batch)
         counts = [phase_passes(part, self.cfg) for part in slices]
@@ -231,9 +249,22 @@ class LearnerGroup:
                 for rank, part in zip(self.ranks, slices, strict=True)
             ]
         )
-        metrics = combine_metrics(per_rank)
-        seconds = time.perf_counter() - start
-        return metrics | {"tokens_per_second": _tokens_read(batch) / max(seconds, 1e-9)}
+        return combine_metrics(per_rank)
+
+    def own_logprobs(self, batch: PolicyBatch) -> list[tuple[float, ...]]:
+        """The current weights' logprobs of every completion of `batch`, computed by the ranks
+        on their slices (in batch order)."""
+        import ray
+
+        slices = split_batch(batch, len(self.ranks))
+        passes = max(phase_passes(part, self.cfg)["policy"] for part in slices)
+        found = ray.get(
+            [
+                rank.own_logprobs.remote(part, passes)
+                for rank, part in zip(self.ranks, slices, strict=True)
+            ]
+        )
+        return [row for part in found for row in part]
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """Full weights and trained buffers under checkpoint names (rank 0's gathered copy)."""

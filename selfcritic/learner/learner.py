@@ -23,14 +23,15 @@ all-reduces) steps on its slice of the batch but normalises by the whole batch's
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from selfcritic.config import LearnerConfig, OptimConfig
 from selfcritic.critic.examples import CriticExample
-from selfcritic.learner.distributed import BatchTotals
+from selfcritic.learner.distributed import BatchTotals, split_batch
 from selfcritic.learner.logprobs import pad_batch, token_logprobs
 from selfcritic.learner.losses import (
     LossScale,
@@ -69,6 +70,10 @@ class PolicyBatch:
     # per completion, 1 where the model wrote the token and 0 where the environment did (a
     # trajectory's loss mask after its prompt); () : every completion token is the model's
     loss_masks: tuple[tuple[int, ...], ...] = ()
+    # the learner's own logprobs of each completion before the batch's first optimizer step
+    # (filled when a batch takes several: `learner.epochs`, `minibatches_per_epoch`); () : the
+    # current weights' are the old policy's
+    before_update: tuple[tuple[float, ...], ...] = ()
 
 
 def token_weight_grid(next_ids: torch.Tensor, weights: dict[int, float]) -> torch.Tensor:
@@ -77,6 +82,54 @@ def token_weight_grid(next_ids: torch.Tensor, weights: dict[int, float]) -> torc
     for token_id, weight in weights.items():
         grid[next_ids == token_id] = weight
     return grid
+
+
+def update_plan(batch: PolicyBatch, epochs: int, minibatches: int) -> list[PolicyBatch]:
+    """The optimizer steps of one batch, in order: its `minibatches` contiguous slices (policy
+    sequences, critic examples and PTX pairs alike; an empty slice is skipped), `epochs` times."""
+    parts = [
+        part
+        for part in split_batch(batch, minibatches)
+        if part.prompts or part.critic_examples or part.ptx_sequences
+    ]
+    return [part for _ in range(epochs) for part in parts] or [batch]
+
+
+# step metrics averaged over a batch's optimizer steps (the rest: the last step's, or summed)
+_AVERAGED = (
+    "loss", "kl", "clip_fraction", "ratio_mean", "entropy", "tis_weight_mean",
+    "calibration_loss", "ptx_loss", "grad_norm",
+)  # fmt: skip
+_ADDED = ("micro_batches", "muonclip/heads_clipped")
+
+
+def merge_updates(steps: list[dict[str, float]], epochs: int) -> dict[str, float]:
+    """One metrics dict for a batch learned in several optimizer steps (`epochs` passes of
+    equally many): averages, sums, maxima of the logit and the parity check, the last step's
+    state; tokens are one epoch's; per epoch, its mean clip fraction and ratio
+    (`learner/ratio_mean_epoch_<e>`: 1 at the batch's first step, away from 1 after it)."""
+    merged = dict(steps[-1])
+    for key in _AVERAGED:
+        values = [m[key] for m in steps if key in m]
+        if values:
+            merged[key] = sum(values) / len(values)
+    for key in _ADDED:
+        if key in merged:
+            merged[key] = sum(m.get(key, 0.0) for m in steps)
+    for key in ("muonclip/max_logit", "logprob_diff_max"):
+        values = [m[key] for m in steps if key in m]
+        if values:
+            merged[key] = max(values)
+    per_epoch = len(steps) // epochs
+    if "tokens" in merged:
+        merged["tokens"] = sum(m.get("tokens", 0.0) for m in steps[:per_epoch])
+    for epoch in range(epochs):
+        chunk = steps[epoch * per_epoch : (epoch + 1) * per_epoch]
+        for key in ("clip_fraction", "ratio_mean"):
+            values = [m[key] for m in chunk if key in m and not math.isnan(m[key])]
+            if values:
+                merged[f"learner/{key}_epoch_{epoch + 1}"] = sum(values) / len(values)
+    return merged | {"optimizer_steps": float(len(steps))}
 
 
 def trust_engine_logprobs(setting: str, rollout_dtype: str, on_gpu: bool) -> bool:
@@ -143,11 +196,57 @@ class Learner:
         """The policy (`trainable`) or the frozen reference; the group's ranks shard them."""
         return load_model(model_path)
 
-    def step(self, batch: PolicyBatch, totals: BatchTotals | None = None) -> dict[str, float]:
+    def step(self, batch: PolicyBatch) -> dict[str, float]:
+        """Learn `batch`: one optimizer step, or with `learner.epochs` and
+        `minibatches_per_epoch` the steps of `update_plan` from a fixed old policy."""
+        plan = update_plan(batch, self.cfg.epochs, self.cfg.minibatches_per_epoch)
+        if len(plan) == 1:
+            return self.update(batch)
+        batch = replace(batch, before_update=tuple(self.own_logprobs(batch)))
+        plan = update_plan(batch, self.cfg.epochs, self.cfg.minibatches_per_epoch)
+        return merge_updates([self.update(part) for part in plan], self.cfg.epochs)
+
+    def update(self, batch: PolicyBatch, totals: BatchTotals | None = None) -> dict[str, float]:
         """Policy, calibration and PTX gradients over micro-batches, then one optimizer step.
         `totals`: the normalisers of the whole batch when `batch` is one rank's slice of it."""
         metrics = self._gradients(batch, totals or BatchTotals.of(batch))
         return self._optimizer_step(metrics, batch.lr_scale)
+
+    @contextmanager
+    def unrecorded(self):
+        """Forwards inside leave no trace in the step's QK-Clip maxima and router loads (they
+        are not part of what the optimizer step learns from)."""
+        capture, balancer = self.optimizer.capture, self.optimizer.balancer
+        saved_maxima = dict(capture.max_logits) if capture is not None else None
+        saved_loads = dict(balancer.loads)
+        try:
+            yield
+        finally:
+            if capture is not None:
+                capture.max_logits = saved_maxima
+            balancer.loads = saved_loads
+
+    @torch.no_grad()
+    def own_logprobs(self, batch: PolicyBatch) -> list[tuple[float, ...]]:
+        """The current weights' logprob of every completion token of `batch` (no gradients,
+        unrecorded)."""
+        with self.unrecorded():
+            return self._own_logprobs(batch)
+
+    def _own_logprobs(self, batch: PolicyBatch) -> list[tuple[float, ...]]:
+        lengths = [len(p) + len(c) for p, c in zip(batch.prompts, batch.completions, strict=True)]
+        found: dict[int, tuple[float, ...]] = {}
+        for rows in token_micro_batches(lengths, self.cfg.max_tokens_per_micro_batch):
+            prompts = [batch.prompts[r] for r in rows]
+            completions = [batch.completions[r] for r in rows]
+            ids, attention, _ = pad_batch(prompts, completions, self.pad_id)
+            logprobs = token_logprobs(self.model, ids, attention, batch.temperature)
+            for row, prompt, completion in zip(rows, prompts, completions, strict=True):
+                start = len(prompt) - 1
+                found[row] = tuple(
+                    logprobs[rows.index(row), start : start + len(completion)].tolist()
+                )
+        return [found[row] for row in range(len(lengths))]
 
     def _gradients(self, batch: PolicyBatch, totals: BatchTotals) -> dict[str, float]:
         metrics = self._policy_terms(batch, totals) if batch.prompts else {}
@@ -205,8 +304,12 @@ class Learner:
             self.model, ids, attention, batch.temperature, with_entropy=True
         )
         own = logprobs.detach()
-        sampled = torch.where(reported, engine, own)  # unreported: the learner's own
-        old = sampled if self.trust_engine else own
+        before = own  # the old policy's own logprobs: these weights, unless they have moved
+        if batch.before_update:
+            fixed = [batch.before_update[r] for r in rows]
+            before = engine_logprobs(fixed, [len(p) for p in prompts], mask)[0]
+        sampled = torch.where(reported, engine, before)  # unreported: the learner's own
+        old = sampled if self.trust_engine else before
         weights = None
         if not self.trust_engine and self.cfg.tis_cap is not None:
             weights = truncated_is_weights(old, sampled, self.cfg.tis_cap)
@@ -228,7 +331,7 @@ class Learner:
             "tis_weight_mean": float((weights * mask).sum() / count)
             if weights is not None
             else 1.0,
-            "diff": float(((own - engine).abs() * reported).max()) if reported.any() else None,
+            "diff": float(((before - engine).abs() * reported).max()) if reported.any() else None,
             "tokens": int(mask.sum()),
         }
 

@@ -61,22 +61,29 @@ class ShardedLearner(Learner):
         self._dummy_passes(passes["ptx"] - mine["ptx"], with_reference=False)
         return self._optimizer_step(metrics, batch.lr_scale)
 
+    @torch.no_grad()
+    def own_logprobs_slice(self, batch: PolicyBatch, passes: int) -> list[tuple[float, ...]]:
+        """`own_logprobs` of this rank's slice, padded to `passes` forwards (FSDP2 gathers each
+        layer in every forward: every rank runs as many)."""
+        found = self.own_logprobs(batch) if batch.prompts else []
+        mine = phase_passes(batch, self.cfg)["policy"]
+        ids = torch.full((1, 2), self.pad_id, dtype=torch.long)
+        with self.unrecorded():
+            for _ in range(passes - mine):
+                self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        return found
+
     def _dummy_passes(self, count: int, with_reference: bool) -> None:
         """`count` forward(s)+backward with zero loss: the collectives of a real micro-batch.
         A policy pass also runs the reference's forward, as a real policy micro-batch does."""
         if count <= 0:
             return
-        capture, balancer = self.optimizer.capture, self.optimizer.balancer
-        saved_maxima = dict(capture.max_logits) if capture is not None else None
-        saved_loads = dict(balancer.loads)
         ids = torch.full((1, 2), self.pad_id, dtype=torch.long)
         attention = torch.ones_like(ids)
-        for _ in range(count):
-            logits = self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
-            if with_reference and self.reference is not None:
-                with torch.no_grad():
-                    self.reference(input_ids=ids, attention_mask=attention, use_cache=False)
-            (logits.float().sum() * 0.0).backward()
-        if capture is not None:
-            capture.max_logits = saved_maxima
-        balancer.loads = saved_loads
+        with self.unrecorded():
+            for _ in range(count):
+                logits = self.model(input_ids=ids, attention_mask=attention, use_cache=False)
+                if with_reference and self.reference is not None:
+                    with torch.no_grad():
+                        self.reference(input_ids=ids, attention_mask=attention, use_cache=False)
+                (logits.logits.float().sum() * 0.0).backward()
