@@ -321,7 +321,7 @@ class Trainer:
         metrics.update({_learner_key(k): v for k, v in learner_metrics.items()})
         metrics.update(_rollout_metrics(groups, metrics["time/rollout"]))
         if len(self.parts) > 1 and groups:
-            metrics.update(part_metrics(prompts, groups, verifiable, rewards))
+            metrics.update(part_metrics(prompts, groups, verifiable, critic_scores, rewards))
         self.tracker.log(step, metrics)
         every = cfg.tracking.samples_every
         if every and step % every == 0:
@@ -719,10 +719,14 @@ def score_in_pools(jobs: list[tuple[VerifierPool, str, str]]) -> tuple[list, Bat
 
 
 def part_metrics(
-    prompts: list[Prompt], groups, verifiable: torch.Tensor, rewards: torch.Tensor
+    prompts: list[Prompt],
+    groups,
+    verifiable: torch.Tensor,
+    critic: torch.Tensor,
+    rewards: torch.Tensor,
 ) -> dict[str, float]:
-    """A mixture's step per part (`env/<label>/...`): groups, reward and verifier means,
-    response length and truncation."""
+    """A mixture's step per part (`env/<label>/...`): groups, reward, verifier and critic
+    means, response length and truncation."""
     metrics = {}
     for label in dict.fromkeys(p.env for p in prompts):
         rows = [g for g, p in enumerate(prompts) if p.env == label]
@@ -732,6 +736,7 @@ def part_metrics(
             f"env/{label}/groups": float(len(rows)),
             f"env/{label}/reward_mean": float(rewards[rows].mean()),
             f"env/{label}/verifiable_mean": float(checked.mean()) if checked.numel() else math.nan,
+            f"env/{label}/critic_abs_mean": float(critic[rows].abs().mean()),
             f"env/{label}/response_length": sum(len(t.completion_ids) for t in episodes)
             / len(episodes),
             f"env/{label}/truncated_rate": sum(t.engine_finish == "length" for t in episodes)

@@ -271,6 +271,7 @@ def test_a_mixture_trains_with_metrics_per_environment(user_env, tmp_path, cache
         assert record["env/sums/groups"] == 3 and record["env/echo/groups"] == 1
         for label in ("sums", "echo"):
             assert 0 <= record[f"env/{label}/verifiable_mean"] <= 1
+            assert 0 <= record[f"env/{label}/critic_abs_mean"] <= 1
             assert 1 <= record[f"env/{label}/response_length"] <= 4
         # the step's mean is the groups' mean: 3 parts of sums, 1 of echo
         mixed = (3 * record["env/sums/reward_mean"] + record["env/echo/reward_mean"]) / 4
