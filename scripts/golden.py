@@ -156,6 +156,9 @@ def main() -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/selfcritic"))
     parser.add_argument("--keep", action="store_true", help="keep the runs and the worktree")
     args = parser.parse_args()
+    if args.out and args.out.exists() and any(args.out.iterdir()):
+        # runs there would resume the old ones (or be refused as changed settings)
+        parser.error(f"--out {args.out} is not empty: give a new or empty directory")
     out = args.out or Path(tempfile.mkdtemp(prefix="golden-"))
     worktree = out / "ref-tree"
     cache_dir = args.cache_dir.expanduser()
