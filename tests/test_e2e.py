@@ -52,6 +52,15 @@ EXPECTED_KEYS = {
 }
 
 
+def _train(overrides: list[str], out) -> tuple:
+    """Compose, check and run a config in this process; (config, its metrics records)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = to_config(compose(config_name="config", overrides=overrides))
+    validate(config)
+    Trainer(config, out).run()
+    return config, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_training_loop_end_to_end(tmp_path, cache_dir):
     from transformers import AutoModelForCausalLM
 
@@ -77,12 +86,7 @@ def test_training_loop_end_to_end(tmp_path, cache_dir):
         f"trainer.cache_dir={cache_dir}",
         "tracking.wandb_mode=disabled",
     ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        config = to_config(compose(config_name="config", overrides=overrides))
-    validate(config)
-    Trainer(config, tmp_path).run()
-
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    _, records = _train(overrides, tmp_path)
     assert [r["step"] for r in records] == [1, 2, 3]
     for record in records:
         assert set(record) >= EXPECTED_KEYS, EXPECTED_KEYS - set(record)
@@ -166,11 +170,7 @@ def test_ppo_epochs_in_a_run(tmp_path, cache_dir):
         f"trainer.cache_dir={cache_dir}",
         "tracking.wandb_mode=disabled",
     ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        config = to_config(compose(config_name="config", overrides=overrides))
-    validate(config)
-    Trainer(config, tmp_path).run()
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    _, records = _train(overrides, tmp_path)
     for record in records:
         assert record["learner/optimizer_steps"] == 4
         assert record["learner/ratio_mean_epoch_1"] == pytest.approx(1.0, abs=0.05)

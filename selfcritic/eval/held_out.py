@@ -36,19 +36,24 @@ def evaluate_environment(
     return metrics
 
 
-def held_out_metrics(env, engine, tokenizer, cfg: Config, verifier, seed: int) -> dict[str, float]:
-    """The generic metrics of `env`'s held-out split (`verifier`: a VerifierPool or None)."""
-    prompts = env.held_out()
-    encode = prompt_encoder(tokenizer)
-    spec = SamplingSpec(
+def held_out_spec(cfg: Config, seed: int) -> SamplingSpec:
+    """How held-out prompts are sampled: `eval.samples` each at `eval.temperature`, the policy's
+    token budget and stop strings, no logprobs (scored by text)."""
+    return SamplingSpec(
         n=cfg.eval.samples,
         temperature=cfg.eval.temperature,
         max_tokens=cfg.sampling.max_tokens,
         stop=tuple(cfg.sampling.stop),
         seed=seed,
-        logprobs=False,  # scored by text only
+        logprobs=False,
     )
-    groups = engine.generate([encode(p.text) for p in prompts], spec)
+
+
+def held_out_metrics(env, engine, tokenizer, cfg: Config, verifier, seed: int) -> dict[str, float]:
+    """The generic metrics of `env`'s held-out split (`verifier`: a VerifierPool or None)."""
+    prompts = env.held_out()
+    encode = prompt_encoder(tokenizer)
+    groups = engine.generate([encode(p.text) for p in prompts], held_out_spec(cfg, seed))
     samples = [s for group in groups for s in group]
     jobs = [
         (sample.text, prompt.reference)

@@ -47,7 +47,7 @@ from selfcritic.envs.nano.world import (
     heldout_tasks,
     labelled_pair,
 )
-from selfcritic.rollout.types import SamplingSpec
+from selfcritic.eval.held_out import held_out_spec
 
 PAIR_SEED = "nano_world:frozen-pairs"  # the frozen pair set does not depend on any run setting
 HEADLINE = ("eval/accuracy", "eval/critic_agreement_correct", "eval/defect_rate")
@@ -81,14 +81,7 @@ def evaluate_nano(
     """Every metric of the suite for the weights `engine` serves."""
     arithmetic, repeat = heldout_tasks(options, options.repeat_tasks)
     encode = prompt_encoder(tokenizer)
-    spec = SamplingSpec(
-        n=cfg.eval.samples,
-        temperature=cfg.eval.temperature,
-        max_tokens=cfg.sampling.max_tokens,
-        stop=tuple(cfg.sampling.stop),
-        seed=seed,
-        logprobs=False,  # scored by text only
-    )
+    spec = held_out_spec(cfg, seed)
     groups = engine.generate([encode(t.question) for t in arithmetic + repeat], spec)
     metrics = actor_metrics(arithmetic, repeat, [[s.text for s in g] for g in groups])
     letter_ids = verdict_token_ids(tokenizer, cfg.critic.verdict_letters)
