@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe
+
 from rewards.registry import load_rubric
 from selfcritic.config import (
     AnchorConfig,
@@ -126,17 +128,15 @@ def main() -> None:
         RolloutConfig(), prefix_caching=args.caching == "on", max_model_len=256, in_process=True
     )
     engine = VLLMEngine(path, rollout)
-    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    before = describe()
     try:
         rows = measure(engine, critics, encode, args.repeats)
     finally:
         engine.shutdown()
-    info = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in info if "model name" in line), "?")
+    print(f"start: {before}\nend:   {describe()}")
     print(
         f"W1 ({PROMPTS} prompts x {SAMPLES} samples x {NEW_TOKENS} tokens), sampled schedule "
-        f"k=2, calibration on, prefix caching {args.caching}; medians of {args.repeats} rounds; "
-        f"{cpu}; load average before {load_before}"
+        f"k=2, calibration on, prefix caching {args.caching}; medians of {args.repeats} rounds"
     )
     rollout_s, rollout_tokens, _ = rows.pop("rollout")
     print("| work | rubric verdicts | tokens (x rollout) | seconds (x rollout) |")

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe
+
 from rewards.registry import load_rubric
 from selfcritic.config import (
     AnchorConfig,
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(GROUP_SIZES))
     parser.add_argument("--caching", choices=["both", "on", "off"], default="both")
     args = parser.parse_args()
+    print(f"start: {describe()}", flush=True)
     from transformers import AutoTokenizer
 
     from selfcritic.rollout.vllm_engine import VLLMEngine

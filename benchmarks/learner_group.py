@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import describe
 
 from selfcritic.config import LearnerConfig, ModelConfig, OptimConfig
 from selfcritic.learner.learner import Learner, PolicyBatch
@@ -64,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    print(f"start: {describe()}", flush=True)
 
     import ray
 

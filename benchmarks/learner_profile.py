@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from machine import describe
 
 from selfcritic.config import ArchConfig, LearnerConfig, ModelConfig, OptimConfig
 from selfcritic.learner import learner as learner_module
@@ -188,6 +189,7 @@ def main() -> None:
     instrument(learner, clock)
     by_module = module_clock(learner.model)
     batch = w1_batch()
+    before = describe()
     rounds = []
     for round_ in range(args.repeats + 1):
         clock.seconds.clear()
@@ -202,14 +204,9 @@ def main() -> None:
         learner.step(batch)
     operators = operator_groups(profile)
 
-    info = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in info if "model name" in line), "?")
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     attention = learner.model.config._attn_implementation
-    print(
-        f"W1 learner step, {cpu}, {args.threads} threads, attention {attention!r}, "
-        f"load average before {load}"
-    )
+    print(f"start: {before}\nend:   {describe()}")
+    print(f"W1 learner step, {args.threads} threads, attention {attention!r}")
     print(f"steps: {' '.join(f'{r[0]:.3f}' for r in rounds)} s; median {total:.3f} s\n")
     print("| phase | seconds | share |\n| --- | --- | --- |")
     rest = total - sum(phases.values())

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import describe
 
 from selfcritic.config import ModelConfig, OptimConfig
 from selfcritic.model.attention_capture import AttentionLogitCapture
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=Path("docs/img"))
     args = parser.parse_args()
+    print(f"start: {describe()}", flush=True)
     from transformers import AutoTokenizer
 
     path = prepare_model(ModelConfig(), Path(tempfile.gettempdir()) / "selfcritic-bench")

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import describe
+
 VARIANTS = {
     "full": [],
     "no_calibration": ["critic.calibration.enabled=false"],
@@ -124,6 +126,7 @@ def main() -> None:
     )
     parser.add_argument("overrides", nargs="*", help="added to every run")
     args = parser.parse_args()
+    print(f"start: {describe()}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {}
     for variant in args.variants:

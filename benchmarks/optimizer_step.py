@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import describe
 
 from selfcritic.config import ModelConfig, OptimConfig
 from selfcritic.model.build import load_model, prepare_model
@@ -58,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    print(f"start: {describe()}", flush=True)
     cache = Path(tempfile.gettempdir()) / "selfcritic-bench"
     print(
         f"{'model':14s} {'fwd+bwd':>8s} {'+capture':>9s} {'AdamW':>8s} {'MuonClip':>9s} "

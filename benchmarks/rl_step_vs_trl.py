@@ -56,6 +56,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe
+
 from selfcritic.envs.base import Prompt, SingleTurn
 from selfcritic.envs.registry import register_environment
 
@@ -276,17 +278,8 @@ def make_callback(before_step, after_step):
     return Interleave()
 
 
-def cpu_model() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), "?")
-
-
 def machine_state() -> str:
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return (
-        f"{cpu_model()}, {os.cpu_count()} CPUs; load average {load}; "
-        f"{QUIET_FILE} exists: {QUIET_FILE.exists()}"
-    )
+    return f"{describe()}; {QUIET_FILE} exists: {QUIET_FILE.exists()}"
 
 
 class OtherLoad:
@@ -360,7 +353,7 @@ def main() -> None:
     from selfcritic.cluster import start_ray
     from selfcritic.config import RayConfig
 
-    print(f"start: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {machine_state()}", flush=True)
+    print(f"start: {machine_state()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="rl-step-vs-trl-"))
     cache = Path(tempfile.gettempdir()) / "selfcritic-bench"
     rounds = args.repeats + 1
@@ -394,7 +387,7 @@ def main() -> None:
         if plain is not None:
             plain._teardown()
         ray.shutdown()
-    print(f"end: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {machine_state()}")
+    print(f"end: {machine_state()}")
     report(args, ours, callback.steps, quiet_rounds, others.rounds)
 
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import describe
 
 from selfcritic.config import ArchConfig, ModelConfig, OptimConfig, RayConfig, RolloutConfig
 from selfcritic.model.build import load_model, prepare_model
@@ -93,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    print(f"start: {describe()}", flush=True)
     import ray
 
     from selfcritic.cluster import start_ray

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from machine import describe
+
 from rewards.pool import VerifierPool
 
 TESTS = "from solution import f\n\ndef test_f():\n    assert f(3) == 9\n"
@@ -55,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    print(f"start: {describe()}", flush=True)
     print(f"{'verifier':14s} {'samples':>7s} {'serial/s':>9s} {'pool/s':>8s} {'speed-up':>8s}")
     cases = [
         ("math", math_items(200), {}),
