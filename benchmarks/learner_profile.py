@@ -34,11 +34,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from learner_group import w1_batch
 from machine import describe
 
 from selfcritic.config import ArchConfig, LearnerConfig, ModelConfig, OptimConfig
 from selfcritic.learner import learner as learner_module
-from selfcritic.learner.learner import Learner, PolicyBatch
+from selfcritic.learner.learner import Learner
 from selfcritic.model.build import prepare_model
 from selfcritic.optim import muonclip as muonclip_module
 
@@ -52,30 +53,6 @@ OPERATOR_GROUPS = (
     ("elementwise", ("mul", "add", "sub", "div", "silu", "sigmoid", "exp", "neg", "pow", "rsqrt",
                      "clamp", "copy", "fill", "zero", "cat", "to", "where")),
 )  # fmt: skip
-
-
-def w1_batch() -> PolicyBatch:
-    """W1's shape with random tokens and engine logprobs (trusted: no recomputed old policy)."""
-    generator = torch.Generator().manual_seed(0)
-    rows = PROMPTS * SAMPLES
-    prompts = [
-        (1, *torch.randint(3, VOCAB, (PROMPT_TOKENS - 1,), generator=generator).tolist())
-        for _ in range(PROMPTS)
-    ]
-    return PolicyBatch(
-        prompts=[prompts[row // SAMPLES] for row in range(rows)],
-        completions=[
-            tuple(torch.randint(3, VOCAB, (NEW_TOKENS,), generator=generator).tolist())
-            for _ in range(rows)
-        ],
-        old_logprobs=[
-            tuple((-6.2 + 0.1 * torch.randn(NEW_TOKENS, generator=generator)).tolist())
-            for _ in range(rows)
-        ],
-        advantages=torch.randn(rows, generator=generator).tolist(),
-        temperature=1.0,
-        max_new_tokens=NEW_TOKENS,
-    )
 
 
 class PhaseClock:
@@ -188,7 +165,7 @@ def main() -> None:
     clock = PhaseClock()
     instrument(learner, clock)
     by_module = module_clock(learner.model)
-    batch = w1_batch()
+    batch = w1_batch(vocab=VOCAB)  # the learner-group benchmark's batch, W1's vocabulary
     before = describe()
     rounds = []
     for round_ in range(args.repeats + 1):
