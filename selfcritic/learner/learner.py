@@ -10,7 +10,8 @@ reports no difference rather than 0).
 Old-policy logprobs: the engine's, when trusted (`learner.old_logprobs`) and reported, or the
 learner's own. With one optimizer step per batch, the learner's own logprobs before the update
 are exactly those of this step's forward (same weights, same tokens), so "recompute" costs no
-extra pass here.
+extra pass here. With several (`learner.epochs`, `minibatches_per_epoch`: `update_plan`), one
+no-grad forward fixes them before the first step (`PolicyBatch.before_update`).
 With `kl_beta` > 0 a frozen reference model (the starting weights, loaded once) adds beta * KL.
 Not trusting the engine, the policy terms are weighted by truncated importance sampling
 (min(pi_old / pi_engine, tis_cap)). In the same optimizer step: the critic-calibration loss on
