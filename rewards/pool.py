@@ -236,3 +236,33 @@ class FailureWatch:
         if stats.failed > self.warn_share * total:
             return f"warning: the verifier failed on {stats.failed} of {total} samples: {reasons}"
         return None
+
+
+def verifier_pools(reward, parts: dict) -> dict[str, VerifierPool | None]:
+    """{part label: the pool of its verifier} for a run's environments (`parts`: {label:
+    environment}); `reward.verifier` (a RewardConfig) overrides every part's, parts with one
+    verifier share a pool, and a part without one gets None."""
+    pools, by_name = {}, {}
+    for label, env in parts.items():
+        name = reward.verifier or env.verifier
+        if name is not None and name not in by_name:
+            by_name[name] = VerifierPool(
+                name, reward.verifier_options, reward.workers, reward.timeout_s
+            )
+        pools[label] = by_name.get(name)
+    return pools
+
+
+def score_in_pools(jobs: list[tuple[VerifierPool, str, str]]) -> tuple[list, BatchStats]:
+    """Each (pool, completion, reference) scored by its pool, results in order, one batch's
+    failure counts over all pools."""
+    results: list = [None] * len(jobs)
+    for pool in dict.fromkeys(job[0] for job in jobs):
+        indices = [k for k, job in enumerate(jobs) if job[0] is pool]
+        scored, _ = pool.score([jobs[k][1:] for k in indices])
+        for k, result in zip(indices, scored, strict=True):
+            results[k] = result
+    stats = BatchStats()
+    for result in results:
+        stats.count(result)
+    return results, stats

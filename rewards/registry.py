@@ -134,7 +134,7 @@ def checked_rubric(rubric: Rubric, where: str) -> Rubric:
     return rubric
 
 
-def _load_problem(load: Callable[[str], object], spec: str) -> str | None:
+def load_problem(load: Callable[[str], object], spec: str) -> str | None:
     """What loading a plug-in raises, on one line (any error: a missing name, a module that
     fails at import, a syntax error, a bad field), or None."""
     try:
@@ -152,12 +152,12 @@ def _plugins_load(cfg: Config, problems: Problems) -> None:
     """`reward.verifier` and `critic.rubric`, where set, load (any error of the plug-in, one
     line); the environment's own are checked with it (selfcritic/envs/registry.py)."""
     if cfg.reward.verifier is not None:
-        verifier = _load_problem(get_verifier, cfg.reward.verifier)
+        verifier = load_problem(get_verifier, cfg.reward.verifier)
         problems.require(
             verifier is None,
             "reward.verifier",
             f"{verifier}; registered verifiers: {verifier_names()}, or an import path",
         )
     if cfg.critic.enabled and cfg.critic.rubric is not None:
-        rubric = _load_problem(load_rubric, cfg.critic.rubric)
+        rubric = load_problem(load_rubric, cfg.critic.rubric)
         problems.require(rubric is None, "critic.rubric", str(rubric))

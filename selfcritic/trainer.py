@@ -33,7 +33,7 @@ import torch
 
 from rewards.base import Rubric
 from rewards.format import apply_budget
-from rewards.pool import BatchStats, FailureWatch, VerifierPool
+from rewards.pool import BatchStats, FailureWatch, score_in_pools, verifier_pools
 from rewards.registry import load_rubric
 from selfcritic.checkpoint import (
     check_resumable,
@@ -173,10 +173,12 @@ class Trainer:
             self.tokenizer(text, add_special_tokens=False).input_ids
         )  # an environment's observation: its text only
         self._check_with_tokenizer()
+        # the environment's supervised pairs, made once for the warm-start and RL's PTX
+        corpus_of = self._first_part_with("corpus")
+        uses_ptx = cfg.learner.ptx_weight > 0 and cfg.warmstart.ptx_per_step > 0
+        corpus = corpus_of(self.tokenizer) if cfg.warmstart.enabled or uses_ptx else None
         if cfg.warmstart.enabled:
-            self.model_path = warm_start(
-                cfg, self._first_part_with("corpus"), self.model_path, cache
-            )
+            self.model_path = warm_start(cfg, corpus, self.model_path, cache)
         self.resume_from = newest_checkpoint(self.output_dir) if cfg.trainer.resume else None
         self.resumed_state: dict = {}
         if self.resume_from is not None:
@@ -199,7 +201,7 @@ class Trainer:
             self.model_path, cfg.learner, cfg.optim, trust_engine=self.trust_engine
         )
         print(f"model: {self.model_path}\noptimizer groups:\n{self.learner.describe()}")
-        self.verifiers = self._verifier_pools()
+        self.verifiers = verifier_pools(cfg.reward, self.parts)  # {label: pool or None}
         rewards = cfg.reward
         self.verifier_watch = FailureWatch(rewards.warn_failed_share, rewards.max_failed_steps)
         self.critic = None
@@ -220,9 +222,7 @@ class Trainer:
                     self.model_path, dataclasses.replace(cfg.rollout, num_engines=1)
                 ),
             )
-        self.ptx_data = None
-        if cfg.learner.ptx_weight > 0 and cfg.warmstart.ptx_per_step > 0:
-            self.ptx_data = self._first_part_with("corpus")(self.tokenizer)
+        self.ptx_data = corpus if uses_ptx else None
 
     def _first_part_with(self, capability: str):
         """The environment's `capability` (corpus, probes), the first part's that has it in a
@@ -231,19 +231,6 @@ class Trainer:
             (getattr(env, capability) for env in self.parts.values() if hasattr(env, capability)),
             None,
         )
-
-    def _verifier_pools(self) -> dict[str, VerifierPool | None]:
-        """{part label: its verifier's pool} (`reward.verifier` overrides every part's; parts
-        with one verifier share a pool); None where a part has no verifier."""
-        rewards, pools, by_name = self.cfg.reward, {}, {}
-        for label, env in self.parts.items():
-            name = rewards.verifier or env.verifier
-            if name is not None and name not in by_name:
-                by_name[name] = VerifierPool(
-                    name, rewards.verifier_options, rewards.workers, rewards.timeout_s
-                )
-            pools[label] = by_name.get(name)
-        return pools
 
     def default_rubric(self, label: str) -> str:
         """The rubric of part `label`'s prompts that name none: `critic.rubric`, else the
@@ -673,14 +660,21 @@ def _rollout_metrics(groups: list[list[Trajectory]], seconds: float) -> dict[str
         return {}
     tokens = sum(len(t.completion_ids) for t in episodes)
     digest = hashlib.sha256(repr([tuple(t.completion_ids) for t in episodes]).encode()).digest()
-    truncated = sum(t.engine_finish == "length" for t in episodes)
+    length, truncated = _lengths(episodes)
     return {
         # a fingerprint of every sampled token: equal digests, equal samples (resume checks)
         "rollout/digest": float(int.from_bytes(digest[:4], "big")),
-        "rollout/response_length": tokens / len(episodes),
-        "rollout/truncated_rate": truncated / len(episodes),
+        "rollout/response_length": length,
+        "rollout/truncated_rate": truncated,
         "rollout/tokens_per_second": tokens / max(seconds, 1e-9),
     }
+
+
+def _lengths(episodes: list[Trajectory]) -> tuple[float, float]:
+    """Mean completion tokens of `episodes`, and the share the engine cut at its budget."""
+    tokens = sum(len(t.completion_ids) for t in episodes)
+    truncated = sum(t.engine_finish == "length" for t in episodes)
+    return tokens / len(episodes), truncated / len(episodes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -703,21 +697,6 @@ def _as_sequence(item: Trajectory | Sample) -> _Sequence:
     )
 
 
-def score_in_pools(jobs: list[tuple[VerifierPool, str, str]]) -> tuple[list, BatchStats]:
-    """Each (pool, completion, reference) scored by its pool, results in order, one batch's
-    failure counts over all pools."""
-    results: list = [None] * len(jobs)
-    for pool in dict.fromkeys(job[0] for job in jobs):
-        indices = [k for k, job in enumerate(jobs) if job[0] is pool]
-        scored, _ = pool.score([jobs[k][1:] for k in indices])
-        for k, result in zip(indices, scored, strict=True):
-            results[k] = result
-    stats = BatchStats()
-    for result in results:
-        stats.count(result)
-    return results, stats
-
-
 def part_metrics(
     prompts: list[Prompt],
     groups,
@@ -731,15 +710,13 @@ def part_metrics(
     for label in dict.fromkeys(p.env for p in prompts):
         rows = [g for g, p in enumerate(prompts) if p.env == label]
         checked = verifiable[rows][~verifiable[rows].isnan()]
-        episodes = [t for g in rows for t in groups[g]]
+        length, truncated = _lengths([t for g in rows for t in groups[g]])
         metrics |= {
             f"env/{label}/groups": float(len(rows)),
             f"env/{label}/reward_mean": float(rewards[rows].mean()),
             f"env/{label}/verifiable_mean": float(checked.mean()) if checked.numel() else math.nan,
             f"env/{label}/critic_abs_mean": float(critic[rows].abs().mean()),
-            f"env/{label}/response_length": sum(len(t.completion_ids) for t in episodes)
-            / len(episodes),
-            f"env/{label}/truncated_rate": sum(t.engine_finish == "length" for t in episodes)
-            / len(episodes),
+            f"env/{label}/response_length": length,
+            f"env/{label}/truncated_rate": truncated,
         }
     return metrics

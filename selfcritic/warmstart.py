@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from selfcritic.config import Config, LearnerConfig, WarmStartConfig
@@ -30,7 +29,6 @@ from selfcritic.envs.base import Corpus
 from selfcritic.schedule import lr_scale_at
 
 _FORMAT = 9  # bump when the recipe changes outside the corpus's sources and this file
-CorpusOf = Callable[[object], Corpus]  # tokenizer -> the environment's corpus
 
 
 def warm_start_optim(cfg: Config):
@@ -66,12 +64,9 @@ def cache_key(cfg: Config, corpus: Corpus) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def warm_start(cfg: Config, corpus_of: CorpusOf, base_model: Path, cache_dir: Path) -> Path:
-    """The warm-started checkpoint for `cfg` on the corpus `corpus_of(tokenizer)` gives (trained
-    now unless cached); its directory."""
-    from transformers import AutoTokenizer
-
-    corpus = corpus_of(AutoTokenizer.from_pretrained(str(base_model)))
+def warm_start(cfg: Config, corpus: Corpus, base_model: Path, cache_dir: Path) -> Path:
+    """The warm-started checkpoint of `base_model` for `cfg` on `corpus` (made with the base
+    model's tokenizer; trained now unless cached); its directory."""
     target = cache_dir / "warmstart" / cache_key(cfg, corpus)
     if (target / "COMPLETE").exists():
         print(f"warm-start: reusing {target}", flush=True)

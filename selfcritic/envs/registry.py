@@ -83,14 +83,20 @@ def entry(name: str) -> Entry:
 def options_of(section: Any, key: str = "env") -> Any:
     """The options dataclass of the environment `section` names, filled from `section` (a
     dataclass or a mapping); every problem raises one ConfigError naming `key.FIELD`."""
+    return _load(section, key)[1]
+
+
+def _load(section: Any, key: str) -> tuple[Entry, Any]:
+    """The entry of the environment `section` names, and its checked options."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    name = section.get("name") if isinstance(section, dict) else getattr(section, "name", None)
+    name = _get(section, "name")
     try:
-        options_type = entry(str(name)).options
+        found = entry(str(name))
     except KeyError as error:
         raise ConfigError(keyed(f"{key}.name", str(error).strip('"'))) from error
+    options_type = found.options
     if isinstance(section, options_type):
         options = section
     else:
@@ -119,7 +125,12 @@ def options_of(section: Any, key: str = "env") -> Any:
         field_rule(problems, field_key, value, rules)
     if problems.lines:
         raise ConfigError("\n".join(problems.lines))
-    return options
+    return found, options
+
+
+def _build(section: Any, cfg: Config, key: str = "env") -> Environment:
+    found, options = _load(section, key)
+    return found.build(options, cfg)
 
 
 @dataclasses.dataclass
@@ -134,14 +145,14 @@ class MixOptions:
 
 def build_environment(section: Any, cfg: Config) -> Environment:
     """The run's environment: one, or a `Mixture` of several."""
-    if _name(section) == MIX:
+    if _get(section, "name") == MIX:
         return Mixture(section, cfg)
-    options = options_of(section)
-    return entry(options.name).build(options, cfg)
+    return _build(section, cfg)
 
 
-def _name(section: Any) -> str:
-    return str(section.get("name") if isinstance(section, dict) else section.name)
+def _get(section: Any, field: str) -> Any:
+    """A field of an `env` section, a mapping (a saved config) or an options dataclass."""
+    return section.get(field) if isinstance(section, dict) else getattr(section, field, None)
 
 
 class Mixture:
@@ -151,7 +162,7 @@ class Mixture:
     verifier = rubric = None  # each prompt's part decides (`part_of`)
 
     def __init__(self, section: Any, cfg: Config) -> None:
-        parts = section.get("mix") if isinstance(section, dict) else section.mix
+        parts = _get(section, "mix")
         if not parts:
             raise ConfigError(keyed("env.mix", "lists no environments; give at least one part"))
         self.name, self.parts, self.weights = MIX, {}, {}
@@ -163,8 +174,7 @@ class Mixture:
                 raise ConfigError(keyed(f"{where}.weight", f"must be a number > 0, got {weight!r}"))
             if label in self.parts:
                 raise ConfigError(keyed(f"{where}.label", f"{label!r} names two parts; label them"))
-            options = options_of(part, where)
-            self.parts[label] = entry(options.name).build(options, cfg)
+            self.parts[label] = _build(part, cfg, where)
             self.weights[label] = float(weight)
         # the driver's turn limit: a part that ends its episodes sooner ends them itself
         self.max_turns = max(getattr(env, "max_turns", 1) for env in self.parts.values())
@@ -241,7 +251,7 @@ def _environment_builds(cfg: Config, problems: Problems) -> None:
     pkg.mod:obj`), its options are its dataclass's fields within their rules, it builds, and
     it has what the settings ask of it: a corpus for `warmstart.enabled` and
     `learner.ptx_weight`, a held-out split for `eval.every`, probes for `critic.gate.source=env`."""
-    if _name(cfg.env) == CUSTOM:
+    if _get(cfg.env, "name") == CUSTOM:
         problems.require(False, "env.name", "env=custom needs env.name=package.module:object")
         return
     try:
@@ -250,7 +260,7 @@ def _environment_builds(cfg: Config, problems: Problems) -> None:
         problems.lines.extend(str(error).splitlines())
         return
     except Exception as error:  # a user's environment failing to build, on one line
-        problems.require(False, "env.name", f"{_name(cfg.env)!r} fails to build: {error!r}")
+        problems.require(False, "env.name", f"{_get(cfg.env, 'name')!r} fails to build: {error!r}")
         return
     for label, part in parts(env).items():
         key = "env" if not isinstance(env, Mixture) else f"env.mix[{label}]"
@@ -259,16 +269,21 @@ def _environment_builds(cfg: Config, problems: Problems) -> None:
         require_parts(cfg, problems, label, part)
 
 
+def evaluable(env: Environment) -> bool:
+    """Whether `env` has something to evaluate: its own suite or a held-out split."""
+    return hasattr(env, "evaluate") or bool(env.held_out())
+
+
 def require_parts(cfg: Config, problems: Problems, label: str, env: Environment) -> None:
     """What the settings ask of environment `label`, and its verifier and rubric load."""
-    from rewards.registry import _load_problem, get_verifier, load_rubric
+    from rewards.registry import get_verifier, load_problem, load_rubric
 
     lacks = f"environment {label!r} has no"
     verifier = cfg.reward.verifier is None and env.verifier
-    problem = verifier and _load_problem(get_verifier, verifier)
+    problem = verifier and load_problem(get_verifier, verifier)
     problems.require(not problem, "env.name", f"{label!r}'s verifier {verifier!r}: {problem}")
     rubric = cfg.critic.enabled and cfg.critic.rubric is None and env.rubric
-    problem = rubric and _load_problem(load_rubric, rubric)
+    problem = rubric and load_problem(load_rubric, rubric)
     problems.require(not problem, "env.name", f"{label!r}'s rubric {rubric!r}: {problem}")
     problems.require(
         not cfg.critic.enabled or bool(cfg.critic.rubric or env.rubric),
@@ -290,7 +305,7 @@ def require_parts(cfg: Config, problems: Problems, label: str, env: Environment)
         else "PTX needs warmstart.ptx_per_step > 0; set one of them",
     )
     problems.require(
-        cfg.eval.every == 0 or hasattr(env, "evaluate") or bool(env.held_out()),
+        cfg.eval.every == 0 or evaluable(env),
         "eval.every",
         f"{lacks} held-out split (`held_out()` is empty) nor an own suite; set eval.every=0",
     )

@@ -86,13 +86,12 @@ def load_config(
 
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             merged = compose(config_name="config", overrides=[f"+experiment={experiment}"])
+    OmegaConf.set_struct(merged, False)  # env.* keys are checked by the environment's options
     if env is not None and env != merged.env.name:
-        OmegaConf.set_struct(merged, False)
         merged.env = {"name": env}  # another environment: its own default options
         # what the run's training asked of its own environment does not bind this one
         merged.warmstart.enabled, merged.learner.ptx_weight = False, 0.0
         merged.critic.gate.source, merged.eval.every = None, 0  # require_held_out checks
-    OmegaConf.set_struct(merged, False)  # env.* keys are checked by the environment's options
     cfg = to_config(OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides)))
     validate(cfg)
     require_held_out(cfg)
@@ -102,10 +101,10 @@ def load_config(
 def require_held_out(cfg) -> None:
     """The environment has something to evaluate: its own suite or a held-out split."""
     from selfcritic.config import ConfigError, keyed
-    from selfcritic.envs.registry import build_environment, parts
+    from selfcritic.envs.registry import build_environment, evaluable, parts
 
     for label, env in parts(build_environment(cfg.env, cfg)).items():
-        if not hasattr(env, "evaluate") and not env.held_out():
+        if not evaluable(env):
             raise ConfigError(
                 keyed("env.name", f"environment {label!r} has no held-out split to evaluate")
             )
@@ -118,21 +117,21 @@ def evaluate_checkpoint(checkpoint: Path, cfg, seed: int = 0) -> dict[str, float
 
     from transformers import AutoTokenizer
 
+    from rewards.pool import verifier_pools
     from selfcritic.envs.registry import build_environment, parts
-    from selfcritic.eval.held_out import evaluate_environment, verifier_pool
+    from selfcritic.eval.held_out import evaluate_environment
     from selfcritic.rollout.vllm_engine import VLLMEngine
 
     environments = parts(build_environment(cfg.env, cfg))
-    verifiers = {label: verifier_pool(cfg, env) for label, env in environments.items()}
+    verifiers = verifier_pools(cfg.reward, environments)
     engine = VLLMEngine(checkpoint, dataclasses.replace(cfg.rollout, in_process=True))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
         return evaluate_environment(environments, engine, tokenizer, cfg, verifiers, seed)
     finally:
         engine.shutdown()
-        for pool in verifiers.values():
-            if pool is not None:
-                pool.close()
+        for pool in set(verifiers.values()) - {None}:
+            pool.close()
 
 
 if __name__ == "__main__":

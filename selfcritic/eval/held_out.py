@@ -82,15 +82,3 @@ def headline(parts: dict, metrics: dict[str, float]) -> list[str]:
         for key in getattr(env, "headline", DEFAULT_HEADLINE):
             keys.append(key if len(parts) == 1 else f"eval/{label}/{key.removeprefix('eval/')}")
     return [key for key in keys if key in metrics]
-
-
-def verifier_pool(cfg: Config, env):
-    """A verifier pool for scoring `env`'s held-out split outside training (None: no
-    verifier)."""
-    from rewards.pool import VerifierPool
-
-    name = cfg.reward.verifier or env.verifier
-    if name is None:
-        return None
-    rewards = cfg.reward
-    return VerifierPool(name, rewards.verifier_options, rewards.workers, rewards.timeout_s)

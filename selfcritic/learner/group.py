@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from selfcritic.config import LearnerConfig, OptimConfig
 from selfcritic.learner.distributed import BatchTotals, split_batch
-from selfcritic.learner.learner import PolicyBatch, merge_updates, update_plan
+from selfcritic.learner.learner import PolicyBatch, learn_planned
 from selfcritic.learner.sharded import PHASES, phase_passes
 
 _SUMMED = (
@@ -224,15 +223,12 @@ class LearnerGroup:
         """Learn `batch` as the plain `Learner.step` does: one optimizer step on the whole
         batch split across the ranks, or the steps of `update_plan` from a fixed old policy."""
         start = time.perf_counter()
-        epochs, minibatches = self.cfg.epochs, self.cfg.minibatches_per_epoch
-        plan = update_plan(batch, epochs, minibatches)
-        if len(plan) == 1:
-            metrics = self.update(batch)
-        else:
-            batch = replace(batch, before_update=tuple(self.own_logprobs(batch)))
-            plan = update_plan(batch, epochs, minibatches)
-            metrics = merge_updates([self.update(part) for part in plan], epochs)
-        read = sum(_tokens_read(part) for part in plan)
+        cfg = self.cfg
+        metrics = learn_planned(
+            batch, cfg.epochs, cfg.minibatches_per_epoch, self.update, self.own_logprobs
+        )
+        # each optimizer step of a plan reads its slice: an epoch reads the batch once
+        read = _tokens_read(batch) * (cfg.epochs if "optimizer_steps" in metrics else 1)
         return metrics | {"tokens_per_second": read / max(time.perf_counter() - start, 1e-9)}
 
     def update(self, batch: PolicyBatch) -> dict[str, float]:

@@ -24,6 +24,7 @@ all-reduces) steps on its slice of the batch but normalises by the whole batch's
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -94,6 +95,21 @@ def update_plan(batch: PolicyBatch, epochs: int, minibatches: int) -> list[Polic
         if part.prompts or part.critic_examples or part.ptx_sequences
     ]
     return [part for _ in range(epochs) for part in parts] or [batch]
+
+
+def learn_planned(
+    batch: PolicyBatch,
+    epochs: int,
+    minibatches: int,
+    update: Callable[[PolicyBatch], dict[str, float]],
+    own_logprobs: Callable[[PolicyBatch], list[tuple[float, ...]]],
+) -> dict[str, float]:
+    """Learn `batch` with `update` (one optimizer step each): once, or over the steps of
+    `update_plan` from the old policy `own_logprobs` fixes before the first."""
+    if len(update_plan(batch, epochs, minibatches)) == 1:
+        return update(batch)
+    batch = replace(batch, before_update=tuple(own_logprobs(batch)))
+    return merge_updates([update(part) for part in update_plan(batch, epochs, minibatches)], epochs)
 
 
 # step metrics averaged over a batch's optimizer steps (the rest: the last step's, or summed)
@@ -200,12 +216,10 @@ class Learner:
     def step(self, batch: PolicyBatch) -> dict[str, float]:
         """Learn `batch`: one optimizer step, or with `learner.epochs` and
         `minibatches_per_epoch` the steps of `update_plan` from a fixed old policy."""
-        plan = update_plan(batch, self.cfg.epochs, self.cfg.minibatches_per_epoch)
-        if len(plan) == 1:
-            return self.update(batch)
-        batch = replace(batch, before_update=tuple(self.own_logprobs(batch)))
-        plan = update_plan(batch, self.cfg.epochs, self.cfg.minibatches_per_epoch)
-        return merge_updates([self.update(part) for part in plan], self.cfg.epochs)
+        cfg = self.cfg
+        return learn_planned(
+            batch, cfg.epochs, cfg.minibatches_per_epoch, self.update, self.own_logprobs
+        )
 
     def update(self, batch: PolicyBatch, totals: BatchTotals | None = None) -> dict[str, float]:
         """Policy, calibration and PTX gradients over micro-batches, then one optimizer step.
@@ -242,11 +256,10 @@ class Learner:
             completions = [batch.completions[r] for r in rows]
             ids, attention, _ = pad_batch(prompts, completions, self.pad_id)
             logprobs = token_logprobs(self.model, ids, attention, batch.temperature)
-            for row, prompt, completion in zip(rows, prompts, completions, strict=True):
-                start = len(prompt) - 1
-                found[row] = tuple(
-                    logprobs[rows.index(row), start : start + len(completion)].tolist()
-                )
+            for position, row in enumerate(rows):
+                start = len(prompts[position]) - 1
+                end = start + len(completions[position])
+                found[row] = tuple(logprobs[position, start:end].tolist())
         return [found[row] for row in range(len(lengths))]
 
     def _gradients(self, batch: PolicyBatch, totals: BatchTotals) -> dict[str, float]:
