@@ -1,17 +1,26 @@
-"""Code rewards: model-written Python run against the task's unit tests in the sandbox.
+"""Code rewards: model-written Python run in the sandbox (rewards/sandbox.py) against tests.
 
-The completion's code is its last fenced ```python block (or the whole text when there is none);
-the reference is the tests source: top-level `test_*` functions that `from solution import ...`.
-Score: the fraction of tests passed, or 1/0 with `all_or_nothing`. Containment: rewards/sandbox.py.
+The completion's code is its last fenced ```python block (or the whole text when there is none).
+- `python_tests`: the reference is a tests source, top-level `test_*` functions that
+  `from solution import ...`; they run in their own process and call the solution's functions
+  through a plain-data proxy (what crosses: rewards/sandbox_files/tests_runner.py). Score: the
+  fraction of tests passed, or 1/0 with `all_or_nothing`.
+- `stdio_tests`: the reference is JSON, a list of {"input": ..., "output": ...} cases; the code
+  runs as a program once per case with the input on stdin, and its stdout is compared here,
+  outside the sandbox, line by line with trailing white space ignored. Score: the fraction of
+  cases right, or 1/0 with `all_or_nothing`.
+Both refuse to run without bubblewrap unless `allow_unsandboxed` is set (rewards/sandbox.py says
+what is lost then).
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 from rewards.base import RewardResult
 from rewards.registry import register_verifier
-from rewards.sandbox import SandboxLimits, run_tests
+from rewards.sandbox import SandboxLimits, run_program, run_tests, unsandboxed_refusal
 
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
@@ -28,12 +37,14 @@ def python_tests(
     reference: str,
     all_or_nothing: bool = False,
     wall_s: float = 10.0,
+    call_s: float = 5.0,
     cpu_s: int = 5,
     memory_mb: int = 512,
+    allow_unsandboxed: bool = False,
 ) -> RewardResult:
     """Fraction of the reference's test functions that pass against the completion's code."""
-    limits = SandboxLimits(wall_s=wall_s, cpu_s=cpu_s, memory_mb=memory_mb)
-    run = run_tests(extract_code(completion), reference, limits)
+    limits = SandboxLimits(wall_s=wall_s, call_s=call_s, cpu_s=cpu_s, memory_mb=memory_mb)
+    run = run_tests(extract_code(completion), reference, limits, allow_unsandboxed)
     if run.total == 0:
         return RewardResult(0.0, {"error": "the reference holds no test_* functions"})
     fraction = len(run.passed) / run.total
@@ -43,4 +54,60 @@ def python_tests(
         info["reason"] = "sandbox wall-clock timeout"
     if run.stderr:
         info["stderr"] = run.stderr[-500:]
+    if run.test_log:
+        info["test_log"] = run.test_log[-500:]
     return RewardResult(score, info)
+
+
+@register_verifier("stdio_tests")
+def stdio_tests(
+    completion: str,
+    reference: str,
+    all_or_nothing: bool = False,
+    wall_s: float = 10.0,
+    cpu_s: int = 5,
+    memory_mb: int = 512,
+    allow_unsandboxed: bool = False,
+) -> RewardResult:
+    """Fraction of the reference's stdin/stdout cases the completion's program gets right."""
+    cases = stdio_cases(reference)
+    limits = SandboxLimits(wall_s=wall_s, cpu_s=cpu_s, memory_mb=memory_mb, output_chars=1 << 20)
+    code = extract_code(completion)
+    right, timeouts = 0, 0
+    for case in cases:
+        run = run_program(code, case["input"], limits, allow_unsandboxed)
+        timeouts += run.timed_out
+        right += same_output(run.stdout, case["output"])
+    fraction = right / len(cases)
+    score = float(right == len(cases)) if all_or_nothing else fraction
+    return RewardResult(score, {"passed": right, "total": len(cases), "timeouts": timeouts})
+
+
+def _unready(options: dict) -> str | None:
+    """Why the verifier would refuse every sample here (VerifierPool asks before any work)."""
+    return unsandboxed_refusal(bool(options.get("allow_unsandboxed", False)))
+
+
+python_tests.unready = stdio_tests.unready = _unready
+
+
+def stdio_cases(reference: str) -> list[dict]:
+    """The cases of a stdio_tests reference, or ValueError saying what is wrong with it."""
+    cases = json.loads(reference)
+    if not isinstance(cases, list) or not cases:
+        raise ValueError("a stdio_tests reference is a non-empty JSON list of cases")
+    for index, case in enumerate(cases):
+        if not (isinstance(case, dict) and {"input", "output"} <= case.keys()):
+            raise ValueError(f"stdio_tests case {index} needs 'input' and 'output'")
+        if not all(isinstance(case[key], str) for key in ("input", "output")):
+            raise ValueError(f"stdio_tests case {index}: 'input' and 'output' must be strings")
+    return cases
+
+
+def same_output(produced: str, expected: str) -> bool:
+    """Equal line by line, ignoring trailing white space on each line and at the end."""
+
+    def lines(text: str) -> list[str]:
+        return [line.rstrip() for line in text.rstrip().splitlines()]
+
+    return lines(produced) == lines(expected)

@@ -137,7 +137,10 @@ class VerifierPool:
     def __init__(
         self, name: str, options: dict | None = None, workers: int = 2, timeout_s: float = 10.0
     ) -> None:
-        get_verifier(name)  # fail now, in the caller, on an unknown name
+        verifier = get_verifier(name)  # fail now, in the caller, on an unknown name
+        problem = getattr(verifier, "unready", lambda options: None)(dict(options or {}))
+        if problem is not None:  # e.g. a code verifier without its sandbox: before any work
+            raise RuntimeError(f"verifier {name!r} cannot run here: {problem}")
         self.name, self.options = name, dict(options or {})
         self.workers, self.timeout_s = workers, timeout_s
         self._workers: list[_Worker] = []

