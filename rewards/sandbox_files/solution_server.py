@@ -13,13 +13,18 @@ every answer as untrusted data, so all that rewriting can achieve is a wrong ans
 
 import os
 import sys
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import plain  # noqa: E402
 
 requests = os.fdopen(int(sys.argv[1]), "rb")
 answers = os.fdopen(int(sys.argv[2]), "wb")
+
+
+def print_exception():
+    import traceback  # only when needed: every import is paid on every sample
+
+    traceback.print_exc()
 
 
 def send(message):
@@ -50,7 +55,7 @@ def call(solution, request):
         kwargs = plain.decode(request["kwargs"])
         result = function(*args, **kwargs)
     except BaseException as error:  # the solution's error crosses as its type name and message
-        traceback.print_exc()
+        print_exception()
         return raised(error)
     try:
         return {"value": plain.encode(result)}
@@ -79,7 +84,7 @@ def main():
     try:
         import solution
     except BaseException as error:
-        traceback.print_exc()
+        print_exception()
         send(raised(error))
         return
     send({"ready": True})
