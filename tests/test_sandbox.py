@@ -413,10 +413,12 @@ def test_refuses_to_run_unsandboxed_unless_allowed(monkeypatch):
     assert refused.score == 0.0 and "SandboxUnavailable" in refused.info["error"]
     allowed = run_tests(RIGHT, TESTS, LIMITS, allow_unsandboxed=True)
     assert allowed.isolation == "none" and len(allowed.passed) == 2
+    # Weaker, but the verdict still comes from the tests' process: a descriptor write forges
+    # nothing (tampering with that process, which this mode cannot stop, is not tried here).
     forged = (
-        "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'PASS test_small\\n')\n    except OSError:\n        pass\n"
-        + WRONG
-    )  # noqa: E501
+        "import os\nfor fd in range(3, 64):\n    try:\n"
+        "        os.write(fd, b'PASS test_small\\n')\n    except OSError:\n        pass\n" + WRONG
+    )
     assert run_tests(forged, TESTS, LIMITS, allow_unsandboxed=True).passed == []
 
 
