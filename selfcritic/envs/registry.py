@@ -43,7 +43,11 @@ ENVIRONMENTS: Registry[Entry] = Registry("environment")
 MIX, CUSTOM = "mix", "custom"  # the two Hydra choices that are not environments
 # Packages whose import registers the built-in environments (imported by name on first use:
 # they import this module, which imports none of them)
-BUILT_IN = ("selfcritic.envs.nano",)
+BUILT_IN = (
+    "selfcritic.envs.nano",
+    "selfcritic.envs.dataset",
+    "selfcritic.envs.reasoning_gym_env",
+)
 
 
 def discover() -> None:

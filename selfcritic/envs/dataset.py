@@ -1,0 +1,228 @@
+"""`env=dataset`: prompts from the user's own data file, read with Hugging Face `datasets`.
+
+A file is a .jsonl, .json, .csv or .parquet file, or a directory written by `datasets`'
+`save_to_disk` (a Dataset, or a DatasetDict whose splits `split` and `heldout_split` name).
+Columns map onto a `Prompt`: `prompt_key` (required in every row), `reference_key` (a row
+without one is rubric-only), and optionally `rubric_key` (a rubric per row) and `budget_key`
+(a token budget per row). `prompt_template` shapes the text the model sees ("{prompt}"); chat
+templates are the real-tasks issue's next part.
+
+The held-out split is `heldout_split` (a split of a saved DatasetDict), or `heldout_path` (a
+second file), or else a `heldout_fraction` of the rows chosen by a hash of each prompt's text
+(the same split in every run, whatever the row order). Training draws walk the training rows in
+a seeded permutation per epoch, so every row is seen once per epoch and a resumed run draws the
+same prompts (`data.seed`).
+
+Bad data fails when the environment is built (the preflight builds it, before any work), naming
+the file, the row and the column: a missing file or column, an empty file, a row without a
+prompt, text that is not UTF-8. `max_rows` bounds the rows read and held: each becomes a Prompt
+in memory (`datasets` itself memory-maps its Arrow cache). Left out: chat templates, streaming.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfcritic.config import Config, ConfigError, keyed, setting
+from selfcritic.envs.base import Prompt, SingleTurn
+from selfcritic.envs.registry import register_environment
+
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+TEXT_FORMATS = (".jsonl", ".json", ".csv")
+
+
+@dataclass
+class DatasetOptions:
+    """The user's data (selfcritic/envs/dataset.py)."""
+
+    name: str = "dataset"
+    path: str = "???"  # a .jsonl/.json/.csv/.parquet file, or a `save_to_disk` directory
+    prompt_key: str = "prompt"  # the column of the prompts (every row needs one)
+    reference_key: str | None = "reference"  # the column of the answers; None: rubric only
+    rubric_key: str | None = None  # a column naming each row's rubric
+    budget_key: str | None = None  # a column of each row's token budget
+    prompt_template: str = "{prompt}"  # the text the model sees, e.g. "Q: {prompt}\nA:"
+    split: str = "train"  # the training split of a saved DatasetDict
+    heldout_split: str | None = None  # a split of a saved DatasetDict held out for evaluation
+    heldout_path: str | None = None  # or a second file (same columns) held out
+    # or this share of the rows, chosen by a hash of each prompt (0: no held-out split)
+    heldout_fraction: float = setting(0.1, ge=0, lt=1)
+    heldout_max: int = setting(256, ge=1)  # held-out prompts evaluated at most
+    max_rows: int | None = setting(None, ge=1)  # rows read at most (None: all)
+    verifier: str | None = None  # the verifier of the references; None: reward.verifier's
+    rubric: str = "k2_core"  # the critic's rubric for rows without their own
+
+
+@register_environment("dataset", DatasetOptions)
+class DatasetEnvironment(SingleTurn):
+    """Prompts from a data file; a held-out split for evaluation."""
+
+    def __init__(self, options: DatasetOptions, cfg: Config) -> None:
+        self.name, self.options, self.seed = options.name, options, cfg.data.seed
+        self.verifier, self.rubric = options.verifier, options.rubric
+        rows = read_rows(options.path, options, options.split)
+        if options.heldout_path is not None:
+            self.train = rows
+            self.heldout = read_rows(options.heldout_path, options, options.split)
+        elif options.heldout_split is not None:
+            self.train = rows
+            self.heldout = read_rows(options.path, options, options.heldout_split)
+        else:
+            self.train, self.heldout = split_by_hash(rows, options.heldout_fraction)
+        self._orders: dict[int, list[int]] = {}  # the permutation of recent epochs
+        if not self.train:
+            raise ConfigError(
+                keyed("env.heldout_fraction", f"no training rows are left in {options.path}")
+            )
+
+    def prompts(self, step: int, draw: int, count: int) -> list[Prompt]:
+        if draw:  # dynamic sampling's refills: a seeded sample of their own
+            rng = random.Random(f"dataset:{self.seed}:{step}:{draw}")
+            return [self.train[i] for i in rng.choices(range(len(self.train)), k=count)]
+        start = step * count
+        return [self.train[self._position(i)] for i in range(start, start + count)]
+
+    def held_out(self) -> list[Prompt]:
+        return self.heldout[: self.options.heldout_max]
+
+    def _position(self, index: int) -> int:
+        """The row at position `index` of the infinite walk: epoch after epoch, each a seeded
+        permutation of the training rows."""
+        epoch, offset = divmod(index, len(self.train))
+        if epoch not in self._orders:
+            order = list(range(len(self.train)))
+            random.Random(f"dataset:{self.seed}:epoch:{epoch}").shuffle(order)
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
+            self._orders[epoch] = order
+        return self._orders[epoch][offset]
+
+
+def split_by_hash(rows: list[Prompt], fraction: float) -> tuple[list[Prompt], list[Prompt]]:
+    """(training, held out): a prompt is held out when a hash of its text falls below
+    `fraction`, so the split does not depend on the order or the number of rows."""
+    train, heldout = [], []
+    for prompt in rows:
+        digest = hashlib.sha256(prompt.text.encode()).digest()
+        (heldout if int.from_bytes(digest[:8]) / 2**64 < fraction else train).append(prompt)
+    return train, heldout
+
+
+def read_rows(path: str, options: DatasetOptions, split: str) -> list[Prompt]:
+    """The prompts of a data file (or a saved split), each row checked; ConfigError naming the
+    file, the row and the column of the first bad one."""
+    table = load_table(Path(path).expanduser(), split, options.max_rows)
+    where = f"data file {path}"
+    if split != "train" or Path(path).is_dir():
+        where += f" (split {split!r})"
+    if len(table) == 0:
+        raise ConfigError(keyed("env.path", f"{where} holds no rows"))
+    for key in ("prompt_key", "reference_key", "rubric_key", "budget_key"):
+        column = getattr(options, key)
+        if column is not None and column not in table.column_names:
+            raise ConfigError(
+                keyed(
+                    f"env.{key}",
+                    f"{where} has no column {column!r}; its columns: {table.column_names}",
+                )
+            )
+    return [row_prompt(row, index + 1, where, options) for index, row in enumerate(table.to_list())]
+
+
+def row_prompt(row: dict, number: int, where: str, options: DatasetOptions) -> Prompt:
+    """One row as a Prompt (`number` counts from 1)."""
+    text = row[options.prompt_key]
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(
+            keyed(
+                "env.prompt_key",
+                f"{where}, row {number}: column {options.prompt_key!r} is "
+                f"{'empty' if text is None or isinstance(text, str) else type(text).__name__}; "
+                "every row needs a prompt (fix or drop the row)",
+            )
+        )
+    reference = row.get(options.reference_key) if options.reference_key else None
+    budget = row.get(options.budget_key) if options.budget_key else None
+    if budget is not None and not (isinstance(budget, int) and budget > 0):
+        raise ConfigError(
+            keyed(
+                "env.budget_key",
+                f"{where}, row {number}: column {options.budget_key!r} must be a whole number "
+                f"of tokens > 0, got {budget!r}",
+            )
+        )
+    return Prompt(
+        text=options.prompt_template.format(prompt=text),
+        reference=None if reference is None else str(reference),
+        token_budget=budget,
+        rubric=row.get(options.rubric_key) if options.rubric_key else None,
+    )
+
+
+def load_table(path: Path, split: str, max_rows: int | None):
+    """The file or saved split as a `datasets.Dataset` (at most `max_rows` rows)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if not path.exists():
+        raise ConfigError(keyed("env.path", f"data file {path} does not exist"))
+    if path.is_dir():
+        table = _load_saved(path, split, datasets)
+    else:
+        kind = FORMATS.get(path.suffix.lower())
+        if kind is None:
+            raise ConfigError(
+                keyed(
+                    "env.path",
+                    f"data file {path}: unknown format {path.suffix!r}; give one of "
+                    f"{sorted(FORMATS)} or a directory saved by datasets' save_to_disk",
+                )
+            )
+        if path.suffix.lower() in TEXT_FORMATS:
+            check_utf8(path)
+        if path.stat().st_size == 0:
+            raise ConfigError(keyed("env.path", f"data file {path} holds no rows"))
+        try:
+            table = datasets.load_dataset(kind, data_files=str(path), split="train")
+        except Exception as error:  # pyarrow's and datasets' parse errors, on one line
+            raise ConfigError(
+                keyed("env.path", f"data file {path} cannot be read as {kind}: {error}")
+            ) from error
+    if max_rows is not None and len(table) > max_rows:
+        table = table.select(range(max_rows))
+    return table
+
+
+def _load_saved(path: Path, split: str, datasets):
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except Exception as error:
+        raise ConfigError(
+            keyed("env.path", f"{path} is not a directory saved by datasets: {error}")
+        ) from error
+    if isinstance(saved, datasets.DatasetDict):
+        if split not in saved:
+            raise ConfigError(
+                keyed("env.split", f"{path} has no split {split!r}; its splits: {list(saved)}")
+            )
+        return saved[split]
+    return saved
+
+
+def check_utf8(path: Path) -> None:
+    """ConfigError naming the first line that is not UTF-8 (a row of a .jsonl file)."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ConfigError(
+                    keyed(
+                        "env.path",
+                        f"data file {path}, line {number}: not UTF-8 text (byte "
+                        f"0x{line[error.start]:02x} at column {error.start + 1}); re-encode "
+                        "the file as UTF-8",
+                    )
+                ) from None

@@ -1,0 +1,108 @@
+"""`env=reasoning_gym`: any task of the `reasoning-gym` package, by name, with its options.
+
+Each prompt is an entry of `reasoning_gym.create_dataset(task, size, seed, **options)` (the
+package generates entry i from the seed and i, so an entry is cheap and reproducible). Its
+reference names the entry (task, options, seed, size, index) as JSON, and the `reasoning_gym`
+verifier (rewards/procedural.py) rebuilds it and scores the answer with the task's own
+`score_answer`. Training entries come from a seed derived from `data.seed`, the held-out ones
+from `heldout_seed`; a training entry whose question is also held out is skipped, so the two
+never share a question even where a task's space is small. Left out: curricula (the options are
+fixed for a run) and composite datasets.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from selfcritic.config import Config, ConfigError, keyed, setting
+from selfcritic.envs.base import Prompt, SingleTurn
+from selfcritic.envs.registry import register_environment
+
+
+@dataclass
+class ReasoningGymOptions:
+    """A reasoning-gym task (selfcritic/envs/reasoning_gym_env.py)."""
+
+    name: str = "reasoning_gym"
+    task: str = "???"  # a reasoning-gym dataset name, e.g. basic_arithmetic, spell_backward
+    options: dict[str, Any] = field(default_factory=dict)  # the task's own (its difficulty)
+    train_size: int = setting(100_000, ge=1)  # training entries to draw from
+    heldout_size: int = setting(200, ge=1)  # held-out entries
+    heldout_seed: int = 1_000_003  # the held-out entries' seed (training's derive from data.seed)
+    prompt_template: str = "{question}"  # the text the model sees, e.g. "Q: {question}\nA:"
+    # the answer is the text inside <TAG>...</TAG> (the last one) when set, else the whole
+    # response, stripped
+    answer_tag: str | None = None
+    rubric: str = "k2_core"
+
+
+@register_environment("reasoning_gym", ReasoningGymOptions)
+class ReasoningGym(SingleTurn):
+    """Entries of one reasoning-gym task; its `score_answer` as the verifier."""
+
+    verifier = "reasoning_gym"
+
+    def __init__(self, options: ReasoningGymOptions, cfg: Config) -> None:
+        from reasoning_gym.factory import DATASETS
+
+        if options.task not in DATASETS:
+            raise ConfigError(
+                keyed(
+                    "env.task",
+                    f"no reasoning-gym task {options.task!r}; e.g. {sorted(DATASETS)[:12]}",
+                )
+            )
+        self.name, self.options, self.rubric = options.name, options, options.rubric
+        self.train_seed = cfg.data.seed * 7919 + 17  # never heldout_seed for data.seed in range
+        try:
+            self.heldout_set = self._entries(options.heldout_seed, options.heldout_size)
+            self.training_set = self._entries(self.train_seed, options.train_size)
+        except (TypeError, ValueError, AssertionError) as error:  # the task's option checks
+            raise ConfigError(keyed("env.options", f"{options.task}: {error}")) from error
+        self._heldout = [
+            self._prompt(self.heldout_set, options.heldout_seed, i)
+            for i in range(options.heldout_size)
+        ]
+        self._heldout_questions = {
+            self.heldout_set[i]["question"] for i in range(options.heldout_size)
+        }
+
+    def _entries(self, seed: int, size: int):
+        import reasoning_gym
+
+        return reasoning_gym.create_dataset(
+            self.options.task, size=size, seed=seed, **self.options.options
+        )
+
+    def _prompt(self, dataset, seed: int, index: int) -> Prompt:
+        entry = dataset[index]
+        reference = {
+            "task": self.options.task,
+            "options": self.options.options,
+            "seed": seed,
+            "size": len(dataset),
+            "index": index,
+            "answer_tag": self.options.answer_tag,
+        }
+        text = self.options.prompt_template.format(question=entry["question"])
+        return Prompt(text=text, reference=json.dumps(reference, sort_keys=True))
+
+    def prompts(self, step: int, draw: int, count: int) -> list[Prompt]:
+        rng = random.Random(f"reasoning_gym:{self.train_seed}:{step}:{draw}")
+        found: list[Prompt] = []
+        for _ in range(100 * count):  # a task whose questions are all held out stops here
+            index = rng.randrange(self.options.train_size)
+            if self.training_set[index]["question"] not in self._heldout_questions:
+                found.append(self._prompt(self.training_set, self.train_seed, index))
+                if len(found) == count:
+                    return found
+        raise RuntimeError(
+            f"reasoning-gym task {self.options.task!r}: almost every training question is held "
+            "out; lower env.heldout_size or widen the task's options"
+        )
+
+    def held_out(self) -> list[Prompt]:
+        return self._heldout
