@@ -132,7 +132,7 @@ def run_tests(
             isolation,
             {"tests.py": tests, "tests_runner.py": None, "plain.py": None},
             ["tests_runner.py", str(request_write), str(answer_read), str(results.fileno())]
-            + [str(limits.call_s)],
+            + [str(limits.call_s), ",".join(names)],
             (request_write, answer_read, results.fileno()),
             (subprocess.DEVNULL, subprocess.DEVNULL, log),
             limits,
@@ -259,6 +259,7 @@ def _start(uid, isolation, files, argv, keep_fds, stdio, limits) -> subprocess.P
             "bwrap",
             *_root_arguments(python, limits.scratch_mb),
             *arguments,
+            *("--remount-ro", "/dev", "--remount-ro", "/"),  # /tmp alone stays writable
             *[python, "-I", "-S", f"/sandbox/{argv[0]}", *argv[1:]],
         ]
         fds = (*keep_fds, *(handle.fileno() for handle in handles))
@@ -281,6 +282,8 @@ def _root_arguments(python: str, scratch_mb: int) -> tuple[str, ...]:
             binds += ["--tmpfs", os.path.join(stdlib, packages)]
     return (
         "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",  # no nested user namespace: no mounts of its own (an unsized tmpfs)
         "--die-with-parent",
         "--new-session",
         "--as-pid-1",
@@ -453,10 +456,13 @@ class _Outputs(contextlib.ExitStack):
 
 
 def _verdicts(lines: str) -> tuple[set[str], set[str]]:
+    """(passed, failed) names from the tests' process's "PASS name" / "FAIL name" lines (split
+    on "\n" alone: a name is an identifier, and no other line break separates lines)."""
     passed, failed = set(), set()
-    for line in lines.splitlines():
+    for line in lines.split("\n"):
         verdict, _, name = line.partition(" ")
-        (passed if verdict == "PASS" else failed).add(name)
+        if verdict in ("PASS", "FAIL") and name.isidentifier():
+            (passed if verdict == "PASS" else failed).add(name)
     return passed, failed
 
 

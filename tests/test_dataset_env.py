@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from selfcritic.config import Config, ConfigError
-from selfcritic.envs.dataset import DatasetEnvironment, DatasetOptions, split_by_hash
+from selfcritic.envs.dataset import DatasetEnvironment, split_by_hash
 from selfcritic.envs.registry import build_environment
 from selfcritic.preflight import validate
 from selfcritic.run import CONF_DIR, to_config

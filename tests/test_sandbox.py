@@ -8,6 +8,7 @@ the previous design (tests and solution in one interpreter, a nonce, a result de
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import socket
@@ -82,14 +83,19 @@ def test_runs_in_bubblewrap_here():
 
 
 def test_patching_builtins_changes_nothing_in_the_tests():
+    # Patched inside the call, so the solution's server still answers: the tests' process
+    # still raises its own AssertionError on the wrong answer.
     code = (
         "import builtins, sys\n"
-        "builtins.AssertionError = type('Never', (BaseException,), {})\n"
-        "builtins.isinstance = lambda *a: True\n"
-        "builtins.print = lambda *a, **k: None\n"
-        "sys.modules['builtins'].Exception = object\n" + WRONG
+        "def add(a, b):\n"
+        "    builtins.AssertionError = type('Never', (BaseException,), {})\n"
+        "    builtins.print = builtins.repr = lambda *a, **k: 'PASS'\n"
+        "    sys.modules['builtins'].Exception = object\n"
+        "    return 0\n"
     )
-    assert score(code) == 0.0
+    result, _ = run(code)
+    assert result.passed == [] and "assert add(1, 2) == 3" in result.test_log
+    assert "AssertionError" in result.test_log and score(code) == 0.0
 
 
 def test_walking_frames_and_writing_every_descriptor_forges_nothing():
@@ -120,8 +126,10 @@ def test_walking_frames_and_writing_every_descriptor_forges_nothing():
 
 
 def test_a_forged_answer_line_is_only_a_wrong_answer():
-    # The solution writes answers of its own protocol ahead of the server's: at best they are
-    # taken as answers to the tests' calls, which the tests then check.
+    # The solution writes answers of its own protocol ahead of the server's: they are taken as
+    # answers to the tests' calls (ready, add is a function, add(1, 2) -> 3), which the tests
+    # then check, as they would the same answers computed: test_small passes, and the next
+    # forged line is no answer to add(-1, -1).
     code = (
         "import os\n"
         "for fd in range(3, 32):\n"
@@ -130,7 +138,45 @@ def test_a_forged_answer_line_is_only_a_wrong_answer():
         "    except OSError:\n"
         "        pass\n" + WRONG
     )
-    assert score(code) < 1.0
+    result, _ = run(code)
+    assert result.passed == ["test_small"] and "a malformed answer" in result.test_log
+
+
+STAR_TESTS = """
+from solution import *
+
+def test_small():
+    assert abs(add(1, 2) - 3) < 1e-9
+
+def test_negative():
+    assert sorted([add(-1, -1)]) == [-2] and len(range(2)) == 2
+"""
+
+
+def test_import_star_cannot_inject_tests_or_forge_verdict_lines():
+    # A name with a line break would have written "PASS test_small" into the verdicts, and the
+    # slow injected tests would have stopped the real ones before they failed.
+    code = (
+        "import time\n" + WRONG + "g = globals()\n"
+        "g['test_0\\nPASS test_small\\nPASS test_negative'] = lambda: None\n"
+        "g['test_0\\u2028PASS test_small'] = lambda: None\n"
+        "for i in range(1, 4):\n"
+        "    g[f'test_{i}'] = lambda: time.sleep(2.5)\n"
+    )
+    result, _ = run(code, STAR_TESTS)
+    assert result.passed == [] and result.total == 2 and score(code, STAR_TESTS) == 0.0
+
+
+def test_import_star_cannot_shadow_builtins_or_the_tests_names():
+    code = (
+        WRONG + "def abs(x):\n    return 0\n"
+        "def sorted(x):\n    return [-2]\n"
+        "def len(x):\n    return 2\n"
+        "def range(*a):\n    return []\n"
+    )
+    result, _ = run(code, STAR_TESTS)
+    assert result.passed == [] and score(code, STAR_TESTS) == 0.0
+    assert run(RIGHT, STAR_TESTS)[0].passed == ["test_small", "test_negative"]
 
 
 def test_an_always_equal_result_fails():
@@ -183,6 +229,8 @@ def test_the_proxy_carries_plain_data_and_exceptions():
         "    back = echo(value)\n"
         "    assert back == value and type(back[0]) is tuple and type(back[1]) is set\n"
         "    assert LIMIT == 10 and keywords(3, b=4) == 12\n"
+        "def test_big_ints():\n"
+        "    assert echo(-(7**9000)) == -(7**9000) and echo([3**5000]) == [3**5000]\n"
         "def test_builtin_exception_crosses():\n"
         "    try:\n        positive(-1)\n"
         "    except ValueError as error:\n        assert str(error) == 'negative: -1'\n"
@@ -197,6 +245,7 @@ def test_the_proxy_carries_plain_data_and_exceptions():
     result, _ = run(solution, tests)
     assert result.passed == [
         "test_values",
+        "test_big_ints",
         "test_builtin_exception_crosses",
         "test_other_exception_is_solution_error",
         "test_mutation_is_not_seen",
@@ -270,11 +319,12 @@ def test_only_its_own_processes_are_visible():
     assert len(result.passed) == 2
 
 
-def test_writes_outside_scratch_do_not_persist(tmp_path):
+def test_only_scratch_is_writable_and_it_is_bounded():
     name = f"escape-{secrets.token_hex(4)}"
-    targets = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/sandbox", str(tmp_path)]
+    project = str(Path(__file__).parent)
+    targets = ["/", "/tmp", "/var/tmp", "/dev", "/dev/shm", "/run/lock", "/sandbox", project]
     code = (
-        "import os\nwritten = []\n"
+        "import os, ctypes\nwritten = []\n"
         f"for folder in {targets!r}:\n"
         "    try:\n"
         "        os.makedirs(folder, exist_ok=True)\n"
@@ -282,12 +332,21 @@ def test_writes_outside_scratch_do_not_persist(tmp_path):
         "        written.append(folder)\n"
         "    except OSError:\n"
         "        pass\n"
-        "print(written)\n" + RIGHT
+        "print('written', written)\n"
+        "try:\n"
+        "    open('/tmp/big', 'wb').write(b'x' * (64 << 20))\n"
+        "    print('64 MB in scratch')\n"
+        "except OSError as error:\n"
+        "    print('scratch full', error.errno)\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print('nested namespace', libc.unshare(0x10000000 | 0x00020000))\n" + RIGHT
     )
     result, _ = run(code)
-    assert "'/tmp'" in result.stdout  # scratch is writable inside...
+    assert "written ['/tmp']" in result.stdout, result.stdout + result.stderr
+    assert "scratch full" in result.stdout  # 16 MB of tmpfs, not the host's memory
+    assert "nested namespace -1" in result.stdout  # no user namespace of its own to mount in
     assert len(result.passed) == 2
-    assert not [t for t in targets if Path(t, name).exists()]  # ...and nothing lands outside
+    assert not [t for t in targets if Path(t, name).exists()]  # nothing lands outside
 
 
 def test_project_home_and_installed_packages_are_unreadable():
@@ -374,22 +433,43 @@ def _concurrently(first: str, second: str) -> tuple:
 def test_a_sample_cannot_read_another_samples_memory_or_files():
     secret = secrets.token_hex(16)
     holder = (
-        f"import time\nSECRET = {secret[:16]!r} + {secret[16:]!r}\n"
-        "open('/tmp/secret', 'w').write(SECRET)\ntime.sleep(2.5)\n" + RIGHT
+        f"import time\nSECRET = ({secret[:16]!r} + {secret[16:]!r}).encode()\n"
+        "open('/tmp/secret', 'wb').write(SECRET)\ntime.sleep(2.5)\n" + RIGHT
     )
+    # Reads every readable mapping of every process it can see (as a debugger would, through
+    # /proc/PID/maps and mem): it finds a marker in its own memory, so the reading works, and
+    # looks for the holder's secret (by its hash), and reads every file under /tmp.
+    sought = hashlib.sha256(secret.encode()).hexdigest()  # the secret itself is not in its code
     thief = (
-        "import os, glob\nfound = []\n"
-        "for path in glob.glob('/proc/*/mem') + glob.glob('/proc/*/environ') + "
-        "glob.glob('/tmp/**', recursive=True):\n"
+        "import os, glob, hashlib, re\nMARK = ('mark-' + 'of-the-thief').encode()\nfound = []\n"
+        "for pid in [p for p in os.listdir('/proc') if p.isdigit()]:\n"
         "    try:\n"
-        "        with open(path, 'rb') as handle:\n"
-        "            found.append(handle.read(1 << 20).hex())\n"
+        "        maps = open(f'/proc/{pid}/maps').read().splitlines()\n"
+        "        mem = open(f'/proc/{pid}/mem', 'rb')\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    for line in maps:\n"
+        "        start, end = (int(x, 16) for x in line.split()[0].split('-'))\n"
+        "        if line.split()[1][0] != 'r' or end - start > 64 << 20:\n"
+        "            continue\n"
+        "        try:\n"
+        "            mem.seek(start)\n"
+        "            found.append(mem.read(end - start))\n"
+        "        except (OSError, OverflowError, ValueError):\n"
+        "            pass\n"
+        "for path in glob.glob('/tmp/**', recursive=True):\n"
+        "    try:\n"
+        "        found.append(open(path, 'rb').read())\n"
         "    except OSError:\n"
         "        pass\n"
-        "print(' '.join(found))\n" + RIGHT
+        "blob = b''.join(found)\n"
+        "print('self-readable' if blob.count(MARK) > 0 else 'blind', len(blob))\n"
+        "runs = {hashlib.sha256(m).hexdigest() for m in re.findall(rb'[0-9a-f]{32}', blob)}\n"
+        f"print('FOUND' if {sought!r} in runs else 'clean')\n" + RIGHT
     )
     first, second = _concurrently(holder, thief)
-    assert secret.encode().hex() not in second.stdout and secret not in second.stdout
+    assert "self-readable" in second.stdout, second.stdout + second.stderr
+    assert "clean" in second.stdout and "FOUND" not in second.stdout
     assert len(first.passed) == 2 and len(second.passed) == 2
 
 

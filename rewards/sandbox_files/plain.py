@@ -2,7 +2,8 @@
 
 None, bool, int, float and str travel as JSON; containers as one-key objects naming their type:
 {"l": [...]} list, {"t": [...]} tuple, {"s": [...]} set, {"f": [...]} frozenset,
-{"d": [[key, value], ...]} dict (any plain hashable key), {"b": "hex"} bytes. Exact types
+{"d": [[key, value], ...]} dict (any plain hashable key), {"b": "hex"} bytes, and an int of
+more than BIG_INT_BITS bits as {"i": "hex"}. Exact types
 only: a subclass of int or str, an object with its own `__eq__`, a function, a class or a
 generator is not plain and cannot cross. Nesting deeper than MAX_DEPTH cannot cross either (it
 also catches a list that contains itself).
@@ -16,6 +17,7 @@ that has nothing else, and its imports are paid on every sample.
 import json
 
 MAX_DEPTH = 100
+BIG_INT_BITS = 4096  # beyond this an int crosses in hexadecimal (no digit limit, linear time)
 SCALARS = (type(None), bool, int, float, str)
 SEQUENCES = {list: "l", tuple: "t", set: "s", frozenset: "f"}
 BUILDERS = {"l": list, "t": tuple, "s": set, "f": frozenset}
@@ -28,6 +30,8 @@ class NotPlain(ValueError):
 def encode(value, depth=0):
     """`value` as JSON-ready data, or NotPlain naming the first part that is not plain."""
     kind = type(value)
+    if kind is int and value.bit_length() > BIG_INT_BITS:
+        return {"i": format(value, "x")}  # JSON's decimal form stops at 4300 digits
     if kind in SCALARS:
         return value
     if depth >= MAX_DEPTH:
@@ -51,6 +55,11 @@ def decode(data, depth=0):
     if kind is not dict or len(data) != 1:
         raise NotPlain(f"malformed value of type {kind.__name__}")
     ((tag, items),) = data.items()
+    if tag == "i" and type(items) is str:
+        try:
+            return int(items, 16)
+        except ValueError:
+            raise NotPlain("malformed int") from None
     if tag == "b" and type(items) is str:
         try:
             return bytes.fromhex(items)

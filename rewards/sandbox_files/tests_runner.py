@@ -20,6 +20,7 @@ What crosses, and what a test sees:
 """
 
 import builtins
+import keyword
 import os
 import select
 import sys
@@ -142,6 +143,25 @@ def proxy_function(channel, name):
     return call
 
 
+def star_names(names):
+    """What `from solution import *` may bind in the tests: public identifiers that shadow
+    neither a builtin (a proxy `abs` or `len` would let the solution decide the tests'
+    arithmetic) nor a name the tests already bound (an earlier import, a test)."""
+    importer = vars(sys.modules.get("tests", types.ModuleType("tests")))
+    if type(names) is not list:
+        return []
+    return [
+        name
+        for name in names
+        if type(name) is str
+        and name.isidentifier()
+        and not keyword.iskeyword(name)
+        and not name.startswith(("_", "test"))
+        and not hasattr(builtins, name)
+        and name not in importer
+    ]
+
+
 class SolutionModule(types.ModuleType):
     """`solution` as the tests see it: each name looked up in the solution's sandbox."""
 
@@ -153,7 +173,7 @@ class SolutionModule(types.ModuleType):
         if name.startswith("__") and name != "__all__":
             raise AttributeError(name)
         if name == "__all__":
-            return received(self._channel, self._channel.ask({"op": "names"}))
+            return star_names(received(self._channel, self._channel.ask({"op": "names"})))
         answer = self._channel.ask({"op": "get", "name": name})
         if answer.get("function") is True:
             function = proxy_function(self._channel, name)
@@ -173,6 +193,9 @@ def print_exception():
 def main():
     request_fd, answer_fd, result_fd = (int(a) for a in sys.argv[1:4])
     channel = Channel(request_fd, answer_fd, float(sys.argv[4]))
+    # the host's list of the test functions (read from the source with `ast`): only these run,
+    # so nothing the solution lends the tests (`from solution import *`) can add a test
+    names = [name for name in sys.argv[5].split(",") if name.isidentifier()]
     sys.modules["solution"] = SolutionModule(channel)
     report = os.fdopen(result_fd, "w", buffering=1)
     try:
@@ -180,16 +203,24 @@ def main():
     except BaseException:
         print_exception()
         return
-    names = [n for n, f in vars(tests).items() if n.startswith("test_") and callable(f)]
     for name in names:
         failures = channel.failures
+        function = vars(tests).get(name)
         try:
-            getattr(tests, name)()
+            if not is_own_test(function):
+                raise TypeError(f"{name} is no longer the tests' own function")
+            function()
             ok = channel.failures == failures
         except BaseException:
             print_exception()
             ok = False
         report.write(f"{'PASS' if ok else 'FAIL'} {name}\n")
+
+
+def is_own_test(function):
+    """A function defined in the tests' source (not a proxy that shadowed it)."""
+    code = getattr(function, "__code__", None)
+    return type(function) is types.FunctionType and code.co_filename.endswith("tests.py")
 
 
 main()
