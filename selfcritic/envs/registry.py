@@ -47,6 +47,7 @@ BUILT_IN = (
     "selfcritic.envs.nano",
     "selfcritic.envs.dataset",
     "selfcritic.envs.reasoning_gym_env",
+    "selfcritic.envs.humaneval",
 )
 
 

