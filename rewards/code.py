@@ -10,8 +10,9 @@ The completion's code is its last fenced ```python block (or the whole text when
   it is. Score: 1 when the problem's `check` passes.
 - `stdio_tests`: the reference is JSON, a list of {"input": ..., "output": ...} cases; the code
   runs as a program once per case with the input on stdin, and its stdout is compared here,
-  outside the sandbox, line by line with trailing white space ignored. Score: the fraction of
-  cases right, or 1/0 with `all_or_nothing`.
+  outside the sandbox, line by line with trailing white space ignored; a case counts only if the
+  program also exited by itself with status 0, and the first timeout ends the run (the rest
+  fail). Score: the fraction of cases right, or 1/0 with `all_or_nothing`.
 Both refuse to run without bubblewrap unless `allow_unsandboxed` is set (rewards/sandbox.py says
 what is lost then).
 """
@@ -25,6 +26,7 @@ from rewards.base import RewardResult
 from rewards.registry import register_verifier
 from rewards.sandbox import SandboxLimits, run_program, run_tests, unsandboxed_refusal
 
+SETUP_S = 3.0  # a run's start, grace and clean-up beyond its wall clock, with room to spare
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
 
@@ -39,8 +41,8 @@ def python_tests(
     completion: str,
     reference: str,
     all_or_nothing: bool = False,
-    wall_s: float = 10.0,
-    call_s: float = 5.0,
+    wall_s: float = 6.0,
+    call_s: float = 3.0,
     cpu_s: int = 5,
     memory_mb: int = 512,
     allow_unsandboxed: bool = False,
@@ -66,8 +68,8 @@ def python_tests(
 def humaneval(
     completion: str,
     reference: str,
-    wall_s: float = 10.0,
-    call_s: float = 5.0,
+    wall_s: float = 6.0,
+    call_s: float = 3.0,
     cpu_s: int = 5,
     memory_mb: int = 512,
     allow_unsandboxed: bool = False,
@@ -90,7 +92,7 @@ def stdio_tests(
     completion: str,
     reference: str,
     all_or_nothing: bool = False,
-    wall_s: float = 10.0,
+    wall_s: float = 6.0,
     cpu_s: int = 5,
     memory_mb: int = 512,
     allow_unsandboxed: bool = False,
@@ -100,17 +102,28 @@ def stdio_tests(
     limits = SandboxLimits(wall_s=wall_s, cpu_s=cpu_s, memory_mb=memory_mb, output_chars=1 << 20)
     code = extract_code(completion)
     right, timeouts = 0, 0
-    for case in cases:
+    for case in cases:  # a case counts when the program ended by itself, with status 0
         run = run_program(code, case["input"], limits, allow_unsandboxed)
-        timeouts += run.timed_out
-        right += same_output(run.stdout, case["output"])
+        if run.timed_out:
+            timeouts += 1
+            break  # as a judge would: the rest are not run (the pool's timeout bounds it all)
+        right += run.exit_code == 0 and same_output(run.stdout, case["output"])
     fraction = right / len(cases)
     score = float(right == len(cases)) if all_or_nothing else fraction
     return RewardResult(score, {"passed": right, "total": len(cases), "timeouts": timeouts})
 
 
-def _unready(options: dict) -> str | None:
-    """Why the verifier would refuse every sample here (VerifierPool asks before any work)."""
+def _unready(options: dict, timeout_s: float) -> str | None:
+    """Why the verifier would refuse or time out every sample here (VerifierPool asks before
+    any work): no sandbox, or a pool timeout that would cut the sandbox's own wall clock."""
+    wall_s = float(options.get("wall_s", 6.0))
+    if timeout_s < wall_s + SETUP_S:
+        return (
+            f"reward.timeout_s={timeout_s} leaves less than {SETUP_S} s beyond the sandbox's "
+            f"wall clock (wall_s={wall_s}) for its start and clean-up: a slow but honest "
+            "solution would count as a verifier timeout; raise reward.timeout_s or lower "
+            "reward.verifier_options.wall_s"
+        )
     return unsandboxed_refusal(bool(options.get("allow_unsandboxed", False)))
 
 

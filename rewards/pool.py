@@ -138,7 +138,8 @@ class VerifierPool:
         self, name: str, options: dict | None = None, workers: int = 2, timeout_s: float = 10.0
     ) -> None:
         verifier = get_verifier(name)  # fail now, in the caller, on an unknown name
-        problem = getattr(verifier, "unready", lambda options: None)(dict(options or {}))
+        unready = getattr(verifier, "unready", lambda options, timeout_s: None)
+        problem = unready(dict(options or {}), timeout_s)
         if problem is not None:  # e.g. a code verifier without its sandbox: before any work
             raise RuntimeError(f"verifier {name!r} cannot run here: {problem}")
         self.name, self.options = name, dict(options or {})

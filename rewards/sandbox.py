@@ -20,9 +20,10 @@ Each sandbox (bubblewrap, `bwrap`):
   tmpfs at /tmp (`scratch_mb`) as the only writable place; nothing of the host's file system,
   the project, datasets, model caches or home directories;
 - no inherited descriptors but its pipes and output files; a cleared environment;
-- limits per process: CPU seconds, address space, processes of its uid, file size (stdout and
-  stderr are files, so a flood is cut there), open files, no core dumps; a wall clock for the
-  whole run.
+- a cgroup of its own where the machine allows (rewards/cgroup.py): memory for the whole
+  sandbox, one core of CPU time, a process count; and limits per process: CPU seconds, address
+  space, processes of its uid, file size (stdout and stderr are files, so a flood is cut
+  there), open files, no core dumps; a wall clock for the whole run.
 
 Without bubblewrap (or where it cannot start), running untrusted code is refused unless the
 caller allows it (`allow_unsandboxed`); then the two processes run with the limits only, as
@@ -47,6 +48,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from rewards import cgroup
+
 FILES = Path(__file__).parent / "sandbox_files"
 SYSTEM_PYTHON = "/usr/bin/python3"  # world-readable, unlike a pyenv or a venv under /root
 SLOT_UID_BASE = 1_500_000  # host uids SLOT_UID_BASE + 2 * slot (solution) and + 1 (tests)
@@ -62,8 +65,8 @@ LOST_WITHOUT_SANDBOX = (
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    wall_s: float = 10.0  # wall-clock timeout for the whole run
-    call_s: float = 5.0  # the most one call (and the solution's import) may take
+    wall_s: float = 6.0  # wall-clock timeout for the whole run
+    call_s: float = 3.0  # the most one call (and the solution's import) may take
     cpu_s: int = 5  # CPU seconds per process
     memory_mb: int = 512  # address space per process
     processes: int = 32  # processes of one sandbox
@@ -118,27 +121,35 @@ def run_tests(
     with _slot() as uid, _Outputs(4) as (out, err, log, results):
         request_read, request_write = os.pipe()
         answer_read, answer_write = os.pipe()
-        server = _start(
-            uid,
-            isolation,
-            {"solution.py": code, "solution_server.py": None, "plain.py": None},
-            ["solution_server.py", str(request_read), str(answer_write)],
-            (request_read, answer_write),
-            (subprocess.DEVNULL, out, err),
-            limits,
-        )
-        runner = _start(
-            uid + 1,
-            isolation,
-            {"tests.py": tests, "tests_runner.py": None, "plain.py": None},
-            ["tests_runner.py", str(request_write), str(answer_read), str(results.fileno())]
-            + [str(limits.call_s), ",".join(names)],
-            (request_write, answer_read, results.fileno()),
-            (subprocess.DEVNULL, subprocess.DEVNULL, log),
-            limits,
-        )
-        for fd in (request_read, request_write, answer_read, answer_write):
-            os.close(fd)
+        pipes = [request_read, request_write, answer_read, answer_write]
+        server = None
+        try:
+            server = _start(
+                uid,
+                isolation,
+                {"solution.py": code, "solution_server.py": None, "plain.py": None},
+                ["solution_server.py", str(request_read), str(answer_write)],
+                (request_read, answer_write),
+                (subprocess.DEVNULL, out, err),
+                limits,
+            )
+            runner = _start(
+                uid + 1,
+                isolation,
+                {"tests.py": tests, "tests_runner.py": None, "plain.py": None},
+                ["tests_runner.py", str(request_write), str(answer_read), str(results.fileno())]
+                + [str(limits.call_s), ",".join(names)],
+                (request_write, answer_read, results.fileno()),
+                (subprocess.DEVNULL, subprocess.DEVNULL, log),
+                limits,
+            )
+        except BaseException:  # a start failed: the other side must not be left running
+            if server is not None:
+                _wait(server, 0)
+            raise
+        finally:  # no descriptor left behind either way
+            for fd in pipes:
+                os.close(fd)
         timed_out = _wait(runner, limits.wall_s) is None
         _wait(server, GRACE_S)
         passed, failed = _verdicts(_head(results, 1_000_000))
@@ -235,17 +246,20 @@ def _start(uid, isolation, files, argv, keep_fds, stdio, limits) -> subprocess.P
     in /sandbox. `keep_fds` are the descriptors the process keeps beyond stdin, stdout, stderr.
     """
     python = SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else sys.executable
-    sources = {
-        name: (FILES / name).read_bytes() if text is None else text.encode()
+    sources = {  # "replace": a lone surrogate in a response is not an error of ours
+        name: (FILES / name).read_bytes() if text is None else text.encode(errors="replace")
         for name, text in files.items()
     }
+    group = None
+    if cgroup.problem() is None:
+        group = cgroup.SandboxGroup(f"selfcritic-sandbox-{uid}", limits.memory_mb, limits.processes)
     if isolation == "none":
         directory = tempfile.mkdtemp(prefix="selfcritic-sandbox-")
         for name, data in sources.items():
             Path(directory, name).write_bytes(data)
         command = [python, "-I", "-S", os.path.join(directory, argv[0]), *argv[1:]]
-        process = _popen(command, keep_fds, stdio, limits, uid=None, cwd=directory)
-        process.cleanup, process.uid = directory, None
+        process = _popen(command, keep_fds, stdio, limits, None, group, cwd=directory)
+        process.cleanup, process.uid, process.group = directory, None, group
         return process
     own_uid = uid if os.geteuid() == 0 else None
     with _Outputs(len(sources)) as handles:  # bwrap copies each into /sandbox, read-only
@@ -263,8 +277,8 @@ def _start(uid, isolation, files, argv, keep_fds, stdio, limits) -> subprocess.P
             *[python, "-I", "-S", f"/sandbox/{argv[0]}", *argv[1:]],
         ]
         fds = (*keep_fds, *(handle.fileno() for handle in handles))
-        process = _popen(command, fds, stdio, limits, uid=own_uid)
-    process.cleanup, process.uid = None, own_uid
+        process = _popen(command, fds, stdio, limits, own_uid, group)
+    process.cleanup, process.uid, process.group = None, own_uid, group
     return process
 
 
@@ -338,7 +352,7 @@ def _bind(path: str, seen: set[str]) -> list[str]:
     return ["--ro-bind", path, path]
 
 
-def _popen(command, keep_fds, stdio, limits, uid, cwd="/") -> subprocess.Popen:
+def _popen(command, keep_fds, stdio, limits, uid, group, cwd="/") -> subprocess.Popen:
     return subprocess.Popen(
         command,
         stdin=stdio[0],
@@ -348,14 +362,16 @@ def _popen(command, keep_fds, stdio, limits, uid, cwd="/") -> subprocess.Popen:
         cwd=cwd,
         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
         start_new_session=True,  # its own process group: the timeout kills all of it
-        preexec_fn=_limits(limits, uid),
+        preexec_fn=_limits(limits, uid, group),
     )
 
 
-def _limits(limits: SandboxLimits, uid: int | None):
+def _limits(limits: SandboxLimits, uid: int | None, group: cgroup.SandboxGroup | None):
     import resource
 
     def apply() -> None:
+        if group is not None:  # before anything runs: all it starts is in the group
+            group.join()
         mb = 1024 * 1024
         for kind, value in (
             (resource.RLIMIT_CPU, limits.cpu_s),
@@ -381,6 +397,8 @@ def _wait(process: subprocess.Popen, seconds: float) -> int | None:
     except subprocess.TimeoutExpired:
         _kill(process)
         code = None
+    if process.group is not None:
+        process.group.remove()
     if process.cleanup:
         shutil.rmtree(process.cleanup, ignore_errors=True)
     return code

@@ -8,11 +8,10 @@ kind of bad data refused before any work with its file, row and column named, an
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
+from cli_runs import evaluate_checkpoint, read_jsonl, run_module
 from hydra import compose, initialize_config_dir
 
 from selfcritic.config import Config, ConfigError
@@ -181,49 +180,32 @@ def test_a_users_jsonl_trains_two_steps_and_evaluates(tmp_path, cache_dir):
     held-out share, then the evaluation CLI on the checkpoint."""
     data = write_jsonl(tmp_path / "questions.jsonl", ROWS)
     out = tmp_path / "run"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "selfcritic.run",
-            "+experiment=nano_quick",
-            "env=dataset",
-            f"env.path={data}",
-            "env.prompt_key=question",
-            "env.reference_key=answer",
-            "env.heldout_fraction=0.25",
-            "reward.verifier=exact_number",
-            "trainer.steps=2",
-            "eval.every=2",
-            "eval.samples=2",
-            "data.prompts_per_step=4",
-            "sampling.max_tokens=4",
-            f"trainer.output_dir={out}",
-            f"trainer.cache_dir={cache_dir}",
-            "tracking.wandb_mode=disabled",
-            "tracking.samples_every=1",
-        ],
+    run_module(
+        "selfcritic.run",
+        "+experiment=nano_quick",
+        "env=dataset",
+        f"env.path={data}",
+        "env.prompt_key=question",
+        "env.reference_key=answer",
+        "env.heldout_fraction=0.25",
+        "reward.verifier=exact_number",
+        "trainer.steps=2",
+        "eval.every=2",
+        "eval.samples=2",
+        "data.prompts_per_step=4",
+        "sampling.max_tokens=4",
+        f"trainer.output_dir={out}",
+        f"trainer.cache_dir={cache_dir}",
+        "tracking.wandb_mode=disabled",
+        "tracking.samples_every=1",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in records] == [0, 1, 2]
     for record in records[1:]:
         assert record["reward/verifier_failed"] == 0 and record["critic/judgements"] > 0
     questions = {r["question"] for r in ROWS}
-    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    samples = read_jsonl(out / "samples.jsonl")
     assert samples and {s["prompt"] for s in samples} <= questions
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "selfcritic.eval", str(out / "checkpoint"), "eval.samples=2"]
-        + ["--json", str(tmp_path / "eval.json")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
-    metrics = json.loads((tmp_path / "eval.json").read_text())
+    metrics, _ = evaluate_checkpoint(out / "checkpoint", tmp_path, "eval.samples=2")
     assert 0 <= metrics["eval/verifier_mean"] <= 1 and metrics["eval/verifier_failed"] == 0

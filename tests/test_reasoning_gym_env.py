@@ -8,11 +8,10 @@ the package's own answers, bad names and options refused before any work, and a 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import reasoning_gym
+from cli_runs import evaluate_checkpoint, read_jsonl
 from hydra import compose, initialize_config_dir
 
 from rewards.procedural import answer_of, reasoning_gym_score
@@ -101,18 +100,12 @@ def test_a_task_trains_two_steps_and_evaluates(tmp_path, cache_dir):
     validate(cfg)
     out = tmp_path / "run"
     Trainer(cfg, out).run()
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in records] == [0, 1, 2]
     for record in records[1:]:
         assert record["reward/verifier_failed"] == 0 and 0 <= record["reward/verifiable_mean"] <= 1
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "selfcritic.eval", str(out / "checkpoint")]
-        + ["--env", "reasoning_gym", "eval.samples=2", "--json", str(tmp_path / "eval.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    metrics, printed = evaluate_checkpoint(
+        out / "checkpoint", tmp_path, "--env", "reasoning_gym", "eval.samples=2"
     )
-    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
-    metrics = json.loads((tmp_path / "eval.json").read_text())
     assert 0 <= metrics["eval/verifier_mean"] <= 1 and metrics["eval/verifier_failed"] == 0
-    assert "verifier_mean" in evaluated.stdout
+    assert "verifier_mean" in printed

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import rewards.sandbox as sandbox
+from rewards import cgroup
 from rewards.code import extract_code, python_tests, same_output, stdio_cases, stdio_tests
 from rewards.safe import safe_score
 from rewards.sandbox import SandboxLimits, count_tests, processes_of, run_tests
@@ -110,7 +111,7 @@ def test_walking_frames_and_writing_every_descriptor_forges_nothing():
         "    frame = frame.f_back\n"
         "print(len(gc.get_objects()))\n"
         "forged = b'PASS test_small\\nPASS test_negative\\n{\"ready\": true}\\n'\n"
-        "for fd in range(0, 256):\n"
+        "for fd in range(0, 4096):\n"
         "    try:\n"
         "        os.write(fd, forged)\n"
         "    except OSError:\n"
@@ -132,7 +133,7 @@ def test_a_forged_answer_line_is_only_a_wrong_answer():
     # forged line is no answer to add(-1, -1).
     code = (
         "import os\n"
-        "for fd in range(3, 32):\n"
+        "for fd in range(3, 4096):  # wherever the host numbered the pipes\n"
         "    try:\n"
         '        os.write(fd, b\'{"ready":true}\\n{"function":true}\\n{"value":3}\\n\' * 4)\n'
         "    except OSError:\n"
@@ -419,10 +420,12 @@ def test_detached_process_does_not_outlive_the_run():
     assert len(run(code)[0].passed) == 2  # the fixture checks that nothing is left
 
 
-def _concurrently(first: str, second: str) -> tuple:
+def _concurrently(first: str, second: str, first_limits: SandboxLimits = LIMITS) -> tuple:
     """Run two samples at once; the first starts half a second earlier."""
     results = {}
-    thread = threading.Thread(target=lambda: results.update(first=run(first)[0]))
+    thread = threading.Thread(
+        target=lambda: results.update(first=run(first, limits=first_limits)[0])
+    )
     thread.start()
     time.sleep(0.5)
     results["second"] = run(second)[0]
@@ -482,6 +485,58 @@ def test_a_process_bomb_cannot_fail_a_concurrent_sample():
     assert len(neighbour.passed) == 2, neighbour.test_log
 
 
+def test_memory_is_bounded_for_the_whole_sandbox():
+    # Three children of 55 MB each under a 100 MB sandbox (each process alone is within the
+    # per-process limit): the sandbox's cgroup lets at most one finish; with per-process limits
+    # alone all three would, and 32 such processes of 512 MB would take 16 GB of the host's.
+    assert cgroup.problem() is None, "this project's machines let root make cgroups"
+    code = (
+        "import os, time\n"
+        "children = []\n"
+        "for i in range(3):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        block = bytearray(55 << 20)\n"
+        "        for j in range(0, len(block), 4096):\n"
+        "            block[j] = 1\n"
+        "        time.sleep(1)\n"
+        "        os._exit(0)\n"
+        "    children.append(pid)\n"
+        "SURVIVED = sum(os.waitpid(pid, 0)[1] == 0 for pid in children)\n"
+        "def survivors():\n    return SURVIVED\n"
+    )
+    tests = "from solution import survivors\ndef test_bounded():\n    assert survivors() <= 1\n"
+    result, _ = run(code, tests, SandboxLimits(wall_s=8.0, call_s=6.0, memory_mb=100))
+    assert result.passed == ["test_bounded"], result.test_log + result.stderr
+
+
+def test_busy_processes_cannot_starve_a_concurrent_sample():
+    # 28 spinning processes, each in a session of its own (a scheduling group of its own),
+    # while the sample itself passes: its cgroup holds them to one core, so the neighbour's
+    # honest computation still ends within its call limit.
+    hog = (
+        "import os, time\n"
+        "for i in range(28):\n"
+        "    if os.fork() == 0:\n"
+        "        os.setsid()\n"
+        "        while True:\n"
+        "            pass\n"
+        "def add(a, b):\n    time.sleep(2.5)\n    return a + b\n"
+    )
+    # about 0.6 s alone; starved to a 29th of the machine (5 s and more) without the cgroup
+    work = "def add(a, b):\n    sum(i * i for i in range(16_000_000))\n    return a + b\n"
+    first, neighbour = _concurrently(hog, work, SandboxLimits(wall_s=9.0, call_s=4.0, cpu_s=3))
+    assert len(first.passed) == 2
+    assert len(neighbour.passed) == 2, neighbour.test_log
+
+
+def test_a_response_the_host_cannot_encode_leaks_nothing():
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        assert score("def add(a, b):\n    return a + b  # \ud800\n") == 1.0
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 # --- without bubblewrap ---------------------------------------------------------------------
 
 
@@ -496,7 +551,7 @@ def test_refuses_to_run_unsandboxed_unless_allowed(monkeypatch):
     # Weaker, but the verdict still comes from the tests' process: a descriptor write forges
     # nothing (tampering with that process, which this mode cannot stop, is not tried here).
     forged = (
-        "import os\nfor fd in range(3, 64):\n    try:\n"
+        "import os\nfor fd in range(3, 4096):\n    try:\n"
         "        os.write(fd, b'PASS test_small\\n')\n    except OSError:\n        pass\n" + WRONG
     )
     assert run_tests(forged, TESTS, LIMITS, allow_unsandboxed=True).passed == []
@@ -512,6 +567,10 @@ def test_stdio_tests_compare_output_outside():
     assert stdio_tests("print(3)", cases).score == 0.5
     assert stdio_tests("print(3)", cases, all_or_nothing=True).score == 0.0
     assert stdio_tests("import os\nprint(3, flush=True)\nos._exit(0)", cases).score == 0.5
+    # a right output counts only from a program that ended by itself with status 0
+    assert stdio_tests("print(3)\nraise SystemExit(3)", cases).score == 0.0
+    slow = stdio_tests("import time\nprint(3, flush=True)\ntime.sleep(60)", cases, wall_s=1)
+    assert slow.score == 0.0 and slow.info["timeouts"] == 1
     with pytest.raises(ValueError, match="case 0 needs 'input' and 'output'"):
         stdio_cases('[{"input": "1"}]')
     assert same_output("a  \nb\n\n", "a\nb") and not same_output("a b", "a  b")
@@ -530,3 +589,11 @@ def test_a_pool_refuses_before_any_work_without_the_sandbox(monkeypatch):
     with pytest.raises(RuntimeError, match="reward.verifier_options.allow_unsandboxed=true"):
         VerifierPool("python_tests", {}, workers=0)
     VerifierPool("python_tests", {"allow_unsandboxed": True}, workers=0)  # allowed: it builds
+
+
+def test_a_pool_timeout_that_would_cut_the_sandbox_is_refused():
+    from rewards.pool import VerifierPool
+
+    with pytest.raises(RuntimeError, match=r"reward\.timeout_s=8\.0 leaves less than 3\.0 s"):
+        VerifierPool("python_tests", {"wall_s": 6}, workers=0, timeout_s=8.0)
+    VerifierPool("python_tests", {"wall_s": 5}, workers=0, timeout_s=8.0)
