@@ -132,6 +132,14 @@ def test_mixture_counts_by_largest_remainder():
     assert [p.text for p in prompts[:8]] == [p.text for p in alone]
 
 
+def test_pass_at_n_counts_prompts_with_a_full_score():
+    from selfcritic.eval.held_out import pass_at_n
+
+    # three prompts of two samples: a pass, none (0.99 is not a pass), a pass among partials
+    assert pass_at_n([1.0, 0.0, 0.99, 0.0, 0.5, 1.0], 2) == pytest.approx(2 / 3)
+    assert pass_at_n([0.0, 1.0, 1.0], 1) == pytest.approx(2 / 3)
+
+
 def test_a_mixture_refuses_two_parts_of_one_label_and_bad_weights():
     with pytest.raises(ConfigError, match=r"'env\.mix\.1\.label'"):
         Mixture(MixOptions(mix=[{"name": "nano_world"}, {"name": "nano_world"}]), Config())
@@ -235,9 +243,13 @@ def test_a_user_environment_outside_the_repo_trains_and_evaluates(user_env, cach
     assert set(metrics) == {
         "eval/verifier_mean",
         "eval/verifier_failed",
+        "eval/pass_at_n",
+        "eval/greedy_mean",
         "eval/response_tokens",
         "eval/truncated_rate",
     }
+    assert 0 <= metrics["eval/pass_at_n"] <= 1 and 0 <= metrics["eval/greedy_mean"] <= 1
+    assert metrics["eval/pass_at_n"] >= metrics["eval/verifier_mean"] - 1e-9  # 0/1 scores
     assert 0 <= metrics["eval/verifier_mean"] <= 1 and metrics["eval/verifier_failed"] == 0
 
 

@@ -5,12 +5,17 @@ scored by it. Any other is scored here on its held-out split: `eval.samples` sam
 at `eval.temperature` (the policy's `sampling.max_tokens` and stop strings, one turn), and
 - `eval/verifier_mean`: the mean verifier score of the samples of prompts with a reference
   (NaN without any), with `eval/verifier_failed` the share that failed to be scored;
-- `eval/response_tokens` and `eval/truncated_rate`.
+- `eval/pass_at_n`: the share of those prompts with at least one of their n = `eval.samples`
+  samples scored 1 (pass@n, the unbiased estimator's value at k = n);
+- `eval/greedy_mean`: the mean score of one greedy (temperature 0) answer per such prompt;
+- `eval/response_tokens` and `eval/truncated_rate` (of the sampled answers).
 In a mixture each part is evaluated on its own and its metrics are named `eval/<label>/...`.
 Left out: multi-turn held-out episodes (the agentic issue) and the critic on generic splits.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from selfcritic.config import Config
 from selfcritic.critic.judge import prompt_encoder
@@ -53,25 +58,46 @@ def held_out_metrics(env, engine, tokenizer, cfg: Config, verifier, seed: int) -
     """The generic metrics of `env`'s held-out split (`verifier`: a VerifierPool or None)."""
     prompts = env.held_out()
     encode = prompt_encoder(tokenizer)
-    groups = engine.generate([encode(p.text) for p in prompts], held_out_spec(cfg, seed))
+    ids = [encode(p.text) for p in prompts]
+    spec = held_out_spec(cfg, seed)
+    groups = engine.generate(ids, spec)
     samples = [s for group in groups for s in group]
-    jobs = [
-        (sample.text, prompt.reference)
-        for prompt, group in zip(prompts, groups, strict=True)
-        if prompt.reference is not None
-        for sample in group
-    ]
-    scores, failed = [], 0.0
-    if jobs and verifier is not None:
-        results, stats = verifier.score(jobs)
-        scores, failed = [r.score for r in results], stats.failed / len(jobs)
-    return {
-        "eval/verifier_mean": sum(scores) / len(scores) if scores else float("nan"),
-        "eval/verifier_failed": failed,
+    checked = [k for k, prompt in enumerate(prompts) if prompt.reference is not None]
+    metrics = {
         "eval/response_tokens": sum(len(s.completion_ids) for s in samples) / max(len(samples), 1),
         "eval/truncated_rate": sum(s.finish_reason == "length" for s in samples)
         / max(len(samples), 1),
     }
+    if not checked or verifier is None:
+        nan = float("nan")
+        return metrics | {
+            "eval/verifier_mean": nan,
+            "eval/verifier_failed": 0.0,
+            "eval/pass_at_n": nan,
+            "eval/greedy_mean": nan,
+        }
+    greedy = engine.generate(
+        [ids[k] for k in checked], dataclasses.replace(spec, n=1, temperature=0.0)
+    )
+    jobs = [(sample.text, prompts[k].reference) for k in checked for sample in groups[k]]
+    jobs += [
+        (group[0].text, prompts[k].reference) for k, group in zip(checked, greedy, strict=True)
+    ]
+    results, stats = verifier.score(jobs)
+    scores = [r.score for r in results]
+    sampled = len(checked) * spec.n
+    return metrics | {
+        "eval/verifier_mean": sum(scores[:sampled]) / sampled,
+        "eval/verifier_failed": stats.failed / len(jobs),
+        "eval/pass_at_n": pass_at_n(scores[:sampled], spec.n),
+        "eval/greedy_mean": sum(scores[sampled:]) / len(checked),
+    }
+
+
+def pass_at_n(scores: list[float], n: int) -> float:
+    """The share of prompts (each `n` consecutive scores) with at least one score of 1."""
+    groups = [scores[i : i + n] for i in range(0, len(scores), n)]
+    return sum(any(score == 1.0 for score in group) for group in groups) / len(groups)
 
 
 def headline(parts: dict, metrics: dict[str, float]) -> list[str]:
