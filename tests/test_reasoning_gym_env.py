@@ -11,7 +11,7 @@ import json
 
 import pytest
 import reasoning_gym
-from cli_runs import evaluate_checkpoint, read_jsonl
+from cli_runs import evaluate_checkpoint, train_two_steps
 from hydra import compose, initialize_config_dir
 
 from rewards.procedural import answer_of, reasoning_gym_score
@@ -81,27 +81,18 @@ def test_an_unknown_task_or_option_is_refused_before_any_work():
 
 
 def test_a_task_trains_two_steps_and_evaluates(tmp_path, cache_dir):
-    from selfcritic.trainer import Trainer
-
-    cfg = _compose(
-        "+experiment=nano_quick",
+    out = tmp_path / "run"
+    records = train_two_steps(
+        out,
+        cache_dir,
         "env=reasoning_gym",
         "env.task=basic_arithmetic",
         *(f"+env.options.{k}={v}" for k, v in SMALL.items()),
         "env.heldout_size=8",
-        "trainer.steps=2",
-        "eval.every=2",
         "eval.samples=2",
         "data.prompts_per_step=4",
         "sampling.max_tokens=4",
-        f"trainer.cache_dir={cache_dir}",
-        "tracking.wandb_mode=disabled",
     )
-    validate(cfg)
-    out = tmp_path / "run"
-    Trainer(cfg, out).run()
-    records = read_jsonl(out / "metrics.jsonl")
-    assert [r["step"] for r in records] == [0, 1, 2]
     for record in records[1:]:
         assert record["reward/verifier_failed"] == 0 and 0 <= record["reward/verifiable_mean"] <= 1
     metrics, printed = evaluate_checkpoint(
