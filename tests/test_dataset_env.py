@@ -11,7 +11,7 @@ import json
 from collections import Counter
 
 import pytest
-from cli_runs import evaluate_checkpoint, read_jsonl, run_module
+from cli_runs import evaluate_checkpoint, read_jsonl, run_module, train_two_steps
 from hydra import compose, initialize_config_dir
 
 from selfcritic.config import Config, ConfigError
@@ -209,3 +209,36 @@ def test_a_users_jsonl_trains_two_steps_and_evaluates(tmp_path, cache_dir):
     assert samples and {s["prompt"] for s in samples} <= questions
     metrics, _ = evaluate_checkpoint(out / "checkpoint", tmp_path, "eval.samples=2")
     assert 0 <= metrics["eval/verifier_mean"] <= 1 and metrics["eval/verifier_failed"] == 0
+
+
+def test_long_prompts_train_with_critic_prompts_cut_and_counted(tmp_path, cache_dir):
+    """GSM8K-length questions (177 characters, about as many tokens) with 64-token answers in
+    the nano model's 256-token context: each prompt and its answer fit, a critic prompt with two
+    answers
+    does not, so its responses are cut to fit and counted (critic/cut_prompts), never a failed
+    step (the length rule of docs/running.md)."""
+    rows = [
+        {
+            "question": f"Natalia sold clips to {a} of her friends in April, and then she sold half"
+            " as many clips in May. How many clips did Natalia sell altogether in April and May?"
+            " Answer with a number.",
+            "answer": a + a // 2,
+        }
+        for a in range(40, 60)
+    ]
+    assert {len(row["question"]) for row in rows} == {177}
+    records = train_two_steps(
+        tmp_path / "run",
+        cache_dir,
+        "env=dataset",
+        f"env.path={write_jsonl(tmp_path / 'long.jsonl', rows)}",
+        "env.prompt_key=question",
+        "env.reference_key=answer",
+        "reward.verifier=exact_number",
+        "sampling.max_tokens=64",
+        "data.prompts_per_step=4",
+        "eval.samples=1",
+    )
+    for record in records[1:]:
+        assert record["critic/cut_prompts"] > 0 and record["critic/judgements"] > 0
+        assert record["reward/verifier_failed"] == 0 and record["critic/invalid_rate"] < 1
