@@ -214,9 +214,8 @@ def test_a_users_jsonl_trains_two_steps_and_evaluates(tmp_path, cache_dir):
 def test_long_prompts_train_with_critic_prompts_cut_and_counted(tmp_path, cache_dir):
     """GSM8K-length questions (177 characters, about as many tokens) with 64-token answers in
     the nano model's 256-token context: each prompt and its answer fit, a critic prompt with two
-    answers
-    does not, so its responses are cut to fit and counted (critic/cut_prompts), never a failed
-    step (the length rule of docs/running.md)."""
+    answers does not, so its responses are cut to fit and counted (critic/cut_prompts), never a
+    failed step (the length rule of docs/running.md)."""
     rows = [
         {
             "question": f"Natalia sold clips to {a} of her friends in April, and then she sold half"
