@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
@@ -46,7 +47,7 @@ class SandboxGroup:
             with contextlib.suppress(OSError):
                 for pid in (directory / "cgroup.procs").read_text().split():
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), 9)
+                        os.kill(int(pid), signal.SIGKILL)
             for _ in range(200):  # the killed need a moment to leave
                 try:
                     directory.rmdir()

@@ -13,8 +13,8 @@ The completion's code is its last fenced ```python block (or the whole text when
   outside the sandbox, line by line with trailing white space ignored; a case counts only if the
   program also exited by itself with status 0, and the first timeout ends the run (the rest
   fail). Score: the fraction of cases right, or 1/0 with `all_or_nothing`.
-Both refuse to run without bubblewrap unless `allow_unsandboxed` is set (rewards/sandbox.py says
-what is lost then).
+All three refuse to run without bubblewrap unless `allow_unsandboxed` is set (rewards/sandbox.py
+says what is lost then).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from rewards.base import RewardResult
 from rewards.registry import register_verifier
 from rewards.sandbox import SandboxLimits, run_program, run_tests, unsandboxed_refusal
 
+WALL_S, CALL_S = 6.0, 3.0  # the code verifiers' default wall clock per sample and per call
 SETUP_S = 3.0  # a run's start, grace and clean-up beyond its wall clock, with room to spare
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
@@ -41,8 +42,8 @@ def python_tests(
     completion: str,
     reference: str,
     all_or_nothing: bool = False,
-    wall_s: float = 6.0,
-    call_s: float = 3.0,
+    wall_s: float = WALL_S,
+    call_s: float = CALL_S,
     cpu_s: int = 5,
     memory_mb: int = 512,
     allow_unsandboxed: bool = False,
@@ -68,8 +69,8 @@ def python_tests(
 def humaneval(
     completion: str,
     reference: str,
-    wall_s: float = 6.0,
-    call_s: float = 3.0,
+    wall_s: float = WALL_S,
+    call_s: float = CALL_S,
     cpu_s: int = 5,
     memory_mb: int = 512,
     allow_unsandboxed: bool = False,
@@ -92,7 +93,7 @@ def stdio_tests(
     completion: str,
     reference: str,
     all_or_nothing: bool = False,
-    wall_s: float = 6.0,
+    wall_s: float = WALL_S,
     cpu_s: int = 5,
     memory_mb: int = 512,
     allow_unsandboxed: bool = False,
@@ -116,7 +117,7 @@ def stdio_tests(
 def _unready(options: dict, timeout_s: float) -> str | None:
     """Why the verifier would refuse or time out every sample here (VerifierPool asks before
     any work): no sandbox, or a pool timeout that would cut the sandbox's own wall clock."""
-    wall_s = float(options.get("wall_s", 6.0))
+    wall_s = float(options.get("wall_s", WALL_S))
     if timeout_s < wall_s + SETUP_S:
         return (
             f"reward.timeout_s={timeout_s} leaves less than {SETUP_S} s beyond the sandbox's "

@@ -170,9 +170,12 @@ def run_program(
     code: str, stdin: str, limits: SandboxLimits = SandboxLimits(), allow_unsandboxed=False
 ) -> ProgramResult:
     """Run `code` as a program with `stdin` as its input; its output is for the caller to judge."""
-    isolation = _isolation(allow_unsandboxed)
+    return _program(code, stdin, limits, _isolation(allow_unsandboxed))
+
+
+def _program(code: str, stdin: str, limits: SandboxLimits, isolation: str) -> ProgramResult:
     with _slot() as uid, _Outputs(3) as (given, out, err):
-        given.write(stdin.encode())
+        given.write(stdin.encode(errors="replace"))
         given.seek(0)
         program = _start(
             uid, isolation, {"program.py": code}, ["program.py"], (), (given, out, err), limits
@@ -192,22 +195,12 @@ def _probe() -> str | None:
     if shutil.which("bwrap") is None:
         return "bubblewrap (`bwrap`) is not installed (Debian: apt-get install bubblewrap)"
     try:
-        with _slot() as uid, _Outputs(2) as (out, err):
-            probe = _start(
-                uid,
-                "bubblewrap",
-                {"probe.py": "print('ok')"},
-                ["probe.py"],
-                (),
-                (subprocess.DEVNULL, out, err),
-                SandboxLimits(),
-            )
-            code = _wait(probe, 30.0)
-            if code == 0 and _head(out, 10).strip() == "ok":
-                return None
-            return f"bwrap failed (exit status {code}): {_head(err, 500).strip()}"
+        probe = _program("print('ok')", "", SandboxLimits(wall_s=30.0), "bubblewrap")
     except OSError as error:
         return f"bwrap cannot start: {error}"
+    if probe.exit_code == 0 and probe.stdout.strip() == "ok":
+        return None
+    return f"bwrap failed (exit status {probe.exit_code}): {probe.stderr[:500].strip()}"
 
 
 def unsandboxed_refusal(allow_unsandboxed: bool) -> str | None:

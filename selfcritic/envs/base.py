@@ -34,6 +34,7 @@ Left out: chat rendering of prompts (the real-tasks issue) and tool execution (t
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,13 @@ class Environment(Protocol):
     def reset(self, prompt: Prompt) -> Episode: ...
 
     def step(self, episode: Episode, turn: str, turn_ids: tuple[int, ...]) -> Step: ...
+
+
+def is_heldout(key: str, fraction: float) -> bool:
+    """Whether the item named `key` (a question, a task id) is held out: a hash of it falls
+    below `fraction`, so every run, in any order, splits the same way."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
 
 
 class SingleTurn:

@@ -21,13 +21,12 @@ in memory (`datasets` itself memory-maps its Arrow cache). Left out: chat templa
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from selfcritic.config import Config, ConfigError, keyed, setting
-from selfcritic.envs.base import Prompt, SingleTurn
+from selfcritic.envs.base import Prompt, SingleTurn, is_heldout
 from selfcritic.envs.registry import register_environment
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -105,8 +104,7 @@ def split_by_hash(rows: list[Prompt], fraction: float) -> tuple[list[Prompt], li
     `fraction`, so the split does not depend on the order or the number of rows."""
     train, heldout = [], []
     for prompt in rows:
-        digest = hashlib.sha256(prompt.text.encode()).digest()
-        (heldout if int.from_bytes(digest[:8]) / 2**64 < fraction else train).append(prompt)
+        (heldout if is_heldout(prompt.text, fraction) else train).append(prompt)
     return train, heldout
 
 

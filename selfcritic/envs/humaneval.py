@@ -12,13 +12,12 @@ run's to set. Left out: HumanEval+'s extra tests, chat templates.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from dataclasses import dataclass
 
 from selfcritic.config import Config, setting
-from selfcritic.envs.base import Prompt, SingleTurn
+from selfcritic.envs.base import Prompt, SingleTurn, is_heldout
 from selfcritic.envs.registry import register_environment
 
 
@@ -64,8 +63,7 @@ class HumanEval(SingleTurn):
         self.seed = cfg.data.seed
         self.train, self.heldout = [], []
         for task_id, problem in read_problems().items():
-            digest = hashlib.sha256(task_id.encode()).digest()
-            held = int.from_bytes(digest[:8]) / 2**64 < options.heldout_fraction
+            held = is_heldout(task_id, options.heldout_fraction)
             prompt = Prompt(
                 options.prompt_template.format(prompt=problem["prompt"]), reference_of(problem)
             )

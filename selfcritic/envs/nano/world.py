@@ -15,7 +15,6 @@ Left out: the environment (env.py), its corpus (corpus.py) and its suite (suite.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import string
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from itertools import product
 
 from rewards.registry import load_rubric
 from selfcritic.critic.judge import PairJob
-from selfcritic.envs.base import Prompt
+from selfcritic.envs.base import Prompt, is_heldout
 from selfcritic.envs.nano.options import NanoWorldOptions
 from selfcritic.envs.nano.phrases import CLAIM, FILLER, META, PRAISE
 
@@ -36,12 +35,6 @@ WORD_LETTERS = string.ascii_lowercase
 # the held-out words. With one letter (16 training words) the warm-started actor never wrote a
 # held-out word (0% of 64 tasks): it learned the 16, not copying
 WORD_LENGTH = 2
-
-
-def is_heldout(question: str, fraction: float) -> bool:
-    """Whether `question` belongs to the held-out split: the same answer for every run."""
-    digest = hashlib.sha256(question.encode()).digest()
-    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
 
 
 def arithmetic_question(a: int, b: int) -> str:
