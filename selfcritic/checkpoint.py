@@ -28,22 +28,43 @@ from typing import Any
 
 from selfcritic.config import Config, ConfigError, TrainerConfig, keyed
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# What a checkpoint does not take from the source directory: weights (written anew) and these
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+_CARRIED_DIRS = ("additional_chat_templates",)  # transformers' extra chat templates
 COMPLETE = "COMPLETE"
 _PREFIX = "step-"
 
 
 def save_hf_checkpoint(model, tokenizer_dir: Path, target: Path) -> Path:
-    """Write `model` (save_pretrained) and the tokenizer files from `tokenizer_dir` to `target`."""
+    """Write `model` (save_pretrained) and, from `tokenizer_dir` (the source checkpoint), every
+    file it has that save_pretrained did not write, weights and their indexes aside: the
+    tokenizer's files whatever they are (tokenizer.json, a tiktoken or SentencePiece model, the
+    chat template, the tokenizer's and the model's code for trust_remote_code)."""
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(str(staging))
-    for name in _TOKENIZER_FILES:
-        if (tokenizer_dir / name).exists():
-            shutil.copy2(tokenizer_dir / name, staging / name)
+    for source in carried_files(tokenizer_dir):
+        if not (staging / source.name).exists():
+            copy = shutil.copytree if source.is_dir() else shutil.copy2
+            copy(source, staging / source.name)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
+
+
+def carried_files(source: Path) -> list[Path]:
+    """The entries of a checkpoint directory a checkpoint of its model carries over: every
+    file but weights, their indexes and hidden files, and `_CARRIED_DIRS`."""
+    return sorted(
+        item
+        for item in source.iterdir()
+        if not item.name.startswith(".")
+        and (
+            item.name in _CARRIED_DIRS
+            if item.is_dir()
+            else not item.name.endswith(_WEIGHT_SUFFIXES) and not item.name.endswith(".index.json")
+        )
+    )
 
 
 def publish_model(model_dir: Path, target: Path) -> Path:

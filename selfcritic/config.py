@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
-# The default critic template (selfcritic/critic/prompts.py documents its fields).
+# The critic's compact template, the default for tokenizers without a chat template (a character
+# model pays for every character); chat models get an instruction-style one
+# (selfcritic/critic/prompts.py documents both and their fields).
 DEFAULT_CRITIC_TEMPLATE = "C: {question}\n{x}: {first}\n{y}: {second}\n{aspect}->"
 LR_SCHEDULES = ("constant", "linear", "cosine")  # selfcritic/schedule.py
 # What `path=` may ask of a path setting: an existing Hugging Face model directory (with
@@ -203,10 +205,10 @@ class CriticConfig:
     rubric: str | None = None
     # probability (verdict-token logprobs) | generative
     verdict_mode: str = setting("probability", one_of=("probability", "generative"))
-    template: str = (
-        DEFAULT_CRITIC_TEMPLATE  # fields {question} {first} {second} {aspect} {description}
-    )
-    # {x} {y}; the critic never sees a reference answer
+    # fields {question} {first} {second} {aspect} {description} {x} {y} {instruction}; None:
+    # the compact DEFAULT_CRITIC_TEMPLATE, or with a chat template (data.chat_template) the
+    # instruction-style one, sent as a user turn. The critic never sees a reference answer
+    template: str | None = None
     verdict_letters: list[str] = field(default_factory=lambda: ["X", "Y"])  # one token each
     flatten_newlines: bool = True  # newlines in responses become spaces (delimiter safety)
     # strings cut out of responses (with the verdict marker); "->" ends the default template
@@ -349,6 +351,10 @@ class DataConfig:
     # wrong) is replaced by a group of a new prompt before the critic judges anything
     dynamic_sampling: bool = False
     max_draws: int = setting(4, ge=1)  # prompt draws per step at most, the first one included
+    # how prompts become ids (selfcritic/model/chat.py): auto (the tokenizer's chat template
+    # where it has one, else raw text after BOS) | none (raw text) | a .jinja file's template.
+    # With a template, responses end at its end-of-turn token
+    chat_template: str = "auto"
 
 
 @dataclass

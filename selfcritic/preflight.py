@@ -162,13 +162,18 @@ def _path_rule(key: str, value: str, kind: str) -> tuple[bool, str, str]:
 
 
 def context_problems(
-    cfg: Config, encode: Callable[[str], list[int]], questions: list[str], aspects: list[tuple]
+    cfg: Config,
+    encode: Callable[[str], list[int]],
+    questions: list[str],
+    aspects: list[tuple],
+    critic_prompt: Callable[[str, str, str], str] | None = None,
 ) -> list[str]:
     """The lengths rule, with the tokenizer (`encode`) and the first step's `questions`: refuse
     only what cannot fit the engines' context (`rollout.max_model_len`): a prompt plus
-    `sampling.max_tokens`, or a critic prompt (the template with the longest question and
-    `aspects`' longest (name, description), responses of `critic.min_response_tokens` each) plus
-    its answer. Anything longer at run time has its responses cut in critic prompts, counted."""
+    `sampling.max_tokens`, or a critic prompt (`critic_prompt(question, aspect, description)`
+    with empty responses, for the longest question and `aspects`' longest (name, description),
+    plus responses of `critic.min_response_tokens` each) plus its answer. Anything longer at run
+    time has its responses cut in critic prompts, or is skipped, counted."""
     problems, limit = Problems(), cfg.rollout.max_model_len
     longest = max(questions, key=lambda q: len(encode(q)), default="")
     prompt = len(encode(longest))
@@ -180,13 +185,9 @@ def context_problems(
         "rollout.max_model_len",
     )
     critic = cfg.critic
-    if critic.enabled and aspects:
+    if critic.enabled and aspects and critic_prompt is not None:
         name, description = max(aspects, key=lambda a: len(a[0]) + len(a[1]))
-        letters = critic.verdict_letters
-        empty = critic.template.format(
-            question=longest, first="", second="", aspect=name, description=description,
-            x=letters[0], y=letters[1],
-        )  # fmt: skip
+        empty = critic_prompt(longest, name, description)
         answer = 1 if critic.verdict_mode == "probability" else critic.max_tokens
         needed = len(encode(empty)) + 2 * critic.min_response_tokens + answer
         problems.require(

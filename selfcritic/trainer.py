@@ -44,7 +44,7 @@ from selfcritic.checkpoint import (
 )
 from selfcritic.config import Config, ConfigError, keyed
 from selfcritic.critic.gate import load_probes
-from selfcritic.critic.judge import prompt_encoder, verdict_token_ids
+from selfcritic.critic.judge import make_prompter, prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
 from selfcritic.critic.self_critic import CritiqueResult, SelfCritic
 from selfcritic.envs.base import Prompt, Trajectory
@@ -168,7 +168,8 @@ class Trainer:
         self.model_path = prepare_model(cfg.model, cache)
         # the tokenizer the warm-start keeps: the lengths are checked before any long work
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
-        self.encode = prompt_encoder(self.tokenizer)  # prompt ids: BOS (if any), then the text
+        # prompt ids: through the chat template (data.chat_template), else BOS and the text
+        self.encode = prompt_encoder(self.tokenizer, cfg.data.chat_template)
         self.encode_observation = lambda text: (
             self.tokenizer(text, add_special_tokens=False).input_ids
         )  # an environment's observation: its text only
@@ -249,7 +250,16 @@ class Trainer:
         aspects = []
         if self.cfg.critic.enabled:
             aspects = [(a.name, a.description) for s in specs for a in self.rubric(s).aspects]
-        problems = context_problems(self.cfg, self.encode, [p.text for p in prompts], aspects)
+        prompter = make_prompter(self.cfg.critic, self.encode)
+        problems = context_problems(
+            self.cfg,
+            self.encode,
+            [p.text for p in prompts],
+            aspects,
+            lambda question, aspect, description: prompter.prompt(
+                question, "", "", aspect, description
+            ),
+        )
         if self.cfg.critic.enabled:
             try:
                 verdict_token_ids(self.tokenizer, self.cfg.critic.verdict_letters)
@@ -287,6 +297,7 @@ class Trainer:
             max_tokens=sampling.max_tokens,
             top_p=sampling.top_p,
             stop=tuple(sampling.stop),
+            stop_token_ids=self.encode.stop_token_ids() if self.encode.chat else (),
             seed=step_seed(cfg.trainer.seed, step, ROLLOUT_SEED),
             logprobs=engine_logprobs_due(step, cfg.learner.logprob_check_every, self.trust_engine),
         )
@@ -335,7 +346,7 @@ class Trainer:
             start = time.perf_counter()
             # distinct per-request seeds for every draw (request_seed of first_index + i)
             draw_spec = dataclasses.replace(spec, first_index=draw * DRAW_SEED_STRIDE)
-            ids = [self.encode(p.text) for p in prompts]
+            ids = [self.encode(p.text, p.system) for p in prompts]
             groups = run_episodes(
                 self.pool, self.env, prompts, ids, draw_spec, self.encode_observation,
                 self.cfg.rollout.max_model_len, getattr(self.env, "max_turns", 1),

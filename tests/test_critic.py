@@ -676,19 +676,40 @@ def test_a_response_that_derails_the_critic_never_does_better_than_losing():
 
 def test_responses_too_long_for_the_context_are_cut_and_counted():
     """A critic prompt past the context keeps the most of the responses that fits (each cut to
-    at most the same number of characters) and is counted; one that fits is left alone."""
+    at most the same number of characters, a cut one marked) and is counted; one that fits is
+    left alone; one that cannot fit even with empty responses is skipped, not sent, counted."""
     from selfcritic.critic.judge import Judge
 
     cfg = CriticConfig(verdict_mode="generative", max_tokens=4)
-    judge = Judge(cfg, _chars_encode, (X_ID, Y_ID), context_len=40)
+    judge = Judge(cfg, _chars_encode, (X_ID, Y_ID), context_len=60)
     short = PairJob(("k",), "Q: 1+1=", "2", "3", "correct")
     assert judge.encode_pair(short, False) == _chars_encode(judge.prompt_text(short, False))
     long = PairJob(("k",), "Q: 1+1=", "2" * 30, "3" * 5, "correct")
     ids = judge.encode_pair(long, True)
-    assert len(ids) == 36 and judge.cut_prompts == 1
+    assert len(ids) == 56 and judge.cut_prompts == 1
     text = "".join(map(chr, ids))
-    # 40 - 4 answer tokens - 28 fixed characters leave 8: each response cut to at most 4
-    assert shown_as(text, "X") == "3" * 4 and shown_as(text, "Y") == "2" * 4
+    # 60 - 4 answer tokens - 28 fixed characters leave 28: "33333" (5) stays whole, and the
+    # other is cut to k characters plus " [cut]" (6): 5 + k + 6 <= 28, k = 17
+    assert shown_as(text, "X") == "3" * 5 and shown_as(text, "Y") == "2" * 17 + " [cut]"
+
+    hopeless = PairJob(("h",), "Q: " + "9" * 40, "2", "3", "correct")  # 68 fixed characters
+    engine = _RecordingEngine()
+    call = judge.judge([short, hopeless], engine, seed=0)
+    assert judge.skipped_too_long == 2 and judge.cut_prompts == 1  # both orders of `hopeless`
+    assert len(engine.prompts) == 2  # only `short`, in both orders
+    assert [item.skipped for item in call.judged] == [False, True]
+    assert call.judged[1].reward_outcome is None and call.judged[0].reward_outcome is not None
+
+
+class _RecordingEngine:
+    """Answers every critic prompt "#X" and keeps the prompts it was sent."""
+
+    def __init__(self) -> None:
+        self.prompts: list[list[int]] = []
+
+    def generate(self, prompts, spec):
+        self.prompts += prompts
+        return [[Sample(tuple(p), (1,), "#X", (), "stop", 0)] for p in prompts]
 
 
 def _chars_encode(text: str) -> list[int]:

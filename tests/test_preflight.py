@@ -180,6 +180,8 @@ def _chars(text: str) -> list[int]:
 
 
 def test_lengths_refused_only_when_nothing_can_fit():
+    from selfcritic.config import DEFAULT_CRITIC_TEMPLATE
+    from selfcritic.critic.judge import make_prompter
     from selfcritic.preflight import context_problems
 
     questions = ["Q: 3+4=\nA:", "Q: 12+13=\nA:"]  # the longest: 12 tokens
@@ -188,7 +190,12 @@ def test_lengths_refused_only_when_nothing_can_fit():
     cfg.rollout.max_model_len = 28
     cfg.sampling.max_tokens = 17  # 12 + 17 > 28
     cfg.critic.verdict_mode, cfg.critic.max_tokens = "generative", 4
-    problems = context_problems(cfg, _chars, questions, aspects)
+    empty = make_prompter(cfg.critic, _chars).prompt  # (question, "", "", aspect, description)
+
+    def critic_prompt(question, aspect, description):
+        return empty(question, "", "", aspect, description)
+
+    problems = context_problems(cfg, _chars, questions, aspects, critic_prompt)
     assert len(problems) == 2
     assert (
         problems[0].startswith("config key 'sampling.max_tokens'") and "(12 tokens)" in problems[0]
@@ -196,15 +203,15 @@ def test_lengths_refused_only_when_nothing_can_fit():
     # the template with the longest question, "correct" and empty responses: "C: " 3, the
     # question 12, "\nX: " 4, "\nY: " 4, "\ncorrect->" 10: 33; then 2 x 8 response tokens and
     # the 4 of the answer: 53
-    template = Config().critic.template.format(
+    template = DEFAULT_CRITIC_TEMPLATE.format(
         question=questions[1], first="", second="", aspect="correct", description="right",
         x="X", y="Y",
     )  # fmt: skip
-    assert len(template) == 33
+    assert len(template) == 33 and len(critic_prompt(questions[1], "correct", "right")) == 33
     assert problems[1].startswith("config key 'critic.min_response_tokens'")
     assert "needs 53 tokens" in problems[1]
     cfg.rollout.max_model_len, cfg.sampling.max_tokens = 53, 16
-    assert context_problems(cfg, _chars, questions, aspects) == []
+    assert context_problems(cfg, _chars, questions, aspects, critic_prompt) == []
 
 
 def test_what_needs_the_tokenizer_stops_a_run_before_the_warm_start(tmp_path, cache_dir):

@@ -20,18 +20,16 @@ from dataclasses import dataclass
 
 from selfcritic.config import CriticConfig
 from selfcritic.critic.aggregate import pair_outcome
-from selfcritic.critic.prompts import CriticPrompter, parse_generative
+from selfcritic.critic.prompts import (
+    CUT_MARK,
+    CriticPrompter,
+    critic_template,
+    parse_generative,
+    template_delimiters,
+    verdict_instruction,
+)
+from selfcritic.model.chat import prompt_encoder  # noqa: F401 (callers import it from here)
 from selfcritic.rollout.types import Sample, SamplingSpec
-
-
-def prompt_encoder(tokenizer) -> Callable[[str], list[int]]:
-    """text -> prompt ids: the tokenizer's BOS (if it has one), then the text's tokens."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-
-    def encode(text: str) -> list[int]:
-        return bos + tokenizer(text, add_special_tokens=False).input_ids
-
-    return encode
 
 
 def verdict_token_ids(tokenizer, letters) -> tuple[int, int]:
@@ -70,6 +68,8 @@ class Judged:
     forced: float | None = None
     dropped: bool = False
     rejudged: bool = False  # its verdicts are those of the sanitised second judgement
+    skipped: bool = False  # its prompt cannot fit the context even with empty responses: not
+    # judged, no outcome (counted: critic/skipped_too_long)
 
     @property
     def first_judgement_valid(self) -> bool:
@@ -89,9 +89,38 @@ class Judged:
     def reward_outcome(self) -> float | None:
         """The outcome the reward uses: forced where the invalid rule decided, None where it
         dropped the pair, else `outcome`."""
-        if self.dropped:
+        if self.dropped or self.skipped:
             return None
         return self.forced if self.forced is not None else self.outcome
+
+
+def make_prompter(cfg: CriticConfig, encode) -> CriticPrompter:
+    """The critic's prompter for the tokenizer behind `encode` (a `PromptEncoder`, or any text
+    -> ids callable: no chat template then): its template, delimiters and instruction."""
+    template = critic_template(cfg.template, getattr(encode, "chat", False))
+    special = encode.special_texts() if hasattr(encode, "special_texts") else ()
+    marker = cfg.verdict_marker if cfg.verdict_mode == "generative" else ""
+    letters = tuple(cfg.verdict_letters)
+    return CriticPrompter(
+        template=template,
+        letters=letters,
+        flatten_newlines=cfg.flatten_newlines,
+        delimiters=(*template_delimiters(template, cfg.delimiters), *special),
+        marker=marker,
+        instruction=verdict_instruction(letters, marker),
+    )
+
+
+_NOT_SENT = Sample((), (), "", (), "skipped", -1)  # the answer of a prompt that was not sent
+
+
+def cut_job(job: PairJob, length: int) -> PairJob:
+    """`job` with each response longer than `length` characters cut to them and marked."""
+
+    def cut(text: str) -> str:
+        return text if len(text) <= length else text[:length] + CUT_MARK
+
+    return dataclasses.replace(job, first=cut(job.first), second=cut(job.second))
 
 
 def forged_outcome(first_forged: bool, second_forged: bool) -> float | None:
@@ -120,18 +149,14 @@ class Judge:
         context_len: int | None = None,
     ) -> None:
         """`context_len`: the engines' context (rollout.max_model_len); a critic prompt that
-        would leave no room for the answer has its responses cut (`encode_pair`)."""
+        would leave no room for the answer has its responses cut (`encode_pair`). `encode` is a
+        `PromptEncoder` (or any text -> ids callable: then no chat template is assumed)."""
         self.cfg, self.encode, self.verdict_ids = cfg, encode, verdict_ids
         answer = 1 if cfg.verdict_mode == "probability" else cfg.max_tokens
         self.max_prompt_tokens = None if context_len is None else context_len - answer
         self.cut_prompts = 0  # prompts whose responses were cut to fit, so far
-        self.prompter = CriticPrompter(
-            template=cfg.template,
-            letters=tuple(cfg.verdict_letters),
-            flatten_newlines=cfg.flatten_newlines,
-            delimiters=tuple(cfg.delimiters),
-            marker=cfg.verdict_marker if cfg.verdict_mode == "generative" else "",
-        )
+        self.skipped_too_long = 0  # prompts that cannot fit even with empty responses, so far
+        self.prompter = make_prompter(cfg, encode)
 
     def spec(self) -> SamplingSpec:
         if self.cfg.verdict_mode == "probability":
@@ -154,26 +179,27 @@ class Judge:
         first, second = (job.second, job.first) if swapped else (job.first, job.second)
         return self.prompter.prompt(job.question, first, second, job.aspect, job.description)
 
-    def encode_pair(self, job: PairJob, swapped: bool) -> list[int]:
-        """The critic prompt's ids. One longer than `max_prompt_tokens` has both responses cut
-        to the same number of characters, the most that fits (a binary search: tokenizers cut
-        at no fixed ratio of characters), and is counted in `cut_prompts`."""
+    def encode_pair(self, job: PairJob, swapped: bool) -> list[int] | None:
+        """The critic prompt's ids. One longer than `max_prompt_tokens` has each response longer
+        than the cut length cut to it and marked (CUT_MARK), the cut length the most characters
+        that fit (a binary search: tokenizers cut at no fixed ratio of characters); counted in
+        `cut_prompts`. None (counted in `skipped_too_long`) when even empty responses leave no
+        room: the question and the template alone pass the context."""
         ids = self.encode(self.prompt_text(job, swapped))
         limit = self.max_prompt_tokens
         if limit is None or len(ids) <= limit:
             return ids
-        self.cut_prompts += 1
         fits, low, high = None, 0, max(len(job.first), len(job.second))
         while low <= high:
             middle = (low + high) // 2
-            cut = dataclasses.replace(job, first=job.first[:middle], second=job.second[:middle])
-            candidate = self.encode(self.prompt_text(cut, swapped))
+            candidate = self.encode(self.prompt_text(cut_job(job, middle), swapped))
             if len(candidate) <= limit:
                 fits, low = candidate, middle + 1
             else:
                 high = middle - 1
-        # even empty responses leave no room (a question too long): the engine will refuse it
-        return fits if fits is not None else ids
+        self.cut_prompts += fits is not None
+        self.skipped_too_long += fits is None
+        return fits
 
     def read(self, answer: Sample) -> float | None:
         """P(X wins) from one critic answer; None when it holds no verdict."""
@@ -188,17 +214,19 @@ class Judge:
         return 1 / (1 + math.exp(y - x))
 
     def judge(self, jobs: list[PairJob], engine, seed: int | None = None) -> JudgeCall:
-        """Every job in both orders through `engine.generate`, in one call."""
+        """Every job in both orders through `engine.generate`, in one call; a job whose prompt
+        cannot fit (`encode_pair`) is not sent and comes back `skipped`."""
         prompts = [self.encode_pair(job, swapped) for job in jobs for swapped in (False, True)]
-        order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+        sent = [i for i, p in enumerate(prompts) if p is not None and prompts[i ^ 1] is not None]
+        order = sorted(sent, key=lambda i: prompts[i])
         answers = (
             engine.generate(
                 [prompts[i] for i in order], dataclasses.replace(self.spec(), seed=seed)
             )
-            if jobs
+            if order
             else []
         )
-        by_prompt: list[list[Sample]] = [[]] * len(prompts)
+        by_prompt: list[list[Sample]] = [[_NOT_SENT]] * len(prompts)
         for position, index in enumerate(order):
             by_prompt[index] = answers[position]
         judged = [
@@ -208,12 +236,13 @@ class Judge:
                 self.read(by_prompt[2 * i + 1][0]),
                 by_prompt[2 * i][0],
                 by_prompt[2 * i + 1][0],
+                skipped=by_prompt[2 * i][0] is _NOT_SENT,
             )
             for i, job in enumerate(jobs)
         ]
         return JudgeCall(
             judged,
-            prompt_tokens=sum(len(p) for p in prompts),
+            prompt_tokens=sum(len(prompts[i]) for i in sent),
             completion_tokens=sum(len(s.completion_ids) for a in answers for s in a),
         )
 
@@ -224,7 +253,7 @@ class Judge:
         again with both responses sanitised; one still invalid is decided by `forged_outcome`
         on the raw responses. Returns the pairs and the counts (critic/rejudged, .../forged,
         .../dropped_pairs)."""
-        invalid = [i for i, item in enumerate(judged) if not item.valid]
+        invalid = [i for i, item in enumerate(judged) if not item.valid and not item.skipped]
         counts = {"critic/rejudged": float(len(invalid))}
         if not invalid:
             return judged, counts | {"critic/forged": 0.0, "critic/dropped_pairs": 0.0}
@@ -270,7 +299,9 @@ class Judge:
             logprobs=logprobs,
         )
         keys = [(job, swapped) for job in jobs for swapped in (False, True)]
-        prompts = [self.encode_pair(job, swapped) for job, swapped in keys]
+        encoded = [self.encode_pair(job, swapped) for job, swapped in keys]
+        keys = [key for key, ids in zip(keys, encoded, strict=True) if ids is not None]
+        prompts = [ids for ids in encoded if ids is not None]
         answers = engine.generate(prompts, spec) if prompts else []
         return [(job, swapped, group) for (job, swapped), group in zip(keys, answers, strict=True)]
 

@@ -1,15 +1,19 @@
 """Critic prompts and the generative verdict parser.
 
 A critic prompt is `critic.template` filled with the question, two responses and one rubric
-aspect. The default is short on purpose (a character-level nano model pays for every character):
+aspect. Without a chat template the default is short on purpose (a character-level nano model
+pays for every character):
 
     C: {question}
     {x}: {first}
     {y}: {second}
     {aspect}->
 
-where {x} and {y} are the verdict letters ("X", "Y"); {description} (the aspect's description) is
-also available to templates. The critic answers with the letter of the better response:
+where {x} and {y} are the verdict letters ("X", "Y"); {description} (the aspect's description) and
+{instruction} (how to answer in the verdict mode) are also available to templates. With a chat
+template (data.chat_template) the default is `CHAT_TEMPLATE`, sent as one user turn: the aspect
+and its description, the question and both responses between labelled delimiters, and the verdict
+instruction. The critic answers with the letter of the better response:
 - probability mode reads P(letter) at the position right after the prompt;
 - generative mode lets it write a short rationale first and then `<marker><letter>` (default
   "#X"); `parse_generative` documents what counts as a verdict.
@@ -17,7 +21,9 @@ also available to templates. The critic answers with the letter of the better re
 Responses are neutralised so they cannot forge a delimiter or a verdict: newline runs become one
 space (`critic.flatten_newlines`; the default template's labels all start a line), each string in
 `critic.delimiters` is cut out (by default "->", the default template's verdict cue, the one
-delimiter that survives flattening) and so is the verdict marker. `forgeries` names what a raw
+delimiter that survives flattening; `CHAT_TEMPLATE`'s labels are added with it), and so are the
+verdict marker and the tokenizer's special tokens' strings (a tokenizer would read "<|im_end|>"
+in a response as the end of the turn). `forgeries` names what a raw
 response held of those; `sanitise` is the stronger cleaning an invalid pair is judged again with.
 The critic never sees a reference answer or a verifier's output: the template has no field for
 them.
@@ -32,8 +38,42 @@ from selfcritic.config import DEFAULT_CRITIC_TEMPLATE, Config
 from selfcritic.preflight import Problems, preflight_check
 
 DEFAULT_TEMPLATE = DEFAULT_CRITIC_TEMPLATE
+CHAT_TEMPLATE = (
+    "Compare two responses to the same request on one aspect only.\n"
+    "Aspect: {aspect}: {description}\n\n"
+    "[Request]\n{question}\n[End of request]\n\n"
+    "[Response {x}]\n{first}\n[End of response {x}]\n\n"
+    "[Response {y}]\n{second}\n[End of response {y}]\n\n"
+    "{instruction}"
+)
+CHAT_DELIMITERS = ("[Request]", "[End of request]", "[Response ", "[End of response ")
 _PLAIN = set(" .,;!?'\"()+-*/=%")  # punctuation `sanitise` keeps
-TEMPLATE_FIELDS = {"question", "first", "second", "aspect", "description", "x", "y"}
+TEMPLATE_FIELDS = {"question", "first", "second", "aspect", "description", "x", "y", "instruction"}
+CUT_MARK = " [cut]"  # ends a response cut to fit a critic prompt
+
+
+def critic_template(template: str | None, chat: bool) -> str:
+    """`critic.template`, or the default for the tokenizer: CHAT_TEMPLATE with a chat template."""
+    if template is not None:
+        return template
+    return CHAT_TEMPLATE if chat else DEFAULT_TEMPLATE
+
+
+def template_delimiters(template: str, delimiters) -> tuple[str, ...]:
+    """`critic.delimiters`, and CHAT_TEMPLATE's labels where it is the template."""
+    return (*delimiters, *(CHAT_DELIMITERS if template == CHAT_TEMPLATE else ()))
+
+
+def verdict_instruction(letters: tuple[str, str], marker: str) -> str:
+    """The {instruction} field: how to answer in the verdict mode (`marker` empty: probability
+    mode, the answer is the letter alone)."""
+    x, y = letters
+    if not marker:
+        return f"Which response is better on this aspect? Answer with one letter: {x} or {y}."
+    return (
+        "Which response is better on this aspect? Reason briefly, then end with "
+        f"{marker}{x} or {marker}{y} and nothing after it."
+    )
 
 
 def template_problem(template: str) -> str | None:
@@ -60,6 +100,7 @@ class CriticPrompter:
     flatten_newlines: bool = True
     delimiters: tuple[str, ...] = ()
     marker: str = "#"  # the generative verdict's marker: cut out of responses too
+    instruction: str = ""  # the {instruction} field (`verdict_instruction`)
 
     def neutralise(self, response: str) -> str:
         """The response with no way to forge a delimiter of the template or a verdict."""
@@ -89,6 +130,7 @@ class CriticPrompter:
             description=description,
             x=self.letters[0],
             y=self.letters[1],
+            instruction=self.instruction,
         )
 
 
@@ -116,7 +158,7 @@ def _critic_prompt_settings(cfg: Config, problems: Problems) -> None:
     critic = cfg.critic
     if not critic.enabled:
         return
-    problem = template_problem(critic.template)
+    problem = None if critic.template is None else template_problem(critic.template)
     problems.require(problem is None, "critic.template", str(problem))
     letters = critic.verdict_letters
     problems.require(

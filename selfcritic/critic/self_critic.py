@@ -129,11 +129,11 @@ class SelfCritic:
         they are on-policy for the learner even when a lagged or frozen copy judges; `rl_logprobs`:
         whether they carry the engine's sampling logprobs (`SamplingSpec.logprobs`)."""
         rng = random.Random(seed)
-        cut_before = self.judge.cut_prompts
+        cut_before, skipped_before = self.judge.cut_prompts, self.judge.skipped_too_long
         probe_call = None
         if self.gate.due(step):  # before the step's pairs: a closed aspect is not judged
             probe_call = self.judge.judge(self.gate.probes, engine, seed)
-            self.gate.update(probe_call.judged)
+            self.gate.update([item for item in probe_call.judged if not item.skipped])
         texts = [[s.text for s in group] for group in groups]
         rubrics = rubrics or [self.rubric] * len(groups)
         verified = verified or [[None] * len(group) for group in groups]
@@ -146,7 +146,10 @@ class SelfCritic:
         call = self.judge.judge(rubric_jobs + calibration_jobs + anchor_jobs, engine, seed)
         judged = call.judged[: len(rubric_jobs)]
         calibrated = call.judged[len(rubric_jobs) : len(rubric_jobs) + len(calibration_jobs)]
-        invalid = sum((j.forward is None) + (j.backward is None) for j in judged)
+        # a pair too long to judge gives no outcome and no calibration example
+        calibrated = [item for item in calibrated if not item.skipped]
+        calibration_jobs = [item.job for item in calibrated]
+        invalid = sum((j.forward is None) + (j.backward is None) for j in judged if not j.skipped)
         resolved: dict[str, float] = {}
         if self.cfg.invalid_pairs == "resolve":
             judged, resolved = self.judge.resolve_invalid(judged, engine, seed + 2)
@@ -165,7 +168,8 @@ class SelfCritic:
             result.completion_tokens += probe_call.completion_tokens
         result.extra.update(self.gate.metrics())
         result.extra.update(resolved)
-        result.extra.update(_aspect_metrics(judged, verified, self.cfg.calibration))
+        judged_ones = [item for item in judged if not item.skipped]
+        result.extra.update(_aspect_metrics(judged_ones, verified, self.cfg.calibration))
         result.extra["critic/length_bias"] = length_bias(result.scores, groups)
         if calibrating:
             self._calibrate(
@@ -180,8 +184,10 @@ class SelfCritic:
             )
         if anchor_jobs:
             result.extra.update(self.anchor.drift(call.judged[-len(anchor_jobs) :]))
-        self.calibrator.excluded |= self.anchor.freeze(judged, rng)
+        self.calibrator.excluded |= self.anchor.freeze(judged_ones, rng)
         result.extra["critic/cut_prompts"] = float(self.judge.cut_prompts - cut_before)
+        skipped = self.judge.skipped_too_long - skipped_before
+        result.extra["critic/skipped_too_long"] = float(skipped)
         return result
 
     def _rubric_jobs(self, questions, texts, rubrics, rng) -> list[PairJob]:

@@ -29,7 +29,8 @@ environment lacks is refused before any work, naming the key):
   (`warmstart.enabled`) and the PTX loss (`learner.ptx_weight`);
 - `probes(per_aspect, ties, seed) -> list[PairJob]`: labelled critic pairs for the aspect gate
   (`critic.gate.source=env`).
-Left out: chat rendering of prompts (the real-tasks issue) and tool execution (the agentic one).
+Prompts are text: the trainer renders them (selfcritic/model/chat.py, the chat template with
+`Prompt.system`). Left out: tool execution (the agentic issue's).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Prompt:
     rubric: str | None = None  # the critic's rubric for this prompt; None: critic.rubric, else
     # the environment's
     env: str = ""  # the label of the environment that drew it (set by the trainer)
+    system: str | None = None  # a system prompt (a chat template's system turn)
 
 
 @dataclass

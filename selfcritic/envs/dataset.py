@@ -4,8 +4,9 @@ A file is a .jsonl, .json, .csv or .parquet file, or a directory written by `dat
 `save_to_disk` (a Dataset, or a DatasetDict whose splits `split` and `heldout_split` name).
 Columns map onto a `Prompt`: `prompt_key` (required in every row), `reference_key` (a row
 without one is rubric-only), and optionally `rubric_key` (a rubric per row) and `budget_key`
-(a token budget per row). `prompt_template` shapes the text the model sees ("{prompt}"); chat
-templates are the real-tasks issue's next part.
+(a token budget per row) and `system_key` (a system prompt per row; `system_prompt` gives one
+to every row without). `prompt_template` shapes the text of the user turn ("{prompt}"); the
+trainer renders it with the tokenizer's chat template (`data.chat_template`).
 
 The held-out split is `heldout_split` (a split of a saved DatasetDict), or `heldout_path` (a
 second file), or else a `heldout_fraction` of the rows chosen by a hash of each prompt's text
@@ -16,7 +17,7 @@ same prompts (`data.seed`).
 Bad data fails when the environment is built (the preflight builds it, before any work), naming
 the file, the row and the column: a missing file or column, an empty file, a row without a
 prompt, text that is not UTF-8. `max_rows` bounds the rows read and held: each becomes a Prompt
-in memory (`datasets` itself memory-maps its Arrow cache). Left out: chat templates, streaming.
+in memory (`datasets` itself memory-maps its Arrow cache). Left out: streaming.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class DatasetOptions:
     reference_key: str | None = "reference"  # the column of the answers; None: rubric only
     rubric_key: str | None = None  # a column naming each row's rubric
     budget_key: str | None = None  # a column of each row's token budget
+    system_key: str | None = None  # a column of each row's system prompt
+    system_prompt: str | None = None  # the system prompt of rows without their own
     prompt_template: str = "{prompt}"  # the text the model sees, e.g. "Q: {prompt}\nA:"
     split: str = "train"  # the training split of a saved DatasetDict
     heldout_split: str | None = None  # a split of a saved DatasetDict held out for evaluation
@@ -117,7 +120,7 @@ def read_rows(path: str, options: DatasetOptions, split: str) -> list[Prompt]:
         where += f" (split {split!r})"
     if len(table) == 0:
         raise ConfigError(keyed("env.path", f"{where} holds no rows"))
-    for key in ("prompt_key", "reference_key", "rubric_key", "budget_key"):
+    for key in ("prompt_key", "reference_key", "rubric_key", "budget_key", "system_key"):
         column = getattr(options, key)
         if column is not None and column not in table.column_names:
             raise ConfigError(
@@ -156,6 +159,8 @@ def row_prompt(row: dict, number: int, where: str, options: DatasetOptions) -> P
         reference=None if reference is None else str(reference),
         token_budget=budget,
         rubric=row.get(options.rubric_key) if options.rubric_key else None,
+        system=(row.get(options.system_key) if options.system_key else None)
+        or options.system_prompt,
     )
 
 

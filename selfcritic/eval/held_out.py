@@ -41,14 +41,15 @@ def evaluate_environment(
     return metrics
 
 
-def held_out_spec(cfg: Config, seed: int) -> SamplingSpec:
+def held_out_spec(cfg: Config, seed: int, stop_token_ids: tuple[int, ...] = ()) -> SamplingSpec:
     """How held-out prompts are sampled: `eval.samples` each at `eval.temperature`, the policy's
-    token budget and stop strings, no logprobs (scored by text)."""
+    token budget, stop strings and end-of-turn ids, no logprobs (scored by text)."""
     return SamplingSpec(
         n=cfg.eval.samples,
         temperature=cfg.eval.temperature,
         max_tokens=cfg.sampling.max_tokens,
         stop=tuple(cfg.sampling.stop),
+        stop_token_ids=stop_token_ids,
         seed=seed,
         logprobs=False,
     )
@@ -57,9 +58,9 @@ def held_out_spec(cfg: Config, seed: int) -> SamplingSpec:
 def held_out_metrics(env, engine, tokenizer, cfg: Config, verifier, seed: int) -> dict[str, float]:
     """The generic metrics of `env`'s held-out split (`verifier`: a VerifierPool or None)."""
     prompts = env.held_out()
-    encode = prompt_encoder(tokenizer)
-    ids = [encode(p.text) for p in prompts]
-    spec = held_out_spec(cfg, seed)
+    encode = prompt_encoder(tokenizer, cfg.data.chat_template)
+    ids = [encode(p.text, p.system) for p in prompts]
+    spec = held_out_spec(cfg, seed, encode.stop_token_ids() if encode.chat else ())
     groups = engine.generate(ids, spec)
     samples = [s for group in groups for s in group]
     checked = [k for k, prompt in enumerate(prompts) if prompt.reference is not None]

@@ -63,7 +63,7 @@ class TransformersEngine:
             output_scores=True,
             return_dict_in_generate=True,
             pad_token_id=self.pad_id,
-            eos_token_id=None if spec.ignore_eos else self.eos_id,
+            eos_token_id=None if spec.ignore_eos else self._enders(spec),
         )
         if spec.ignore_eos:
             kwargs["min_new_tokens"] = spec.max_tokens
@@ -78,6 +78,10 @@ class TransformersEngine:
             kwargs["prefix_allowed_tokens_fn"] = lambda batch_id, ids: allowed
         return kwargs
 
+    def _enders(self, spec: SamplingSpec) -> list[int]:
+        """The ids that end a sample: EOS and the spec's stop token ids."""
+        return list(dict.fromkeys([self.eos_id, *spec.stop_token_ids]))
+
     def _sample(
         self,
         prompt,
@@ -88,8 +92,9 @@ class TransformersEngine:
     ) -> Sample:
         ids = tokens.tolist()
         finish = "length"
-        if not spec.ignore_eos and self.eos_id in ids:
-            ids, finish = ids[: ids.index(self.eos_id) + 1], "stop"
+        ends = [k for k, token in enumerate(ids) if token in self._enders(spec)]
+        if not spec.ignore_eos and ends:
+            ids, finish = ids[: ends[0] + 1], "stop"
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         for stop in spec.stop:
             if stop in text:

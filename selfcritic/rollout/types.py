@@ -24,6 +24,9 @@ class SamplingSpec:
     request_indices: tuple[int, ...] = ()
     ignore_eos: bool = False  # keep generating past end-of-sequence (benchmarks: fixed lengths)
     stop: tuple[str, ...] = ()  # strings that end a sample (not included in its text)
+    # token ids that end a sample besides EOS (a chat template's end of turn; the token is the
+    # sample's last, as EOS is)
+    stop_token_ids: tuple[int, ...] = ()
     allowed_token_ids: tuple[int, ...] = ()  # restrict sampling to these (the critic's verdicts)
     top_logprobs: int = 0  # also report the k most likely tokens' logprobs at each position
     # report each sampled token's logprob (Sample.logprobs); False leaves them empty and saves

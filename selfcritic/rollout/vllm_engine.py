@@ -76,6 +76,7 @@ class VLLMEngine:
             allowed_token_ids=list(spec.allowed_token_ids) or None,
             ignore_eos=spec.ignore_eos,
             stop=list(spec.stop) or None,
+            stop_token_ids=list(spec.stop_token_ids) or None,
         )
         params = [
             SamplingParams(

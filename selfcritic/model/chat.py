@@ -1,0 +1,98 @@
+"""Prompt ids from text: through the tokenizer's chat template where there is one.
+
+`PromptEncoder` turns a prompt's text (and an optional system prompt) into the ids the engines
+and the learner see, the same ids on both sides (the engines take token ids, never text):
+- with a chat template (`data.chat_template`: "auto", the tokenizer's own; a .jinja file; or
+  "none"), the text is one user message after the optional system message, rendered with the
+  generation prompt added, then tokenized without adding special tokens (the template writes
+  its own BOS where it wants one);
+- without one, the tokenizer's BOS (if it has one), the system prompt and a blank line (if
+  any), then the text: what character-level models are trained on.
+A response ends at the template's end-of-turn token (`stop_token_ids`: the token the template
+writes right after an assistant message, found by rendering one, and the tokenizer's EOS).
+`special_texts` are the strings of the tokenizer's special tokens: a tokenizer matches them
+inside plain text, so text the model wrote must not carry them into a critic prompt.
+Left out: tool and observation turns (multi-turn chat is the agentic issue's).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selfcritic.config import ConfigError, keyed
+
+AUTO, NONE = "auto", "none"
+_PROBE = "\x00selfcritic-probe\x00"  # an assistant message no template writes by itself
+
+
+def chat_template_of(tokenizer, setting: str) -> str | None:
+    """The jinja template `data.chat_template` asks for, or None (raw text). "auto" is the
+    tokenizer's own (its default one where it has several), None when it has none."""
+    if setting == NONE:
+        return None
+    if setting == AUTO:
+        template = getattr(tokenizer, "chat_template", None)
+        if isinstance(template, dict):
+            template = template.get("default")
+        return template or None
+    path = Path(setting).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            keyed("data.chat_template", f"{setting!r} is not a file: give auto, none or a .jinja")
+        )
+    return path.read_text(encoding="utf-8")
+
+
+class PromptEncoder:
+    """text -> prompt ids (module docstring); `chat` tells whether a template renders them."""
+
+    def __init__(self, tokenizer, template: str | None = None) -> None:
+        self.tokenizer, self.template = tokenizer, template
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+    @property
+    def chat(self) -> bool:
+        return self.template is not None
+
+    def __call__(self, text: str, system: str | None = None) -> list[int]:
+        if self.template is None:
+            body = text if not system else f"{system}\n\n{text}"
+            return self.bos + self.tokenizer(body, add_special_tokens=False).input_ids
+        return self.tokenizer(self.render(text, system), add_special_tokens=False).input_ids
+
+    def render(self, text: str, system: str | None = None) -> str:
+        """The chat template's text for one user turn, the generation prompt added."""
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": text})
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.template, add_generation_prompt=True, tokenize=False
+        )
+
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """The ids that end a response: the template's end-of-turn token (where it writes a
+        special token right after an assistant message) and the tokenizer's EOS."""
+        ids = [] if self.template is None else [self._end_of_turn()]
+        ids.append(self.tokenizer.eos_token_id)
+        return tuple(dict.fromkeys(i for i in ids if i is not None))
+
+    def _end_of_turn(self) -> int | None:
+        messages = [{"role": "user", "content": "1"}, {"role": "assistant", "content": _PROBE}]
+        text = self.tokenizer.apply_chat_template(
+            messages, chat_template=self.template, tokenize=False
+        )
+        after = text.split(_PROBE, 1)[1] if _PROBE in text else ""
+        ids = self.tokenizer(after, add_special_tokens=False).input_ids
+        special = set(self.tokenizer.all_special_ids) | {
+            i for i, token in self.tokenizer.added_tokens_decoder.items() if token.special
+        }
+        return ids[0] if ids and ids[0] in special else None
+
+    def special_texts(self) -> tuple[str, ...]:
+        """The strings of the special tokens (those a tokenizer matches inside any text)."""
+        added = [t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special]
+        return tuple(sorted(set(self.tokenizer.all_special_tokens) | set(added)))
+
+
+def prompt_encoder(tokenizer, chat_template: str = AUTO) -> PromptEncoder:
+    """The encoder of `tokenizer` with `data.chat_template`'s setting resolved."""
+    return PromptEncoder(tokenizer, chat_template_of(tokenizer, chat_template))
