@@ -355,6 +355,10 @@ class DataConfig:
     # where it has one, else raw text after BOS) | none (raw text) | a .jinja file's template.
     # With a template, responses end at its end-of-turn token
     chat_template: str = "auto"
+    # a prompt of the environment's data (environments with a finite set: `all_prompts`) too
+    # long for rollout.max_model_len with sampling.max_tokens: error (refused before any work,
+    # naming the longest) | drop (left out of training and evaluation, counted on the console)
+    long_prompts: str = setting("error", one_of=("error", "drop"))
 
 
 @dataclass

@@ -48,6 +48,7 @@ from selfcritic.critic.judge import make_prompter, prompt_encoder, verdict_token
 from selfcritic.critic.judge_weights import JudgeWeights
 from selfcritic.critic.self_critic import CritiqueResult, SelfCritic
 from selfcritic.envs.base import Prompt, Trajectory
+from selfcritic.envs.reasoning import final_answer
 from selfcritic.envs.registry import build_environment, label_prompts, parts
 from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS, informative_groups
 from selfcritic.learner.learner import PolicyBatch, trust_engine_logprobs
@@ -242,9 +243,38 @@ class Trainer:
         """The environment's prompts, each labelled with its part."""
         return label_prompts(self.env, self.env.prompts(step, draw, count))
 
+    def _check_prompt_lengths(self) -> None:
+        """Every prompt of a finite environment (`all_prompts`) fits the context with
+        `sampling.max_tokens`; those that do not are refused, or dropped (`data.long_prompts`)."""
+        room = self.cfg.rollout.max_model_len - self.cfg.sampling.max_tokens
+        for label, env in self.parts.items():
+            if not hasattr(env, "all_prompts"):
+                continue
+            lengths = {p: len(self.encode(p.text, p.system)) for p in env.all_prompts()}
+            long = [p for p, length in lengths.items() if length > room]
+            if not long:
+                continue
+            longest = max(long, key=lengths.get)
+            if self.cfg.data.long_prompts == "drop":
+                env.keep_prompts(lambda p, long=frozenset(long): p not in long)
+                print(f"{label}: dropped {len(long)} prompts longer than {room} tokens")
+                continue
+            raise ConfigError(
+                keyed(
+                    "data.long_prompts",
+                    f"{len(long)} prompts of {label!r} leave no room for sampling.max_tokens="
+                    f"{self.cfg.sampling.max_tokens} in rollout.max_model_len="
+                    f"{self.cfg.rollout.max_model_len}; the longest ({lengths[longest]} "
+                    f"tokens) begins {longest.text[:60]!r}: set data.long_prompts=drop to "
+                    "leave them out, or raise rollout.max_model_len",
+                )
+            )
+
     def _check_with_tokenizer(self) -> None:
-        """What needs the tokenizer, before any long work: the lengths rule
-        (preflight.context_problems) on the first step's prompts, one token per verdict letter."""
+        """What needs the tokenizer, before any long work: every prompt's length where the
+        environment has a finite set, the lengths rule (preflight.context_problems) on the
+        first step's prompts, one token per verdict letter."""
+        self._check_prompt_lengths()
         prompts = self.prompts(1, 0, self.cfg.data.prompts_per_step)
         specs = {p.rubric or self.default_rubric(p.env) for p in prompts}
         aspects = []
@@ -351,6 +381,9 @@ class Trainer:
                 self.pool, self.env, prompts, ids, draw_spec, self.encode_observation,
                 self.cfg.rollout.max_model_len, getattr(self.env, "max_turns", 1),
             )  # fmt: skip
+            no_final = self._strip_reasoning(groups)
+            if draw == 0:
+                metrics["reward/no_final_answer"] = no_final
             middle = time.perf_counter()
             scores, penalties = self._verify(prompts, groups, metrics, first_draw=draw == 0)
             rollout_s, verify_s = (
@@ -467,6 +500,27 @@ class Trainer:
                 self.judge_weights.after_update(buckets)
         return learner_metrics
 
+    def _answer_of(self, prompt: Prompt, text: str) -> str:
+        """What the verifier and critic see of `text`: its final part where the prompt's
+        environment strips a reasoning block ("" where there is none)."""
+        tags = getattr(self.parts[prompt.env], "reasoning_tags", None)
+        answer = final_answer(text, tags)
+        return "" if answer is None else answer
+
+    def _strip_reasoning(self, groups: list[list[Trajectory]]) -> float:
+        """Set each trajectory's `answer` where its environment strips a reasoning block;
+        the share of responses with no final part."""
+        missing = total = 0
+        for group in groups:
+            for trajectory in group:
+                tags = getattr(self.parts[trajectory.prompt.env], "reasoning_tags", None)
+                total += 1
+                if tags:
+                    answer = final_answer(trajectory.text, tags)
+                    trajectory.answer = "" if answer is None else answer
+                    missing += answer is None
+        return missing / max(total, 1)
+
     def _verify(
         self, prompts: list[Prompt], groups, metrics: dict, first_draw: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -488,9 +542,11 @@ class Trainer:
                 )
                 if prompt.reference is not None and pool is not None:
                     text = (
-                        episode.text
+                        episode.answer_text
                         if len(ids) == len(episode.completion_ids)
-                        else self.tokenizer.decode(ids, skip_special_tokens=True)
+                        else self._answer_of(
+                            prompt, self.tokenizer.decode(ids, skip_special_tokens=True)
+                        )
                     )
                     jobs.append((pool, text, prompt.reference))
                     where.append((g, i))

@@ -8,6 +8,8 @@ kind of bad data refused before any work with its file, row and column named, an
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -209,6 +211,8 @@ def test_a_users_jsonl_trains_two_steps_and_evaluates(tmp_path, cache_dir):
     assert samples and {s["prompt"] for s in samples} <= questions
     metrics, _ = evaluate_checkpoint(out / "checkpoint", tmp_path, "eval.samples=2")
     assert 0 <= metrics["eval/verifier_mean"] <= 1 and metrics["eval/verifier_failed"] == 0
+    # the critic on the model's own held-out (correct, wrong) pairs: none where all are wrong
+    assert metrics["eval/critic_pairs"] >= 0 and "eval/critic_agreement" in metrics
 
 
 def test_long_prompts_train_with_critic_prompts_cut_and_counted(tmp_path, cache_dir):
@@ -240,4 +244,37 @@ def test_long_prompts_train_with_critic_prompts_cut_and_counted(tmp_path, cache_
     )
     for record in records[1:]:
         assert record["critic/cut_prompts"] > 0 and record["critic/judgements"] > 0
+        assert record["critic/skipped_too_long"] == 0  # the questions fit: answers are cut
         assert record["reward/verifier_failed"] == 0 and record["critic/invalid_rate"] < 1
+
+
+def test_prompts_too_long_for_the_context_are_refused_or_dropped(tmp_path, cache_dir):
+    """A data file whose third row cannot fit the context with sampling.max_tokens: refused
+    before any work (the first step's prompts alone would not show it), or left out with
+    data.long_prompts=drop and the run trains."""
+    rows = [*ROWS[:2], {"question": "Why? " * 60, "answer": 1}, *ROWS[2:]]  # 300 characters
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
+    settings = ["env=dataset", f"env.path={data}", "env.prompt_key=question"]
+    settings += ["env.reference_key=answer", "reward.verifier=exact_number"]
+    settings += ["env.heldout_fraction=0.25", "data.prompts_per_step=2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "selfcritic.run", "+experiment=nano_quick", *settings,
+         "trainer.steps=1", f"trainer.output_dir={tmp_path / 'refused'}",
+         f"trainer.cache_dir={cache_dir}",
+         "tracking.wandb_mode=disabled"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "config key 'data.long_prompts': 1 prompts of 'dataset'" in done.stderr
+    assert "(301 tokens) begins 'Why? Why?" in done.stderr  # BOS and 300 characters
+    assert not (tmp_path / "refused" / "metrics.jsonl").exists()
+    # with a reasoning block to strip that the random model never closes: every answer has
+    # no final part, so the verifier sees "" and scores 0
+    reasoning = "env.reasoning_tags=['<think>','</think>']"
+    records = train_two_steps(
+        tmp_path / "dropped", cache_dir, *settings, "data.long_prompts=drop", reasoning
+    )
+    for record in records[1:]:
+        assert record["reward/verifier_failed"] == 0 and record["reward/no_final_answer"] == 1
+        assert record["reward/verifiable_mean"] == 0
+    assert records[-1]["eval/no_final_answer"] == 1

@@ -28,7 +28,10 @@ environment lacks is refused before any work, naming the key):
 - `corpus(tokenizer) -> Corpus`: supervised (context, target) pairs for the warm-start
   (`warmstart.enabled`) and the PTX loss (`learner.ptx_weight`);
 - `probes(per_aspect, ties, seed) -> list[PairJob]`: labelled critic pairs for the aspect gate
-  (`critic.gate.source=env`).
+  (`critic.gate.source=env`);
+- `all_prompts()` and `keep_prompts(keep)`: a finite environment's every prompt, which the
+  trainer checks for length before any work, and how it leaves out those too long
+  (`data.long_prompts`).
 Prompts are text: the trainer renders them (selfcritic/model/chat.py, the chat template with
 `Prompt.system`). Left out: tool execution (the agentic issue's).
 """
@@ -96,6 +99,14 @@ class Trajectory:
     info: dict = field(default_factory=dict)
     turn_finish: list[str] = field(default_factory=list)  # the engine's, per turn: stop | length
     logprobs_reported: bool = True  # False: the engine reported none (`logprobs` all 0.0)
+    # what the verifier and the critic see where the environment strips a reasoning block
+    # (selfcritic/envs/reasoning.py; "" when there is no final part); None: `text`
+    answer: str | None = None
+
+    @property
+    def answer_text(self) -> str:
+        """What the verifier and the critic judge: `answer` where set, else `text`."""
+        return self.text if self.answer is None else self.answer
 
     @property
     def completion_ids(self) -> list[int]:

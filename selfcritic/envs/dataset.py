@@ -28,6 +28,7 @@ from pathlib import Path
 
 from selfcritic.config import Config, ConfigError, keyed, setting
 from selfcritic.envs.base import Prompt, SingleTurn, is_heldout
+from selfcritic.envs.reasoning import check_tags
 from selfcritic.envs.registry import register_environment
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -56,6 +57,9 @@ class DatasetOptions:
     max_rows: int | None = setting(None, ge=1)  # rows read at most (None: all)
     verifier: str | None = None  # the verifier of the references; None: reward.verifier's
     rubric: str = "k2_core"  # the critic's rubric for rows without their own
+    # [OPEN, CLOSE] of a reasoning block (e.g. [<think>, </think>]) stripped before the verifier
+    # and the critic see a response (selfcritic/envs/reasoning.py); None: they see it whole
+    reasoning_tags: list[str] | None = None
 
 
 @register_environment("dataset", DatasetOptions)
@@ -65,6 +69,7 @@ class DatasetEnvironment(SingleTurn):
     def __init__(self, options: DatasetOptions, cfg: Config) -> None:
         self.name, self.options, self.seed = options.name, options, cfg.data.seed
         self.verifier, self.rubric = options.verifier, options.rubric
+        self.reasoning_tags = check_tags(options.reasoning_tags)
         rows = read_rows(options.path, options, options.split)
         if options.heldout_path is not None:
             self.train = rows
@@ -89,6 +94,17 @@ class DatasetEnvironment(SingleTurn):
 
     def held_out(self) -> list[Prompt]:
         return self.heldout[: self.options.heldout_max]
+
+    def all_prompts(self) -> list[Prompt]:
+        """Every prompt it may show the model: what the trainer checks for length."""
+        return self.train + self.held_out()
+
+    def keep_prompts(self, keep) -> None:
+        """Leave out the prompts `keep` rejects (before any draw: the walk is over the rest)."""
+        self.train = [p for p in self.train if keep(p)]
+        self.heldout = [p for p in self.heldout if keep(p)]
+        if not self.train:
+            raise ConfigError(keyed("data.long_prompts", "no training prompt is short enough"))
 
     def _position(self, index: int) -> int:
         """The row at position `index` of the infinite walk: epoch after epoch, each a seeded

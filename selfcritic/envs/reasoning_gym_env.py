@@ -19,6 +19,7 @@ from typing import Any
 
 from selfcritic.config import Config, ConfigError, keyed, setting
 from selfcritic.envs.base import Prompt, SingleTurn
+from selfcritic.envs.reasoning import check_tags
 from selfcritic.envs.registry import register_environment
 
 
@@ -37,6 +38,9 @@ class ReasoningGymOptions:
     # response, stripped
     answer_tag: str | None = None
     rubric: str = "k2_core"
+    # [OPEN, CLOSE] of a reasoning block (e.g. [<think>, </think>]) stripped before the verifier
+    # and the critic see a response (selfcritic/envs/reasoning.py); None: they see it whole
+    reasoning_tags: list[str] | None = None
 
 
 @register_environment("reasoning_gym", ReasoningGymOptions)
@@ -56,6 +60,7 @@ class ReasoningGym(SingleTurn):
                 )
             )
         self.name, self.options, self.rubric = options.name, options, options.rubric
+        self.reasoning_tags = check_tags(options.reasoning_tags)
         self.train_seed = cfg.data.seed * 7919 + 17  # never heldout_seed for data.seed in range
         try:
             self.heldout_set = self._entries(options.heldout_seed, options.heldout_size)

@@ -8,9 +8,13 @@ at `eval.temperature` (the policy's `sampling.max_tokens` and stop strings, one 
 - `eval/pass_at_n`: the share of those prompts with at least one of their n = `eval.samples`
   samples scored 1 (pass@n, the unbiased estimator's value at k = n);
 - `eval/greedy_mean`: the mean score of one greedy (temperature 0) answer per such prompt;
-- `eval/response_tokens` and `eval/truncated_rate` (of the sampled answers).
+- `eval/response_tokens`, `eval/truncated_rate` and `eval/no_final_answer` (of the sampled
+  answers; the last where the environment strips a reasoning block);
+- with the critic on, its agreement with the verifier on (correct, wrong) pairs of these
+  samples, its position consistency and invalid rate (selfcritic/eval/critic_quality.py).
+The verifier and the critic see each answer's final part (selfcritic/envs/reasoning.py).
 In a mixture each part is evaluated on its own and its metrics are named `eval/<label>/...`.
-Left out: multi-turn held-out episodes (the agentic issue) and the critic on generic splits.
+Left out: multi-turn held-out episodes (the agentic issue).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import dataclasses
 
 from selfcritic.config import Config
 from selfcritic.critic.judge import prompt_encoder
+from selfcritic.envs.reasoning import final_answer
+from selfcritic.eval.critic_quality import critic_on_held_out, critic_pairs
 from selfcritic.rollout.types import SamplingSpec
 
 DEFAULT_HEADLINE = ("eval/verifier_mean",)
@@ -64,9 +70,13 @@ def held_out_metrics(env, engine, tokenizer, cfg: Config, verifier, seed: int) -
     groups = engine.generate(ids, spec)
     samples = [s for group in groups for s in group]
     checked = [k for k, prompt in enumerate(prompts) if prompt.reference is not None]
+    tags = getattr(env, "reasoning_tags", None)
+    answers = [[final_answer(s.text, tags) for s in group] for group in groups]
     metrics = {
         "eval/response_tokens": sum(len(s.completion_ids) for s in samples) / max(len(samples), 1),
         "eval/truncated_rate": sum(s.finish_reason == "length" for s in samples)
+        / max(len(samples), 1),
+        "eval/no_final_answer": sum(a is None for row in answers for a in row)
         / max(len(samples), 1),
     }
     if not checked or verifier is None:
@@ -80,19 +90,28 @@ def held_out_metrics(env, engine, tokenizer, cfg: Config, verifier, seed: int) -
     greedy = engine.generate(
         [ids[k] for k in checked], dataclasses.replace(spec, n=1, temperature=0.0)
     )
-    jobs = [(sample.text, prompts[k].reference) for k in checked for sample in groups[k]]
+    answers = [[a or "" for a in row] for row in answers]  # no final part: judged as ""
+    jobs = [(a, prompts[k].reference) for k in checked for a in answers[k]]
     jobs += [
-        (group[0].text, prompts[k].reference) for k, group in zip(checked, greedy, strict=True)
+        (final_answer(group[0].text, tags) or "", prompts[k].reference)
+        for k, group in zip(checked, greedy, strict=True)
     ]
     results, stats = verifier.score(jobs)
     scores = [r.score for r in results]
     sampled = len(checked) * spec.n
-    return metrics | {
+    metrics |= {
         "eval/verifier_mean": sum(scores[:sampled]) / sampled,
         "eval/verifier_failed": stats.failed / len(jobs),
         "eval/pass_at_n": pass_at_n(scores[:sampled], spec.n),
         "eval/greedy_mean": sum(scores[sampled:]) / len(checked),
     }
+    if cfg.critic.enabled:
+        rows = [scores[i * spec.n : (i + 1) * spec.n] for i in range(len(checked))]
+        pairs = critic_pairs(
+            [prompts[k].text for k in checked], [answers[k] for k in checked], rows, cfg, seed
+        )
+        metrics |= critic_on_held_out(pairs, engine, encode, tokenizer, cfg, seed)
+    return metrics
 
 
 def pass_at_n(scores: list[float], n: int) -> float:

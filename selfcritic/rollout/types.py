@@ -51,6 +51,11 @@ class Sample:
     weight_version: int
     top_logprobs: tuple[dict[int, float], ...] = ()  # per position, when SamplingSpec asks
 
+    @property
+    def answer_text(self) -> str:
+        """What a critic judges (a Trajectory's may strip a reasoning block): the text."""
+        return self.text
+
 
 def request_seed(seed: int, index: int) -> int:
     """The seed of prompt `index` of a call seeded with `seed` (a 63-bit mix of both)."""

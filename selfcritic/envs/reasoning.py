@@ -1,0 +1,37 @@
+"""Reasoning blocks: the final part of a response that thinks first (`<think>...</think>`).
+
+An environment whose options set `reasoning_tags: [OPEN, CLOSE]` (every built-in one over real
+data has the option) has each response's reasoning block stripped before the verifier and the
+critic see it: they see what follows the last CLOSE, stripped of surrounding whitespace. A
+response that never closes its block (cut by the token budget while thinking, or one that
+ignored the format) has no final part: both see "" and it is counted (`reward/no_final_answer`,
+the share of a step's responses). The policy still learns on every token it wrote, the block
+included. Left out: several interleaved blocks (only the text after the last CLOSE counts) and
+templates that put the block in a separate message field.
+"""
+
+from __future__ import annotations
+
+from selfcritic.config import ConfigError, keyed
+
+
+def final_answer(text: str, tags: tuple[str, str] | list[str] | None) -> str | None:
+    """The part of `text` the verifier and critic see: after the last closing tag, stripped;
+    None when `tags` are set and the block was never closed. Without tags, `text` itself."""
+    if not tags:
+        return text
+    closing = tags[1]
+    if closing not in text:
+        return None
+    return text.rsplit(closing, 1)[1].strip()
+
+
+def check_tags(tags) -> tuple[str, str] | None:
+    """`env.reasoning_tags` as a pair of non-empty strings, or None; ConfigError otherwise."""
+    if tags is None:
+        return None
+    if len(tags) != 2 or not all(isinstance(t, str) and t for t in tags):
+        raise ConfigError(
+            keyed("env.reasoning_tags", f"must be [OPEN, CLOSE], e.g. [<think>, </think>]: {tags}")
+        )
+    return tags[0], tags[1]
