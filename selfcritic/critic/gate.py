@@ -146,9 +146,9 @@ def unchecked_warning(
         return None
     return (
         f"warning: critic aspect(s) {', '.join(unchecked)} have no probe pairs "
-        f"(critic.gate.source={cfg.gate.source}): their verdicts reach the reward unchecked. "
-        "Measure them with `python -m selfcritic.critic check-rubric` and give labelled pairs "
-        "(docs/critic.md, Checking a rubric)"
+        f"(critic.gate.source={cfg.gate.source or 'null'}): their verdicts reach the reward "
+        "unchecked. Measure them with `python -m selfcritic.critic check-rubric` and give "
+        "labelled pairs (docs/critic.md, Checking a rubric)"
     )
 
 
