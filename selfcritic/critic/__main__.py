@@ -215,6 +215,8 @@ def parse_check_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-model-len", type=int, help="default: the model's context length")
     parser.add_argument("--cache-dir", default="~/.cache/selfcritic")
     args = parser.parse_args(argv)
+    if args.pairs_per_aspect < 1 or args.tie_pairs_per_aspect < 0:
+        parser.error("--pairs-per-aspect must be at least 1, --tie-pairs-per-aspect at least 0")
     if args.env is None and args.probes is None:
         parser.error(
             "give --env NAME, --probes FILE.jsonl or both: where the probe pairs come from"
