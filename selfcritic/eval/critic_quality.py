@@ -21,8 +21,8 @@ import math
 import random
 
 from selfcritic.config import Config
-from selfcritic.critic.aggregate import order_flipped
 from selfcritic.critic.calibration import agreement, calibration_pairs
+from selfcritic.critic.check_rubric import invalid_rate, position_consistency
 from selfcritic.critic.judge import Judge, Judged, PairJob, verdict_token_ids
 
 PAIRS_PER_PROMPT = 2
@@ -30,24 +30,11 @@ PAIRS_PER_PROMPT = 2
 
 def quality(judged: list[Judged]) -> dict[str, float]:
     """The metrics of pairs judged with the verified-correct answer `first` (docstring)."""
-    nan = math.nan
-    if not judged:
-        return {
-            "eval/critic_agreement": nan,
-            "eval/critic_consistency": nan,
-            "eval/critic_invalid_rate": nan,
-            "eval/critic_pairs": 0.0,
-        }
-    valid = [item for item in judged if item.valid]
-    verdicts = [v for item in judged for v in (item.forward, item.backward)]
+    agreements = [agreement(item.outcome) for item in judged]
     return {
-        "eval/critic_agreement": sum(agreement(item.outcome) for item in judged) / len(judged),
-        "eval/critic_consistency": (
-            sum(not order_flipped(i.forward, i.backward) for i in valid) / len(valid)
-            if valid
-            else nan
-        ),
-        "eval/critic_invalid_rate": sum(v is None for v in verdicts) / len(verdicts),
+        "eval/critic_agreement": sum(agreements) / len(agreements) if judged else math.nan,
+        "eval/critic_consistency": position_consistency(judged),
+        "eval/critic_invalid_rate": invalid_rate(judged),
         "eval/critic_pairs": float(len(judged)),
     }
 
