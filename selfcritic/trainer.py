@@ -53,7 +53,7 @@ from selfcritic.envs.registry import build_environment, label_prompts, parts
 from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS, informative_groups
 from selfcritic.learner.learner import PolicyBatch, trust_engine_logprobs
 from selfcritic.preflight import context_problems
-from selfcritic.rollout.episodes import run_episodes
+from selfcritic.rollout.episodes import Observing, run_episodes
 from selfcritic.rollout.types import Sample, SamplingSpec
 from selfcritic.schedule import annealed, lr_scale_at
 from selfcritic.tracking import Tracker, console_line
@@ -176,10 +176,13 @@ class Trainer:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
         # prompt ids: through the chat template (data.chat_template), else BOS and the text
         self.encode = prompt_encoder(self.tokenizer, cfg.data.chat_template)
-        self.encode_observation = lambda text: (
-            self.tokenizer(text, add_special_tokens=False).input_ids
-        )  # an environment's observation: its text only
+        self.encode_observation = self.encode.observation  # a turn of its own (chat.py)
         self._check_with_tokenizer()
+        self.observing = Observing(
+            close_turn=self.encode.stop_token_ids() if self.encode.chat else (),
+            max_tokens=getattr(self.env, "max_observation_tokens", None),
+            parallel=getattr(self.env, "parallel_steps", 1),
+        )
         # the environment's supervised pairs, made once for the warm-start and RL's PTX
         corpus_of = self._first_part_with("corpus")
         uses_ptx = cfg.learner.ptx_weight > 0 and cfg.warmstart.ptx_per_step > 0
@@ -381,12 +384,13 @@ class Trainer:
             start = time.perf_counter()
             # distinct per-request seeds for every draw (request_seed of first_index + i)
             draw_spec = dataclasses.replace(spec, first_index=draw * DRAW_SEED_STRIDE)
-            ids = [self.encode(p.text, p.system) for p in prompts]
+            ids = [self.encode(p.text, p.system, p.tools) for p in prompts]
             groups = run_episodes(
                 self.pool, self.env, prompts, ids, draw_spec, self.encode_observation,
                 self.cfg.rollout.max_model_len, getattr(self.env, "max_turns", 1),
+                self.observing,
             )  # fmt: skip
-            no_final = self._strip_reasoning(groups)
+            no_final = self._set_answers(groups)
             if draw == 0:
                 metrics["reward/no_final_answer"] = no_final
             middle = time.perf_counter()
@@ -512,16 +516,20 @@ class Trainer:
         answer = final_answer(text, tags)
         return "" if answer is None else answer
 
-    def _strip_reasoning(self, groups: list[list[Trajectory]]) -> float:
-        """Set each trajectory's `answer` where its environment strips a reasoning block;
-        the share of responses with no final part."""
+    def _set_answers(self, groups: list[list[Trajectory]]) -> float:
+        """Set each trajectory's `answer` where its environment asks: the last turn alone
+        (`answer_is_last_turn`: a tool episode's final answer) and/or its final part after a
+        reasoning block (`reasoning_tags`); the share of responses with no final part."""
         missing = total = 0
         for group in groups:
             for trajectory in group:
-                tags = getattr(self.parts[trajectory.prompt.env], "reasoning_tags", None)
+                env = self.parts[trajectory.prompt.env]
+                tags = getattr(env, "reasoning_tags", None)
+                last_only = getattr(env, "answer_is_last_turn", False) and trajectory.texts
                 total += 1
-                if tags:
-                    answer = final_answer(trajectory.text, tags)
+                if tags or last_only:
+                    text = trajectory.texts[-1] if last_only else trajectory.text
+                    answer = final_answer(text, tags)
                     trajectory.answer = "" if answer is None else answer
                     missing += answer is None
         return missing / max(total, 1)

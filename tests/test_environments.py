@@ -247,6 +247,11 @@ def test_a_user_environment_outside_the_repo_trains_and_evaluates(user_env, cach
         "eval/greedy_mean",
         "eval/response_tokens",
         "eval/truncated_rate",
+        "eval/no_final_answer",
+        "eval/critic_agreement",
+        "eval/critic_consistency",
+        "eval/critic_invalid_rate",
+        "eval/critic_pairs",
     }
     assert 0 <= metrics["eval/pass_at_n"] <= 1 and 0 <= metrics["eval/greedy_mean"] <= 1
     assert metrics["eval/pass_at_n"] >= metrics["eval/verifier_mean"] - 1e-9  # 0/1 scores

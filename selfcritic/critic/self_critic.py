@@ -134,7 +134,7 @@ class SelfCritic:
         if self.gate.due(step):  # before the step's pairs: a closed aspect is not judged
             probe_call = self.judge.judge(self.gate.probes, engine, seed)
             self.gate.update([item for item in probe_call.judged if not item.skipped])
-        texts = [[s.answer_text for s in group] for group in groups]
+        texts = [[s.critic_text for s in group] for group in groups]
         rubrics = rubrics or [self.rubric] * len(groups)
         verified = verified or [[None] * len(group) for group in groups]
         rubric_jobs = self._rubric_jobs(questions, texts, rubrics, rng)

@@ -54,6 +54,9 @@ class Prompt:
     # the environment's
     env: str = ""  # the label of the environment that drew it (set by the trainer)
     system: str | None = None  # a system prompt (a chat template's system turn)
+    # the tools offered, as JSON text of a list of function schemas ({"type": "function",
+    # "function": {name, description, parameters}}) a chat template renders; None: no tools
+    tools: str | None = None
 
 
 @dataclass
@@ -81,6 +84,9 @@ class Step:
     done: bool = False
 
 
+OBSERVATION_LABEL = "observation"  # how the critic's transcript marks the environment's turns
+
+
 @dataclass
 class Trajectory:
     """One episode, token in and token out. `ids[:prompt_length]` is the prompt; after it,
@@ -99,14 +105,31 @@ class Trajectory:
     info: dict = field(default_factory=dict)
     turn_finish: list[str] = field(default_factory=list)  # the engine's, per turn: stop | length
     logprobs_reported: bool = True  # False: the engine reported none (`logprobs` all 0.0)
+    observations: list[str] = field(default_factory=list)  # the environment's, as text ("":
+    # given as ids), one after each model turn but the last
+    observation_cuts: int = 0  # observations cut to their budget
     # what the verifier and the critic see where the environment strips a reasoning block
     # (selfcritic/envs/reasoning.py; "" when there is no final part); None: `text`
     answer: str | None = None
 
     @property
     def answer_text(self) -> str:
-        """What the verifier and the critic judge: `answer` where set, else `text`."""
+        """What the verifier judges: `answer` where set, else `text`."""
         return self.text if self.answer is None else self.answer
+
+    @property
+    def critic_text(self) -> str:
+        """What the critic judges: the answer, after the episode's earlier turns and their
+        observations where there were any (each observation in brackets), so a rubric can judge
+        the process too (needless calls, results used faithfully)."""
+        if not self.observations:
+            return self.answer_text
+        parts = [
+            f"{turn.strip()} [{OBSERVATION_LABEL}: {observation.strip()}]"
+            for turn, observation in zip(self.texts[:-1], self.observations, strict=False)
+        ]
+        last = self.texts[-1] if self.answer is None else self.answer
+        return " ".join([*parts, last.strip()])
 
     @property
     def completion_ids(self) -> list[int]:

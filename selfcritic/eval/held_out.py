@@ -65,7 +65,7 @@ def held_out_metrics(env, engine, tokenizer, cfg: Config, verifier, seed: int) -
     """The generic metrics of `env`'s held-out split (`verifier`: a VerifierPool or None)."""
     prompts = env.held_out()
     encode = prompt_encoder(tokenizer, cfg.data.chat_template)
-    ids = [encode(p.text, p.system) for p in prompts]
+    ids = [encode(p.text, p.system, p.tools) for p in prompts]
     spec = held_out_spec(cfg, seed, encode.stop_token_ids() if encode.chat else ())
     groups = engine.generate(ids, spec)
     samples = [s for group in groups for s in group]

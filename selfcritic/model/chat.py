@@ -10,13 +10,21 @@ and the learner see, the same ids on both sides (the engines take token ids, nev
   any), then the text: what character-level models are trained on.
 A response ends at the template's end-of-turn token (`stop_token_ids`: the token the template
 writes right after an assistant message, found by rendering one, and the tokenizer's EOS).
+In a multi-turn episode an environment's observation is a turn of its own (`observation`): with a
+template, the ids the template writes after the model's end-of-turn token, the observation as a
+`tool` (or `user`) message, and the next generation prompt, found as the difference of two
+renderings, so the episode's earlier ids are never re-tokenized; without one, the raw text.
+Tools offered to the model (`Prompt.tools`, JSON schemas) are passed to the template, which
+renders them its own way (where it has no tools section they are not shown: the environment's
+prompt text must then list them).
 `special_texts` are the strings of the tokenizer's special tokens: a tokenizer matches them
 inside plain text, so text the model wrote must not carry them into a critic prompt.
-Left out: tool and observation turns (multi-turn chat is the agentic issue's).
+Left out: several observations in one turn (one message per observation).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from selfcritic.config import ConfigError, keyed
@@ -54,18 +62,49 @@ class PromptEncoder:
     def chat(self) -> bool:
         return self.template is not None
 
-    def __call__(self, text: str, system: str | None = None) -> list[int]:
+    def __call__(self, text: str, system: str | None = None, tools=None) -> list[int]:
+        """The prompt's ids; `tools`: the schemas (or their JSON text) the template renders
+        (ignored without a template)."""
         if self.template is None:
             body = text if not system else f"{system}\n\n{text}"
             return self.bos + self.tokenizer(body, add_special_tokens=False).input_ids
-        return self.tokenizer(self.render(text, system), add_special_tokens=False).input_ids
+        rendered = self.render(text, system, json.loads(tools) if isinstance(tools, str) else tools)
+        return self.tokenizer(rendered, add_special_tokens=False).input_ids
 
-    def render(self, text: str, system: str | None = None) -> str:
+    def render(self, text: str, system: str | None = None, tools=None) -> str:
         """The chat template's text for one user turn, the generation prompt added."""
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": text})
+        return self._apply(messages, tools=tools, add_generation_prompt=True)
+
+    def observation(self, text: str, role: str = "tool") -> list[int]:
+        """The ids that follow a model turn ended by the end-of-turn token: the observation as
+        a `role` message and the next generation prompt; the raw text without a template."""
+        if self.template is None:
+            return self.tokenizer(text, add_special_tokens=False).input_ids
+        history = [{"role": "user", "content": "1"}, {"role": "assistant", "content": _PROBE}]
+        before = self._apply(history)
+        after = self._apply([*history, {"role": role, "content": text}], add_generation_prompt=True)
+        if not after.startswith(before) or _PROBE not in before:
+            raise ValueError(
+                "the chat template renders an earlier turn differently once a later one follows:"
+                " its observations cannot be appended as ids (set data.chat_template to one that"
+                " can)"
+            )
+        end_of_turn = before.split(_PROBE, 1)[1]  # what the template writes after the turn
+        eot = self._end_of_turn()
+        written = self.tokenizer.decode([eot]) if eot is not None else ""
+        # the model wrote its end-of-turn token: what follows it is the observation's
+        suffix = end_of_turn.removeprefix(written) + after[len(before) :]
+        return self.tokenizer(suffix, add_special_tokens=False).input_ids
+
+    def _apply(self, messages, tools=None, add_generation_prompt: bool = False) -> str:
         return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.template, add_generation_prompt=True, tokenize=False
+            messages,
+            chat_template=self.template,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=False,
         )
 
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -77,9 +116,7 @@ class PromptEncoder:
 
     def _end_of_turn(self) -> int | None:
         messages = [{"role": "user", "content": "1"}, {"role": "assistant", "content": _PROBE}]
-        text = self.tokenizer.apply_chat_template(
-            messages, chat_template=self.template, tokenize=False
-        )
+        text = self._apply(messages)
         after = text.split(_PROBE, 1)[1] if _PROBE in text else ""
         ids = self.tokenizer(after, add_special_tokens=False).input_ids
         special = set(self.tokenizer.all_special_ids) | {

@@ -11,20 +11,35 @@
   `encode_observation`, no BOS), appended with loss mask 0, or the end of the episode.
 An episode also ends after `max_turns` turns ("turns") or when the context has no room for
 another token ("length": an observation is cut at the context); a turn's `max_tokens` shrinks
-to the room left. The records are
+to the room left. The history is never re-tokenized: each turn and observation appends ids, so
+the learner sees exactly the ids the engine conditioned on. `Observing` says how observations
+join: `close_turn`, the end-of-turn ids a chat template expects after a model turn, are
+appended (mask 0) where the turn did not end with one (cut by its token budget);
+`max_tokens` cuts each observation (counted in `Trajectory.observation_cuts`); `parallel`
+environment steps run at once in threads (tool calls wait on I/O). The records are
 `Trajectory`s (selfcritic/envs/base.py). Left out: overlapping turns of different episodes
-(asynchronous rollout) and tool execution, which an environment's `step` does.
+(asynchronous rollout); tool execution is the environment's `step`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from selfcritic.envs.base import Environment, Episode, Prompt, Trajectory
 from selfcritic.rollout.types import RolloutEngine, Sample, SamplingSpec
 
 TURN_SEED_STRIDE = 100_000_000  # request indices of turn t > 0 start at t * this (draws: 1e6)
+
+
+@dataclasses.dataclass(frozen=True)
+class Observing:
+    """How observations join an episode (module docstring)."""
+
+    close_turn: tuple[int, ...] = ()  # end-of-turn ids: the first closes a cut turn
+    max_tokens: int | None = None  # an observation's ids at most (None: the context's room)
+    parallel: int = 1  # environment steps run at once
 
 
 @dataclasses.dataclass
@@ -45,6 +60,7 @@ def run_episodes(
     encode_observation: Callable[[str], list[int]],
     context_len: int,
     max_turns: int = 1,
+    observing: Observing = Observing(),
 ) -> list[list[Trajectory]]:
     """`spec.n` trajectories for each prompt (`prompt_ids` its tokens), in prompt order."""
     groups = engine.generate(prompt_ids, spec)
@@ -62,7 +78,7 @@ def run_episodes(
             _add_turn(trajectory, sample)
         result.append(trajectories)
     for turn in range(1, max_turns + 1):
-        running = _answer(env, running, encode_observation, context_len, turn, max_turns)
+        running = _answer(env, running, encode_observation, context_len, turn, max_turns, observing)
         if not running:
             break
         turn_spec = dataclasses.replace(
@@ -91,25 +107,28 @@ def _answer(
     context_len: int,
     turns_done: int,
     max_turns: int,
+    observing: Observing,
 ) -> list[_Running]:
     """The environment's step on each episode's last turn; the episodes that go on."""
+
+    def step(item: _Running):
+        start, end, _ = item.trajectory.turns[-1]
+        turn = item.trajectory.texts[-1]
+        return env.step(item.episode, turn, tuple(item.trajectory.ids[start:end]))
+
+    if observing.parallel > 1 and len(running) > 1:
+        with ThreadPoolExecutor(min(observing.parallel, len(running))) as threads:
+            answers = list(threads.map(step, running))
+    else:
+        answers = [step(item) for item in running]
     going = []
-    for item in running:
+    for item, answer in zip(running, answers, strict=True):
         trajectory = item.trajectory
-        start, end, _ = trajectory.turns[-1]
-        answer = env.step(item.episode, trajectory.texts[-1], tuple(trajectory.ids[start:end]))
         trajectory.info = item.episode.info
         if answer.done:
             trajectory.finish_reason = "done"
             continue
-        observation = answer.observation or ()
-        if isinstance(observation, str):
-            observation = encode_observation(observation)
-        room = context_len - len(trajectory.ids)
-        observation = list(observation)[: max(room, 0)]  # never past the context
-        trajectory.ids.extend(observation)
-        trajectory.loss_mask.extend([0] * len(observation))
-        trajectory.logprobs.extend([0.0] * len(observation))
+        _observe(trajectory, answer.observation, encode_observation, context_len, observing)
         if turns_done >= max_turns:
             trajectory.finish_reason = "turns"
         elif len(trajectory.ids) >= context_len:
@@ -117,6 +136,24 @@ def _answer(
         else:
             going.append(item)
     return going
+
+
+def _observe(trajectory, observation, encode_observation, context_len, observing) -> None:
+    """Append an observation (text or ids), after closing a cut turn, within the budgets."""
+    text = observation if isinstance(observation, str) else None
+    ids = list(encode_observation(text) if text is not None else observation or ())
+    close = observing.close_turn
+    if close and trajectory.ids[-1] not in close:
+        ids = [close[0], *ids]  # the turn was cut: the template's end of turn closes it
+    if observing.max_tokens is not None and len(ids) > observing.max_tokens:
+        ids = ids[: observing.max_tokens]
+        trajectory.observation_cuts += 1
+    room = context_len - len(trajectory.ids)
+    ids = ids[: max(room, 0)]  # never past the context
+    trajectory.ids.extend(ids)
+    trajectory.loss_mask.extend([0] * len(ids))
+    trajectory.logprobs.extend([0.0] * len(ids))
+    trajectory.observations.append(text if text is not None else "")
 
 
 def _next_turn(

@@ -53,7 +53,12 @@ class Sample:
 
     @property
     def answer_text(self) -> str:
-        """What a critic judges (a Trajectory's may strip a reasoning block): the text."""
+        """What a verifier judges (a Trajectory's may strip a reasoning block): the text."""
+        return self.text
+
+    @property
+    def critic_text(self) -> str:
+        """What a critic judges (a Trajectory's holds its observations): the text."""
         return self.text
 
 
