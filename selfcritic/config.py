@@ -43,10 +43,19 @@ def setting(
     return field(default=default, metadata={k: v for k, v in rules.items() if v is not None})
 
 
+# Architecture families a model can be built in (selfcritic/model/families.py maps them).
+MODEL_FAMILIES = ("deepseek_v3", "qwen3", "llama")
+
+
 @dataclass
 class ArchConfig:
-    """DeepseekV3 dimensions of a locally built model (ignored when `model.path` is set)."""
+    """Dimensions of a locally built model (ignored when `model.path` is set). Every family
+    reads the shared fields (hidden, MLP width, layers, heads, vocabulary, positions, RoPE); the
+    MoE and MLA fields are DeepseekV3's and the dense families ignore them; `head_dim` and
+    `num_key_value_heads` (GQA) are the dense families' and MLA ignores them."""
 
+    # deepseek_v3 (MLA + MoE) | qwen3 (GQA, QK-norm, dense) | llama (GQA, dense)
+    family: str = setting("deepseek_v3", one_of=MODEL_FAMILIES)
     hidden_size: int = setting(256, ge=1)
     # dense MLP width (first `first_k_dense_replace` layers)
     intermediate_size: int = setting(512, ge=1)
@@ -57,7 +66,10 @@ class ArchConfig:
     num_experts_per_tok: int = setting(2, ge=1)  # routed experts active per token
     n_shared_experts: int = setting(1, ge=0)
     num_attention_heads: int = setting(4, ge=1)
+    # qwen3, llama: key/value heads, each shared by num_attention_heads / this query heads
     num_key_value_heads: int = setting(4, ge=1)
+    # qwen3, llama: width of each attention head; None: hidden_size / num_attention_heads
+    head_dim: int | None = setting(None, ge=2)
     q_lora_rank: int | None = setting(96, ge=1)  # None: queries through one full projection
     # the CPU MLA kernel supports only 512 (with rope dim 64)
     kv_lora_rank: int = setting(512, ge=1)
@@ -82,7 +94,8 @@ class ModelConfig:
     """Which model: a preset built locally, or a Hugging Face checkpoint directory."""
 
     preset: str = "nano"  # name used for the cache directory and in logs
-    # a local HF DeepseekV3 checkpoint; None builds `arch` locally
+    # a local Hugging Face checkpoint (DeepseekV3, Qwen3, Llama, or another causal LM vLLM
+    # serves); None builds `arch` locally
     path: str | None = setting(None, path="hf_model")
     seed: int = setting(0, ge=0)  # initialisation seed of a locally built model
     # strings the character tokenizer of a locally built model keeps as one token each: an
@@ -333,7 +346,11 @@ class OptimConfig:
     max_grad_norm: float = setting(1.0, gt=0)
     adamw_patterns: list[str] = field(default_factory=lambda: ["embed_tokens", "lm_head"])
     # parameters whose name contains one of these go to AdamW even when they are matrices
-    qk_clip: bool = True  # QK-Clip after each step (needs attention-logit capture)
+    # QK-Clip after each step (needs attention-logit capture). None: wherever the model's
+    # attention allows it (MLA, Llama-shaped; not QK-norm attention such as Qwen3's, whose
+    # norms undo a rescaled projection: docs/model-and-optimizer.md); true: required, refused
+    # for a model it cannot act on; false: off
+    qk_clip: bool | None = None
     qk_clip_tau: float = setting(100.0, gt=0)  # cap on each head's max pre-softmax attention logit
     # u in bias += u * sign(mean load - load); 0 turns it off
     router_bias_update: float = setting(1e-3, ge=0)

@@ -40,6 +40,7 @@ CHECKED_MODULES = (
     "selfcritic.critic.gate",
     "selfcritic.learner.losses",
     "selfcritic.learner.advantages",
+    "selfcritic.model.families",
     "selfcritic.optim.muonclip",
     "selfcritic.rollout.engines",
     "selfcritic.envs.registry",

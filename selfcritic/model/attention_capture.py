@@ -1,16 +1,18 @@
 """Record each attention head's largest pre-softmax logit during training forwards.
 
-QK-Clip needs, per layer and head, S_max(h) = max over the batch of q_i . k_j * scale, where
-scale is the one the model's softmax really uses (transformers' DeepseekV3 folds the YaRN mscale
-into `module.scaling`, which the attention function receives) and masked pairs do not count.
-We register an attention function with transformers' AttentionInterface that computes these
-maxima block by block over query positions (memory grows with block x keys, never queries x keys)
-and then hands the real attention to transformers' SDPA kernel. The boolean mask comes from the
-SDPA mask builder, registered under the same name (a custom attention name without a mask
-function would silently get no padding mask). Capture runs only for modules in training mode
-with gradients enabled: no-grad and generation passes pay nothing. Under data parallelism each
-rank sees only its slice of the batch: `all_reduce` takes the MAX over ranks, so that every rank
-clips the same heads by the same factors.
+QK-Clip needs, per layer and head, S_max(h) = max over the batch of q_i . k_j * scale, where scale
+is the one the model's softmax really uses (transformers' DeepseekV3 folds the YaRN mscale into
+`module.scaling`, which the attention function receives) and masked pairs do not count. We register
+an attention function with transformers' AttentionInterface that computes these maxima block by
+block over query positions (memory grows with block x keys, never queries x keys) and then hands
+the real attention to transformers' SDPA kernel. Under grouped-query attention (Qwen3, Llama) the
+kernel receives fewer key heads than query heads: query head h meets key head h // (query heads /
+key heads), as transformers' `repeat_kv` pairs them. The boolean mask comes from the SDPA mask
+builder, registered under the same name (a custom attention name without a mask function would
+silently get no padding mask). Capture runs only for modules in training mode with gradients
+enabled: no-grad and generation passes pay nothing. Under data parallelism each rank sees only its
+slice of the batch: `all_reduce` takes the MAX over ranks, so that every rank clips the same heads
+by the same factors.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class AttentionLogitCapture:
 
 def head_max_logits(
     query: torch.Tensor,  # [B, H, Q, D]
-    key: torch.Tensor,  # [B, H, K, D]
+    key: torch.Tensor,  # [B, H or H / group, K, D] (grouped-query: one key head per group)
     allowed: torch.Tensor | None,  # [B, 1 or H, Q, K] bool, None = causal
     scaling: float,
     block_size: int,
@@ -80,6 +82,8 @@ def head_max_logits(
     """Max of q . k * scaling over batch, allowed (query, key) pairs and real queries: [H]."""
     batch, heads, queries, _ = query.shape
     keys = key.shape[2]
+    if key.shape[1] != heads:  # query head h attends with key head h // group
+        key = key.repeat_interleave(heads // key.shape[1], dim=1)
     result = torch.full((heads,), float("-inf"), dtype=torch.float32, device=query.device)
     real_query = _real_queries(allowed, batch, queries, keys)  # [B, Q]
     for start in range(0, queries, block_size):

@@ -1,11 +1,13 @@
-"""Build, load and save DeepseekV3 models (MLA + MoE) in Hugging Face format.
+"""Build, load and save models in Hugging Face format: DeepseekV3 (MLA + MoE), Qwen3, Llama.
 
-A preset with `path` unset is built locally from its dimensions (no downloads) and cached in a
-directory named by a hash of its config, so a second run reuses it; a preset with `path` loads that
-checkpoint; when its config.json lacks the routing fields vLLM needs, an overlay directory in the
-cache links the checkpoint's files and carries a completed config.json (the user's directory is
-never written). `meta_model` builds any preset on the meta device, for parameter counts without
-memory. Left out: sharded loading for training at scale (the learner group's work).
+A preset with `path` unset is built locally from its family and dimensions (no downloads;
+selfcritic/model/families.py maps them) and cached in a directory named by a hash of its config,
+so a second run reuses it; a preset with `path` loads that checkpoint, of any causal LM
+transformers and vLLM know; when a DeepseekV3 checkpoint's config.json lacks the routing fields
+vLLM needs, an overlay directory in the cache links the checkpoint's files and carries a
+completed config.json (the user's directory is never written). `meta_model` builds any preset on
+the meta device, for parameter counts without memory. Left out: sharded loading for training at
+scale (the learner group's work).
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from selfcritic.config import ModelConfig
-from selfcritic.model.tokenizer import (
-    ALPHABET,
-    SPECIAL_TOKENS,
-    build_char_tokenizer,
-    load_phrases,
-    vocab_size,
+from selfcritic.model.families import (
+    VLLM_ROUTING_FIELDS,
+    family_config_dict,
+    family_of_model_type,
+    model_from_fields,
 )
+from selfcritic.model.tokenizer import ALPHABET, SPECIAL_TOKENS, build_char_tokenizer, load_phrases
 
 if TYPE_CHECKING:
     import torch
@@ -33,58 +35,45 @@ if TYPE_CHECKING:
 
 _COMPLETE_MARKER = ".complete"
 _BUILD_FORMAT = 1  # bump when _build_locally writes different files for the same recipe
-# Config fields vLLM needs to read DeepseekV3 routing (see shared/notes/platform.md).
-VLLM_ROUTING_FIELDS = {"topk_method": "noaux_tc", "scoring_func": "sigmoid"}
 
 
 def deepseek_config_dict(cfg: ModelConfig) -> dict:
-    """The transformers DeepseekV3Config fields for a locally built preset."""
-    arch = dataclasses.asdict(cfg.arch)
-    needed = vocab_size(load_phrases(cfg.phrases))
-    if arch["vocab_size"] < needed:
-        raise ValueError(
-            f"model.arch.vocab_size={arch['vocab_size']} is smaller than the tokenizer's "
-            f"{needed} tokens: raise it to at least {needed}"
-        )
-    if arch["rope_scaling"] is None:
-        del arch["rope_scaling"]
-    return {
-        **arch,
-        **VLLM_ROUTING_FIELDS,
-        "tie_word_embeddings": False,
-        "pad_token_id": 0,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "torch_dtype": "float32",
-    }
+    """The transformers DeepseekV3Config fields for a locally built preset (whatever its
+    `arch.family` says: for tests and tools that want the DeepseekV3 form of `arch`)."""
+    return family_config_dict(
+        dataclasses.replace(cfg, arch=dataclasses.replace(cfg.arch, family="deepseek_v3"))
+    )
 
 
 def prepare_model(cfg: ModelConfig, cache_dir: Path) -> Path:
     """Return a directory holding a loadable checkpoint and tokenizer, building it if needed."""
     if cfg.path:
         return checkpoint_for_engines(Path(cfg.path).expanduser(), cache_dir)
-    fields = deepseek_config_dict(cfg)
-    # The key covers everything the built files depend on: a change of dimensions, seed,
-    # tokenizer alphabet or phrases, or build format gets a new directory, not a stale model.
+    family, fields = cfg.arch.family, family_config_dict(cfg)
+    # The key covers everything the built files depend on: a change of family, dimensions,
+    # seed, tokenizer alphabet or phrases, or build format gets a new directory, not a stale
+    # model.
     phrases = load_phrases(cfg.phrases)
-    recipe = [fields, cfg.seed, ALPHABET, SPECIAL_TOKENS, phrases, _BUILD_FORMAT]
+    recipe = [family, fields, cfg.seed, ALPHABET, SPECIAL_TOKENS, phrases, _BUILD_FORMAT]
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     target = cache_dir / "models" / f"{cfg.preset}-{key}"
     if (target / _COMPLETE_MARKER).exists():
         return target
-    _build_locally(fields, cfg.seed, phrases, target)
+    _build_locally(family, fields, cfg.seed, phrases, target)
     return target
 
 
-def _build_locally(fields: dict, seed: int, phrases: tuple[str, ...], target: Path) -> None:
+def _build_locally(
+    family: str, fields: dict, seed: int, phrases: tuple[str, ...], target: Path
+) -> None:
     """Initialise the model from `seed` and write it atomically (temp dir, then rename)."""
     import torch
-    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, GenerationConfig
+    from transformers import GenerationConfig
 
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     torch.manual_seed(seed)
-    model = DeepseekV3ForCausalLM(DeepseekV3Config(**fields)).to(torch.float32)
+    model = model_from_fields(family, fields).to(torch.float32)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model.save_pretrained(str(staging))
     build_char_tokenizer(staging, fields["max_position_embeddings"], phrases)
@@ -94,7 +83,8 @@ def _build_locally(fields: dict, seed: int, phrases: tuple[str, ...], target: Pa
 
 
 def checkpoint_for_engines(path: Path, cache_dir: Path) -> Path:
-    """`path` itself, or an overlay with the routing fields vLLM needs added to config.json."""
+    """`path` itself, or, for a DeepseekV3 checkpoint without them, an overlay with the routing
+    fields vLLM needs added to config.json (other model types are served as they are)."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(
@@ -102,6 +92,8 @@ def checkpoint_for_engines(path: Path, cache_dir: Path) -> Path:
             "checkpoint directory, or unset it to build the preset locally"
         )
     config = json.loads(config_file.read_text())
+    if family_of_model_type(config.get("model_type")) != "deepseek_v3":
+        return path
     missing = {k: v for k, v in VLLM_ROUTING_FIELDS.items() if k not in config}
     if not missing:
         return path
@@ -119,22 +111,28 @@ def checkpoint_for_engines(path: Path, cache_dir: Path) -> Path:
 def meta_model(cfg: ModelConfig) -> PreTrainedModel:
     """The preset's model on the meta device: shapes and counts, no memory."""
     import torch
-    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
     with torch.device("meta"):
-        return DeepseekV3ForCausalLM(DeepseekV3Config(**deepseek_config_dict(cfg)))
+        return model_from_fields(cfg.arch.family, family_config_dict(cfg))
 
 
 def count_active_parameters(model: torch.nn.Module) -> int:
     """Parameters one token touches: one row of the input embedding, every dense, attention,
-    shared-expert, norm and output-head parameter, and `num_experts_per_tok` routed experts."""
+    shared-expert, norm and output-head parameter, and `num_experts_per_tok` routed experts
+    (a dense model: all but the rest of the embedding)."""
+    import torch
+
     config = model.config
-    idle = config.n_routed_experts - config.num_experts_per_tok
+    routed = getattr(config, "n_routed_experts", None) or getattr(config, "num_experts", None)
     unused = 0
-    for module in model.modules():
-        if hasattr(module, "gate_up_proj"):  # the fused routed experts of one MoE layer
-            per_expert = sum(p.numel() for p in module.parameters()) // config.n_routed_experts
-            unused += idle * per_expert
+    if routed:
+        idle = routed - config.num_experts_per_tok
+        for module in model.modules():
+            fused = getattr(module, "gate_up_proj", None)
+            if isinstance(fused, torch.Tensor) and fused.ndim == 3:
+                # the fused routed experts of one MoE layer
+                per_expert = sum(p.numel() for p in module.parameters()) // routed
+                unused += idle * per_expert
     embedding = model.get_input_embeddings().weight
     return count_parameters(model) - unused - embedding.numel() + embedding.shape[1]
 

@@ -1,11 +1,14 @@
-"""MuonClip for a DeepseekV3 model: Muon + AdamW, then QK-Clip and router-bias balancing.
+"""MuonClip for a causal LM: Muon + AdamW, then QK-Clip and router-bias balancing.
 
 Grouping: 2-D weight matrices of the transformer body (router included) and fused 3-D expert
 tensors (gate_up split into its two matrices) go to Muon; parameters matching
 `optim.adamw_patterns` (embeddings and output head by default), norms and other 1-D parameters go
 to AdamW. Every trainable parameter must land in exactly one group: an assertion guards it.
 One `step()` = both optimizers' steps, then QK-Clip on the heads whose max logit (recorded during
-this step's training forwards) passed tau, then the auxiliary-loss-free router-bias update.
+this step's training forwards) passed tau, then the auxiliary-loss-free router-bias update
+(DeepseekV3's routers; a dense model has none, and the update is a no-op). QK-Clip runs where the
+attention allows it (`optim.qk_clip`: unset = there, true = required, false = off; QK-norm
+attention such as Qwen3's cannot be clipped per head, see qk_clip.py).
 `param_groups` lists both optimizers' live groups, so torch LR schedulers and the learner's
 schedule drive it like any optimizer, before and after a resume.
 Inside a torch.distributed group (the learner group's FSDP2 ranks) the recorded max logits are
@@ -17,11 +20,11 @@ from __future__ import annotations
 
 import torch
 
-from selfcritic.config import Config, OptimConfig
+from selfcritic.config import Config, ConfigError, OptimConfig, keyed
 from selfcritic.model.attention_capture import AttentionLogitCapture
 from selfcritic.model.router_balance import RouterBalancer
 from selfcritic.optim.muon import Muon
-from selfcritic.optim.qk_clip import apply_qk_clip
+from selfcritic.optim.qk_clip import apply_qk_clip, qk_clip_layout
 from selfcritic.preflight import Problems, preflight_check
 
 _FUSED_PAIRS = ("gate_up_proj",)  # fused tensors that hold two checkpoint matrices per expert
@@ -147,10 +150,29 @@ def build_muonclip(model: torch.nn.Module, cfg: OptimConfig) -> MuonClip:
         model=model,
         optimizers=optimizers,
         groups={k: [n for n, _ in v] for k, v in named.items()},
-        capture=AttentionLogitCapture().install(model) if cfg.qk_clip else None,
+        capture=AttentionLogitCapture().install(model) if qk_clip_on(model, cfg) else None,
         balancer=RouterBalancer(model, cfg.router_bias_update),
         qk_clip_tau=cfg.qk_clip_tau,
     )
+
+
+def qk_clip_on(model: torch.nn.Module, cfg: OptimConfig) -> bool:
+    """Whether QK-Clip runs on `model`: `optim.qk_clip` false = no; unset = where every
+    attention layer can be clipped; true = yes, and a model it cannot act on is refused."""
+    if cfg.qk_clip is False:
+        return False
+    layouts = {qk_clip_layout(module) for module in model.modules()} - {None}
+    applies = bool(layouts) and layouts <= {"mla", "per_head"}
+    if cfg.qk_clip and not applies:
+        found = ", ".join(sorted(layouts)) or "no attention layer it knows"
+        raise ConfigError(
+            keyed(
+                "optim.qk_clip",
+                f"QK-Clip cannot act on this model's attention ({found}; it clips MLA and "
+                "Llama-shaped attention, not QK-norm attention): set optim.qk_clip=false",
+            )
+        )
+    return applies
 
 
 def _in_process_group() -> bool:

