@@ -102,6 +102,9 @@ class ModelConfig:
     # import path "package.module:NAME" of a tuple of strings (the nano world's stock phrases,
     # so that noticing a defect is noticing one token); None: characters only
     phrases: str | None = "selfcritic.envs.nano.phrases:STOCK_PHRASES"
+    # run the checkpoint's own code (its config, model or tokenizer classes: Kimi K2's and
+    # Moonlight's tokenizers) when transformers and vLLM load it; only for checkpoints you trust
+    trust_remote_code: bool = False
     arch: ArchConfig = field(default_factory=ArchConfig)
 
 

@@ -152,11 +152,10 @@ class Trainer:
 
     def _setup(self) -> None:
         import ray
-        from transformers import AutoTokenizer
 
         from selfcritic.cluster import require_cpus, start_ray
         from selfcritic.learner.group import LearnerGroup
-        from selfcritic.model.build import prepare_model
+        from selfcritic.model.build import load_tokenizer, prepare_model
         from selfcritic.rollout.pool import RolloutPool
 
         cfg = self.cfg
@@ -173,7 +172,8 @@ class Trainer:
         cache = Path(cfg.trainer.cache_dir).expanduser()
         self.model_path = prepare_model(cfg.model, cache)
         # the tokenizer the warm-start keeps: the lengths are checked before any long work
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
+        trust = cfg.model.trust_remote_code
+        self.tokenizer = load_tokenizer(self.model_path, trust)
         # prompt ids: through the chat template (data.chat_template), else BOS and the text
         self.encode = prompt_encoder(self.tokenizer, cfg.data.chat_template)
         self.encode_observation = self.encode.observation  # a turn of its own (chat.py)
@@ -203,12 +203,12 @@ class Trainer:
         )
         self.owns_ray = start_ray(cfg.ray)
         require_cpus(cfg, ray.cluster_resources().get("CPU", 0.0))  # a joined cluster's size
-        self.pool = RolloutPool(self.model_path, cfg.rollout)
+        self.pool = RolloutPool(self.model_path, cfg.rollout, trust)
         self.trust_engine = trust_engine_logprobs(
             cfg.learner.old_logprobs, cfg.rollout.dtype, torch.cuda.is_available()
         )
         self.learner = LearnerGroup(
-            self.model_path, cfg.learner, cfg.optim, trust_engine=self.trust_engine
+            self.model_path, cfg.learner, cfg.optim, self.trust_engine, trust
         )
         print(f"model: {self.model_path}\noptimizer groups:\n{self.learner.describe()}")
         self.verifiers = verifier_pools(cfg.reward, self.parts)  # {label: pool or None}
@@ -229,7 +229,7 @@ class Trainer:
                 cfg.critic.lag_steps,
                 self.pool,
                 lambda: RolloutPool(
-                    self.model_path, dataclasses.replace(cfg.rollout, num_engines=1)
+                    self.model_path, dataclasses.replace(cfg.rollout, num_engines=1), trust
                 ),
             )
         self.ptx_data = corpus if uses_ptx else None

@@ -97,7 +97,9 @@ def train(cfg: Config, corpus: Corpus, base_model: Path, out_dir: Path) -> dict:
     learner_cfg = LearnerConfig(
         ptx_weight=1.0, max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch
     )
-    learner = Learner(base_model, learner_cfg, warm_start_optim(cfg), trust_engine=True)
+    learner = Learner(
+        base_model, learner_cfg, warm_start_optim(cfg), True, cfg.model.trust_remote_code
+    )
     rng = random.Random(f"warmstart:{cfg.warmstart.seed}")
     warm, losses, start = cfg.warmstart, [], time.perf_counter()
     weights = corpus.token_weights

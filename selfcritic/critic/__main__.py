@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="critic.invalid_pairs",
     )
     parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the checkpoint's own code (model.trust_remote_code)",
+    )
     parser.add_argument("--max-model-len", type=int, help="default: the model's context length")
     parser.add_argument(
         "--cache-dir", default="~/.cache/selfcritic", help="for checkpoint overlays"
@@ -80,11 +85,11 @@ def start_engine(args: argparse.Namespace, model_path: Path):
     if args.engine == "transformers":
         from selfcritic.rollout.hf_engine import TransformersEngine
 
-        return TransformersEngine(model_path, cfg)
+        return TransformersEngine(model_path, cfg, args.trust_remote_code)
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # vLLM would log to stdout
     from selfcritic.rollout.vllm_engine import VLLMEngine
 
-    return VLLMEngine(model_path, cfg)
+    return VLLMEngine(model_path, cfg, args.trust_remote_code)
 
 
 def report(critic, result, names: list[str]) -> dict:
@@ -129,12 +134,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def judge_files_main(argv: list[str]) -> None:
     """Judge response files (the command without a subcommand)."""
-    from transformers import AutoTokenizer
-
     from rewards.registry import load_rubric
     from selfcritic.critic.judge import prompt_encoder, verdict_token_ids
     from selfcritic.critic.self_critic import SelfCritic
-    from selfcritic.model.build import checkpoint_for_engines
+    from selfcritic.model.build import checkpoint_for_engines, load_tokenizer
     from selfcritic.rollout.types import Sample
 
     args = parse_args(argv)
@@ -158,7 +161,7 @@ def judge_files_main(argv: list[str]) -> None:
         calibration=CalibrationConfig(enabled=False),
         anchor=AnchorConfig(size=0),
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    tokenizer = load_tokenizer(model_path, args.trust_remote_code)
     encode = prompt_encoder(tokenizer)
     critic = SelfCritic(cfg, rubric, encode, verdict_token_ids(tokenizer, cfg.verdict_letters))
     ids = [tokenizer(text, add_special_tokens=False).input_ids for text in responses]
@@ -212,6 +215,11 @@ def parse_check_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=16, help="generative mode budget")
     parser.add_argument("--delimiter", action="append", dest="delimiters")
     parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the checkpoint's own code (model.trust_remote_code)",
+    )
     parser.add_argument("--max-model-len", type=int, help="default: the model's context length")
     parser.add_argument("--cache-dir", default="~/.cache/selfcritic")
     args = parser.parse_args(argv)
@@ -248,10 +256,8 @@ def gather_probes(args: argparse.Namespace) -> tuple[list, dict[str, int]]:
 
 def judge_probes(args: argparse.Namespace, jobs: list) -> tuple[list, tuple[str, str]]:
     """Every job in both orders with the model as critic; the verdicts and the letters."""
-    from transformers import AutoTokenizer
-
     from selfcritic.critic.judge import Judge, prompt_encoder, verdict_token_ids
-    from selfcritic.model.build import checkpoint_for_engines
+    from selfcritic.model.build import checkpoint_for_engines, load_tokenizer
 
     cfg = CriticConfig(
         verdict_mode=args.verdict_mode,
@@ -267,7 +273,7 @@ def judge_probes(args: argparse.Namespace, jobs: list) -> tuple[list, tuple[str,
         )
     except (KeyError, ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    tokenizer = load_tokenizer(model_path, args.trust_remote_code)
     verdict_ids = verdict_token_ids(tokenizer, cfg.verdict_letters)
     judge = Judge(cfg, prompt_encoder(tokenizer), verdict_ids, context_length(args, model_path))
     engine = start_engine(args, model_path)

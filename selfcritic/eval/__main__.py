@@ -115,18 +115,18 @@ def evaluate_checkpoint(checkpoint: Path, cfg, seed: int = 0) -> dict[str, float
     engine."""
     import dataclasses
 
-    from transformers import AutoTokenizer
-
     from rewards.pool import verifier_pools
     from selfcritic.envs.registry import build_environment, parts
     from selfcritic.eval.held_out import evaluate_environment
+    from selfcritic.model.build import load_tokenizer
     from selfcritic.rollout.vllm_engine import VLLMEngine
 
     environments = parts(build_environment(cfg.env, cfg))
     verifiers = verifier_pools(cfg.reward, environments)
-    engine = VLLMEngine(checkpoint, dataclasses.replace(cfg.rollout, in_process=True))
+    trust = cfg.model.trust_remote_code
+    engine = VLLMEngine(checkpoint, dataclasses.replace(cfg.rollout, in_process=True), trust)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+        tokenizer = load_tokenizer(checkpoint, trust)
         return evaluate_environment(environments, engine, tokenizer, cfg, verifiers, seed)
     finally:
         engine.shutdown()

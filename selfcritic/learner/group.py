@@ -81,13 +81,16 @@ class _LearnerRank:
         cfg: LearnerConfig,
         optim_cfg: OptimConfig,
         trust_engine: bool,
+        trust_remote_code: bool,
     ) -> int:
         from selfcritic.learner.distributed import init_process_group
         from selfcritic.learner.sharded import ShardedLearner
 
         init_process_group(rank, world_size, host, port, self.store)
         self.rank = rank
-        self.learner = ShardedLearner(Path(model_path), cfg, optim_cfg, trust_engine)
+        self.learner = ShardedLearner(
+            Path(model_path), cfg, optim_cfg, trust_engine, trust_remote_code
+        )
         return os.getpid()
 
     def step(self, batch: PolicyBatch, totals: BatchTotals, passes: dict[str, int]) -> dict:
@@ -191,7 +194,12 @@ class LearnerGroup:
     """`cfg.world_size` learner ranks stepping as one learner; Ray must already be running."""
 
     def __init__(
-        self, model_path: Path, cfg: LearnerConfig, optim_cfg: OptimConfig, trust_engine: bool
+        self,
+        model_path: Path,
+        cfg: LearnerConfig,
+        optim_cfg: OptimConfig,
+        trust_engine: bool,
+        trust_remote_code: bool = False,
     ) -> None:
         import ray
 
@@ -211,6 +219,7 @@ class LearnerGroup:
                         cfg,
                         optim_cfg,
                         trust_engine,
+                        trust_remote_code,
                     )
                     for index, rank in enumerate(self.ranks)
                 ]

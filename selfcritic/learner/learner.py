@@ -194,9 +194,15 @@ class Learner:
     """Holds the trainable model, its optimizer and (with KL) the frozen reference."""
 
     def __init__(
-        self, model_path: Path, cfg: LearnerConfig, optim_cfg: OptimConfig, trust_engine: bool
+        self,
+        model_path: Path,
+        cfg: LearnerConfig,
+        optim_cfg: OptimConfig,
+        trust_engine: bool,
+        trust_remote_code: bool = False,
     ) -> None:
         self.cfg, self.trust_engine = cfg, trust_engine
+        self.trust_remote_code = trust_remote_code  # model.trust_remote_code
         self.model = self._load_model(model_path, trainable=True)
         self.model.train()
         self.optimizer = build_muonclip(self.model, optim_cfg)
@@ -211,7 +217,7 @@ class Learner:
 
     def _load_model(self, model_path: Path, trainable: bool) -> torch.nn.Module:
         """The policy (`trainable`) or the frozen reference; the group's ranks shard them."""
-        return load_model(model_path)
+        return load_model(model_path, trust_remote_code=self.trust_remote_code)
 
     def step(self, batch: PolicyBatch) -> dict[str, float]:
         """Learn `batch`: one optimizer step, or with `learner.epochs` and

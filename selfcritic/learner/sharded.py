@@ -43,7 +43,8 @@ class ShardedLearner(Learner):
 
     def _load_model(self, model_path: Path, trainable: bool) -> torch.nn.Module:
         # the frozen reference never runs a backward: reshard its root after each forward too
-        return shard_model(load_model(model_path), reshard_root=None if trainable else True)
+        model = load_model(model_path, trust_remote_code=self.trust_remote_code)
+        return shard_model(model, reshard_root=None if trainable else True)
 
     def step_slice(
         self, batch: PolicyBatch, totals: BatchTotals, passes: dict[str, int]

@@ -137,14 +137,27 @@ def count_active_parameters(model: torch.nn.Module) -> int:
     return count_parameters(model) - unused - embedding.numel() + embedding.shape[1]
 
 
-def load_model(path: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """Load a checkpoint for training (float32 unless told otherwise), SDPA attention."""
+def load_model(
+    path: Path, dtype: torch.dtype | None = None, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """Load a checkpoint for training (float32 unless told otherwise), SDPA attention;
+    `trust_remote_code` (model.trust_remote_code) runs the checkpoint's own model code."""
     import torch
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype or torch.float32, attn_implementation="sdpa"
+        str(path),
+        dtype=dtype or torch.float32,
+        attn_implementation="sdpa",
+        trust_remote_code=trust_remote_code,
     )
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    """A checkpoint's tokenizer; `trust_remote_code` runs its own tokenizer code."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -17,23 +17,25 @@ from selfcritic.preflight import require_registered
 from selfcritic.registry import Registry
 from selfcritic.rollout.types import RolloutEngine
 
-EngineFactory = Callable[[Path, RolloutConfig], RolloutEngine]
+EngineFactory = Callable[..., RolloutEngine]  # (model_path, cfg, trust_remote_code=False)
 ENGINES: Registry[EngineFactory] = Registry("rollout engine")
 register_engine = ENGINES.register
 
 
 @register_engine("vllm")
-def vllm_engine(model_path: Path, cfg: RolloutConfig) -> RolloutEngine:
+def vllm_engine(model_path: Path, cfg: RolloutConfig, trust_remote_code=False) -> RolloutEngine:
     from selfcritic.rollout.vllm_engine import VLLMEngine
 
-    return VLLMEngine(model_path, cfg)
+    return VLLMEngine(model_path, cfg, trust_remote_code)
 
 
 @register_engine("transformers")
-def transformers_engine(model_path: Path, cfg: RolloutConfig) -> RolloutEngine:
+def transformers_engine(
+    model_path: Path, cfg: RolloutConfig, trust_remote_code=False
+) -> RolloutEngine:
     from selfcritic.rollout.hf_engine import TransformersEngine
 
-    return TransformersEngine(model_path, cfg)
+    return TransformersEngine(model_path, cfg, trust_remote_code)
 
 
 require_registered(ENGINES, "rollout.engine", __name__)

@@ -19,16 +19,16 @@ from selfcritic.rollout.weights import to_transformers_names
 
 
 class TransformersEngine:
-    def __init__(self, model_path: Path, cfg: RolloutConfig) -> None:
-        from transformers import AutoTokenizer
-
-        from selfcritic.model.build import load_model
+    def __init__(
+        self, model_path: Path, cfg: RolloutConfig, trust_remote_code: bool = False
+    ) -> None:
+        from selfcritic.model.build import load_model, load_tokenizer
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
             cfg.dtype
         ]
-        self.model = load_model(model_path, dtype=dtype).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.model = load_model(model_path, dtype, trust_remote_code).eval()
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.weight_version = 0

@@ -35,7 +35,7 @@ class RolloutError(RuntimeError):
 class _EngineActor:
     """Hosts one engine in a Ray worker process."""
 
-    def __init__(self, model_path: str, cfg: RolloutConfig) -> None:
+    def __init__(self, model_path: str, cfg: RolloutConfig, trust_remote_code: bool) -> None:
         import torch
 
         from selfcritic.cluster import normal_priority
@@ -45,7 +45,7 @@ class _EngineActor:
         torch.set_num_threads(cfg.threads_per_engine)
         from selfcritic.rollout.engines import ENGINES
 
-        self.engine = ENGINES.get(cfg.engine)(Path(model_path), cfg)
+        self.engine = ENGINES.get(cfg.engine)(Path(model_path), cfg, trust_remote_code)
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         return self.engine.generate(prompts, spec)
@@ -86,10 +86,13 @@ def split_evenly(items: list, parts: int) -> list[list]:
 class RolloutPool:
     """N engine actors behind one generate/update_weights interface."""
 
-    def __init__(self, model_path: Path, cfg: RolloutConfig) -> None:
+    def __init__(
+        self, model_path: Path, cfg: RolloutConfig, trust_remote_code: bool = False
+    ) -> None:
         import ray
 
         self.model_path, self.cfg = str(model_path), cfg
+        self.trust_remote_code = trust_remote_code
         self._actor_cls = ray.remote(
             num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine, max_restarts=0
         )(_EngineActor)
@@ -100,7 +103,7 @@ class RolloutPool:
         self.restarts = 0
 
     def _start_actor(self):
-        return self._actor_cls.remote(self.model_path, self.cfg)
+        return self._actor_cls.remote(self.model_path, self.cfg, self.trust_remote_code)
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         import ray

@@ -69,12 +69,14 @@ def _uses_mla(model_path: Path) -> bool:
 class VLLMEngine:
     """One vLLM `LLM` instance; construct it inside the process that will use it."""
 
-    def __init__(self, model_path: Path, cfg: RolloutConfig) -> None:
+    def __init__(
+        self, model_path: Path, cfg: RolloutConfig, trust_remote_code: bool = False
+    ) -> None:
         if cfg.in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
-        self.llm = LLM(**_engine_kwargs(model_path, cfg))
+        self.llm = LLM(**_engine_kwargs(model_path, cfg), trust_remote_code=trust_remote_code)
         self.in_process = cfg.in_process
         self.weight_version = 0
 
