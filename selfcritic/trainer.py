@@ -47,13 +47,13 @@ from selfcritic.critic.gate import load_probes, unchecked_warning
 from selfcritic.critic.judge import make_prompter, prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
 from selfcritic.critic.self_critic import CritiqueResult, SelfCritic
-from selfcritic.envs.base import Prompt, Trajectory
-from selfcritic.envs.reasoning import final_answer
+from selfcritic.envs.base import OBSERVATION_LABEL, Prompt, Trajectory
+from selfcritic.envs.reasoning import answer_of, final_answer
 from selfcritic.envs.registry import build_environment, label_prompts, parts
 from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS, informative_groups
 from selfcritic.learner.learner import PolicyBatch, trust_engine_logprobs
 from selfcritic.preflight import context_problems
-from selfcritic.rollout.episodes import Observing, run_episodes
+from selfcritic.rollout.episodes import observing_for, run_episodes
 from selfcritic.rollout.types import Sample, SamplingSpec
 from selfcritic.schedule import annealed, lr_scale_at
 from selfcritic.tracking import Tracker, console_line
@@ -177,12 +177,11 @@ class Trainer:
         # prompt ids: through the chat template (data.chat_template), else BOS and the text
         self.encode = prompt_encoder(self.tokenizer, cfg.data.chat_template)
         self.encode_observation = self.encode.observation  # a turn of its own (chat.py)
+        for env in self.parts.values():
+            if hasattr(env, "use_encoder"):  # e.g. a tool format that follows the template
+                env.use_encoder(self.encode)
         self._check_with_tokenizer()
-        self.observing = Observing(
-            close_turn=self.encode.stop_token_ids() if self.encode.chat else (),
-            max_tokens=getattr(self.env, "max_observation_tokens", None),
-            parallel=getattr(self.env, "parallel_steps", 1),
-        )
+        self.observing = observing_for(self.env, self.encode)
         # the environment's supervised pairs, made once for the warm-start and RL's PTX
         corpus_of = self._first_part_with("corpus")
         uses_ptx = cfg.learner.ptx_weight > 0 and cfg.warmstart.ptx_per_step > 0
@@ -488,7 +487,7 @@ class Trainer:
                     {
                         "group": g,
                         "prompt": prompt.text,
-                        "response": sample.text,
+                        "response": episode_text(sample),
                         "verifier_score": None
                         if math.isnan(float(verifiable[g, i]))
                         else float(verifiable[g, i]),
@@ -517,19 +516,16 @@ class Trainer:
         return "" if answer is None else answer
 
     def _set_answers(self, groups: list[list[Trajectory]]) -> float:
-        """Set each trajectory's `answer` where its environment asks: the last turn alone
-        (`answer_is_last_turn`: a tool episode's final answer) and/or its final part after a
-        reasoning block (`reasoning_tags`); the share of responses with no final part."""
+        """Set each trajectory's `answer` (reasoning.answer_of) where its environment asks for
+        one: the last turn alone and/or the final part after a reasoning block; the share of
+        responses with no final part."""
         missing = total = 0
         for group in groups:
             for trajectory in group:
                 env = self.parts[trajectory.prompt.env]
-                tags = getattr(env, "reasoning_tags", None)
-                last_only = getattr(env, "answer_is_last_turn", False) and trajectory.texts
                 total += 1
-                if tags or last_only:
-                    text = trajectory.texts[-1] if last_only else trajectory.text
-                    answer = final_answer(text, tags)
+                if getattr(env, "reasoning_tags", None) or getattr(env, "answer_is_last_turn", 0):
+                    answer = answer_of(env, trajectory)
                     trajectory.answer = "" if answer is None else answer
                     missing += answer is None
         return missing / max(total, 1)
@@ -699,6 +695,9 @@ class Trainer:
             self.pool.shutdown()
         for pool in set(getattr(self, "verifiers", {}).values()) - {None}:
             pool.close()
+        for env in getattr(self, "parts", {}).values():
+            if hasattr(env, "close"):  # an environment's own processes (tool servers)
+                env.close()
         if getattr(self, "tracker", None) is not None:
             self.tracker.finish()
         if self.owns_ray:
@@ -747,7 +746,29 @@ def _rollout_metrics(groups: list[list[Trajectory]], seconds: float) -> dict[str
         "rollout/response_length": length,
         "rollout/truncated_rate": truncated,
         "rollout/tokens_per_second": tokens / max(seconds, 1e-9),
-    }
+        "rollout/turns": sum(len(t.turns) for t in episodes) / len(episodes),
+        "rollout/observation_cuts": float(sum(t.observation_cuts for t in episodes)),
+    } | episode_counts(episodes)
+
+
+def episode_counts(episodes: list[Trajectory]) -> dict[str, float]:
+    """The environments' per-episode counts (numeric `info` values, e.g. a tool episode's
+    `tool_calls` and `tool_errors/<reason>`), summed over the step's episodes as `episode/...`."""
+    totals: dict[str, float] = {}
+    for trajectory in episodes:
+        for key, value in trajectory.info.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                totals[f"episode/{key}"] = totals.get(f"episode/{key}", 0.0) + value
+    return totals
+
+
+def episode_text(trajectory: Trajectory) -> str:
+    """A whole episode for the sample table: each model turn, then the environment's answer
+    to it as `[observation: ...]`; one turn is just its text."""
+    parts = [trajectory.texts[0] if trajectory.texts else ""]
+    for turn, observation in zip(trajectory.texts[1:], trajectory.observations, strict=False):
+        parts += [f"\n[{OBSERVATION_LABEL}: {observation}]\n", turn]
+    return "".join(parts)
 
 
 def _lengths(episodes: list[Trajectory]) -> tuple[float, float]:

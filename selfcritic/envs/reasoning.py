@@ -35,3 +35,12 @@ def check_tags(tags) -> tuple[str, str] | None:
             keyed("env.reasoning_tags", f"must be [OPEN, CLOSE], e.g. [<think>, </think>]: {tags}")
         )
     return tags[0], tags[1]
+
+
+def answer_of(env, trajectory) -> str | None:
+    """What the verifier judges of an episode of `env`: its last turn where the environment
+    says so (`answer_is_last_turn`: a tool episode's final answer), else all it wrote; then the
+    final part after a reasoning block (`reasoning_tags`; None: there is none)."""
+    last_only = getattr(env, "answer_is_last_turn", False) and trajectory.texts
+    text = trajectory.texts[-1] if last_only else trajectory.text
+    return final_answer(text, getattr(env, "reasoning_tags", None))

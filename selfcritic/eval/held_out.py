@@ -14,7 +14,8 @@ at `eval.temperature` (the policy's `sampling.max_tokens` and stop strings, one 
   samples, its position consistency and invalid rate (selfcritic/eval/critic_quality.py).
 The verifier and the critic see each answer's final part (selfcritic/envs/reasoning.py).
 In a mixture each part is evaluated on its own and its metrics are named `eval/<label>/...`.
-Left out: multi-turn held-out episodes (the agentic issue).
+Held-out episodes run as training's do (selfcritic/rollout/episodes.py): several turns with
+observations for a multi-turn environment.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import dataclasses
 
 from selfcritic.config import Config
 from selfcritic.critic.judge import prompt_encoder
-from selfcritic.envs.reasoning import final_answer
+from selfcritic.envs.reasoning import answer_of
 from selfcritic.eval.critic_quality import critic_on_held_out, critic_pairs
+from selfcritic.rollout.episodes import observing_for, run_episodes
 from selfcritic.rollout.types import SamplingSpec
 
 DEFAULT_HEADLINE = ("eval/verifier_mean",)
@@ -65,16 +67,14 @@ def held_out_metrics(env, engine, tokenizer, cfg: Config, verifier, seed: int) -
     """The generic metrics of `env`'s held-out split (`verifier`: a VerifierPool or None)."""
     prompts = env.held_out()
     encode = prompt_encoder(tokenizer, cfg.data.chat_template)
-    ids = [encode(p.text, p.system, p.tools) for p in prompts]
     spec = held_out_spec(cfg, seed, encode.stop_token_ids() if encode.chat else ())
-    groups = engine.generate(ids, spec)
+    groups = episodes(env, engine, prompts, encode, spec, cfg)
     samples = [s for group in groups for s in group]
     checked = [k for k, prompt in enumerate(prompts) if prompt.reference is not None]
-    tags = getattr(env, "reasoning_tags", None)
-    answers = [[final_answer(s.text, tags) for s in group] for group in groups]
+    answers = [[answer_of(env, t) for t in group] for group in groups]
     metrics = {
         "eval/response_tokens": sum(len(s.completion_ids) for s in samples) / max(len(samples), 1),
-        "eval/truncated_rate": sum(s.finish_reason == "length" for s in samples)
+        "eval/truncated_rate": sum(s.engine_finish == "length" for s in samples)
         / max(len(samples), 1),
         "eval/no_final_answer": sum(a is None for row in answers for a in row)
         / max(len(samples), 1),
@@ -87,13 +87,12 @@ def held_out_metrics(env, engine, tokenizer, cfg: Config, verifier, seed: int) -
             "eval/pass_at_n": nan,
             "eval/greedy_mean": nan,
         }
-    greedy = engine.generate(
-        [ids[k] for k in checked], dataclasses.replace(spec, n=1, temperature=0.0)
-    )
+    greedy_spec = dataclasses.replace(spec, n=1, temperature=0.0)
+    greedy = episodes(env, engine, [prompts[k] for k in checked], encode, greedy_spec, cfg)
     answers = [[a or "" for a in row] for row in answers]  # no final part: judged as ""
     jobs = [(a, prompts[k].reference) for k in checked for a in answers[k]]
     jobs += [
-        (final_answer(group[0].text, tags) or "", prompts[k].reference)
+        (answer_of(env, group[0]) or "", prompts[k].reference)
         for k, group in zip(checked, greedy, strict=True)
     ]
     results, stats = verifier.score(jobs)
@@ -112,6 +111,16 @@ def held_out_metrics(env, engine, tokenizer, cfg: Config, verifier, seed: int) -
         )
         metrics |= critic_on_held_out(pairs, engine, encode, tokenizer, cfg, seed)
     return metrics
+
+
+def episodes(env, engine, prompts, encode, spec: SamplingSpec, cfg: Config):
+    """`spec.n` episodes of each prompt, as training runs them (one engine call for a
+    single-turn environment; turns and observations for a multi-turn one)."""
+    ids = [encode(p.text, p.system, p.tools) for p in prompts]
+    return run_episodes(
+        engine, env, prompts, ids, spec, encode.observation, cfg.rollout.max_model_len,
+        getattr(env, "max_turns", 1), observing_for(env, encode),
+    )  # fmt: skip
 
 
 def pass_at_n(scores: list[float], n: int) -> float:

@@ -16,7 +16,9 @@ the learner sees exactly the ids the engine conditioned on. `Observing` says how
 join: `close_turn`, the end-of-turn ids a chat template expects after a model turn, are
 appended (mask 0) where the turn did not end with one (cut by its token budget);
 `max_tokens` cuts each observation (counted in `Trajectory.observation_cuts`); `parallel`
-environment steps run at once in threads (tool calls wait on I/O). The records are
+environment steps run at once in threads (tool calls wait on I/O). At the end, whatever ended
+them, an environment's `close_episode(episode)` (where it has one) frees each episode's
+resources. The records are
 `Trajectory`s (selfcritic/envs/base.py). Left out: overlapping turns of different episodes
 (asynchronous rollout); tool execution is the environment's `step`.
 """
@@ -51,6 +53,18 @@ class _Running:
     index: int  # prompt index x n + sample index: its request seed in later turns
 
 
+def observing_for(env, encode) -> Observing:
+    """How `env`'s observations join its episodes, for the prompt encoder `encode` (a
+    `PromptEncoder`): a chat template's end of turn closes a cut turn; the environment's
+    `max_observation_tokens` and `parallel_steps` where it has them."""
+    chat = getattr(encode, "chat", False)
+    return Observing(
+        close_turn=encode.stop_token_ids() if chat else (),
+        max_tokens=getattr(env, "max_observation_tokens", None),
+        parallel=getattr(env, "parallel_steps", 1),
+    )
+
+
 def run_episodes(
     engine: RolloutEngine,
     env: Environment,
@@ -77,14 +91,22 @@ def run_episodes(
             running.append(_Running(episode, trajectory, p * spec.n + s))
             _add_turn(trajectory, sample)
         result.append(trajectories)
-    for turn in range(1, max_turns + 1):
-        running = _answer(env, running, encode_observation, context_len, turn, max_turns, observing)
-        if not running:
-            break
-        turn_spec = dataclasses.replace(
-            spec, n=1, first_index=spec.first_index + turn * TURN_SEED_STRIDE
-        )
-        running = _next_turn(engine, running, turn_spec, context_len)
+    everyone = list(running)
+    try:
+        for turn in range(1, max_turns + 1):
+            running = _answer(
+                env, running, encode_observation, context_len, turn, max_turns, observing
+            )
+            if not running:
+                break
+            turn_spec = dataclasses.replace(
+                spec, n=1, first_index=spec.first_index + turn * TURN_SEED_STRIDE
+            )
+            running = _next_turn(engine, running, turn_spec, context_len)
+    finally:  # an environment that holds resources per episode (tool sessions) frees them
+        close = getattr(env, "close_episode", None)
+        for item in everyone if close else ():
+            close(item.episode)
     return result
 
 

@@ -1,0 +1,149 @@
+"""`env=tool_use`: questions from a data file, answered with tools over several turns.
+
+The prompts are a `dataset` environment's (every option of env=dataset, with its held-out split
+and bad-data checks), each offering the run's tools (`tools`: Python functions, MCP servers,
+synthetic tools, the sandboxed `python` tool; selfcritic/tools/). An episode:
+- the model writes a turn; each tool call in it (`tool_format`, selfcritic/envs/tool_calls.py)
+  runs in the episode's own `Toolbox` (a fresh MCP session per episode), and the results, one
+  observation, go back as the next turn's input (with a chat template, a `tool` message);
+- a turn without a call is the final answer: the verifier scores it alone
+  (`answer_is_last_turn`), the critic sees the whole episode (Trajectory.critic_text);
+- `max_turns` model turns at most; each observation is cut to `max_observation_tokens`.
+Faults of the model's calls (malformed, unknown tool, bad arguments, a raising or hanging tool)
+come back as error observations and are counted in the episode's info (`tool_calls`,
+`tool_errors/<reason>`), never a crash. The tool runtime (servers) starts at the first episode,
+not when the environment is built (the preflight builds it), and stops at `close`.
+Left out: tools chosen per prompt (every prompt offers all of them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from dataclasses import dataclass, field
+
+from selfcritic.config import Config, ConfigError, keyed, setting
+from selfcritic.envs.base import Episode, Prompt, Step
+from selfcritic.envs.dataset import DatasetEnvironment, DatasetOptions
+from selfcritic.envs.registry import register_environment
+from selfcritic.envs.tool_calls import FORMATS, call_format, parse_calls
+from selfcritic.tools.options import ToolsOptions, check_options
+
+
+@dataclass
+class ToolUseOptions(DatasetOptions):
+    """A data file's questions with tools (selfcritic/envs/tool_use.py)."""
+
+    name: str = "tool_use"
+    tools: ToolsOptions = field(default_factory=ToolsOptions)
+    # how calls are written: auto (hermes where the chat template writes <tool_call>, else
+    # compact) | hermes | compact
+    tool_format: str = setting("auto", one_of=("auto", *FORMATS))
+    max_turns: int = setting(4, ge=1)  # model turns per episode
+    max_observation_tokens: int = setting(256, ge=1)  # an observation's tokens at most
+    parallel_steps: int = setting(16, ge=1)  # episodes whose tool calls run at once
+    # the tools' list shown in the prompt text when no chat template renders them ({tools}: one
+    # line per tool, its name, arguments schema and description)
+    tools_preamble: str = "Tools: {tools}\n"
+
+
+@register_environment("tool_use", ToolUseOptions)
+class ToolUse(DatasetEnvironment):
+    """Questions answered over several turns with tools; the final turn is verified."""
+
+    answer_is_last_turn = True
+
+    def __init__(self, options: ToolUseOptions, cfg: Config) -> None:
+        try:
+            check_options(options.tools, "env.tools")
+        except ValueError as error:
+            raise ConfigError(keyed("env.tools", str(error))) from error
+        super().__init__(options, cfg)
+        self.max_turns = options.max_turns
+        self.max_observation_tokens = options.max_observation_tokens
+        self.parallel_steps = options.parallel_steps
+        self.format = call_format(options.tool_format, None)
+        self._runtime = None
+        self._starting = threading.Lock()
+        self._schemas: str | None = None
+
+    def use_encoder(self, encode) -> None:
+        """The trainer's prompt encoder: its chat template picks the call format (auto)."""
+        self.format = call_format(self.options.tool_format, encode.template)
+        self.chat = encode.chat
+
+    def runtime(self):
+        """The tool runtime, started at first use (servers up, tools listed)."""
+        with self._starting:
+            if self._runtime is None:
+                from selfcritic.tools.runtime import ToolRuntime
+
+                self._runtime = ToolRuntime(self.options.tools)
+                schemas = self._runtime.schemas()
+                self._schemas = json.dumps(schemas)
+                self._listed = "; ".join(listed(schema["function"]) for schema in schemas)
+            return self._runtime
+
+    def prompts(self, step: int, draw: int, count: int) -> list[Prompt]:
+        return [self._offer(p) for p in super().prompts(step, draw, count)]
+
+    def held_out(self) -> list[Prompt]:
+        return [self._offer(p) for p in super().held_out()]
+
+    def all_prompts(self) -> list[Prompt]:
+        return [self._offer(p) for p in super().all_prompts()]
+
+    def keep_prompts(self, keep) -> None:
+        super().keep_prompts(lambda prompt: keep(self._offer(prompt)))
+
+    def _offer(self, prompt: Prompt) -> Prompt:
+        """The prompt with the tools: as schemas for a chat template, and listed in its text
+        for a model without one."""
+        self.runtime()
+        if getattr(self, "chat", False):
+            return dataclasses.replace(prompt, tools=self._schemas)
+        text = self.options.tools_preamble.format(tools=self._listed) + prompt.text
+        return dataclasses.replace(prompt, text=text, tools=self._schemas)
+
+    def reset(self, prompt: Prompt) -> Episode:
+        return Episode(prompt, state=self.runtime().episode(), info={"tool_calls": 0})
+
+    def step(self, episode: Episode, turn: str, turn_ids: tuple[int, ...]) -> Step:
+        calls = parse_calls(turn, self.format)
+        if not calls:
+            self.close_episode(episode)
+            return Step(done=True)
+        results = []
+        for call in calls:
+            episode.info["tool_calls"] += 1
+            if call.malformed:
+                reason, text = "malformed", f"error: malformed tool call: {call.malformed}"
+            else:
+                result = episode.state.call(call.name, call.arguments)
+                reason, text = result.error, result.text
+            if reason:
+                key = f"tool_errors/{reason}"
+                episode.info[key] = episode.info.get(key, 0) + 1
+            results.append(text)
+        observation = "\n".join(results)
+        if not getattr(self, "chat", False):
+            observation = self.format.observation.format(text=observation)
+        return Step(observation=observation)
+
+    def close_episode(self, episode: Episode) -> None:
+        """End the episode's tool sessions (the driver calls it for every episode)."""
+        if episode.state is not None:
+            episode.state.close()
+            episode.state = None
+
+    def close(self) -> None:
+        """Stop the tool servers (the end of the run)."""
+        if self._runtime is not None:
+            self._runtime.close()
+            self._runtime = None
+
+
+def listed(function: dict) -> str:
+    """A tool as the prompt text lists it: its name, its arguments' properties as JSON."""
+    return f"{function['name']}{json.dumps(function['parameters'].get('properties', {}))}"
