@@ -40,7 +40,9 @@ class DatasetOptions:
     """The user's data (selfcritic/envs/dataset.py)."""
 
     name: str = "dataset"
-    path: str = "???"  # a .jsonl/.json/.csv/.parquet file, or a `save_to_disk` directory
+    # a .jsonl/.json/.csv/.parquet file, a `save_to_disk` directory, or "package:RESOURCE" (a
+    # file shipped in a Python package, e.g. "selfcritic.envs:data/calculator.jsonl")
+    path: str = "???"
     prompt_key: str = "prompt"  # the column of the prompts (every row needs one)
     reference_key: str | None = "reference"  # the column of the answers; None: rubric only
     rubric_key: str | None = None  # a column naming each row's rubric
@@ -130,9 +132,9 @@ def split_by_hash(rows: list[Prompt], fraction: float) -> tuple[list[Prompt], li
 def read_rows(path: str, options: DatasetOptions, split: str) -> list[Prompt]:
     """The prompts of a data file (or a saved split), each row checked; ConfigError naming the
     file, the row and the column of the first bad one."""
-    table = load_table(Path(path).expanduser(), split, options.max_rows)
+    table = load_table(data_path(path), split, options.max_rows)
     where = f"data file {path}"
-    if split != "train" or Path(path).is_dir():
+    if split != "train" or data_path(path).is_dir():
         where += f" (split {split!r})"
     if len(table) == 0:
         raise ConfigError(keyed("env.path", f"{where} holds no rows"))
@@ -178,6 +180,20 @@ def row_prompt(row: dict, number: int, where: str, options: DatasetOptions) -> P
         system=(row.get(options.system_key) if options.system_key else None)
         or options.system_prompt,
     )
+
+
+def data_path(path: str) -> Path:
+    """A data file's path: a path, or "package:RESOURCE" for a file shipped inside an
+    installed Python package (e.g. "selfcritic.envs:data/calculator.jsonl")."""
+    package, colon, resource = path.partition(":")
+    if colon and package and "/" not in package and not Path(path).exists():
+        import importlib.resources
+
+        try:
+            return Path(str(importlib.resources.files(package) / resource))
+        except ModuleNotFoundError as error:
+            raise ConfigError(keyed("env.path", f"{path!r}: no package {package!r}")) from error
+    return Path(path).expanduser()
 
 
 def load_table(path: Path, split: str, max_rows: int | None):

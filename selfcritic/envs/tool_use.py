@@ -43,8 +43,8 @@ class ToolUseOptions(DatasetOptions):
     max_turns: int = setting(4, ge=1)  # model turns per episode
     max_observation_tokens: int = setting(256, ge=1)  # an observation's tokens at most
     parallel_steps: int = setting(16, ge=1)  # episodes whose tool calls run at once
-    # the tools' list shown in the prompt text when no chat template renders them ({tools}: one
-    # line per tool, its name, arguments schema and description)
+    # the tools' list shown in the prompt text when no chat template renders them ({tools}:
+    # each tool's name and argument names, "add(a,b) multiply(a,b)")
     tools_preamble: str = "Tools: {tools}\n"
 
 
@@ -82,7 +82,7 @@ class ToolUse(DatasetEnvironment):
                 self._runtime = ToolRuntime(self.options.tools)
                 schemas = self._runtime.schemas()
                 self._schemas = json.dumps(schemas)
-                self._listed = "; ".join(listed(schema["function"]) for schema in schemas)
+                self._listed = " ".join(listed(schema["function"]) for schema in schemas)
             return self._runtime
 
     def prompts(self, step: int, draw: int, count: int) -> list[Prompt]:
@@ -145,5 +145,6 @@ class ToolUse(DatasetEnvironment):
 
 
 def listed(function: dict) -> str:
-    """A tool as the prompt text lists it: its name, its arguments' properties as JSON."""
-    return f"{function['name']}{json.dumps(function['parameters'].get('properties', {}))}"
+    """A tool as the prompt text lists it: its name and its arguments' names, `add(a,b)`
+    (short: a character model pays for every character)."""
+    return f"{function['name']}({','.join(function['parameters'].get('properties', {}))})"
