@@ -70,7 +70,11 @@ def import_tool(path: str) -> Tool:
 
 def signature_schema(fn: Callable[..., Any], docs: dict[str, str], where: str) -> dict[str, Any]:
     """The JSON object schema of `fn`'s keyword-callable parameters."""
-    hints = typing.get_type_hints(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as error:  # a hint naming what its module cannot see
+        message = f"{where}: its type hints do not resolve ({error}); pass parameters="
+        raise ValueError(message) from None
     properties, required = {}, []
     for parameter in inspect.signature(fn).parameters.values():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
