@@ -106,6 +106,19 @@ class ToolRuntime:
         except TimeoutError:
             return [self._lost(name, time.monotonic()) for _, name, _ in calls]
 
+    def close_episodes(self, boxes: Sequence[Toolbox]) -> None:
+        """End the episodes' sessions (and per-episode server processes) concurrently."""
+        boxes = [box for box in boxes if not box.closed]
+        for box in boxes:
+            box.closed = True
+
+        async def every() -> None:
+            await asyncio.gather(*(box.aclose() for box in boxes))
+
+        with contextlib.suppress(TimeoutError):  # sessions' own closes are bounded (CLOSE_S)
+            self._run(every(), 60.0)
+        self._boxes.difference_update(boxes)
+
     def metrics(self, reset: bool = False) -> dict[str, float]:
         """{"tools/calls": ..., "tools/errors/<reason>": ..., "tools/truncated": ...,
         "tools/abandoned_threads": ...}; `reset` starts the counts over (per step)."""
@@ -119,12 +132,13 @@ class ToolRuntime:
         """End every episode's sessions, stop the servers and the loop; idempotent."""
         if not self._thread.is_alive():
             return
-        for box in list(self._boxes):
-            box.close()
-        with contextlib.suppress(Exception):
+        self.close_episodes(list(self._boxes))
+        with contextlib.suppress(TimeoutError):
             self._run(self._stop_servers(), 60.0)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10.0)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def __enter__(self) -> ToolRuntime:
         return self
@@ -133,7 +147,6 @@ class ToolRuntime:
         self.close()
 
     async def _stop_servers(self) -> None:
-        await asyncio.gather(*(b.aclose() for b in list(self._boxes)), return_exceptions=True)
         await asyncio.gather(*(s.stop() for s in self.servers.values()), return_exceptions=True)
 
     def _run(self, coroutine, timeout_s: float | None = None) -> Any:
@@ -230,13 +243,9 @@ class Toolbox:
         return self.runtime.call_all([(self, name, arguments)])[0]
 
     def close(self) -> None:
-        """End the episode's sessions (and per-episode server processes); waits for them."""
-        if self.closed:
-            return
-        self.closed = True
-        with contextlib.suppress(Exception):
-            self.runtime._run(self.aclose(), 60.0)
-        self.runtime._boxes.discard(self)
+        """End the episode's sessions (and per-episode server processes); waits for them.
+        Many at once: `runtime.close_episodes(boxes)`."""
+        self.runtime.close_episodes([self])
 
     async def aclose(self) -> None:
         sessions, self._sessions = list(self._sessions.items()), {}
