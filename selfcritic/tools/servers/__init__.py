@@ -1,0 +1,1 @@
+"""MCP servers shipped for tests and examples; each runs as a script."""
