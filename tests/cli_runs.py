@@ -32,8 +32,10 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def train_two_steps(out: Path, cache_dir: Path, *overrides: str) -> list[dict]:
-    """2 steps of `+experiment=nano_quick` with `overrides`, evaluated before step 1 and after
+def train_two_steps(
+    out: Path, cache_dir: Path, *overrides: str, experiment: str = "nano_quick"
+) -> list[dict]:
+    """2 steps of `+experiment=EXPERIMENT` with `overrides`, evaluated before step 1 and after
     step 2, trained in this process into `out`; the metrics records."""
     from hydra import compose, initialize_config_dir
 
@@ -41,7 +43,7 @@ def train_two_steps(out: Path, cache_dir: Path, *overrides: str) -> list[dict]:
     from selfcritic.run import CONF_DIR, to_config
     from selfcritic.trainer import Trainer
 
-    settings = ["+experiment=nano_quick", "trainer.steps=2", "eval.every=2", *overrides]
+    settings = [f"+experiment={experiment}", "trainer.steps=2", "eval.every=2", *overrides]
     settings += [f"trainer.cache_dir={cache_dir}", "tracking.wandb_mode=disabled"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = to_config(compose(config_name="config", overrides=settings))

@@ -48,6 +48,7 @@ BUILT_IN = (
     "selfcritic.envs.dataset",
     "selfcritic.envs.reasoning_gym_env",
     "selfcritic.envs.humaneval",
+    "selfcritic.envs.tool_use",
 )
 
 

@@ -1,0 +1,80 @@
+"""`env=tool_use`: the calculator questions with the shipped MCP server, episodes that call it,
+every fault as an error observation and a count, and `+experiment=tools_quick` for 2 steps."""
+
+from __future__ import annotations
+
+import json
+
+from cli_runs import read_jsonl, train_two_steps
+from hydra import compose, initialize_config_dir
+
+from selfcritic.envs.registry import build_environment
+from selfcritic.envs.tool_calls import FORMATS
+from selfcritic.run import CONF_DIR, to_config
+
+
+def _config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return to_config(
+            compose(config_name="config", overrides=["+experiment=tools_quick", *overrides])
+        )
+
+
+def test_an_episode_calls_the_mcp_server_and_faults_are_observations():
+    cfg = _config()
+    env = build_environment(cfg.env, cfg)
+    try:
+        prompt = env.prompts(1, 0, 1)[0]
+        assert prompt.text.startswith("Tools: add(a,b) multiply(a,b) lookup(name) count()\nQ: ")
+        episode = env.reset(prompt)
+        turn = 'First <call>multiply {"a": 53, "b": 31}</call> then <call>count</call>'
+        step = env.step(episode, turn, ())
+        assert not step.done and step.observation == "\n<result>1643.0\n1</result>\n"
+        faults = (
+            '<call>divide {"a": 1}</call><call>add {"a": "x", "b": 1}</call><call>add {oops'
+            '}</call><call>lookup {"name": "tau"}</call><call>count</call>'
+        )
+        step = env.step(episode, faults, ())
+        lines = step.observation.strip().removeprefix("<result>").removesuffix("</result>")
+        assert lines.startswith("Error (unknown_tool): there is no tool named 'divide'")
+        assert lines.count("Error (") == 4 and lines.endswith("\n2")  # the session's 2nd count
+        assert env.step(episode, "The answer is 1643.", ()).done  # no call: the final answer
+        assert episode.info == {
+            "tool_calls": 7,
+            "tool_errors/unknown_tool": 1,
+            "tool_errors/bad_arguments": 1,
+            "tool_errors/malformed": 1,
+            "tool_errors/tool_error": 1,
+        }
+        fresh = env.reset(prompt)  # a new episode: a new server process, the count starts over
+        assert env.step(fresh, "<call>count</call>", ()).observation == "\n<result>1</result>\n"
+        env.close_episode(fresh)
+    finally:
+        env.close()
+
+
+def test_hermes_calls_are_parsed_and_answered_as_tool_messages():
+    cfg = _config("env.tool_format=hermes")
+    env = build_environment(cfg.env, cfg)
+    env.chat = True  # as with a chat template: the result alone, rendered as a tool turn
+    try:
+        episode = env.reset(env.prompts(1, 0, 1)[0])
+        call = {"name": "add", "arguments": {"a": 2, "b": 40}}
+        step = env.step(episode, f"<tool_call>{json.dumps(call)}</tool_call>", ())
+        assert env.format is FORMATS["hermes"] and step.observation == "42.0"
+        env.close_episode(episode)
+    finally:
+        env.close()
+
+
+def test_tools_quick_trains_two_steps_with_episodes_recorded(tmp_path, cache_dir):
+    """The experiment as a user runs it (the random model rarely writes a call: the counts are
+    there, the servers start and stop, the episodes are recorded whole)."""
+    out = tmp_path / "run"
+    records = train_two_steps(out, cache_dir, "tracking.samples_every=1", experiment="tools_quick")
+    for record in records[1:]:
+        assert record["rollout/turns"] >= 1 and "episode/tool_calls" in record
+        assert record["reward/verifier_failed"] == 0
+    assert records[-1]["eval/verifier_failed"] == 0
+    rows = read_jsonl(out / "samples.jsonl")
+    assert rows and all(row["prompt"].startswith("Tools: add(a,b)") for row in rows)
