@@ -644,7 +644,7 @@ class Trainer:
         ptx, ptx_weights = (), ()
         if self.ptx_data is not None:  # warm-start critic verdicts keep the judging skill
             rng = random.Random(f"ptx:{self.cfg.trainer.seed}:{step}")
-            ptx = self.ptx_data.batch(rng, 0, self.cfg.warmstart.ptx_per_step)
+            ptx = self.ptx_data.ptx_batch(rng, self.cfg.warmstart.ptx_per_step)
             ptx_weights = self.ptx_data.token_weights
         if not samples and not examples and not ptx:
             return None

@@ -684,13 +684,14 @@ def test_responses_too_long_for_the_context_are_cut_and_counted():
     judge = Judge(cfg, _chars_encode, (X_ID, Y_ID), context_len=60)
     short = PairJob(("k",), "Q: 1+1=", "2", "3", "correct")
     assert judge.encode_pair(short, False) == _chars_encode(judge.prompt_text(short, False))
-    long = PairJob(("k",), "Q: 1+1=", "2" * 30, "3" * 5, "correct")
+    long = PairJob(("k",), "Q: 1+1=", "abcdefghij" * 3, "3" * 5, "correct")
     ids = judge.encode_pair(long, True)
     assert len(ids) == 56 and judge.cut_prompts == 1
     text = "".join(map(chr, ids))
     # 60 - 4 answer tokens - 28 fixed characters leave 28: "33333" (5) stays whole, and the
-    # other is cut to k characters plus " [cut]" (6): 5 + k + 6 <= 28, k = 17
-    assert shown_as(text, "X") == "3" * 5 and shown_as(text, "Y") == "2" * 17 + " [cut]"
+    # other is cut to k characters plus " [cut] " (7): 5 + k + 7 <= 28, k = 16, its first 8
+    # and its last 8 kept
+    assert shown_as(text, "X") == "3" * 5 and shown_as(text, "Y") == "abcdefgh [cut] cdefghij"
 
     hopeless = PairJob(("h",), "Q: " + "9" * 40, "2", "3", "correct")  # 68 fixed characters
     engine = _RecordingEngine()

@@ -46,7 +46,7 @@ def test_an_episode_calls_the_mcp_server_and_faults_are_observations():
             "tool_errors/malformed": 1,
             "tool_errors/tool_error": 1,
         }
-        fresh = env.reset(prompt)  # a new episode: a new server process, the count starts over
+        fresh = env.reset(prompt)  # a new episode: a new MCP session, the count starts over
         assert env.step(fresh, "<call>count</call>", ()).observation == "\n<result>1</result>\n"
         env.close_episode(fresh)
     finally:

@@ -115,10 +115,15 @@ _NOT_SENT = Sample((), (), "", (), "skipped", -1)  # the answer of a prompt that
 
 
 def cut_job(job: PairJob, length: int) -> PairJob:
-    """`job` with each response longer than `length` characters cut to them and marked."""
+    """`job` with each response longer than `length` characters cut to them, its middle left
+    out and marked: the beginning and the end are kept (a transcript's final answer, an
+    answer's conclusion)."""
 
     def cut(text: str) -> str:
-        return text if len(text) <= length else text[:length] + CUT_MARK
+        if len(text) <= length:
+            return text
+        head = (length + 1) // 2
+        return text[:head] + CUT_MARK + text[len(text) - (length - head) :]
 
     return dataclasses.replace(job, first=cut(job.first), second=cut(job.second))
 

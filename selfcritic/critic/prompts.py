@@ -49,7 +49,7 @@ CHAT_TEMPLATE = (
 CHAT_DELIMITERS = ("[Request]", "[End of request]", "[Response ", "[End of response ")
 _PLAIN = set(" .,;!?'\"()+-*/=%")  # punctuation `sanitise` keeps
 TEMPLATE_FIELDS = {"question", "first", "second", "aspect", "description", "x", "y", "instruction"}
-CUT_MARK = " [cut]"  # ends a response cut to fit a critic prompt
+CUT_MARK = " [cut] "  # where a response cut to fit a critic prompt lost its middle
 
 
 def critic_template(template: str | None, chat: bool) -> str:

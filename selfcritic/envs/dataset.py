@@ -22,6 +22,7 @@ in memory (`datasets` itself memory-maps its Arrow cache). Left out: streaming.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from selfcritic.config import Config, ConfigError, keyed, setting
 from selfcritic.envs.base import Prompt, SingleTurn, is_heldout
 from selfcritic.envs.reasoning import check_tags
 from selfcritic.envs.registry import register_environment
+from selfcritic.envs.sft import PairsCorpus, demonstration_pairs
+from selfcritic.model.chat import prompt_encoder
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TEXT_FORMATS = (".jsonl", ".json", ".csv")
@@ -49,6 +52,10 @@ class DatasetOptions:
     budget_key: str | None = None  # a column of each row's token budget
     system_key: str | None = None  # a column of each row's system prompt
     system_prompt: str | None = None  # the system prompt of rows without their own
+    # a column of demonstrations for the warm-start and PTX (selfcritic/envs/sft.py): a string
+    # (the response), or a list of a tool episode's turns; None: the reference is the response
+    demo_key: str | None = None
+    corpus_batch: int = setting(16, ge=1)  # supervised pairs per warm-start step
     prompt_template: str = "{prompt}"  # the text the model sees, e.g. "Q: {prompt}\nA:"
     split: str = "train"  # the training split of a saved DatasetDict
     heldout_split: str | None = None  # a split of a saved DatasetDict held out for evaluation
@@ -73,6 +80,8 @@ class DatasetEnvironment(SingleTurn):
         self.verifier, self.rubric = options.verifier, options.rubric
         self.reasoning_tags = check_tags(options.reasoning_tags)
         rows = read_rows(options.path, options, options.split)
+        self.chat_template = cfg.data.chat_template
+        self.demos = read_demos(options.path, options, options.split) if options.demo_key else {}
         if options.heldout_path is not None:
             self.train = rows
             self.heldout = read_rows(options.heldout_path, options, options.split)
@@ -96,6 +105,37 @@ class DatasetEnvironment(SingleTurn):
 
     def held_out(self) -> list[Prompt]:
         return self.heldout[: self.options.heldout_max]
+
+    def demonstration(self, prompt: Prompt) -> tuple[list[str], list[str]] | None:
+        """A training prompt's demonstration, (turns, observations): its `demo_key` value, else
+        its reference as the one turn; None without either."""
+        if prompt.text in self.demos:
+            return self.demos[prompt.text], []
+        if self.options.demo_key is None and prompt.reference is not None:
+            return [prompt.reference], []
+        return None
+
+    def corpus(self, tokenizer) -> PairsCorpus:
+        """The training prompts' demonstrations as supervised pairs (selfcritic/envs/sft.py),
+        rendered as the run renders prompts (`data.chat_template`)."""
+        encode = prompt_encoder(tokenizer, self.chat_template)
+
+        def make_pairs():
+            pairs = []
+            for prompt in self.train:
+                shown, found = self.shown(prompt), self.demonstration(prompt)
+                if found is not None:
+                    ids = encode(shown.text, shown.system, shown.tools)
+                    pairs += demonstration_pairs(ids, *found, encode)
+            return pairs
+
+        recipe = {"options": dataclasses.asdict(self.options), "chat": encode.template}
+        sources = (data_path(self.options.path),)
+        return PairsCorpus(make_pairs, recipe, sources, self.options.corpus_batch)
+
+    def shown(self, prompt: Prompt) -> Prompt:
+        """The prompt as the model sees it (a subclass may add to it: the tool list)."""
+        return prompt
 
     def all_prompts(self) -> list[Prompt]:
         """Every prompt it may show the model: what the trainer checks for length."""
@@ -138,7 +178,8 @@ def read_rows(path: str, options: DatasetOptions, split: str) -> list[Prompt]:
         where += f" (split {split!r})"
     if len(table) == 0:
         raise ConfigError(keyed("env.path", f"{where} holds no rows"))
-    for key in ("prompt_key", "reference_key", "rubric_key", "budget_key", "system_key"):
+    keys = ("prompt_key", "reference_key", "rubric_key", "budget_key", "system_key", "demo_key")
+    for key in keys:
         column = getattr(options, key)
         if column is not None and column not in table.column_names:
             raise ConfigError(
@@ -148,6 +189,28 @@ def read_rows(path: str, options: DatasetOptions, split: str) -> list[Prompt]:
                 )
             )
     return [row_prompt(row, index + 1, where, options) for index, row in enumerate(table.to_list())]
+
+
+def read_demos(path: str, options: DatasetOptions, split: str) -> dict[str, list[str]]:
+    """{prompt text: its demonstration's turns} of the rows with a demonstration (`demo_key`);
+    ConfigError naming the row when one is neither a string nor a list of strings."""
+    table = load_table(data_path(path), split, options.max_rows)
+    demos = {}
+    for number, row in enumerate(table.to_list(), start=1):
+        demo = row.get(options.demo_key)
+        turns = [demo] if isinstance(demo, str) else demo
+        if demo is None:
+            continue
+        if not (isinstance(turns, list) and turns and all(isinstance(t, str) for t in turns)):
+            raise ConfigError(
+                keyed(
+                    "env.demo_key",
+                    f"data file {path}, row {number}: column {options.demo_key!r} must be a "
+                    f"string or a list of strings (the turns), got {demo!r}",
+                )
+            )
+        demos[options.prompt_template.format(prompt=row[options.prompt_key])] = turns
+    return demos
 
 
 def row_prompt(row: dict, number: int, where: str, options: DatasetOptions) -> Prompt:

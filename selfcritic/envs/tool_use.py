@@ -46,6 +46,7 @@ class ToolUseOptions(DatasetOptions):
     # the tools' list shown in the prompt text when no chat template renders them ({tools}:
     # each tool's name and argument names, "add(a,b) multiply(a,b)")
     tools_preamble: str = "Tools: {tools}\n"
+    rubric: str = "k2_agentic"  # the critic's rubric: the answer and the process
 
 
 @register_environment("tool_use", ToolUseOptions)
@@ -114,22 +115,41 @@ class ToolUse(DatasetEnvironment):
         if not calls:
             self.close_episode(episode)
             return Step(done=True)
+        return Step(observation=self._results(episode.state, calls, episode.info))
+
+    def _results(self, box, calls, info: dict) -> str:
+        """The observation answering a turn's `calls`, run in `box`; counts into `info`."""
         results = []
         for call in calls:
-            episode.info["tool_calls"] += 1
+            info["tool_calls"] = info.get("tool_calls", 0) + 1
             if call.malformed:
-                reason, text = "malformed", f"error: malformed tool call: {call.malformed}"
+                reason, text = "malformed", f"Error (malformed): {call.malformed}"
             else:
-                result = episode.state.call(call.name, call.arguments)
+                result = box.call(call.name, call.arguments)
                 reason, text = result.error, result.text
             if reason:
-                key = f"tool_errors/{reason}"
-                episode.info[key] = episode.info.get(key, 0) + 1
+                info[f"tool_errors/{reason}"] = info.get(f"tool_errors/{reason}", 0) + 1
             results.append(text)
         observation = "\n".join(results)
-        if not getattr(self, "chat", False):
-            observation = self.format.observation.format(text=observation)
-        return Step(observation=observation)
+        if getattr(self, "chat", False):
+            return observation
+        return self.format.observation.format(text=observation)
+
+    def shown(self, prompt: Prompt) -> Prompt:
+        return self._offer(prompt)
+
+    def demonstration(self, prompt: Prompt) -> tuple[list[str], list[str]] | None:
+        """A demonstration's turns, and the observations its calls really get (the tools run,
+        in an episode of their own): the warm-start shows what RL will see."""
+        found = super().demonstration(prompt)
+        if found is None:
+            return None
+        turns, box = found[0], self.runtime().episode()
+        try:
+            observations = [self._results(box, parse_calls(t, self.format), {}) for t in turns[:-1]]
+        finally:
+            box.close()
+        return turns, observations
 
     def close_episode(self, episode: Episode) -> None:
         """End the episode's tool sessions (the driver calls it for every episode)."""

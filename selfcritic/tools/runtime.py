@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import tempfile
 import threading
 import time
@@ -51,6 +52,7 @@ from selfcritic.tools.options import ToolsOptions, check_options
 from selfcritic.tools.sandboxed import python_tool
 from selfcritic.tools.synthetic import load_synthetic
 
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "mcp")  # the MCP client's, at WARNING
 WAIT_MARGIN_S = 30.0  # a caller waits this long past a call's timeout before giving up on it
 
 
@@ -59,6 +61,8 @@ class ToolRuntime:
 
     def __init__(self, options: ToolsOptions, tools: Sequence[Tool] = ()):
         check_options(options)
+        for name in QUIET_LOGGERS:  # one INFO line per HTTP request would drown the console
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.options = options
         local = [*tools, *map(import_tool, options.python_functions)]
         if options.synthetic is not None:
