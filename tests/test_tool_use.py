@@ -67,14 +67,20 @@ def test_hermes_calls_are_parsed_and_answered_as_tool_messages():
         env.close()
 
 
-def test_tools_quick_trains_two_steps_with_episodes_recorded(tmp_path, cache_dir):
-    """The experiment as a user runs it (the random model rarely writes a call: the counts are
-    there, the servers start and stop, the episodes are recorded whole)."""
+def test_tools_quick_trains_two_steps_with_whole_episodes_recorded(tmp_path, cache_dir):
+    """The experiment as a user runs it, its warm-start cut to 50 steps at higher rates (the
+    model then calls, some calls malformed): episodes of several turns, the servers' answers
+    and the error observations in the sample table, the calls counted."""
     out = tmp_path / "run"
-    records = train_two_steps(out, cache_dir, "tracking.samples_every=1", experiment="tools_quick")
+    short = ["warmstart.steps=50", "warmstart.muon_lr=0.01", "warmstart.adamw_lr=3e-3"]
+    settings = [*short, "tracking.samples_every=1", "eval.samples=2"]
+    records = train_two_steps(out, cache_dir, *settings, experiment="tools_quick")
     for record in records[1:]:
-        assert record["rollout/turns"] >= 1 and "episode/tool_calls" in record
+        assert record["rollout/turns"] > 1 and record["episode/tool_calls"] > 0
         assert record["reward/verifier_failed"] == 0
     assert records[-1]["eval/verifier_failed"] == 0
     rows = read_jsonl(out / "samples.jsonl")
     assert rows and all(row["prompt"].startswith("Tools: add(a,b)") for row in rows)
+    episodes = [row["response"] for row in rows if "[observation: " in row["response"]]
+    assert episodes and all(e.startswith("<call>") for e in episodes)  # whole episodes
+    assert any("<result>" in e and "Error (" not in e for e in episodes)  # a server's answer
