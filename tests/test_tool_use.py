@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from selfcritic.envs.registry import build_environment
 from selfcritic.envs.tool_calls import FORMATS
 from selfcritic.run import CONF_DIR, to_config
+from selfcritic.tools import McpServerSpec
 
 
 def _config(*overrides: str):
@@ -53,8 +54,11 @@ def test_an_episode_calls_the_mcp_server_and_faults_are_observations():
         env.close()
 
 
-def test_hermes_calls_are_parsed_and_answered_as_tool_messages():
+def test_hermes_calls_to_a_stdio_server_are_answered_as_tool_messages():
+    """The calculator over stdio this time (a process per episode), called the Qwen way."""
     cfg = _config("env.tool_format=hermes")
+    stdio = McpServerSpec("calc", command=["python", "-m", "selfcritic.tools.servers.calculator"])
+    cfg.env.tools.mcp_servers = [stdio]
     env = build_environment(cfg.env, cfg)
     env.chat = True  # as with a chat template: the result alone, rendered as a tool turn
     try:
@@ -62,6 +66,7 @@ def test_hermes_calls_are_parsed_and_answered_as_tool_messages():
         call = {"name": "add", "arguments": {"a": 2, "b": 40}}
         step = env.step(episode, f"<tool_call>{json.dumps(call)}</tool_call>", ())
         assert env.format is FORMATS["hermes"] and step.observation == "42.0"
+        assert env.step(episode, '<tool_call>{"name": "count"}</tool_call>', ()).observation == "1"
         env.close_episode(episode)
     finally:
         env.close()
