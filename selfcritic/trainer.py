@@ -257,7 +257,7 @@ class Trainer:
         for label, env in self.parts.items():
             if not hasattr(env, "all_prompts"):
                 continue
-            lengths = {p: len(self.encode(p.text, p.system)) for p in env.all_prompts()}
+            lengths = {p: len(self.encode(p.text, p.system, p.tools)) for p in env.all_prompts()}
             long = [p for p, length in lengths.items() if length > room]
             if not long:
                 continue
@@ -288,9 +288,14 @@ class Trainer:
         if self.cfg.critic.enabled:
             aspects = [(a.name, a.description) for s in specs for a in self.rubric(s).aspects]
         prompter = make_prompter(self.cfg.critic, self.encode)
+        whole = {p.text: (p.system, p.tools) for p in prompts}  # a prompt's system and tools
+
+        def encode(text: str) -> list[int]:  # a policy prompt whole, a critic prompt as text
+            return self.encode(text, *whole.get(text, (None, None)))
+
         problems = context_problems(
             self.cfg,
-            self.encode,
+            encode,
             [p.text for p in prompts],
             aspects,
             lambda question, aspect, description: prompter.prompt(
@@ -302,8 +307,21 @@ class Trainer:
                 verdict_token_ids(self.tokenizer, self.cfg.critic.verdict_letters)
             except ValueError as error:
                 problems.append(keyed("critic.verdict_letters", str(error)))
+        problems += self._observation_problems()
         if problems:
             raise ConfigError("\n".join(problems))
+
+    def _observation_problems(self) -> list[str]:
+        """A multi-turn environment needs a chat template that can append a turn as ids (the
+        stock Qwen3 template renders its last assistant turn differently: refused here, not at
+        the first observation)."""
+        if not self.encode.chat or getattr(self.env, "max_turns", 1) <= 1:
+            return []
+        try:
+            self.encode.observation("x")
+        except ValueError as error:
+            return [keyed("data.chat_template", str(error))]
+        return []
 
     def _save_config(self) -> None:
         """The run's settings as `config.yaml` (what `python -m selfcritic.eval` reads back)."""
@@ -550,9 +568,9 @@ class Trainer:
                     self.cfg.reward.budget_penalty,
                 )
                 if prompt.reference is not None and pool is not None:
-                    text = (
+                    text = (  # a tool episode's final answer, whatever its observations cost
                         episode.answer_text
-                        if len(ids) == len(episode.completion_ids)
+                        if len(ids) == len(episode.completion_ids) or len(episode.turns) > 1
                         else self._answer_of(
                             prompt, self.tokenizer.decode(ids, skip_special_tokens=True)
                         )

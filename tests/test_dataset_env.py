@@ -248,6 +248,17 @@ def test_long_prompts_train_with_critic_prompts_cut_and_counted(tmp_path, cache_
         assert record["reward/verifier_failed"] == 0 and record["critic/invalid_rate"] < 1
 
 
+def test_dropping_prompts_voids_a_walk_drawn_before(tmp_path):
+    """A walk drawn over all the rows (the run-start warning draws step 1) is drawn again over
+    the rows kept: no index past them, the same prompts as never having drawn."""
+    data = write_jsonl(tmp_path / "q.jsonl", ROWS)
+    drawn, fresh = (env_of(path=data, heldout_fraction=0.0) for _ in range(2))
+    drawn.prompts(1, 0, 4)
+    for env in (drawn, fresh):
+        env.keep_prompts(lambda p: int(p.reference) % 3 != 0)
+    assert drawn.prompts(0, 0, 12) == fresh.prompts(0, 0, 12)
+
+
 def test_prompts_too_long_for_the_context_are_refused_or_dropped(tmp_path, cache_dir):
     """A data file whose third row cannot fit the context with sampling.max_tokens: refused
     before any work (the first step's prompts alone would not show it), or left out with

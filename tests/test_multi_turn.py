@@ -115,3 +115,50 @@ def test_three_turn_episodes_extend_their_ids_and_match_the_learner(chat_model):
         for t, masked in enumerate(trajectory.loss_mask):
             if masked:
                 assert learner[t - 1].item() == pytest.approx(trajectory.logprobs[t], abs=1e-4)
+
+
+def test_an_observation_over_its_budget_keeps_its_framing_and_ends(tmp_path):
+    """The observation's own tokens are cut in the middle, marked; the template's tool-turn
+    framing (the end of turn, the next generation prompt) is always whole."""
+    from selfcritic.rollout.episodes import OBSERVATION_CUT, fit_observation
+
+    tokenizer = build_chat_tokenizer(tmp_path)
+    encode = prompt_encoder(tokenizer)
+    text = "<result>" + "".join(f"{i} " for i in range(200)) + "</result>"
+    frame = len(encode.observation(""))
+    ids, shown, cut = fit_observation(text, encode.observation, 30)
+    assert cut and OBSERVATION_CUT in shown and len(ids) <= frame + 30
+    assert shown.startswith("<result>0 1 2") and shown.endswith("199 </result>")
+    assert ids == encode.observation(shown)
+    assert tokenizer.decode(ids).endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert fit_observation("42", encode.observation, 30) == (encode.observation("42"), "42", False)
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused(tmp_path):
+    """Like Qwen3's stock template: the last assistant turn gets a block the earlier ones do
+    not, so an observation cannot be appended as ids."""
+    tokenizer = build_chat_tokenizer(tmp_path)
+    rewriting = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' and loop.last %}<think></think>{% endif %}"
+        "{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    encode = prompt_encoder(tokenizer)
+    encode.template = rewriting
+    with pytest.raises(ValueError, match="data.chat_template"):
+        encode.observation("42")
+
+
+def test_an_episode_out_of_turns_has_no_final_answer():
+    from selfcritic.envs.base import Trajectory
+    from selfcritic.envs.reasoning import answer_of
+
+    class Tools:
+        answer_is_last_turn = True
+
+    episode = Trajectory(Prompt("q", "5"), [1], 1, [0], [0.0], [], ["<call>a</call>", "5"], "")
+    episode.finish_reason = "done"
+    assert answer_of(Tools(), episode) == "5"
+    episode.finish_reason = "turns"  # its last turn was a call the episode had no turn to use
+    assert answer_of(Tools(), episode) is None

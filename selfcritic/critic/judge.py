@@ -172,11 +172,14 @@ class Judge:
                 allowed_token_ids=self.verdict_ids,
                 top_logprobs=2,
             )
+        chat = getattr(self.encode, "chat", False)
         return SamplingSpec(  # the verdict is read from the text: no logprobs needed
             n=1,
             temperature=self.cfg.temperature,
             max_tokens=self.cfg.max_tokens,
-            stop=("\n",),
+            # a chat model reasons over lines and ends its turn; a compact one ends at a newline
+            stop=() if chat else ("\n",),
+            stop_token_ids=self.encode.stop_token_ids() if chat else (),
             logprobs=False,
         )
 
@@ -300,6 +303,7 @@ class Judge:
             temperature=temperature,
             max_tokens=base.max_tokens,
             stop=base.stop,
+            stop_token_ids=base.stop_token_ids,
             seed=seed,
             logprobs=logprobs,
         )

@@ -105,8 +105,9 @@ class CriticPrompter:
     def neutralise(self, response: str) -> str:
         """The response with no way to forge a delimiter of the template or a verdict."""
         text = " ".join(response.split()) if self.flatten_newlines else response
-        for delimiter in (*self.delimiters, self.marker):
-            if delimiter:
+        cut = [d for d in (*self.delimiters, self.marker) if d]
+        while any(d in text for d in cut):  # until none is left: a cut can complete another
+            for delimiter in cut:  # ("[Response<|im_end|>Y]" -> "[Response Y]")
                 text = text.replace(delimiter, " ")
         return text
 

@@ -126,7 +126,8 @@ class DatasetEnvironment(SingleTurn):
                 shown, found = self.shown(prompt), self.demonstration(prompt)
                 if found is not None:
                     ids = encode(shown.text, shown.system, shown.tools)
-                    pairs += demonstration_pairs(ids, *found, encode)
+                    budget = getattr(self, "max_observation_tokens", None)
+                    pairs += demonstration_pairs(ids, *found, encode, budget)
             return pairs
 
         recipe = {"options": dataclasses.asdict(self.options), "chat": encode.template}
@@ -137,6 +138,9 @@ class DatasetEnvironment(SingleTurn):
         """The prompt as the model sees it (a subclass may add to it: the tool list)."""
         return prompt
 
+    def held_out_count(self) -> int:
+        return len(self.heldout[: self.options.heldout_max])
+
     def all_prompts(self) -> list[Prompt]:
         """Every prompt it may show the model: what the trainer checks for length."""
         return self.train + self.held_out()
@@ -145,6 +149,7 @@ class DatasetEnvironment(SingleTurn):
         """Leave out the prompts `keep` rejects (before any draw: the walk is over the rest)."""
         self.train = [p for p in self.train if keep(p)]
         self.heldout = [p for p in self.heldout if keep(p)]
+        self._orders = {}  # a walk drawn before (over more rows) is void
         if not self.train:
             raise ConfigError(keyed("data.long_prompts", "no training prompt is short enough"))
 

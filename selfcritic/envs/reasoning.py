@@ -42,5 +42,7 @@ def answer_of(env, trajectory) -> str | None:
     says so (`answer_is_last_turn`: a tool episode's final answer), else all it wrote; then the
     final part after a reasoning block (`reasoning_tags`; None: there is none)."""
     last_only = getattr(env, "answer_is_last_turn", False) and trajectory.texts
+    if last_only and trajectory.finish_reason in ("turns", "length"):
+        return None  # out of turns or room: its last turn was a call, not an answer
     text = trajectory.texts[-1] if last_only else trajectory.text
     return final_answer(text, getattr(env, "reasoning_tags", None))

@@ -184,6 +184,11 @@ class Mixture:
             self.weights[label] = float(weight)
         # the driver's turn limit: a part that ends its episodes sooner ends them itself
         self.max_turns = max(getattr(env, "max_turns", 1) for env in self.parts.values())
+        # the episode driver's settings, over the parts that have them: the tightest budget,
+        # the most parallel steps
+        budgets = [getattr(e, "max_observation_tokens", None) for e in self.parts.values()]
+        self.max_observation_tokens = min((b for b in budgets if b), default=None)
+        self.parallel_steps = max(getattr(e, "parallel_steps", 1) for e in self.parts.values())
 
     def counts(self, count: int) -> dict[str, int]:
         """How many of `count` prompts each part gives (largest remainders)."""
@@ -218,6 +223,11 @@ class Mixture:
 
     def step(self, episode, turn: str, turn_ids: tuple[int, ...]):
         return self.part_of(episode.prompt).step(episode, turn, turn_ids)
+
+    def close_episode(self, episode) -> None:
+        close = getattr(self.part_of(episode.prompt), "close_episode", None)
+        if close is not None:
+            close(episode)
 
 
 def parts(env: Environment) -> dict[str, Environment]:
@@ -277,6 +287,8 @@ def _environment_builds(cfg: Config, problems: Problems) -> None:
 
 def evaluable(env: Environment) -> bool:
     """Whether `env` has something to evaluate: its own suite or a held-out split."""
+    if hasattr(env, "held_out_count"):  # without building the prompts (tool_use: no servers)
+        return hasattr(env, "evaluate") or env.held_out_count() > 0
     return hasattr(env, "evaluate") or bool(env.held_out())
 
 

@@ -57,9 +57,13 @@ def demonstration_pairs(
     turns: Sequence[str],
     observations: Sequence[str],
     encode,
+    max_observation_tokens: int | None = None,
 ) -> list[Pair]:
     """One (context, target) pair per model turn of a demonstration (`observations[k]` follows
-    `turns[k]`; one fewer than the turns); `encode` is the run's PromptEncoder."""
+    `turns[k]`; one fewer than the turns); `encode` is the run's PromptEncoder; observations
+    are cut to their budget as the episode driver cuts them (`fit_observation`)."""
+    from selfcritic.rollout.episodes import fit_observation
+
     tokenizer = encode.tokenizer
     stop = encode.stop_token_ids()[0]  # the end of turn (chat) or EOS: what ends a sample
     context, pairs = list(prompt_ids), []
@@ -68,5 +72,6 @@ def demonstration_pairs(
         pairs.append((tuple(context), target))
         context += target
         if k < len(observations):
-            context += encode.observation(observations[k])
+            ids, _, _ = fit_observation(observations[k], encode.observation, max_observation_tokens)
+            context += ids
     return pairs

@@ -73,6 +73,8 @@ class ToolUse(DatasetEnvironment):
         """The trainer's prompt encoder: its chat template picks the call format (auto)."""
         self.format = call_format(self.options.tool_format, encode.template)
         self.chat = encode.chat
+        # a chat template without a tools section would not show them: list them in the text
+        self.listed_in_text = not encode.chat or "tools" not in (encode.template or "")
 
     def runtime(self):
         """The tool runtime, started at first use (servers up, tools listed)."""
@@ -102,7 +104,7 @@ class ToolUse(DatasetEnvironment):
         """The prompt with the tools: as schemas for a chat template, and listed in its text
         for a model without one."""
         self.runtime()
-        if getattr(self, "chat", False):
+        if not getattr(self, "listed_in_text", True):
             return dataclasses.replace(prompt, tools=self._schemas)
         text = self.options.tools_preamble.format(tools=self._listed) + prompt.text
         return dataclasses.replace(prompt, text=text, tools=self._schemas)
@@ -155,6 +157,14 @@ class ToolUse(DatasetEnvironment):
         """End the episode's tool sessions (the driver calls it for every episode)."""
         if episode.state is not None:
             episode.state.close()
+            episode.state = None
+
+    def close_episodes(self, episodes) -> None:
+        """End many episodes' tool sessions at once (the driver's end of a rollout)."""
+        boxes = [e.state for e in episodes if e.state is not None]
+        if boxes:
+            self.runtime().close_episodes(boxes)
+        for episode in episodes:
             episode.state = None
 
     def close(self) -> None:

@@ -132,6 +132,9 @@ def evaluate_checkpoint(checkpoint: Path, cfg, seed: int = 0) -> dict[str, float
         engine.shutdown()
         for pool in set(verifiers.values()) - {None}:
             pool.close()
+        for env in environments.values():
+            if hasattr(env, "close"):  # an environment's own processes (tool servers)
+                env.close()
 
 
 if __name__ == "__main__":

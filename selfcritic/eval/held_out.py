@@ -65,8 +65,10 @@ def held_out_spec(cfg: Config, seed: int, stop_token_ids: tuple[int, ...] = ()) 
 
 def held_out_metrics(env, engine, tokenizer, cfg: Config, verifier, seed: int) -> dict[str, float]:
     """The generic metrics of `env`'s held-out split (`verifier`: a VerifierPool or None)."""
-    prompts = env.held_out()
     encode = prompt_encoder(tokenizer, cfg.data.chat_template)
+    if hasattr(env, "use_encoder"):  # as in training (a tool format that follows the template)
+        env.use_encoder(encode)
+    prompts = env.held_out()
     spec = held_out_spec(cfg, seed, encode.stop_token_ids() if encode.chat else ())
     groups = episodes(env, engine, prompts, encode, spec, cfg)
     samples = [s for group in groups for s in group]

@@ -15,7 +15,8 @@ to the room left. The history is never re-tokenized: each turn and observation a
 the learner sees exactly the ids the engine conditioned on. `Observing` says how observations
 join: `close_turn`, the end-of-turn ids a chat template expects after a model turn, are
 appended (mask 0) where the turn did not end with one (cut by its token budget);
-`max_tokens` cuts each observation (counted in `Trajectory.observation_cuts`); `parallel`
+`max_tokens` bounds each observation's own tokens (a longer text loses its middle,
+`fit_observation`, counted in `Trajectory.observation_cuts`; the framing is kept); `parallel`
 environment steps run at once in threads (tool calls wait on I/O). At the end, whatever ended
 them, an environment's `close_episode(episode)` (where it has one) frees each episode's
 resources. The records are
@@ -32,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from selfcritic.envs.base import Environment, Episode, Prompt, Trajectory
 from selfcritic.rollout.types import RolloutEngine, Sample, SamplingSpec
 
+OBSERVATION_CUT = " [cut] "  # where an observation over its budget lost its middle
 TURN_SEED_STRIDE = 100_000_000  # request indices of turn t > 0 start at t * this (draws: 1e6)
 
 
@@ -80,34 +82,47 @@ def run_episodes(
     groups = engine.generate(prompt_ids, spec)
     running: list[_Running] = []
     result: list[list[Trajectory]] = []
-    for p, (prompt, ids, group) in enumerate(zip(prompts, prompt_ids, groups, strict=True)):
-        trajectories = []
-        for s, sample in enumerate(group):
-            episode = env.reset(prompt)
-            trajectory = Trajectory(
-                prompt, list(ids), len(ids), [0] * len(ids), [0.0] * len(ids), [], [], ""
-            )
-            trajectories.append(trajectory)
-            running.append(_Running(episode, trajectory, p * spec.n + s))
-            _add_turn(trajectory, sample)
-        result.append(trajectories)
-    everyone = list(running)
     try:
+        for p, (prompt, ids, group) in enumerate(zip(prompts, prompt_ids, groups, strict=True)):
+            trajectories = []
+            for s, sample in enumerate(group):
+                episode = env.reset(prompt)
+                trajectory = Trajectory(
+                    prompt, list(ids), len(ids), [0] * len(ids), [0.0] * len(ids), [], [], ""
+                )
+                trajectories.append(trajectory)
+                running.append(_Running(episode, trajectory, p * spec.n + s))
+                _add_turn(trajectory, sample)
+            result.append(trajectories)
+        going = running
         for turn in range(1, max_turns + 1):
-            running = _answer(
-                env, running, encode_observation, context_len, turn, max_turns, observing
-            )
-            if not running:
+            going = _answer(env, going, encode_observation, context_len, turn, max_turns, observing)
+            if not going:
                 break
             turn_spec = dataclasses.replace(
                 spec, n=1, first_index=spec.first_index + turn * TURN_SEED_STRIDE
             )
-            running = _next_turn(engine, running, turn_spec, context_len)
+            going = _next_turn(engine, going, turn_spec, context_len)
     finally:  # an environment that holds resources per episode (tool sessions) frees them
-        close = getattr(env, "close_episode", None)
-        for item in everyone if close else ():
-            close(item.episode)
+        _close_episodes(env, [item.episode for item in running])
     return result
+
+
+def _close_episodes(env, episodes) -> None:
+    """The environment frees the episodes' resources: all at once (`close_episodes`) where it
+    can, else `close_episode` on each, every one tried even when one fails."""
+    if hasattr(env, "close_episodes"):
+        env.close_episodes(episodes)
+        return
+    close = getattr(env, "close_episode", None)
+    failures = []
+    for episode in episodes if close else ():
+        try:
+            close(episode)
+        except Exception as error:  # noqa: BLE001 (the others must still be freed)
+            failures.append(error)
+    if failures:
+        raise failures[0]
 
 
 def _add_turn(trajectory: Trajectory, sample: Sample) -> None:
@@ -163,19 +178,48 @@ def _answer(
 def _observe(trajectory, observation, encode_observation, context_len, observing) -> None:
     """Append an observation (text or ids), after closing a cut turn, within the budgets."""
     text = observation if isinstance(observation, str) else None
-    ids = list(encode_observation(text) if text is not None else observation or ())
+    if text is not None:
+        ids, text, cut = fit_observation(text, encode_observation, observing.max_tokens)
+    else:
+        ids = list(observation or ())
+        cut = observing.max_tokens is not None and len(ids) > observing.max_tokens
+        ids = ids[: observing.max_tokens] if cut else ids
+    trajectory.observation_cuts += cut
     close = observing.close_turn
     if close and trajectory.ids[-1] not in close:
         ids = [close[0], *ids]  # the turn was cut: the template's end of turn closes it
-    if observing.max_tokens is not None and len(ids) > observing.max_tokens:
-        ids = ids[: observing.max_tokens]
-        trajectory.observation_cuts += 1
     room = context_len - len(trajectory.ids)
     ids = ids[: max(room, 0)]  # never past the context
     trajectory.ids.extend(ids)
     trajectory.loss_mask.extend([0] * len(ids))
     trajectory.logprobs.extend([0.0] * len(ids))
     trajectory.observations.append(text if text is not None else "")
+
+
+def fit_observation(text: str, encode_observation, max_tokens: int | None):
+    """(ids, text, cut) of an observation whose own tokens (beyond what the template writes
+    around an empty one) are at most `max_tokens`: a longer text loses its middle, marked
+    OBSERVATION_CUT (a binary search over the characters kept, half from each end, so the
+    template's framing and an environment's own wrapper, "<result>...</result>", stay whole)."""
+    ids = list(encode_observation(text))
+    if max_tokens is None:
+        return ids, text, False
+    room = len(encode_observation("")) + max_tokens
+    if len(ids) <= room:
+        return ids, text, False
+    best, low, high = None, 0, len(text)
+    while low <= high:
+        kept = (low + high) // 2
+        head = (kept + 1) // 2
+        candidate = text[:head] + OBSERVATION_CUT + text[len(text) - (kept - head) :]
+        found = list(encode_observation(candidate))
+        if len(found) <= room:
+            best, low = (found, candidate), kept + 1
+        else:
+            high = kept - 1
+    if best is None:  # not even the mark fits: the framing alone
+        return list(encode_observation(""))[:room], "", True
+    return best[0], best[1], True
 
 
 def _next_turn(
