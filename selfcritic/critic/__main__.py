@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["resolve", "tie"],
         help="critic.invalid_pairs",
     )
+    add_engine_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the critic's model is served (both commands)."""
     parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
     parser.add_argument(
         "--trust-remote-code",
@@ -59,7 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cache-dir", default="~/.cache/selfcritic", help="for checkpoint overlays"
     )
-    return parser.parse_args(argv)
 
 
 def read_inputs(args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -214,14 +219,7 @@ def parse_check_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--max-tokens", type=int, default=16, help="generative mode budget")
     parser.add_argument("--delimiter", action="append", dest="delimiters")
-    parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the checkpoint's own code (model.trust_remote_code)",
-    )
-    parser.add_argument("--max-model-len", type=int, help="default: the model's context length")
-    parser.add_argument("--cache-dir", default="~/.cache/selfcritic")
+    add_engine_arguments(parser)
     args = parser.parse_args(argv)
     if args.pairs_per_aspect < 1 or args.tie_pairs_per_aspect < 0:
         parser.error("--pairs-per-aspect must be at least 1, --tie-pairs-per-aspect at least 0")
