@@ -352,7 +352,7 @@ class Trainer:
             max_tokens=sampling.max_tokens,
             top_p=sampling.top_p,
             stop=tuple(sampling.stop),
-            stop_token_ids=self.encode.stop_token_ids() if self.encode.chat else (),
+            stop_token_ids=self.encode.turn_stop_ids(),
             seed=step_seed(cfg.trainer.seed, step, ROLLOUT_SEED),
             logprobs=engine_logprobs_due(step, cfg.learner.logprob_check_every, self.trust_engine),
         )
@@ -529,9 +529,7 @@ class Trainer:
     def _answer_of(self, prompt: Prompt, text: str) -> str:
         """What the verifier and critic see of `text`: its final part where the prompt's
         environment strips a reasoning block ("" where there is none)."""
-        tags = getattr(self.parts[prompt.env], "reasoning_tags", None)
-        answer = final_answer(text, tags)
-        return "" if answer is None else answer
+        return final_answer(text, getattr(self.parts[prompt.env], "reasoning_tags", None)) or ""
 
     def _set_answers(self, groups: list[list[Trajectory]]) -> float:
         """Set each trajectory's `answer` (reasoning.answer_of) where its environment asks for

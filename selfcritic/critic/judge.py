@@ -179,7 +179,7 @@ class Judge:
             max_tokens=self.cfg.max_tokens,
             # a chat model reasons over lines and ends its turn; a compact one ends at a newline
             stop=() if chat else ("\n",),
-            stop_token_ids=self.encode.stop_token_ids() if chat else (),
+            stop_token_ids=self.encode.turn_stop_ids() if chat else (),
             logprobs=False,
         )
 

@@ -65,6 +65,8 @@ class ToolUse(DatasetEnvironment):
         self.max_observation_tokens = options.max_observation_tokens
         self.parallel_steps = options.parallel_steps
         self.format = call_format(options.tool_format, None)
+        self.chat = False  # set by `use_encoder`: observations are then tool messages
+        self.listed_in_text = True  # the tools listed in the prompt text (no template shows them)
         self._runtime = None
         self._starting = threading.Lock()
         self._schemas: str | None = None
@@ -89,22 +91,22 @@ class ToolUse(DatasetEnvironment):
             return self._runtime
 
     def prompts(self, step: int, draw: int, count: int) -> list[Prompt]:
-        return [self._offer(p) for p in super().prompts(step, draw, count)]
+        return [self.shown(p) for p in super().prompts(step, draw, count)]
 
     def held_out(self) -> list[Prompt]:
-        return [self._offer(p) for p in super().held_out()]
+        return [self.shown(p) for p in super().held_out()]
 
     def all_prompts(self) -> list[Prompt]:
-        return [self._offer(p) for p in super().all_prompts()]
+        return [self.shown(p) for p in super().all_prompts()]
 
     def keep_prompts(self, keep) -> None:
-        super().keep_prompts(lambda prompt: keep(self._offer(prompt)))
+        super().keep_prompts(lambda prompt: keep(self.shown(prompt)))
 
-    def _offer(self, prompt: Prompt) -> Prompt:
+    def shown(self, prompt: Prompt) -> Prompt:
         """The prompt with the tools: as schemas for a chat template, and listed in its text
         for a model without one."""
         self.runtime()
-        if not getattr(self, "listed_in_text", True):
+        if not self.listed_in_text:
             return dataclasses.replace(prompt, tools=self._schemas)
         text = self.options.tools_preamble.format(tools=self._listed) + prompt.text
         return dataclasses.replace(prompt, text=text, tools=self._schemas)
@@ -133,12 +135,9 @@ class ToolUse(DatasetEnvironment):
                 info[f"tool_errors/{reason}"] = info.get(f"tool_errors/{reason}", 0) + 1
             results.append(text)
         observation = "\n".join(results)
-        if getattr(self, "chat", False):
+        if self.chat:
             return observation
         return self.format.observation.format(text=observation)
-
-    def shown(self, prompt: Prompt) -> Prompt:
-        return self._offer(prompt)
 
     def demonstration(self, prompt: Prompt) -> tuple[list[str], list[str]] | None:
         """A demonstration's turns, and the observations its calls really get (the tools run,

@@ -69,7 +69,7 @@ def held_out_metrics(env, engine, tokenizer, cfg: Config, verifier, seed: int) -
     if hasattr(env, "use_encoder"):  # as in training (a tool format that follows the template)
         env.use_encoder(encode)
     prompts = env.held_out()
-    spec = held_out_spec(cfg, seed, encode.stop_token_ids() if encode.chat else ())
+    spec = held_out_spec(cfg, seed, encode.turn_stop_ids())
     groups = episodes(env, engine, prompts, encode, spec, cfg)
     samples = [s for group in groups for s in group]
     checked = [k for k, prompt in enumerate(prompts) if prompt.reference is not None]

@@ -57,6 +57,7 @@ class PromptEncoder:
     def __init__(self, tokenizer, template: str | None = None) -> None:
         self.tokenizer, self.template = tokenizer, template
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        self._fixed: dict = {}  # {(what, template): value} of what does not depend on the text
 
     @property
     def chat(self) -> bool:
@@ -82,8 +83,8 @@ class PromptEncoder:
         a `role` message and the next generation prompt; the raw text without a template."""
         if self.template is None:
             return self.tokenizer(text, add_special_tokens=False).input_ids
+        before, after_turn = self._turn_end()
         history = [{"role": "user", "content": "1"}, {"role": "assistant", "content": _PROBE}]
-        before = self._apply(history)
         after = self._apply([*history, {"role": role, "content": text}], add_generation_prompt=True)
         if not after.startswith(before) or _PROBE not in before:
             raise ValueError(
@@ -91,12 +92,23 @@ class PromptEncoder:
                 " its observations cannot be appended as ids (set data.chat_template to one that"
                 " can)"
             )
-        end_of_turn = before.split(_PROBE, 1)[1]  # what the template writes after the turn
-        eot = self._end_of_turn()
-        written = self.tokenizer.decode([eot]) if eot is not None else ""
-        # the model wrote its end-of-turn token: what follows it is the observation's
-        suffix = end_of_turn.removeprefix(written) + after[len(before) :]
+        suffix = after_turn + after[len(before) :]
         return self.tokenizer(suffix, add_special_tokens=False).input_ids
+
+    def _turn_end(self) -> tuple[str, str]:
+        """(a one-turn conversation's text, what its template writes after the end-of-turn
+        token the model wrote): the same for every observation, so rendered once."""
+        key = ("turn_end", self.template)
+        if key not in self._fixed:
+            history = [{"role": "user", "content": "1"}, {"role": "assistant", "content": _PROBE}]
+            before = self._apply(history)
+            eot = self._end_of_turn()
+            written = self.tokenizer.decode([eot]) if eot is not None else ""
+            after_turn = (
+                before.split(_PROBE, 1)[1].removeprefix(written) if _PROBE in before else ""
+            )
+            self._fixed[key] = (before, after_turn)
+        return self._fixed[key]
 
     def _apply(self, messages, tools=None, add_generation_prompt: bool = False) -> str:
         return self.tokenizer.apply_chat_template(
@@ -110,9 +122,17 @@ class PromptEncoder:
     def stop_token_ids(self) -> tuple[int, ...]:
         """The ids that end a response: the template's end-of-turn token (where it writes a
         special token right after an assistant message) and the tokenizer's EOS."""
-        ids = [] if self.template is None else [self._end_of_turn()]
-        ids.append(self.tokenizer.eos_token_id)
-        return tuple(dict.fromkeys(i for i in ids if i is not None))
+        key = ("stops", self.template)
+        if key not in self._fixed:  # rendered once: every generate call asks
+            ids = [] if self.template is None else [self._end_of_turn()]
+            ids.append(self.tokenizer.eos_token_id)
+            self._fixed[key] = tuple(dict.fromkeys(i for i in ids if i is not None))
+        return self._fixed[key]
+
+    def turn_stop_ids(self) -> tuple[int, ...]:
+        """What a generate call must stop at besides EOS: the stop ids with a chat template,
+        none without (EOS already ends a sample)."""
+        return self.stop_token_ids() if self.chat else ()
 
     def _end_of_turn(self) -> int | None:
         messages = [{"role": "user", "content": "1"}, {"role": "assistant", "content": _PROBE}]

@@ -59,9 +59,8 @@ def observing_for(env, encode) -> Observing:
     """How `env`'s observations join its episodes, for the prompt encoder `encode` (a
     `PromptEncoder`): a chat template's end of turn closes a cut turn; the environment's
     `max_observation_tokens` and `parallel_steps` where it has them."""
-    chat = getattr(encode, "chat", False)
     return Observing(
-        close_turn=encode.stop_token_ids() if chat else (),
+        close_turn=encode.turn_stop_ids(),
         max_tokens=getattr(env, "max_observation_tokens", None),
         parallel=getattr(env, "parallel_steps", 1),
     )
