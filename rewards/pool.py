@@ -51,6 +51,18 @@ class BatchStats:
     def failed(self) -> int:
         return self.errors + self.timeouts + self.worker_deaths
 
+    def metrics(self) -> dict[str, float]:
+        """The batch's failures: by kind, and by reason under reward/verifier_failures/."""
+        metrics = {
+            "reward/verifier_errors": float(self.errors),
+            "reward/verifier_timeouts": float(self.timeouts),
+            "reward/verifier_worker_deaths": float(self.worker_deaths),
+            "reward/verifier_failed": float(self.failed),
+        }
+        for reason, count in self.by_reason.items():
+            metrics[f"reward/verifier_failures/{reason.replace(' ', '_')}"] = float(count)
+        return metrics
+
     def count(self, result: RewardResult) -> None:
         reason = failure_reason(result)
         if reason is None:

@@ -33,7 +33,7 @@ import torch
 
 from rewards.base import Rubric
 from rewards.format import apply_budget
-from rewards.pool import BatchStats, FailureWatch, score_in_pools, verifier_pools
+from rewards.pool import FailureWatch, score_in_pools, verifier_pools
 from rewards.registry import load_rubric
 from selfcritic.checkpoint import (
     check_resumable,
@@ -587,7 +587,7 @@ class Trainer:
                 if checked.numel()
                 else float("nan"),
                 "reward/over_budget_rate": float((penalties > 0).float().mean()),
-                **verifier_metrics(stats),
+                **stats.metrics(),
             }
         )
         warning = self.verifier_watch.observe(stats, len(jobs))
@@ -734,19 +734,6 @@ def step_seed(run_seed: int, step: int, purpose: int) -> int:
 def _learner_key(name: str) -> str:
     """Learner metrics go under learner/, unless they already name their panel (muonclip/...)."""
     return name if "/" in name else f"learner/{name}"
-
-
-def verifier_metrics(stats: BatchStats) -> dict[str, float]:
-    """The batch's failures: by kind, and by reason under reward/verifier_failures/."""
-    metrics = {
-        "reward/verifier_errors": float(stats.errors),
-        "reward/verifier_timeouts": float(stats.timeouts),
-        "reward/verifier_worker_deaths": float(stats.worker_deaths),
-        "reward/verifier_failed": float(stats.failed),
-    }
-    for reason, count in stats.by_reason.items():
-        metrics[f"reward/verifier_failures/{reason.replace(' ', '_')}"] = float(count)
-    return metrics
 
 
 def _rollout_metrics(groups: list[list[Trajectory]], seconds: float) -> dict[str, float]:

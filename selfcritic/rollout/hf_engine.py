@@ -27,10 +27,21 @@ class TransformersEngine:
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
             cfg.dtype
         ]
-        self.model = load_model(model_path, dtype, trust_remote_code).eval()
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
-        self.eos_id = self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        model = load_model(model_path, dtype, trust_remote_code).eval()
+        self._bind(model, load_tokenizer(model_path, trust_remote_code))
+
+    @classmethod
+    def around(cls, model, tokenizer) -> TransformersEngine:
+        """An engine over a model someone else holds (e.g. the model a TRL trainer trains):
+        it generates with the model as it is; the caller keeps it in eval mode and no-grad."""
+        engine = cls.__new__(cls)
+        engine._bind(model, tokenizer)
+        return engine
+
+    def _bind(self, model, tokenizer) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.weight_version = 0
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
@@ -107,6 +118,7 @@ class TransformersEngine:
             logprobs=tuple(logprobs[: len(ids)].tolist()) if spec.logprobs else (),
             finish_reason=finish,
             weight_version=self.weight_version,
+            top_logprobs=_top(distributions[: len(ids)], spec.top_logprobs),
         )
 
     def update_weights(self, state: dict, version: int) -> None:

@@ -80,6 +80,14 @@ class VLLMEngine:
         self.in_process = cfg.in_process
         self.weight_version = 0
 
+    @classmethod
+    def around(cls, llm) -> VLLMEngine:
+        """An engine over an `LLM` someone else holds and updates (e.g. TRL's colocated vLLM):
+        `generate` only; its weights are the holder's to sync."""
+        engine = cls.__new__(cls)
+        engine.llm, engine.in_process, engine.weight_version = llm, True, 0
+        return engine
+
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         from vllm import SamplingParams
 
