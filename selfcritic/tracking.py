@@ -4,7 +4,8 @@ wandb runs online when the user is logged in to wandb and offline otherwise (syn
 `wandb sync`) by default (`tracking.wandb_mode=auto`), or as configured, and is a
 no-op when disabled (tests). Every logged dict is also appended as one JSON line, so curves can be
 read without wandb (`python -m selfcritic.plot RUN_DIR` draws them). wandb groups panels by the
-metric-name prefix: reward/, critic/, learner/, rollout/, muonclip/, moe/, time/. Sample tables
+metric-name prefix: reward/, critic/, learner/, rollout/, muonclip/, moe/, time/; the dashboard
+of selfcritic/panels.py is a workspace `python -m selfcritic.dashboard` creates. Sample tables
 (prompt, response, verifier and critic scores, reward, the critic's pair outcomes) go to wandb as
 a Table and to `samples.jsonl`.
 """

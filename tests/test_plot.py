@@ -1,4 +1,4 @@
-"""`python -m selfcritic.plot RUN_DIR`: PNG curves per panel from a metrics.jsonl."""
+"""`python -m selfcritic.plot RUN_DIR`: PNG curves per dashboard section from a metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from selfcritic.plot import PlotError, collect_series, group_by_panel, read_metrics, render
+from selfcritic.plot import PlotError, collect_series, figures, legend_labels, read_metrics, render
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -23,6 +23,8 @@ def write_metrics(run_dir, truncated: bool = True):
             "reward/verifiable_mean": float("nan") if step == 3 else 0.2 * step,
             "critic/agreement": float("nan"),  # never measured: left out
             "critic/position_consistency": 0.5,
+            "critic/verifier_agreement/no_praise": 0.6,
+            "critic/verifier_agreement/correct": 0.7,
             "learner/loss": 1.0 / step,
             "muonclip/max_logit/layer_0": 2.0 * step,
             "muonclip/max_logit/layer_1": 3.0 * step,
@@ -36,31 +38,84 @@ def write_metrics(run_dir, truncated: bool = True):
     (run_dir / "metrics.jsonl").write_text(text)
 
 
-def test_group_by_panel():
-    keys = [
+def test_figures_follow_the_dashboard():
+    names = [
         "time/rollout",
         "step",
         "reward/mean",
         "zeta/x",
-        "critic/decisive/correct",
+        "critic/verifier_agreement/no_praise",
+        "critic/verifier_agreement/correct",
         "weight_version",
         "learner/loss",
-        "moe/imbalance/layer_1",
-        "reward/critic_abs_mean",
+        "moe/imbalance/layer_10",
+        "moe/imbalance/layer_2",
+        "muonclip/w/layer_1",
+        "muonclip/w/layer_0",
+        "env/sums/reward_mean",
+        "env/echo/reward_mean",
         "alpha/y",
     ]
-    groups = group_by_panel(keys)
-    assert groups == {
-        "reward": ["reward/critic_abs_mean", "reward/mean"],
-        "critic": ["critic/decisive/correct"],
-        "learner": ["learner/loss"],
-        "moe": ["moe/imbalance/layer_1"],
-        "time": ["time/rollout"],
-        "alpha": ["alpha/y"],
-        "zeta": ["zeta/x"],
-        "other": ["weight_version"],
-    }
-    assert list(groups) == ["reward", "critic", "learner", "moe", "time", "alpha", "zeta", "other"]
+    assert figures(names) == [
+        (
+            "rewards",
+            "Rewards",
+            [
+                ("Reward", ["reward/mean"]),
+                ("Reward per environment", ["env/echo/reward_mean", "env/sums/reward_mean"]),
+            ],
+        ),
+        (
+            "critic_health",
+            "Critic health",
+            [
+                (
+                    "Agreement with verifiers per aspect",
+                    ["critic/verifier_agreement/correct", "critic/verifier_agreement/no_praise"],
+                )
+            ],
+        ),
+        ("policy_health", "Policy health", [("Loss", ["learner/loss"])]),
+        (
+            "optimizer",
+            "Optimizer",
+            [("MoE router imbalance", ["moe/imbalance/layer_2", "moe/imbalance/layer_10"])],
+        ),
+        ("time_per_phase", "Time per phase", [("Seconds per phase", ["time/rollout"])]),
+        (  # what no panel covers, as before: one plot per metric, layers together
+            "other",
+            "other metrics",
+            [
+                ("alpha/y", ["alpha/y"]),
+                ("muonclip/w/layer_*", ["muonclip/w/layer_0", "muonclip/w/layer_1"]),
+                ("weight_version", ["weight_version"]),
+                ("zeta/x", ["zeta/x"]),
+            ],
+        ),
+    ]
+    assert figures(["weight_version"]) == [
+        ("other", "other metrics", [("weight_version", ["weight_version"])])
+    ]
+
+
+def test_legend_labels():
+    assert legend_labels(["critic/decisive/correct", "critic/decisive/no_praise"]) == [
+        "correct",
+        "no_praise",
+    ]
+    assert legend_labels(["env/a/reward_mean", "env/b/reward_mean"]) == [
+        "a/reward_mean",
+        "b/reward_mean",
+    ]
+    assert legend_labels(["eval/critic_agreement_correct", "eval/critic_agreement_style"]) == [
+        "correct",
+        "style",
+    ]
+    assert legend_labels(["learner/clip_fraction", "learner/clip_fraction_epoch_1"]) == [
+        "clip_fraction",
+        "clip_fraction_epoch_1",
+    ]
+    assert legend_labels(["reward/mean"]) == ["reward/mean"]
 
 
 def test_series_skip_nan_and_truncated_line(tmp_path):
@@ -74,18 +129,18 @@ def test_series_skip_nan_and_truncated_line(tmp_path):
     assert series["reward/mean"][1] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
 
 
-def test_render_writes_a_png_per_panel(tmp_path, capsys):
+def test_render_writes_a_png_per_section(tmp_path, capsys):
     import matplotlib.image
 
     write_metrics(tmp_path)
     written = render(tmp_path)
-    assert [p.name for p in written] == [
-        "reward.png",
-        "critic.png",
-        "learner.png",
-        "muonclip.png",
-        "time.png",
-        "other.png",
+    assert [p.name for p in written] == [  # no Evaluation section: no eval/ metric logged
+        "rewards.png",
+        "critic_health.png",
+        "policy_health.png",
+        "optimizer.png",
+        "time_per_phase.png",
+        "other.png",  # weight_version
     ]
     for path in written:
         assert path.parent == tmp_path / "plots"
@@ -98,7 +153,7 @@ def test_render_writes_a_png_per_panel(tmp_path, capsys):
 def test_render_keys_and_out(tmp_path):
     write_metrics(tmp_path, truncated=False)
     written = render(tmp_path, tmp_path / "elsewhere", ["reward/mean", "learner"])
-    assert [p.name for p in written] == ["reward.png", "learner.png"]
+    assert [p.name for p in written] == ["rewards.png", "policy_health.png"]
     assert all(p.parent == tmp_path / "elsewhere" for p in written)
     with pytest.raises(PlotError, match="no metric matching nothing"):
         render(tmp_path, prefixes=["nothing"])
@@ -127,7 +182,7 @@ def test_command_line(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [str(tmp_path / "plots" / "reward.png")]
+    assert result.stdout.split() == [str(tmp_path / "plots" / "rewards.png")]
     assert "warning" in result.stderr
 
     missing = subprocess.run(
