@@ -14,6 +14,5 @@ test: setup
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
-# The peers the benchmarks compare against (TRL): the `bench` extra, on top of the set-up.
+# The peers the benchmarks compare against (TRL): the `trl` extra, which the set-up installs.
 bench-setup: setup
-	$(PY) -m pip install --quiet -e ".[bench]"

@@ -34,12 +34,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   exit 0
 fi
 
-echo "setup: installing selfcritic[$EXTRA,dev] into $VENV (a few minutes the first time)"
+echo "setup: installing selfcritic[$EXTRA,dev,trl] into $VENV (a few minutes the first time)"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e ".[$EXTRA,dev]"
+"$VENV/bin/python" -m pip install --quiet -e ".[$EXTRA,dev,trl]"
 if [ "$EXTRA" = cpu ]; then
   "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 fi
-"$VENV/bin/python" -c 'import vllm, ray, hydra, wandb; from transformers import DeepseekV3ForCausalLM'
+"$VENV/bin/python" -c 'import vllm, ray, hydra, wandb, trl; from transformers import DeepseekV3ForCausalLM'
 echo "$want" > "$stamp"
 echo "setup: done"
