@@ -10,8 +10,14 @@ completions with the same weights gives the same scores.
 from __future__ import annotations
 
 import copy
+import json
+import os
 import pickle
+import socket
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,7 +44,7 @@ ANSWERS = ["7", "21", "10", "9"]
 G = 4  # num_generations
 
 
-def _trainer(tmp_path, nano_model_path, critic, verifier):
+def _trainer(tmp_path, nano_model_path, critic, reward_funcs, groups_per_process=2):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
@@ -62,7 +68,7 @@ def _trainer(tmp_path, nano_model_path, critic, verifier):
     ]
     config = GRPOConfig(
         output_dir=str(tmp_path / "trl"),
-        per_device_train_batch_size=2 * G,
+        per_device_train_batch_size=int(groups_per_process * G),
         num_generations=G,
         max_completion_length=6,
         temperature=1.0,
@@ -81,7 +87,7 @@ def _trainer(tmp_path, nano_model_path, critic, verifier):
     )
     trainer = Recording(
         model=model,
-        reward_funcs=[critic, verifier],
+        reward_funcs=reward_funcs,
         args=config,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
@@ -100,7 +106,7 @@ def test_self_critic_scores_reach_trl_advantages(tmp_path, nano_model_path):
     pattern = {"pattern": "[a-m]", "search": True}
     verifier = VerifierReward("format_regex", reference_key="answer", options=pattern, workers=1)
     critic = SelfCriticReward(rubric="nano", verifier=verifier)
-    trainer, tokenizer = _trainer(tmp_path, nano_model_path, critic, verifier)
+    trainer, tokenizer = _trainer(tmp_path, nano_model_path, critic, [critic, verifier])
     try:
         trainer.train()
     finally:
@@ -230,3 +236,29 @@ def test_bad_settings_are_refused_with_the_key():
         1.0,
         None,
     ]
+
+
+def test_groups_spanning_two_processes(tmp_path, nano_model_path):
+    """Two processes (torchrun, gloo on CPU), one prompt's group of 4 split 2 + 2 between them:
+    each process judges the whole gathered group, both judge it alike, and each returns its own
+    slice, which TRL's advantages then carry."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = Path(__file__).with_name("trl_two_processes.py")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(script.parent), *sys.path]))
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", str(port), str(script), str(nano_model_path), str(tmp_path)],
+        check=True, timeout=600, env=env,
+    )  # fmt: skip
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2  # steps
+    for first, second in zip(*ranks, strict=True):
+        assert first["judged"] == second["judged"]  # one gathered group, judged alike
+        (group,) = first["judged"]
+        assert len(group) == G and len(first["returned"]) == len(second["returned"]) == G // 2
+        assert first["returned"] + second["returned"] == group  # each its own slice
+        mean, std = statistics.mean(group), statistics.stdev(group)
+        expected = [(s - mean) / (std + 1e-4) for s in group]
+        assert first["advantages"] + second["advantages"] == pytest.approx(expected, abs=1e-4)
