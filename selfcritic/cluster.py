@@ -26,7 +26,10 @@ def start_ray(cfg: RayConfig) -> bool:
     if cfg.address:
         ray.init(address=cfg.address, runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, runtime_env=runtime_env)
+        from selfcritic.noise import ray_token_notice_silenced
+
+        with ray_token_notice_silenced():  # a cluster of this run only (selfcritic/noise.py)
+            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, runtime_env=runtime_env)
     return True
 
 

@@ -423,8 +423,9 @@ class TrackingConfig:
     wandb_mode: str = setting("auto", one_of=("auto", "online", "offline", "disabled"))
     project: str = "selfcritic"
     run_name: str | None = None
-    # line: one progress line per trainer.log_every steps | quiet
-    console: str = setting("line", one_of=("line", "quiet"))
+    # per step (selfcritic/progress.py): line: one line per trainer.log_every steps | bar: the
+    # lines above a progress bar with the time left | auto: bar on a terminal, else line | quiet
+    console: str = setting("auto", one_of=("auto", "bar", "line", "quiet"))
     # log a table of samples (prompt, response, verdicts, rewards) every N steps to wandb and
     # samples.jsonl; 0: never
     samples_every: int = setting(5, ge=0, why="0: never")

@@ -1,4 +1,5 @@
-"""Metrics to wandb and to a local `metrics.jsonl`, and one console line per step.
+"""Metrics to wandb and to a local `metrics.jsonl`, and the console line of a step (printed by
+selfcritic/progress.py).
 
 wandb runs online when the user is logged in to wandb and offline otherwise (sync later with
 `wandb sync`) by default (`tracking.wandb_mode=auto`), or as configured, and is a

@@ -53,10 +53,11 @@ from selfcritic.envs.registry import build_environment, label_prompts, parts
 from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS, informative_groups
 from selfcritic.learner.learner import PolicyBatch, trust_engine_logprobs
 from selfcritic.preflight import context_problems
+from selfcritic.progress import StepConsole
 from selfcritic.rollout.episodes import observing_for, run_episodes
 from selfcritic.rollout.types import Sample, SamplingSpec
 from selfcritic.schedule import annealed, lr_scale_at
-from selfcritic.tracking import Tracker, console_line
+from selfcritic.tracking import Tracker
 from selfcritic.warmstart import warm_start
 
 
@@ -94,10 +95,15 @@ class Trainer:
             steps, every = self.cfg.trainer.steps, self.cfg.trainer.checkpoint_every
             if first == 1 and self.evaluation_due(0):
                 self.tracker.log(0, self.evaluate(0))
-            for step in range(first, steps + 1):
-                metrics = self.step(step)
-                if every and step % every == 0 and step < steps:
-                    self._save(step)
+            console = StepConsole(
+                self.cfg.tracking.console, steps, first, self.cfg.trainer.log_every
+            )
+            with console:
+                for step in range(first, steps + 1):
+                    metrics = self.step(step)
+                    console.step_done(step, metrics)
+                    if every and step % every == 0 and step < steps:
+                        self._save(step)
             if first <= steps:
                 final = self._save(steps)
                 publish_model(final / "model", self.output_dir / "checkpoint")
@@ -380,8 +386,6 @@ class Trainer:
         if every and step % every == 0:
             rows = self._sample_rows(prompts, groups, verifiable, rewards, critique)
             self.tracker.log_samples(step, rows)
-        if cfg.tracking.console == "line" and step % cfg.trainer.log_every == 0:
-            print(console_line(step, cfg.trainer.steps, metrics), flush=True)
         return metrics
 
     def _sample_groups(self, step: int, spec: SamplingSpec, metrics: dict):
@@ -467,7 +471,7 @@ class Trainer:
             self.verifiers,
             seed=step_seed(self.cfg.trainer.seed, step, EVAL_SEED),
         )
-        if self.cfg.tracking.console == "line":
+        if self.cfg.tracking.console != "quiet":
             shown = " ".join(f"{k[5:]}={metrics[k]:.3f}" for k in headline(self.parts, metrics))
             print(f"eval step {step}: {shown} ({time.perf_counter() - start:.1f} s)", flush=True)
         return metrics

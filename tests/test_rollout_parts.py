@@ -13,6 +13,9 @@ from selfcritic.model.build import load_model
 from selfcritic.rollout.pool import split_evenly
 from selfcritic.rollout.types import SamplingSpec
 from selfcritic.rollout.weights import (
+    UnknownWeights,
+    checkpoint_names,
+    require_known,
     split_into_buckets,
     to_checkpoint_names,
     to_transformers_names,
@@ -25,6 +28,17 @@ def test_names_round_trip(nano_model_path):
     back = to_transformers_names(to_checkpoint_names(state))
     assert set(back) == set(state)
     assert all(torch.equal(back[name], state[name]) for name in state)
+
+
+def test_a_sync_names_only_checkpoint_tensors_and_an_unknown_name_is_refused(nano_model_path):
+    known = checkpoint_names(nano_model_path)
+    state = to_checkpoint_names(load_model(nano_model_path).state_dict())
+    require_known(state, known, nano_model_path)  # what the learner sends: all known
+    wrong = [*state, "model.layers.0.self_attn.o_proj.bias"]  # vLLM would skip it silently
+    with pytest.raises(
+        UnknownWeights, match=r"no tensor named model\.layers\.0\.self_attn\.o_proj\.bias"
+    ):
+        require_known(wrong, known, nano_model_path)
 
 
 def test_buckets_are_bounded_ordered_and_complete():

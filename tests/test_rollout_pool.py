@@ -86,6 +86,17 @@ def test_both_engines_match_the_learner_before_and_after_updates(pool, nano_mode
     pytest.shared_model = model  # the killed-engine test goes on from these weights
 
 
+def test_a_sync_with_an_unknown_weight_name_fails_naming_it(pool):
+    import numpy as np
+    import ray
+
+    version = pool.engine_versions()[0]
+    wrong = {"model.layers.0.self_attn.o_proj.bias": np.zeros(256, dtype=np.float32)}
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"o_proj\.bias"):
+        ray.get(pool.actors[0].update_weights.remote(version + 1, wrong))
+    assert pool.engine_versions()[0] == version  # refused before any load
+
+
 def test_killed_engine_returns_at_the_current_version(pool):
     model = pytest.shared_model
     victim = pool.engine_pids()[1]

