@@ -140,6 +140,13 @@ class RolloutConfig:
     sync_bucket_mb: float = setting(64.0, gt=0)
     prefix_caching: bool = True  # reuse the KV of shared prompt prefixes (critic prompts share)
     seed: int = setting(0, ge=0)
+    # policy lag: 0 samples each batch with the weights of the step before (synchronous); 1
+    # samples batch t+1 while the learner trains on batch t, so batch t is sampled with the
+    # weights of two steps before (one-step-off-policy: engines and learner overlap); the
+    # engine's logprobs are then reported every step (the old policy of PPO's ratio, or TIS's)
+    max_staleness: int = setting(
+        0, ge=0, le=1, why="one engine pool holds one weight version: at most one step off"
+    )
 
 
 @dataclass

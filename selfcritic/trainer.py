@@ -26,6 +26,7 @@ import math
 import pickle
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -84,6 +85,10 @@ class Trainer:
         self.pool = None
         self.judge_weights: JudgeWeights | None = None
         self.rubrics: dict[str, Rubric] = {}
+        # rollout.max_staleness=1: the thread that samples the next batch, and that batch
+        # (step, (prompts, groups, verifier scores, penalties), its metrics) once sampled
+        self.sampler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample-ahead")
+        self.ahead: tuple[int, tuple, dict] | None = None
 
     def run(self) -> dict[str, float]:
         """Run every step (from the one after the resumed checkpoint's); returns the last
@@ -130,6 +135,8 @@ class Trainer:
             torch.save(torch.get_rng_state(), directory / "torch_rng.pt")
             if self.critic is not None:
                 (directory / "critic.pkl").write_bytes(pickle.dumps(self.critic.state()))
+            if self.ahead is not None:  # sampled with weights this checkpoint no longer holds
+                (directory / AHEAD_FILE).write_bytes(pickle.dumps(self.ahead))
 
         start = time.perf_counter()
         path = write_checkpoint(
@@ -150,6 +157,8 @@ class Trainer:
             self.judge_weights.engine.load_buckets(buckets)  # the lag restarts from here
         if self.critic is not None and (path / "critic.pkl").exists():
             self.critic.load_state(pickle.loads((path / "critic.pkl").read_bytes()))
+        if (path / AHEAD_FILE).exists():
+            self.ahead = pickle.loads((path / AHEAD_FILE).read_bytes())
         torch.set_rng_state(torch.load(path / "torch_rng.pt"))
         random.setstate(ast.literal_eval(state["python_random"]))
         self.tracker.truncate_after(state["step"])
@@ -344,27 +353,11 @@ class Trainer:
 
     def step(self, step: int) -> dict[str, float]:
         cfg, metrics = self.cfg, {}
-        sampling = cfg.sampling
-        temperature = annealed(
-            step,
-            cfg.trainer.steps,
-            sampling.temperature,
-            sampling.temperature_final,
-            sampling.temperature_schedule,
-        )
-        spec = SamplingSpec(
-            n=sampling.n,
-            temperature=temperature,
-            max_tokens=sampling.max_tokens,
-            top_p=sampling.top_p,
-            stop=tuple(sampling.stop),
-            stop_token_ids=self.encode.turn_stop_ids(),
-            seed=step_seed(cfg.trainer.seed, step, ROLLOUT_SEED),
-            logprobs=engine_logprobs_due(step, cfg.learner.logprob_check_every, self.trust_engine),
-        )
+        spec = self._rollout_spec(step)
+        temperature = spec.temperature
         metrics["rollout/temperature"] = temperature
         with timed(metrics, "time/step"):
-            prompts, groups, verifiable, penalties = self._sample_groups(step, spec, metrics)
+            prompts, groups, verifiable, penalties = self._sampled(step, spec, metrics)
             with timed(metrics, "time/critic"):
                 critique = self._critique(prompts, groups, verifiable, step, spec, metrics)
             critic_scores = (
@@ -372,7 +365,10 @@ class Trainer:
             )
             rewards = self._combine(verifiable, penalties, critic_scores, metrics)
             batch = self._policy_batch(groups, rewards, critique, temperature, step, metrics)
-            learner_metrics = {} if batch is None else self._learn_and_sync(batch, metrics)
+            with self._sampling_ahead(step, metrics):  # rollout.max_staleness=1: batch step+1
+                learner_metrics = {} if batch is None else self._learn(batch, metrics)
+            if batch is not None:
+                self._sync(metrics)
             metrics["weight_version"] = self.pool.weight_version
             if self.evaluation_due(step):
                 with timed(metrics, "time/eval"):
@@ -387,6 +383,69 @@ class Trainer:
             rows = self._sample_rows(prompts, groups, verifiable, rewards, critique)
             self.tracker.log_samples(step, rows)
         return metrics
+
+    def _rollout_spec(self, step: int) -> SamplingSpec:
+        """How batch `step` is sampled: the annealed temperature, the step's seed, and the
+        engine's logprobs where due (every step when the batch is sampled a step ahead: they are
+        its behaviour policy's)."""
+        cfg, sampling = self.cfg, self.cfg.sampling
+        lagged = cfg.rollout.max_staleness > 0
+        return SamplingSpec(
+            n=sampling.n,
+            temperature=annealed(
+                step,
+                cfg.trainer.steps,
+                sampling.temperature,
+                sampling.temperature_final,
+                sampling.temperature_schedule,
+            ),
+            max_tokens=sampling.max_tokens,
+            top_p=sampling.top_p,
+            stop=tuple(sampling.stop),
+            stop_token_ids=self.encode.turn_stop_ids(),
+            seed=step_seed(cfg.trainer.seed, step, ROLLOUT_SEED),
+            logprobs=lagged
+            or engine_logprobs_due(step, cfg.learner.logprob_check_every, self.trust_engine),
+        )
+
+    def _sampled(self, step: int, spec: SamplingSpec, metrics: dict):
+        """Batch `step`: the one sampled ahead during the previous step (with its metrics), or
+        sampled now; its staleness (weight versions behind the pool's) checked against
+        `rollout.max_staleness` and logged."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is None:
+            sampled = self._sample_groups(step, spec, metrics)
+        else:
+            ahead_step, sampled, ahead_metrics = ahead
+            assert ahead_step == step, (ahead_step, step)
+            metrics.update(ahead_metrics)
+        versions = [turn[2] for group in sampled[1] for t in group for turn in t.turns]
+        staleness = self.pool.weight_version - min(versions, default=self.pool.weight_version)
+        if staleness > self.cfg.rollout.max_staleness:
+            raise RuntimeError(
+                f"batch {step} was sampled {staleness} weight versions ago, more than "
+                f"rollout.max_staleness={self.cfg.rollout.max_staleness}"
+            )
+        metrics["rollout/staleness"] = float(staleness)
+        return sampled
+
+    @contextmanager
+    def _sampling_ahead(self, step: int, metrics: dict):
+        """With `rollout.max_staleness` = 1, batch step+1 is sampled (and verified) in a thread
+        while the body runs (the learner's step); it waits for it after, the wait logged as
+        time/rollout_wait. Synchronous (0), or at the last step, the body runs alone."""
+        if self.cfg.rollout.max_staleness == 0 or step >= self.cfg.trainer.steps:
+            yield
+            return
+        ahead_metrics: dict[str, float] = {}
+        spec = self._rollout_spec(step + 1)
+        future = self.sampler.submit(self._sample_groups, step + 1, spec, ahead_metrics)
+        try:
+            yield
+        finally:
+            with timed(metrics, "time/rollout_wait"):
+                sampled = future.result()  # its error, if any, is raised here
+        self.ahead = (step + 1, sampled, ahead_metrics | {"rollout/temperature": spec.temperature})
 
     def _sample_groups(self, step: int, spec: SamplingSpec, metrics: dict):
         """This step's prompts, their groups, verifier scores and budget penalties. With
@@ -520,15 +579,17 @@ class Trainer:
                 )
         return rows
 
-    def _learn_and_sync(self, batch: PolicyBatch, metrics: dict) -> dict[str, float]:
+    def _learn(self, batch: PolicyBatch, metrics: dict) -> dict[str, float]:
         with timed(metrics, "time/learn"):
-            learner_metrics = self.learner.step(batch)
+            return self.learner.step(batch)
+
+    def _sync(self, metrics: dict) -> None:
+        """The learner's weights to the engines (and the judge's, where it lags)."""
         with timed(metrics, "time/sync"):
             buckets = self.learner.weight_buckets(self.cfg.rollout.sync_bucket_mb)
             self.pool.load_buckets(buckets)
             if self.judge_weights is not None:
                 self.judge_weights.after_update(buckets)
-        return learner_metrics
 
     def _answer_of(self, prompt: Prompt, text: str) -> str:
         """What the verifier and critic see of `text`: its final part where the prompt's
@@ -707,6 +768,7 @@ class Trainer:
     def _teardown(self) -> None:
         import ray
 
+        self.sampler.shutdown(wait=False, cancel_futures=True)
         if self.judge_weights is not None:
             self.judge_weights.shutdown()
         if getattr(self, "learner", None) is not None:
@@ -725,6 +787,7 @@ class Trainer:
 
 
 ROLLOUT_SEED, CRITIC_SEED, EVAL_SEED = 0, 1, 2
+AHEAD_FILE = "ahead.pkl"  # in a checkpoint: the batch sampled ahead (rollout.max_staleness=1)
 DRAW_SEED_STRIDE = 1_000_000  # request indices of dynamic sampling's draw k start at k * this
 
 

@@ -22,10 +22,12 @@ BUILT = {
 
 
 def test_exact_names_are_logged_by_the_code():
-    """Each exact metric name of the definition appears in the code that logs it (learner
+    """Each exact metric name of the definition appears in the code that logs it (selfcritic/
+    or rewards/, whose BatchStats names the verifier failures; learner
     metrics are logged by their bare key and put under learner/ by the trainer)."""
     skip = {"panels.py", "dashboard.py", "plot.py"}
-    code = "".join(p.read_text() for p in SOURCE.rglob("*.py") if p.name not in skip)
+    files = [*SOURCE.rglob("*.py"), *(SOURCE.parent / "rewards").rglob("*.py")]
+    code = "".join(p.read_text() for p in files if p.name not in skip)
     learner = "".join(p.read_text() for p in (SOURCE / "learner").rglob("*.py"))
     assert 'return name if "/" in name else f"learner/{name}"' in code
     names = [name for section in SECTIONS for panel in section.panels for name in panel.metrics]
@@ -37,7 +39,7 @@ def test_exact_names_are_logged_by_the_code():
         elif name.startswith("learner/") and f'"{name.removeprefix("learner/")}"' in learner:
             continue
         else:
-            assert f'"{name}"' in code, f"{name} is not logged by selfcritic/"
+            assert f'"{name}"' in code, f"{name} is not logged by selfcritic/ or rewards/"
 
 
 # (pattern panel's title, names it must draw, names it must not)
