@@ -47,6 +47,13 @@ def normal_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
+def pin_to_cores(cores: list[int]) -> None:
+    """Run this process (and the processes it starts: vLLM's worker) on these cores only;
+    none: wherever the OS puts it."""
+    if cores:
+        os.sched_setaffinity(0, cores)
+
+
 def actor_cpus(cfg: Config) -> dict[str, float]:
     """Ray CPUs each kind of actor reserves, by the config keys that set them."""
     engines = cfg.rollout.num_engines
@@ -96,3 +103,20 @@ def _local_cpus(cfg: Config, problems: Problems) -> None:
         problem = cpu_problem(cfg, cfg.ray.num_cpus or os.cpu_count() or 1)
         if problem is not None:
             problems.require(False, *problem)
+
+
+@preflight_check
+def _pinned_cores_exist(cfg: Config, problems: Problems) -> None:
+    """Pinned cores are cores this process may run on (on a joined cluster, each node's are
+    assumed alike)."""
+    usable = sorted(os.sched_getaffinity(0))
+    for key, cores in (
+        ("rollout.cpu_cores", cfg.rollout.cpu_cores),
+        ("learner.cpu_cores", cfg.learner.cpu_cores),
+    ):
+        unknown = [core for core in cores if core not in usable]
+        problems.require(
+            not unknown,
+            key,
+            f"cores {unknown} are not among this machine's usable cores {usable}",
+        )

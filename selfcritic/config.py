@@ -140,6 +140,9 @@ class RolloutConfig:
     sync_bucket_mb: float = setting(64.0, gt=0)
     prefix_caching: bool = True  # reuse the KV of shared prompt prefixes (critic prompts share)
     seed: int = setting(0, ge=0)
+    # cores every engine actor (and its vLLM worker) runs on (os.sched_setaffinity); empty: not
+    # pinned. With learner.cpu_cores, keeps sampling and learning off each other's cores
+    cpu_cores: list[int] = field(default_factory=list)
     # policy lag: 0 samples each batch with the weights of the step before (synchronous); 1
     # samples batch t+1 while the learner trains on batch t, so batch t is sampled with the
     # weights of two steps before (one-step-off-policy: engines and learner overlap); the
@@ -342,6 +345,7 @@ class LearnerConfig:
     cpus_per_rank: float = setting(1.0, gt=0)  # Ray CPUs reserved by each rank
     # torch intra-op threads in each rank (torch.set_num_threads)
     threads_per_rank: int = setting(1, ge=1)
+    cpu_cores: list[int] = field(default_factory=list)  # cores every rank runs on; empty: any
 
 
 @dataclass

@@ -67,6 +67,8 @@ REFUSED = [
     ("reward.verifier=no_such_verifier", "reward.verifier", "registered verifiers"),
     ("critic.rubric=no_such_rubric", "critic.rubric", "unknown rubric"),
     ("trainer.lr_warmup_steps=40", "trainer.lr_warmup_steps", "below trainer.steps=40"),
+    ("rollout.max_staleness=2", "rollout.max_staleness", "one weight version"),
+    ("learner.cpu_cores=[0,4096]", "learner.cpu_cores", "cores [4096] are not among"),
 ]
 
 

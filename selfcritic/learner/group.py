@@ -55,10 +55,11 @@ _MAXED = ("logprob_diff_max",)
 class _LearnerRank:
     """One rank, inside a Ray worker process."""
 
-    def __init__(self, threads: int) -> None:
-        from selfcritic.cluster import normal_priority
+    def __init__(self, threads: int, cores: list[int]) -> None:
+        from selfcritic.cluster import normal_priority, pin_to_cores
 
         normal_priority()
+        pin_to_cores(cores)
         torch.set_num_threads(threads)
         self.learner = None
         self.store = None  # rank 0's rendezvous store, open from `open_rendezvous` on
@@ -205,7 +206,9 @@ class LearnerGroup:
 
         self.cfg = cfg
         actor = ray.remote(num_cpus=cfg.cpus_per_rank)(_LearnerRank)
-        self.ranks = [actor.remote(cfg.threads_per_rank) for _ in range(cfg.world_size)]
+        self.ranks = [
+            actor.remote(cfg.threads_per_rank, cfg.cpu_cores) for _ in range(cfg.world_size)
+        ]
         try:
             host, port = ray.get(self.ranks[0].open_rendezvous.remote(cfg.world_size))
             self.pids = ray.get(

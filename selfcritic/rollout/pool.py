@@ -38,9 +38,10 @@ class _EngineActor:
     def __init__(self, model_path: str, cfg: RolloutConfig, trust_remote_code: bool) -> None:
         import torch
 
-        from selfcritic.cluster import normal_priority
+        from selfcritic.cluster import normal_priority, pin_to_cores
 
         normal_priority()
+        pin_to_cores(cfg.cpu_cores)
         # Before the engine starts: vLLM's CPU worker then forbids changing it in this process.
         torch.set_num_threads(cfg.threads_per_engine)
         from selfcritic.rollout.engines import ENGINES
