@@ -38,6 +38,8 @@ VARIANTS = {
         "reward.verifier=nano_oracle",
     ],
     "frozen_critic": ["critic.weights=frozen", "ray.num_cpus=3"],
+    # one-step-off-policy rollout: batch t+1 sampled while the learner trains on batch t
+    "one_step_off": ["rollout.max_staleness=1"],
 }
 METRICS = (
     ("eval/accuracy", "accuracy"),
