@@ -204,7 +204,8 @@ class SelfCriticReward:
     def judge(self, rows: list[tuple], verified: list | None, step: int) -> CritiqueResult:
         """Score every group of `rows` ((question, completion text, completion ids), each group
         `num_generations` consecutive rows of one prompt) with the critic."""
-        size = self.trainer.num_generations
+        trainer = self.trainer  # TRL's evaluation groups are num_generations_eval long
+        size = trainer.num_generations if trainer.model.training else trainer.num_generations_eval
         groups = _groups(rows, size)
         questions = [group[0][0] for group in groups]
         samples = [[Sample((), ids, text, (), "stop", 0) for _, text, ids in g] for g in groups]
