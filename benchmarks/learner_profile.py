@@ -156,12 +156,19 @@ def main() -> None:
         action="store_true",
         help="without QK-Clip, so without its logit-capturing attention (transformers' own)",
     )
+    parser.add_argument(
+        "--micro-batch-tokens",
+        type=int,
+        default=LearnerConfig().max_tokens_per_micro_batch,
+        help="learner.max_tokens_per_micro_batch (W1's batch is 128 x 84 = 10,752 tokens)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cache = Path(tempfile.gettempdir()) / "selfcritic-bench"
     path = prepare_model(ModelConfig(preset="w1", arch=ArchConfig(vocab_size=VOCAB)), cache)
     optim = OptimConfig(qk_clip=not args.no_qk_clip)
-    learner = Learner(path, LearnerConfig(), optim, trust_engine=True)
+    learner_cfg = LearnerConfig(max_tokens_per_micro_batch=args.micro_batch_tokens)
+    learner = Learner(path, learner_cfg, optim, trust_engine=True)
     clock = PhaseClock()
     instrument(learner, clock)
     by_module = module_clock(learner.model)

@@ -5,9 +5,11 @@ For each model (W1/nano: 128 sequences x 84 tokens; the ~100M `small` preset: 16
   - forward + backward with attention-logit capture, then MuonClip.step (Muon on matrices and on
     each expert's matrices, AdamW on the rest, QK-Clip, router-bias update).
 Prints the optimizer-step ratio and MuonClip's extra time (capture + step - AdamW step) as a
-share of the whole MuonClip learner step (goal: at most 5%).
+share of the whole MuonClip learner step (goal: at most 5%). Newton-Schulz costs the same at any
+batch while the forward and backward grow with it, so `--scales` repeats W1 with that many times
+its sequences per step, to show the tokens per step at which the share falls under 5%.
 
-    .venv/bin/python benchmarks/optimizer_step.py [--repeats 3]
+    .venv/bin/python benchmarks/optimizer_step.py [--repeats 3] [--scales 1 2 4 8]
 """
 
 from __future__ import annotations
@@ -58,14 +60,17 @@ def measure(path: Path, batch: int, muonclip: bool, repeats: int) -> tuple[float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scales", type=int, nargs="*", default=[1], help="W1's batch x these")
     args = parser.parse_args()
     print(f"start: {describe()}", flush=True)
     cache = Path(tempfile.gettempdir()) / "selfcritic-bench"
     print(
-        f"{'model':14s} {'fwd+bwd':>8s} {'+capture':>9s} {'AdamW':>8s} {'MuonClip':>9s} "
+        f"{'model':26s} {'fwd+bwd':>8s} {'+capture':>9s} {'AdamW':>8s} {'MuonClip':>9s} "
         f"{'step ratio':>10s} {'extra share':>11s}"
     )
-    for label, (preset, batch) in WORKLOADS.items():
+    runs = [(f"nano x{k} ({128 * k * SEQUENCE} tok)", "nano", 128 * k) for k in args.scales]
+    runs += [(label, *workload) for label, workload in WORKLOADS.items() if workload[0] != "nano"]
+    for label, preset, batch in runs:
         cfg: ModelConfig = load_preset(preset)
         path = prepare_model(cfg, cache)
         plain_pass, adamw_step = measure(path, batch, muonclip=False, repeats=args.repeats)
@@ -73,7 +78,7 @@ def main() -> None:
         extra = (capture_pass - plain_pass) + (clip_step - adamw_step)
         share = extra / (capture_pass + clip_step)
         print(
-            f"{label:14s} {plain_pass:8.3f} {capture_pass:9.3f} {adamw_step:8.3f} "
+            f"{label:26s} {plain_pass:8.3f} {capture_pass:9.3f} {adamw_step:8.3f} "
             f"{clip_step:9.3f} {clip_step / adamw_step:10.1f} {share:11.1%}"
         )
 
