@@ -143,6 +143,11 @@ class RolloutConfig:
     # cores every engine actor (and its vLLM worker) runs on (os.sched_setaffinity); empty: not
     # pinned. With learner.cpu_cores, keeps sampling and learning off each other's cores
     cpu_cores: list[int] = field(default_factory=list)
+    # Kimi K2's partial rollouts: a response still running after this many new tokens in a step
+    # is paused, and continued in the next step under that step's weights (its group is scored
+    # only once all of it has ended; selfcritic/rollout/partial.py). None: off. Single-turn
+    # environments, without data.dynamic_sampling
+    partial_tokens: int | None = setting(None, ge=1)
     # policy lag: 0 samples each batch with the weights of the step before (synchronous); 1
     # samples batch t+1 while the learner trains on batch t, so batch t is sampled with the
     # weights of two steps before (one-step-off-policy: engines and learner overlap); the

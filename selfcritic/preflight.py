@@ -43,6 +43,7 @@ CHECKED_MODULES = (
     "selfcritic.model.families",
     "selfcritic.optim.muonclip",
     "selfcritic.rollout.engines",
+    "selfcritic.rollout.partial",
     "selfcritic.envs.registry",
 )
 

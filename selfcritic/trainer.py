@@ -56,6 +56,12 @@ from selfcritic.learner.learner import PolicyBatch, trust_engine_logprobs
 from selfcritic.preflight import context_problems
 from selfcritic.progress import StepConsole
 from selfcritic.rollout.episodes import observing_for, run_episodes
+from selfcritic.rollout.partial import (
+    PausedGroup,
+    check_single_turn,
+    continue_paused,
+    split_finished,
+)
 from selfcritic.rollout.types import Sample, SamplingSpec
 from selfcritic.schedule import annealed, lr_scale_at
 from selfcritic.tracking import Tracker
@@ -89,6 +95,7 @@ class Trainer:
         # (step, (prompts, groups, verifier scores, penalties), its metrics) once sampled
         self.sampler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample-ahead")
         self.ahead: tuple[int, tuple, dict] | None = None
+        self.paused: list[PausedGroup] = []  # rollout.partial_tokens: groups still running
 
     def run(self) -> dict[str, float]:
         """Run every step (from the one after the resumed checkpoint's); returns the last
@@ -137,6 +144,8 @@ class Trainer:
                 (directory / "critic.pkl").write_bytes(pickle.dumps(self.critic.state()))
             if self.ahead is not None:  # sampled with weights this checkpoint no longer holds
                 (directory / AHEAD_FILE).write_bytes(pickle.dumps(self.ahead))
+            if self.paused:  # partial rollouts: their tokens so far, and their versions
+                (directory / PAUSED_FILE).write_bytes(pickle.dumps(self.paused))
 
         start = time.perf_counter()
         path = write_checkpoint(
@@ -159,6 +168,8 @@ class Trainer:
             self.critic.load_state(pickle.loads((path / "critic.pkl").read_bytes()))
         if (path / AHEAD_FILE).exists():
             self.ahead = pickle.loads((path / AHEAD_FILE).read_bytes())
+        if (path / PAUSED_FILE).exists():
+            self.paused = pickle.loads((path / PAUSED_FILE).read_bytes())
         torch.set_rng_state(torch.load(path / "torch_rng.pt"))
         random.setstate(ast.literal_eval(state["python_random"]))
         self.tracker.truncate_after(state["step"])
@@ -176,6 +187,7 @@ class Trainer:
         cfg = self.cfg
         self.env = build_environment(cfg.env, cfg)
         self.parts = parts(self.env)  # {label: environment}: the mixture's parts, or the one
+        check_single_turn(self.env, cfg.rollout.partial_tokens)
         probes = []
         if cfg.critic.enabled:
             probes = load_probes(cfg.critic.gate, self._first_part_with("probes"))
@@ -360,8 +372,10 @@ class Trainer:
             prompts, groups, verifiable, penalties = self._sampled(step, spec, metrics)
             with timed(metrics, "time/critic"):
                 critique = self._critique(prompts, groups, verifiable, step, spec, metrics)
-            critic_scores = (
-                torch.tensor(critique.scores) if critique else torch.zeros_like(verifiable)
+            critic_scores = (  # [groups, n], also when no group is left (0 rows)
+                torch.tensor(critique.scores).reshape(verifiable.shape)
+                if critique
+                else torch.zeros_like(verifiable)
             )
             rewards = self._combine(verifiable, penalties, critic_scores, metrics)
             batch = self._policy_batch(groups, rewards, critique, temperature, step, metrics)
@@ -419,14 +433,19 @@ class Trainer:
             ahead_step, sampled, ahead_metrics = ahead
             assert ahead_step == step, (ahead_step, step)
             metrics.update(ahead_metrics)
-        versions = [turn[2] for group in sampled[1] for t in group for turn in t.turns]
-        staleness = self.pool.weight_version - min(versions, default=self.pool.weight_version)
+        now = self.pool.weight_version
+        # a partial rollout's earlier segments are older by design: its last one is bounded
+        last = [t.pieces[-1][2] for group in sampled[1] for t in group if t.pieces]
+        staleness = now - min(last, default=now)
         if staleness > self.cfg.rollout.max_staleness:
             raise RuntimeError(
                 f"batch {step} was sampled {staleness} weight versions ago, more than "
                 f"rollout.max_staleness={self.cfg.rollout.max_staleness}"
             )
         metrics["rollout/staleness"] = float(staleness)
+        if self.cfg.rollout.partial_tokens is not None:
+            oldest = [p[2] for group in sampled[1] for t in group for p in t.pieces]
+            metrics["rollout/oldest_segment_lag"] = float(now - min(oldest, default=now))
         return sampled
 
     @contextmanager
@@ -447,6 +466,41 @@ class Trainer:
                 sampled = future.result()  # its error, if any, is raised here
         self.ahead = (step + 1, sampled, ahead_metrics | {"rollout/temperature": spec.temperature})
 
+    def _rollout(self, step: int, draw: int, count: int, spec: SamplingSpec, metrics: dict):
+        """`count` groups of new prompts of draw `draw`, sampled to their end; with partial
+        rollouts (`rollout.partial_tokens`), the paused groups continued first in as many of the
+        slots, every response given at most that many tokens, and only the groups that have
+        ended returned (the others stay paused)."""
+        budget = self.cfg.rollout.partial_tokens
+        context = self.cfg.rollout.max_model_len
+        resumed: list[PausedGroup] = []
+        if budget is not None:
+            resumed, self.paused = self.paused, []
+            continue_paused(self.pool, resumed, spec, budget, context)
+            count = max(count - len(resumed), 0)
+        prompts = self.prompts(step, draw, count)
+        ids = [self.encode(p.text, p.system, p.tools) for p in prompts]
+        first = (
+            spec
+            if budget is None
+            else dataclasses.replace(spec, max_tokens=min(budget, spec.max_tokens))
+        )
+        groups = run_episodes(
+            self.pool, self.env, prompts, ids, first, self.encode_observation, context,
+            getattr(self.env, "max_turns", 1), self.observing,
+        ) if prompts else []  # fmt: skip
+        if budget is None:
+            return prompts, groups
+        prompts, groups, self.paused = split_finished(
+            [g.prompt for g in resumed] + prompts,
+            [g.trajectories for g in resumed] + groups,
+            spec.max_tokens,
+            context,
+        )
+        metrics["rollout/paused_groups"] = float(len(self.paused))
+        metrics["rollout/resumed_groups"] = float(len(resumed))
+        return prompts, groups
+
     def _sample_groups(self, step: int, spec: SamplingSpec, metrics: dict):
         """This step's prompts, their groups, verifier scores and budget penalties. With
         `data.dynamic_sampling`, a verifiable group whose verifier scores are all equal carries
@@ -459,17 +513,15 @@ class Trainer:
         rollout_s = verify_s = 0.0
         discarded = 0
         for draw in range(draws):
-            # only as many refills as groups are missing
-            prompts = self.prompts(step, draw, data.prompts_per_step - len(kept))
             start = time.perf_counter()
             # distinct per-request seeds for every draw (request_seed of first_index + i)
             draw_spec = dataclasses.replace(spec, first_index=draw * DRAW_SEED_STRIDE)
-            ids = [self.encode(p.text, p.system, p.tools) for p in prompts]
-            groups = run_episodes(
-                self.pool, self.env, prompts, ids, draw_spec, self.encode_observation,
-                self.cfg.rollout.max_model_len, getattr(self.env, "max_turns", 1),
-                self.observing,
-            )  # fmt: skip
+            # only as many refills as groups are missing
+            prompts, groups = self._rollout(
+                step, draw, data.prompts_per_step - len(kept), draw_spec, metrics
+            )
+            if not groups:  # partial rollouts: every group still running
+                break
             no_final = self._set_answers(groups)
             if draw == 0:
                 metrics["reward/no_final_answer"] = no_final
@@ -788,6 +840,7 @@ class Trainer:
 
 ROLLOUT_SEED, CRITIC_SEED, EVAL_SEED = 0, 1, 2
 AHEAD_FILE = "ahead.pkl"  # in a checkpoint: the batch sampled ahead (rollout.max_staleness=1)
+PAUSED_FILE = "paused.pkl"  # in a checkpoint: the paused groups (rollout.partial_tokens)
 DRAW_SEED_STRIDE = 1_000_000  # request indices of dynamic sampling's draw k start at k * this
 
 

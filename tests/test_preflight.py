@@ -68,6 +68,12 @@ REFUSED = [
     ("critic.rubric=no_such_rubric", "critic.rubric", "unknown rubric"),
     ("trainer.lr_warmup_steps=40", "trainer.lr_warmup_steps", "below trainer.steps=40"),
     ("rollout.max_staleness=2", "rollout.max_staleness", "one weight version"),
+    ("rollout.partial_tokens=8", "rollout.partial_tokens", "data.dynamic_sampling"),
+    (
+        "rollout.partial_tokens=40 data.dynamic_sampling=false",
+        "rollout.partial_tokens",
+        "not below sampling.max_tokens=40",
+    ),
     ("learner.cpu_cores=[0,4096]", "learner.cpu_cores", "cores [4096] are not among"),
 ]
 
@@ -75,7 +81,7 @@ REFUSED = [
 @pytest.mark.parametrize(("override", "key", "text"), REFUSED)
 def test_a_bad_setting_is_one_line_naming_its_key(override, key, text):
     with pytest.raises(ConfigError) as caught:
-        validate(_nano(override))
+        validate(_nano(*override.split()))
     lines = str(caught.value).splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"config key '{key}'") and text in lines[0], lines[0]

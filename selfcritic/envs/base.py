@@ -111,6 +111,15 @@ class Trajectory:
     # what the verifier and the critic see where the environment strips a reasoning block
     # (selfcritic/envs/reasoning.py; "" when there is no final part); None: `text`
     answer: str | None = None
+    # partial rollouts (selfcritic/rollout/partial.py): the (start, end, weight version) of every
+    # piece of a turn sampled in a step of its own; empty: each turn is one piece (`turns`)
+    segments: list[tuple[int, int, int]] = field(default_factory=list)
+
+    @property
+    def pieces(self) -> list[tuple[int, int, int]]:
+        """(start, end, weight version) of every piece sampled in one go: the segments of a
+        partial rollout, else the turns."""
+        return self.segments or self.turns
 
     @property
     def answer_text(self) -> str:
