@@ -179,7 +179,7 @@ class Trainer:
     def _setup(self) -> None:
         import ray
 
-        from selfcritic.cluster import require_cpus, start_ray
+        from selfcritic.cluster import overlap_warning, require_cpus, start_ray
         from selfcritic.learner.group import LearnerGroup
         from selfcritic.model.build import load_tokenizer, prepare_model
         from selfcritic.rollout.pool import RolloutPool
@@ -196,6 +196,8 @@ class Trainer:
             aspects = [a.name for spec in sorted(specs) for a in self.rubric(spec).aspects]
             if warning := unchecked_warning(aspects, probes, cfg.critic):
                 print(warning, flush=True)
+        if warning := overlap_warning(cfg):
+            print(warning, flush=True)
         cache = Path(cfg.trainer.cache_dir).expanduser()
         self.model_path = prepare_model(cfg.model, cache)
         # the tokenizer the warm-start keeps: the lengths are checked before any long work

@@ -69,3 +69,18 @@ def test_one_step_off_policy_staleness_and_exact_resume(tmp_path, cache_dir, mon
     ]
     assert weights[0].keys() == weights[1].keys()
     assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])
+
+
+def test_overlap_without_separate_cores_is_warned():
+    """Overlapped phases on shared cores slow each other (docs/benchmarks.md): warned."""
+    from selfcritic.cluster import overlap_warning
+    from selfcritic.config import Config
+
+    cfg = Config()
+    assert overlap_warning(cfg) is None  # synchronous: nothing overlaps
+    cfg.rollout.max_staleness = 1
+    assert "may share cores" in overlap_warning(cfg)  # not pinned
+    cfg.rollout.cpu_cores, cfg.learner.cpu_cores = [0, 1], [1]
+    assert "may share cores" in overlap_warning(cfg)  # core 1 in both
+    cfg.rollout.cpu_cores = [0]
+    assert overlap_warning(cfg) is None
