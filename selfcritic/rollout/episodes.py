@@ -124,13 +124,20 @@ def _close_episodes(env, episodes) -> None:
         raise failures[0]
 
 
-def _add_turn(trajectory: Trajectory, sample: Sample) -> None:
+def append_tokens(trajectory: Trajectory, sample: Sample) -> int:
+    """Append what the model wrote in `sample` (learned: loss mask 1, its logprobs); the
+    start of the appended tokens."""
     start = len(trajectory.ids)
     trajectory.ids.extend(sample.completion_ids)
     trajectory.loss_mask.extend([1] * len(sample.completion_ids))
     trajectory.logprobs.extend(sample.logprobs or [0.0] * len(sample.completion_ids))
     if sample.completion_ids and not sample.logprobs:
         trajectory.logprobs_reported = False
+    return start
+
+
+def _add_turn(trajectory: Trajectory, sample: Sample) -> None:
+    start = append_tokens(trajectory, sample)
     trajectory.turn_finish.append(sample.finish_reason)
     trajectory.turns.append((start, len(trajectory.ids), sample.weight_version))
     trajectory.texts.append(sample.text)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from selfcritic.config import Config, ConfigError, keyed
 from selfcritic.envs.base import Prompt, Trajectory
 from selfcritic.preflight import Problems, preflight_check
+from selfcritic.rollout.episodes import append_tokens
 from selfcritic.rollout.types import RolloutEngine, Sample, SamplingSpec
 
 PARTIAL_SEED_STRIDE = 900_000_000  # request indices of continued samples start here
@@ -92,12 +93,7 @@ def add_segment(trajectory: Trajectory, sample: Sample) -> None:
     weight version; the turn's text, end and finish reason extended to it."""
     if not trajectory.segments:
         trajectory.segments = list(trajectory.turns)  # the first piece of every turn
-    start = len(trajectory.ids)
-    trajectory.ids.extend(sample.completion_ids)
-    trajectory.loss_mask.extend([1] * len(sample.completion_ids))
-    trajectory.logprobs.extend(sample.logprobs or [0.0] * len(sample.completion_ids))
-    if sample.completion_ids and not sample.logprobs:
-        trajectory.logprobs_reported = False
+    start = append_tokens(trajectory, sample)
     trajectory.segments.append((start, len(trajectory.ids), sample.weight_version))
     first, _, version = trajectory.turns[-1]
     trajectory.turns[-1] = (first, len(trajectory.ids), version)
