@@ -135,3 +135,26 @@ def _pinned_cores_exist(cfg: Config, problems: Problems) -> None:
             key,
             f"cores {unknown} are not among this machine's usable cores {usable}",
         )
+
+
+@preflight_check
+def _learner_gpus(cfg: Config, problems: Problems) -> None:
+    """A rank told to compute on a GPU has one reserved, and a local Ray has the GPUs the ranks
+    ask for (each rank its own)."""
+    learner = cfg.learner
+    problems.require(
+        learner.device != "cuda" or learner.gpus_per_rank > 0,
+        "learner.device",
+        "cuda needs a GPU reserved for each rank: set learner.gpus_per_rank=1",
+    )
+    if cfg.ray.address is None and learner.gpus_per_rank > 0:
+        import torch
+
+        found = torch.cuda.device_count()
+        problems.require(
+            found >= learner.world_size,
+            "learner.gpus_per_rank",
+            f"learner.world_size={learner.world_size} ranks need a GPU each, and this machine "
+            f"has {found}: set learner.gpus_per_rank=0 (CPU), lower learner.world_size, or join "
+            "a cluster with ray.address",
+        )

@@ -351,6 +351,18 @@ class LearnerConfig:
     # torch intra-op threads in each rank (torch.set_num_threads)
     threads_per_rank: int = setting(1, ge=1)
     cpu_cores: list[int] = field(default_factory=list)  # cores every rank runs on; empty: any
+    # Devices (docs/gpus.md). GPUs Ray reserves for each rank: 1 gives each rank its own GPU
+    # (the ranks are placed through one placement group, packed on as few nodes as fit); 0: CPU
+    gpus_per_rank: float = setting(0.0, ge=0, le=1, why="one rank drives at most one GPU")
+    # where each rank computes: auto is its GPU where it has one (gpus_per_rank > 0), else CPU
+    device: str = setting("auto", one_of=("auto", "cpu", "cuda"))
+    # FSDP2 mixed precision: forward and backward run in this dtype, while the master weights,
+    # optimizer state and gradient reduction stay float32. auto: bfloat16 on GPU, float32 on
+    # CPU (where float32 keeps the learner's logprobs equal to the engine's)
+    compute_dtype: str = setting("auto", one_of=("auto", "float32", "bfloat16"))
+    # recompute each decoder layer's activations in the backward: less memory for about a
+    # third more compute
+    activation_checkpointing: bool = False
 
 
 @dataclass

@@ -232,8 +232,9 @@ class Trainer:
         self.owns_ray = start_ray(cfg.ray)
         require_cpus(cfg, ray.cluster_resources().get("CPU", 0.0))  # a joined cluster's size
         self.pool = RolloutPool(self.model_path, cfg.rollout, trust)
+        on_gpu = torch.cuda.is_available() or cfg.learner.gpus_per_rank > 0
         self.trust_engine = trust_engine_logprobs(
-            cfg.learner.old_logprobs, cfg.rollout.dtype, torch.cuda.is_available()
+            cfg.learner.old_logprobs, cfg.rollout.dtype, on_gpu, cfg.learner.compute_dtype
         )
         self.learner = LearnerGroup(
             self.model_path, cfg.learner, cfg.optim, self.trust_engine, trust

@@ -102,27 +102,31 @@ def open_store(host: str, world_size: int):
     )
 
 
-def backend() -> str:
-    import torch
+def backend(device: str) -> str:
+    """gloo for a CPU rank; on a GPU rank NCCL for CUDA tensors and gloo for any CPU tensor a
+    collective meets (a rank's device decides, not whether CUDA is visible: a CPU learner on a
+    GPU node keeps gloo)."""
+    return "cpu:gloo,cuda:nccl" if device == "cuda" else "gloo"
 
-    return "nccl" if torch.cuda.is_available() else "gloo"
 
-
-def init_process_group(rank: int, world_size: int, host: str, port: int, store=None) -> None:
+def init_process_group(
+    rank: int, world_size: int, host: str, port: int, store=None, device: str = "cpu"
+) -> None:
     """Join the group through rank 0's store at host:port (rank 0 passes the `store` it
-    opened); the call returns once every rank has joined."""
+    opened), on `device` ("cpu" or "cuda": the rank's, from `learner/device.py`); the call
+    returns once every rank has joined."""
     import datetime
 
     import torch
     import torch.distributed as dist
 
-    if torch.cuda.is_available():
+    if device == "cuda":
         torch.cuda.set_device(0)  # Ray exposes each rank's own GPU as device 0
     timeout = datetime.timedelta(minutes=RENDEZVOUS_TIMEOUT_MINUTES)
     if store is None:
         store = dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
     dist.init_process_group(
-        backend=backend(), store=store, rank=rank, world_size=world_size, timeout=timeout
+        backend=backend(device), store=store, rank=rank, world_size=world_size, timeout=timeout
     )
 
 
@@ -132,13 +136,17 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def shard_model(model: torch.nn.Module, reshard_root: bool | None = None) -> torch.nn.Module:
-    """FSDP2 over every decoder layer, then the root; gradients summed over ranks."""
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+def shard_model(
+    model: torch.nn.Module, reshard_root: bool | None = None, mp_policy=None
+) -> torch.nn.Module:
+    """FSDP2 over every decoder layer, then the root; gradients summed over ranks; with
+    `mp_policy` (selfcritic/learner/device.py), computing in its dtype."""
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+    policy = mp_policy or MixedPrecisionPolicy()
     for layer in model.model.layers:
-        fully_shard(layer)
-    fully_shard(model, reshard_after_forward=reshard_root)
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, reshard_after_forward=reshard_root, mp_policy=policy)
     for module in model.modules():
         if isinstance(module, FSDPModule):
             # SUM, not AVG: with divide factor 1 and sum-only collectives FSDP2 neither pre- nor

@@ -21,8 +21,11 @@
   rank 0.
 - State: `save_state` / `load_state` write and read the model and both inner optimizers' state
   with torch.distributed.checkpoint (each rank its shards; reloadable at another world size).
-Left out: GPU placement of the model (the learner runs on CPU tensors; with GPUs the group only
-picks NCCL).
+- Devices: with `learner.gpus_per_rank` > 0 each rank gets a GPU of its own through one Ray
+  placement group (a bundle per rank), loads its shards from the meta device onto it
+  (selfcritic/learner/device.py) and computes in `learner.compute_dtype` (bfloat16 by default
+  there) over float32 master weights; the group's collectives then run on NCCL.
+Left out: expert parallelism, hybrid sharding across nodes.
 """
 
 from __future__ import annotations
@@ -84,10 +87,12 @@ class _LearnerRank:
         trust_engine: bool,
         trust_remote_code: bool,
     ) -> int:
+        from selfcritic.learner.device import rank_device
         from selfcritic.learner.distributed import init_process_group
         from selfcritic.learner.sharded import ShardedLearner
 
-        init_process_group(rank, world_size, host, port, self.store)
+        device = rank_device(cfg.device).type
+        init_process_group(rank, world_size, host, port, self.store, device)
         self.rank = rank
         self.learner = ShardedLearner(
             Path(model_path), cfg, optim_cfg, trust_engine, trust_remote_code
@@ -191,6 +196,46 @@ def _tokens_read(batch: PolicyBatch) -> int:
     return policy + critic + sum(len(c) + len(t) for c, t in batch.ptx_sequences)
 
 
+PLACEMENT_TIMEOUT_S = 600
+
+
+def gpu_placement(cfg: LearnerConfig):
+    """With GPUs, one placement-group bundle per rank ({CPU: cpus_per_rank, GPU: 1}), packed on
+    as few nodes as fit, so each rank gets a GPU of its own (colocated engines may take the
+    rest of a bundle's GPU: `learner.gpus_per_rank` < 1); None on CPU. Raises naming the keys
+    when the cluster cannot hold it."""
+    import ray
+    from ray.util.placement_group import placement_group
+
+    if cfg.gpus_per_rank == 0:
+        return None
+    bundles = [{"CPU": cfg.cpus_per_rank, "GPU": 1.0} for _ in range(cfg.world_size)]
+    group = placement_group(bundles, strategy="PACK")
+    try:
+        ray.get(group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError as error:
+        ray.util.remove_placement_group(group)
+        raise RuntimeError(
+            f"learner.world_size={cfg.world_size} ranks with learner.gpus_per_rank > 0 need "
+            f"{cfg.world_size} GPUs (one each) and {cfg.world_size * cfg.cpus_per_rank:g} CPUs, "
+            f"which the Ray cluster did not provide in {PLACEMENT_TIMEOUT_S} s: lower "
+            "learner.world_size, or add GPUs"
+        ) from error
+    return group
+
+
+def rank_placement(group, index: int) -> dict:
+    """Ray actor options placing rank `index` in its bundle (none without a placement group)."""
+    if group is None:
+        return {}
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    strategy = PlacementGroupSchedulingStrategy(
+        placement_group=group, placement_group_bundle_index=index
+    )
+    return {"scheduling_strategy": strategy}
+
+
 class LearnerGroup:
     """`cfg.world_size` learner ranks stepping as one learner; Ray must already be running."""
 
@@ -205,9 +250,13 @@ class LearnerGroup:
         import ray
 
         self.cfg = cfg
-        actor = ray.remote(num_cpus=cfg.cpus_per_rank)(_LearnerRank)
+        self.placement_group = gpu_placement(cfg)
+        actor = ray.remote(num_cpus=cfg.cpus_per_rank, num_gpus=cfg.gpus_per_rank)(_LearnerRank)
         self.ranks = [
-            actor.remote(cfg.threads_per_rank, cfg.cpu_cores) for _ in range(cfg.world_size)
+            actor.options(**rank_placement(self.placement_group, index)).remote(
+                cfg.threads_per_rank, cfg.cpu_cores
+            )
+            for index in range(cfg.world_size)
         ]
         try:
             host, port = ray.get(self.ranks[0].open_rendezvous.remote(cfg.world_size))
@@ -329,3 +378,6 @@ class LearnerGroup:
         for rank in self.ranks:
             ray.kill(rank)
         self.ranks = []
+        if self.placement_group is not None:
+            ray.util.remove_placement_group(self.placement_group)
+            self.placement_group = None

@@ -80,7 +80,7 @@ class PolicyBatch:
 
 def token_weight_grid(next_ids: torch.Tensor, weights: dict[int, float]) -> torch.Tensor:
     """Each position's weight by the id of the token it predicts: `weights[id]`, else 1."""
-    grid = torch.ones(next_ids.shape, dtype=torch.float32)
+    grid = torch.ones(next_ids.shape, dtype=torch.float32, device=next_ids.device)
     for token_id, weight in weights.items():
         grid[next_ids == token_id] = weight
     return grid
@@ -149,11 +149,14 @@ def merge_updates(steps: list[dict[str, float]], epochs: int) -> dict[str, float
     return merged | {"optimizer_steps": float(len(steps))}
 
 
-def trust_engine_logprobs(setting: str, rollout_dtype: str, on_gpu: bool) -> bool:
+def trust_engine_logprobs(
+    setting: str, rollout_dtype: str, on_gpu: bool, learner_dtype: str = "auto"
+) -> bool:
     """Resolve `learner.old_logprobs`: "auto" trusts the engine only where parity is verified
-    (float32 on CPU: about 1e-6); bfloat16 or GPUs recompute."""
+    (float32 engines and a float32 learner on CPU: about 1e-6); bfloat16 on either side, or
+    GPUs, recompute."""
     if setting == "auto":
-        return rollout_dtype == "float32" and not on_gpu
+        return rollout_dtype == "float32" and learner_dtype != "bfloat16" and not on_gpu
     return setting == "engine"
 
 
@@ -185,7 +188,7 @@ def engine_logprobs(
     present = torch.zeros_like(mask, dtype=torch.bool)
     for i, (values, prompt_length) in enumerate(zip(reported, prompt_lengths, strict=True)):
         span = slice(prompt_length - 1, prompt_length - 1 + len(values))
-        engine[i, span] = torch.tensor(values, dtype=torch.float32)
+        engine[i, span] = torch.tensor(values, dtype=torch.float32, device=mask.device)
         present[i, span] = True
     return engine, present & mask.bool()
 
@@ -210,6 +213,7 @@ class Learner:
         self.max_grad_norm = optim_cfg.max_grad_norm
         self.loss_fn = get_loss(cfg.loss)
         self.pad_id = self.model.config.pad_token_id or 0
+        self.device = next(self.model.parameters()).device  # every input goes here
         self.reference = None
         if cfg.kl_beta > 0:
             self.reference = self._load_model(model_path, trainable=False).eval()
@@ -232,6 +236,10 @@ class Learner:
         `totals`: the normalisers of the whole batch when `batch` is one rank's slice of it."""
         metrics = self._gradients(batch, totals or BatchTotals.of(batch))
         return self._optimizer_step(metrics, batch.lr_scale)
+
+    def on_device(self, tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """`tensors` (built on CPU from token lists) on the learner's device."""
+        return tuple(tensor.to(self.device, non_blocking=True) for tensor in tensors)
 
     @contextmanager
     def unrecorded(self):
@@ -260,7 +268,7 @@ class Learner:
         for rows in token_micro_batches(lengths, self.cfg.max_tokens_per_micro_batch):
             prompts = [batch.prompts[r] for r in rows]
             completions = [batch.completions[r] for r in rows]
-            ids, attention, _ = pad_batch(prompts, completions, self.pad_id)
+            ids, attention, _ = self.on_device(pad_batch(prompts, completions, self.pad_id))
             logprobs = token_logprobs(self.model, ids, attention, batch.temperature)
             for position, row in enumerate(rows):
                 start = len(prompts[position]) - 1
@@ -315,11 +323,13 @@ class Learner:
         prompts = [batch.prompts[r] for r in rows]
         masks = [batch.loss_masks[r] for r in rows] if batch.loss_masks else None
         completions = [batch.completions[r] for r in rows]
-        ids, attention, mask = pad_batch(prompts, completions, self.pad_id, masks)
+        ids, attention, mask = self.on_device(pad_batch(prompts, completions, self.pad_id, masks))
         engine, reported = engine_logprobs(
             [batch.old_logprobs[r] for r in rows], [len(p) for p in prompts], mask
         )
-        advantages = torch.tensor([batch.advantages[r] for r in rows], dtype=torch.float32)
+        advantages = torch.tensor(
+            [batch.advantages[r] for r in rows], dtype=torch.float32, device=self.device
+        )
         logprobs, entropy = token_logprobs(
             self.model, ids, attention, batch.temperature, with_entropy=True
         )
@@ -334,7 +344,7 @@ class Learner:
         if not self.trust_engine and self.cfg.tis_cap is not None:
             weights = truncated_is_weights(old, sampled, self.cfg.tis_cap)
         loss, stats = self.loss_fn(logprobs, old, advantages, mask, scale, token_weights=weights)
-        kl = torch.zeros(())
+        kl = torch.zeros((), device=self.device)
         if self.reference is not None:
             with torch.no_grad():
                 reference = token_logprobs(self.reference, ids, attention, batch.temperature)
@@ -363,11 +373,11 @@ class Learner:
         for rows in token_micro_batches(lengths, self.cfg.max_tokens_per_micro_batch):
             chunk = [examples[r] for r in rows]
             logits = self._last_position_logits([e.prompt_ids for e in chunk])
-            verdict_ids = torch.tensor([e.verdict_token_ids for e in chunk])  # [N, K]
+            verdict_ids = torch.tensor([e.verdict_token_ids for e in chunk], device=self.device)
             loss = calibration_loss(
-                logits.gather(-1, verdict_ids),
-                torch.tensor([e.target_probs for e in chunk]),
-                torch.tensor([e.weight for e in chunk]),
+                logits.gather(-1, verdict_ids),  # [N, K]
+                torch.tensor([e.target_probs for e in chunk], device=self.device),
+                torch.tensor([e.weight for e in chunk], device=self.device),
                 total_weight,
             )
             (self.cfg.calibration_weight * loss).backward()
@@ -376,9 +386,9 @@ class Learner:
 
     def _last_position_logits(self, prompts: list[tuple[int, ...]]) -> torch.Tensor:
         """[N, V] next-token logits after each prompt (right-padded batch)."""
-        ids, attention, _ = pad_batch(prompts, [()] * len(prompts), self.pad_id)
+        ids, attention, _ = self.on_device(pad_batch(prompts, [()] * len(prompts), self.pad_id))
         logits = self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
-        last = torch.tensor([len(p) - 1 for p in prompts])
+        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
         return logits[torch.arange(len(prompts)), last].float()
 
     def _ptx_term(self, batch: PolicyBatch, totals: BatchTotals) -> float:
@@ -389,8 +399,10 @@ class Learner:
         lengths = [len(context) + len(target) for context, target in sequences]
         for rows in token_micro_batches(lengths, self.cfg.max_tokens_per_micro_batch):
             chunk = [sequences[r] for r in rows]
-            ids, attention, mask = pad_batch(
-                [context for context, _ in chunk], [target for _, target in chunk], self.pad_id
+            ids, attention, mask = self.on_device(
+                pad_batch(
+                    [context for context, _ in chunk], [target for _, target in chunk], self.pad_id
+                )
             )
             mask = mask * token_weight_grid(ids[:, 1:], weights)
             loss = ptx_loss(token_logprobs(self.model, ids, attention, 1.0), mask, total)

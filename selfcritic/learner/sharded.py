@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from selfcritic.config import LearnerConfig
-from selfcritic.learner.distributed import BatchTotals, shard_model
+from selfcritic.learner.device import compute_dtype, load_sharded, rank_device
+from selfcritic.learner.distributed import BatchTotals
 from selfcritic.learner.learner import Learner, PolicyBatch, token_micro_batches
-from selfcritic.model.build import load_model
 
 PHASES = ("policy", "calibration", "ptx")
 
@@ -39,12 +39,21 @@ def phase_passes(batch: PolicyBatch, cfg: LearnerConfig) -> dict[str, int]:
 
 
 class ShardedLearner(Learner):
-    """A `Learner` whose models are sharded with FSDP2 inside an initialised process group."""
+    """A `Learner` whose models are sharded with FSDP2 inside an initialised process group,
+    each rank loading only its shards, on its device (`learner.device`), computing in
+    `learner.compute_dtype`."""
 
     def _load_model(self, model_path: Path, trainable: bool) -> torch.nn.Module:
-        # the frozen reference never runs a backward: reshard its root after each forward too
-        model = load_model(model_path, trust_remote_code=self.trust_remote_code)
-        return shard_model(model, reshard_root=None if trainable else True)
+        device = rank_device(self.cfg.device)
+        return load_sharded(
+            model_path,
+            device,
+            compute_dtype(self.cfg.compute_dtype, device),
+            activation_checkpointing=self.cfg.activation_checkpointing and trainable,
+            # the frozen reference never runs a backward: reshard its root after each forward
+            reshard_root=None if trainable else True,
+            trust_remote_code=self.trust_remote_code,
+        )
 
     def step_slice(
         self, batch: PolicyBatch, totals: BatchTotals, passes: dict[str, int]
@@ -68,7 +77,7 @@ class ShardedLearner(Learner):
         layer in every forward: every rank runs as many)."""
         found = self.own_logprobs(batch) if batch.prompts else []
         mine = phase_passes(batch, self.cfg)["policy"]
-        ids = torch.full((1, 2), self.pad_id, dtype=torch.long)
+        ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.device)
         with self.unrecorded():
             for _ in range(passes - mine):
                 self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
@@ -79,7 +88,7 @@ class ShardedLearner(Learner):
         A policy pass also runs the reference's forward, as a real policy micro-batch does."""
         if count <= 0:
             return
-        ids = torch.full((1, 2), self.pad_id, dtype=torch.long)
+        ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.device)
         attention = torch.ones_like(ids)
         with self.unrecorded():
             for _ in range(count):

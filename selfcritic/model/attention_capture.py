@@ -59,7 +59,7 @@ class AttentionLogitCapture:
         if not self.heads:
             return
         layers = sorted(self.heads)
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        device = "cuda" if "nccl" in dist.get_backend() else "cpu"
         table = torch.full((len(layers), max(self.heads.values())), float("-inf"), device=device)
         for row, layer in enumerate(layers):
             if layer in self.max_logits:

@@ -49,7 +49,7 @@ class RouterBalancer:
         if not names:
             return
         experts = max(router.num_experts for router in self.routers.values())
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        device = "cuda" if "nccl" in dist.get_backend() else "cpu"
         table = torch.zeros(len(names), experts + 1, device=device)  # last column: counted here
         for row, name in enumerate(names):
             if name in self.loads:
