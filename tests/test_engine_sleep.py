@@ -82,3 +82,111 @@ def _tokens_of(state, engine) -> list:
     tokens = _tokens(engine)
     engine.update_weights(current, engine.weight_version)
     return tokens
+
+
+def test_a_pool_of_transformers_engines_sleeps_and_wakes_around_a_sync(nano_model_path, engines):
+    import ray
+
+    from selfcritic.cluster import start_ray
+    from selfcritic.config import RayConfig
+    from selfcritic.rollout.pool import RolloutPool
+
+    _, awake, _, trained = engines
+    awake.update_weights(trained, version=1)
+    start_ray(RayConfig(num_cpus=2))
+    pool = RolloutPool(nano_model_path, RolloutConfig(engine="transformers", sleep_level=2))
+    try:
+        pool.sleep(2)
+        pool.wake_up(("weights",))  # what the trainer does after the learner's step
+        assert pool.update_weights(trained) == 1
+        pool.wake_up()
+        assert _tokens(pool) == _tokens(awake)
+        pool.sleep(1)
+        pool.wake_up()
+        assert _tokens(pool) == _tokens(awake)
+    finally:
+        pool.shutdown()
+        ray.shutdown()
+
+
+class _Recorder:
+    """A pool and a learner that write down what the trainer asks of them, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        self.weight_version = 0
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, *args))
+
+
+@pytest.mark.parametrize("sleep_level", [0, 2])
+def test_the_trainer_sleeps_the_engines_through_the_learners_step(sleep_level):
+    from selfcritic.config import Config
+    from selfcritic.trainer import Trainer
+
+    cfg = Config()
+    cfg.rollout.sleep_level = sleep_level
+    trainer = Trainer.__new__(Trainer)
+    trainer.cfg, trainer.judge_weights = cfg, None
+    trainer.pool = trainer.learner = recorder = _Recorder()
+    recorder.weight_buckets = lambda mb: (recorder.calls.append(("weight_buckets",)), ["ref"])[1]
+    metrics: dict = {}
+    with trainer._engines_asleep(batch=object(), metrics=metrics):
+        recorder.calls.append(("learner step",))
+    trainer._sync(metrics)
+    names = [call[0] for call in recorder.calls]
+    if sleep_level == 0:
+        assert names == ["learner step", "weight_buckets", "load_buckets"]
+        return
+    assert recorder.calls == [
+        ("sleep", 2),
+        ("learner step",),
+        ("wake_up", ("weights",)),  # the weights first, for the sync to load into
+        ("weight_buckets",),
+        ("load_buckets", ["ref"]),
+        ("wake_up",),  # then the KV cache
+    ]
+    with trainer._engines_asleep(batch=None, metrics=metrics):  # no step: no sleep
+        pass
+    assert recorder.calls[-1] == ("wake_up",)
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "message"),
+    [
+        ({"sleep_level": 1, "max_staleness": 1}, "rollout.sleep_level", "rollout.max_staleness=0"),
+        ({"sleep_level": 2, "placement": "separate"}, "rollout.sleep_level", "placement=colocate"),
+        ({"weight_sync": "cuda_ipc"}, "rollout.weight_sync", "gpus_per_engine=0"),
+        ({"weight_sync": "nccl", "gpus_per_engine": 1.0}, "rollout.weight_sync", "not wired"),
+        (
+            {"weight_sync": "cuda_ipc", "gpus_per_engine": 0.5, "placement": "separate"},
+            "rollout.weight_sync",
+            "set rollout.placement=colocate",
+        ),
+        ({"sleep_level": 3}, "rollout.sleep_level", "must be >= 0 and <= 2"),
+        ({"weight_sync": "shm"}, "rollout.weight_sync", "must be one of auto"),
+    ],
+)
+def test_the_preflight_refuses_what_cannot_work_naming_the_key(settings, key, message):
+    from selfcritic.config import Config, ConfigError
+    from selfcritic.preflight import validate
+
+    cfg = Config()
+    for name, value in settings.items():
+        setattr(cfg.rollout, name, value)
+    with pytest.raises(ConfigError, match=key) as refused:
+        validate(cfg)
+    assert message in str(refused.value)
+
+
+def test_the_weight_sync_backend_follows_the_placement():
+    from selfcritic.rollout.placement import weight_sync_backend
+
+    assert weight_sync_backend(RolloutConfig()) == "object_store"  # CPU engines
+    assert weight_sync_backend(RolloutConfig(gpus_per_engine=0.4)) == "cuda_ipc"
+    separate = RolloutConfig(gpus_per_engine=1.0, placement="separate")
+    assert weight_sync_backend(separate) == "object_store"
+    assert weight_sync_backend(RolloutConfig(weight_sync="object_store", gpus_per_engine=1)) == (
+        "object_store"
+    )
