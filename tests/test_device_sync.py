@@ -98,3 +98,81 @@ def test_an_ipc_handle_opens_the_senders_buffer_in_another_process_cpu():
 @pytest.mark.gpu
 def test_an_ipc_handle_opens_the_senders_buffer_in_another_process_cuda():
     _round_trip("cuda")
+
+
+# On a GPU with vLLM (plain `vllm`, CUDA build): not yet run (docs/gpus-engines.md).
+def _gpu_engine(nano_model_path, **settings):
+    import os
+
+    from selfcritic.config import RolloutConfig
+    from selfcritic.rollout.vllm_engine import VLLMEngine
+
+    os.environ.setdefault("VLLM_MLA_DISABLE", "1")  # the nano model's latent size is not 512
+    cfg = RolloutConfig(gpus_per_engine=1, gpu_memory_utilization=0.3, **settings)
+    return VLLMEngine(nano_model_path, cfg)
+
+
+def _greedy(engine):
+    from selfcritic.rollout.types import SamplingSpec
+
+    spec = SamplingSpec(n=1, temperature=0.0, max_tokens=8)
+    groups = engine.generate([[1, 5, 7, 9], [1, 11, 12]], spec)
+    return [(s.completion_ids, s.logprobs) for group in groups for s in group]
+
+
+@pytest.mark.gpu
+def test_vllm_sleep_frees_gpu_memory_and_wakes_to_the_same_generations(nano_model_path):
+    engine = _gpu_engine(nano_model_path, sleep_level=1)
+    try:
+        before, free_awake = _greedy(engine), torch.cuda.mem_get_info()[0]
+        engine.sleep(1)
+        freed = torch.cuda.mem_get_info()[0] - free_awake
+        assert freed > 0.5 * 0.3 * torch.cuda.mem_get_info()[1]  # most of its share is back
+        engine.wake_up(("weights",))
+        engine.wake_up(("kv_cache",))
+        assert engine.asleep == 0
+        assert _greedy(engine) == before
+    finally:
+        engine.shutdown()
+
+
+def _send_weights(model_path, handles_out, done) -> None:
+    """The learner's side in its own process: trained weights packed on the GPU, shared by
+    handle, kept alive until the engine has loaded them."""
+    from selfcritic.model.build import load_model
+    from selfcritic.rollout.weights import to_checkpoint_names
+
+    model = load_model(model_path).cuda()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(1.05)
+    packed = pack(to_checkpoint_names(model.state_dict()), torch.float32)
+    handles_out.put([(ipc_handle(buffer), layout) for buffer, layout in packed])
+    done.get(timeout=300)
+
+
+@pytest.mark.gpu
+def test_a_vllm_engine_loads_weights_from_cuda_ipc_handles(nano_model_path):
+    from selfcritic.model.build import load_model
+    from selfcritic.rollout.weights import to_checkpoint_names
+
+    engine = _gpu_engine(nano_model_path)
+    context = torch.multiprocessing.get_context("spawn")
+    handles, done = context.Queue(), context.Queue()
+    sender = context.Process(target=_send_weights, args=(nano_model_path, handles, done))
+    sender.start()
+    try:
+        engine.update_weights_from_ipc(handles.get(timeout=300), version=1)
+        done.put(True)
+        through_ipc = _greedy(engine)
+        model = load_model(nano_model_path)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.mul_(1.05)
+        engine.update_weights(to_checkpoint_names(model.state_dict()), version=2)
+        assert through_ipc == _greedy(engine)  # the same weights as the host path's
+        assert engine.weight_version == 2
+    finally:
+        done.put(True)
+        sender.join(timeout=60)
+        engine.shutdown()
