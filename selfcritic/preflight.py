@@ -44,6 +44,7 @@ CHECKED_MODULES = (
     "selfcritic.optim.muonclip",
     "selfcritic.rollout.engines",
     "selfcritic.rollout.partial",
+    "selfcritic.rollout.placement",
     "selfcritic.envs.registry",
 )
 

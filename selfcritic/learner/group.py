@@ -175,6 +175,37 @@ class _LearnerRank:
         if dist.is_initialized():
             dist.destroy_process_group()
 
+    # Device weight sync (rollout.weight_sync=cuda_ipc; selfcritic/rollout/device_sync.py)
+    def device_weight_handles(self, bucket_mb: float, dtype: str) -> list | None:
+        """Gather the full weights on the device one tensor at a time (every rank takes part);
+        rank 0 packs them in buckets cast once to the engines' `dtype`, keeps the buffers until
+        `release_device_weights`, and returns [(CUDA IPC handle, Layout)]."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from selfcritic.rollout.device_sync import DTYPES, ipc_handle, pack
+        from selfcritic.rollout.weights import split_into_buckets, to_checkpoint_names
+
+        sharded = get_model_state_dict(self.learner.model, options=StateDictOptions())
+        full, cast = {}, DTYPES[dtype]
+        for name, tensor in sharded.items():
+            whole = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+            if self.rank == 0:  # cast as gathered: rank 0 never holds the float32 model whole
+                full[name] = whole.to(cast) if whole.is_floating_point() else whole
+        if self.rank != 0:
+            return None
+        state = to_checkpoint_names(full)
+        del full
+        buckets = split_into_buckets(state, int(bucket_mb * 1024 * 1024))
+        self._device_weights = [p for b in buckets for p in pack(b, DTYPES[dtype])]
+        return [(ipc_handle(buffer), layout) for buffer, layout in self._device_weights]
+
+    def release_device_weights(self) -> None:
+        """Free the buffers of the last `device_weight_handles` (the engines have loaded)."""
+        self._device_weights = []
+        if torch.cuda.is_available():
+            torch.cuda.ipc_collect()
+            torch.cuda.empty_cache()
+
 
 def combine_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
     """One metrics dict from every rank's: sums, maxima, and rank 0's identical values."""
@@ -381,3 +412,16 @@ class LearnerGroup:
         if self.placement_group is not None:
             ray.util.remove_placement_group(self.placement_group)
             self.placement_group = None
+
+    # Device weight sync (rollout.weight_sync=cuda_ipc; selfcritic/rollout/device_sync.py)
+    def device_weight_sync(self, bucket_mb: float, dtype: str, load) -> int:
+        """Rank 0's weights packed on its GPU, cast to the engines' `dtype`; `load(packed)` (the
+        rollout pool's `load_handles`) opens them by CUDA IPC; rank 0 frees them after it
+        returns. Returns what `load` returns (the new weight version)."""
+        import ray
+
+        handles = ray.get([r.device_weight_handles.remote(bucket_mb, dtype) for r in self.ranks])
+        try:
+            return load(handles[0])
+        finally:
+            ray.get(self.ranks[0].release_device_weights.remote())

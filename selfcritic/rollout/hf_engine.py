@@ -4,7 +4,11 @@ For machines without vLLM and as the benchmarks' peer. Samples come from `genera
 do_sample (greedy at temperature 0), top_k off, top_p as asked; the logprob of each sampled token
 is read from the processed scores (after temperature and top-p), so it is the logprob of the
 distribution actually sampled, as the vLLM engine reports. Prompts are left-padded into one batch
-per call. Left out: continuous batching and a KV-cache budget (vLLM's job).
+per call. Sleep is real on any device: `sleep(1)` keeps a host copy of the weights and buffers
+and moves the model to the meta device (its device memory freed), `sleep(2)` keeps nothing;
+`wake_up` re-materialises the model from the host copy (level 1) or the checkpoint (level 2),
+then applies any weights synced while asleep. Left out: continuous batching and a KV-cache budget
+(vLLM's job; there is no KV cache between calls, so the `kv_cache` tag frees nothing).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class TransformersEngine:
         ]
         model = load_model(model_path, dtype, trust_remote_code).eval()
         self._bind(model, load_tokenizer(model_path, trust_remote_code))
+        self.model_path, self.dtype, self.trust_remote_code = model_path, dtype, trust_remote_code
 
     @classmethod
     def around(cls, model, tokenizer) -> TransformersEngine:
@@ -43,6 +48,12 @@ class TransformersEngine:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.weight_version = 0
+        self.model_path = None  # an engine `around` a model cannot reload it (sleep level 1 only)
+        self.asleep = 0  # the level slept at; 0: awake
+        self.device = next(model.parameters()).device
+        # asleep: level 1's host copy of every weight and buffer, with the updates synced since
+        # (transformers names); level 2: only the updates synced since
+        self._host: dict[str, torch.Tensor] = {}
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         if spec.seed is not None:  # one generator for the batched call: seeded by its first
@@ -122,12 +133,61 @@ class TransformersEngine:
         )
 
     def update_weights(self, state: dict, version: int) -> None:
+        """Load a checkpoint-named state in place; asleep, keep it for the wake-up."""
         tensors = {name: torch.as_tensor(value) for name, value in state.items()}
-        self.model.load_state_dict(to_transformers_names(tensors), strict=True)
+        if self.asleep:
+            self._host.update(to_transformers_names(tensors))
+        else:
+            self.model.load_state_dict(to_transformers_names(tensors), strict=True)
         self.weight_version = version
+
+    def sleep(self, level: int) -> None:
+        """Free the model's memory: level 1 keeps a host copy to wake from, level 2 nothing
+        (the wake-up reloads the checkpoint; the next sync brings the trained weights)."""
+        if self.asleep or level == 0:
+            return
+        if level == 2 and self.model_path is None:
+            raise ValueError("an engine around someone else's model can sleep at level 1 only")
+        tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        self._host = (
+            {
+                name: t.detach().to("cpu", copy=self.device.type != "cpu")
+                for name, t in tensors.items()
+            }
+            if level == 1
+            else {}
+        )
+        self.model.to("meta")  # parameters and buffers dropped: their memory is free
+        self.asleep = level
+
+    def wake_up(self, tags: tuple[str, ...] | None = None) -> None:
+        """Bring the weights back (the `weights` tag, or all); `kv_cache` alone does nothing."""
+        if not self.asleep or (tags is not None and "weights" not in tags):
+            return
+        if self.asleep == 2:
+            from selfcritic.model.build import load_model
+
+            self.model = load_model(self.model_path, self.dtype, self.trust_remote_code).eval()
+            self.weight_version = 0 if not self._host else self.weight_version
+            self.model.to(self.device)
+        else:
+            self.model.to_empty(device=self.device)
+            self.model.tie_weights()  # moving to meta unties shared tensors
+        with torch.no_grad():
+            for name, tensor in self._host.items():
+                _tensor_named(self.model, name).copy_(tensor)
+        self._host, self.asleep = {}, 0
 
     def shutdown(self) -> None:
         self.model = None
+
+
+def _tensor_named(model, name: str) -> torch.Tensor:
+    """The parameter or buffer `name` of `model`."""
+    try:
+        return model.get_parameter(name)
+    except AttributeError:
+        return model.get_buffer(name)
 
 
 def _top(distributions: torch.Tensor, k: int) -> tuple[dict[int, float], ...]:

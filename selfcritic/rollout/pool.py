@@ -12,7 +12,13 @@
   them without a copy) by whoever holds the weights (`put_buckets`; in training, the learner's
   rank 0, so they never pass through the driver); every engine gathers the buckets and applies
   them in one in-place load (`load_buckets`). The buckets of the current version are kept for
-  re-syncing a restarted engine. A cross-node NCCL broadcast would replace `put_buckets`.
+  re-syncing a restarted engine. On GPUs (`rollout.weight_sync=cuda_ipc`) `load_handles` gives
+  every engine CUDA IPC handles to the learner's packed device buffers instead (nothing kept: a
+  restarted engine is refilled through `refill`, the object-store path). A cross-node NCCL
+  broadcast would replace `put_buckets`.
+- sleep: `sleep(level)` puts every engine that can to sleep (the learner has the GPUs), and
+  `wake_up(tags)` wakes them (the weights before a sync, then the rest); an engine found dead
+  on waking is restarted, awake and at the current weights.
 - shutdown: engines stop their engine cores before their actors are killed (no /dev/shm leftovers).
 """
 
@@ -56,6 +62,22 @@ class _EngineActor:
         state = {name: array for bucket in buckets for name, array in bucket.items()}
         self.engine.update_weights(state, version)
         return version
+
+    def update_weights_from_ipc(self, version: int, packed: list) -> int:
+        """Load one sync from CUDA IPC handles to the learner's buffers (GPU engines)."""
+        self.engine.update_weights_from_ipc(packed, version)
+        return version
+
+    def sleep(self, level: int) -> bool:
+        """Put the engine to sleep where it can (engines without `sleep` never do)."""
+        if not hasattr(self.engine, "sleep"):
+            return False
+        self.engine.sleep(level)
+        return True
+
+    def wake_up(self, tags: tuple[str, ...] | None) -> None:
+        if hasattr(self.engine, "wake_up"):
+            self.engine.wake_up(tags)
 
     def weight_version(self) -> int:
         return self.engine.weight_version
@@ -101,6 +123,9 @@ class RolloutPool:
         ray.get([actor.__ray_ready__.remote() for actor in self.actors])
         self.weight_version = 0
         self._bucket_refs: list = []  # the current version's buckets, for re-syncing
+        # where a restarted engine gets the current weights when no buckets are kept (a device
+        # sync): a callable returning object-store bucket refs (the trainer's learner)
+        self.refill = None
         self.restarts = 0
 
     def _start_actor(self):
@@ -155,6 +180,8 @@ class RolloutPool:
         ray.kill(self.actors[index], no_restart=True)
         actor = self._start_actor()
         ray.get(actor.__ray_ready__.remote())
+        if not self._bucket_refs and self.weight_version and self.refill is not None:
+            self._bucket_refs = list(self.refill())
         if self._bucket_refs:
             ray.get(actor.update_weights.remote(self.weight_version, *self._bucket_refs))
         self.actors[index] = actor
@@ -182,6 +209,46 @@ class RolloutPool:
             except ray.exceptions.RayActorError:  # died before or during its load
                 self.restart(index)  # a new engine, loaded with these buckets
         return self.weight_version
+
+    def load_handles(self, packed: list) -> int:
+        """Load one sync from [(CUDA IPC handle, Layout)] (the learner's packed device buffers,
+        which it frees after this returns) into every engine; returns the new weight version."""
+        import ray
+
+        self._bucket_refs = []  # nothing in the object store: a restart calls `refill`
+        self.weight_version += 1
+        futures = [
+            actor.update_weights_from_ipc.remote(self.weight_version, packed)
+            for actor in self.actors
+        ]
+        for index, future in enumerate(futures):
+            try:
+                ray.get(future)
+            except ray.exceptions.RayActorError:
+                self.restart(index)
+        return self.weight_version
+
+    def sleep(self, level: int) -> None:
+        """Every engine that can sleeps at `level` (1: KV cache freed, weights offloaded; 2:
+        both freed). One found dead is left to the next wake-up, sync or generate."""
+        import ray
+
+        futures = [actor.sleep.remote(level) for actor in self.actors]
+        for future in futures:
+            with contextlib.suppress(ray.exceptions.RayActorError):
+                ray.get(future)
+
+    def wake_up(self, tags: tuple[str, ...] | None = None) -> None:
+        """Wake every engine: `("weights",)` before a sync loads into them, then None (all);
+        one found dead is restarted (awake, at the current weights)."""
+        import ray
+
+        futures = [actor.wake_up.remote(tags) for actor in self.actors]
+        for index, future in enumerate(futures):
+            try:
+                ray.get(future)
+            except ray.exceptions.RayActorError:
+                self.restart(index)
 
     def engine_pids(self) -> list[int]:
         import ray

