@@ -1,8 +1,11 @@
-"""Start Ray on this machine or join an existing cluster; check that the actors fit in it."""
+"""Start Ray on this machine or join an existing cluster; check that the actors fit in it; with
+GPUs, reserve one placement-group bundle per learner rank (its GPU, and the colocated engines'
+share of it)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 from selfcritic.config import Config, ConfigError, RayConfig, keyed
@@ -158,3 +161,76 @@ def _learner_gpus(cfg: Config, problems: Problems) -> None:
             f"has {found}: set learner.gpus_per_rank=0 (CPU), lower learner.world_size, or join "
             "a cluster with ray.address",
         )
+
+
+PLACEMENT_TIMEOUT_S = 600
+
+
+def engines_per_gpu(cfg: Config) -> int:
+    """Engines colocated on each learner GPU (0 when the engines have GPUs of their own, or
+    none: `rollout.placement`, `rollout.gpus_per_engine`)."""
+    rollout = cfg.rollout
+    if rollout.placement != "colocate" or rollout.gpus_per_engine == 0:
+        return 0
+    return math.ceil(rollout.num_engines / cfg.learner.world_size)
+
+
+def gpu_bundles(cfg: Config) -> list[dict[str, float]] | None:
+    """One placement-group bundle per learner rank: a whole GPU, the rank's CPUs and those of
+    the engines colocated on that GPU; None for a CPU learner."""
+    learner = cfg.learner
+    if learner.gpus_per_rank == 0:
+        return None
+    cpus = learner.cpus_per_rank + engines_per_gpu(cfg) * cfg.rollout.cpus_per_engine
+    return [{"CPU": cpus, "GPU": 1.0} for _ in range(learner.world_size)]
+
+
+def reserve_gpus(bundles: list[dict[str, float]] | None):
+    """A Ray placement group of `bundles`, packed on as few nodes as fit, once Ray holds it
+    (None for None). Raises naming the keys when the cluster cannot provide it."""
+    if bundles is None:
+        return None
+    import ray
+    from ray.util.placement_group import placement_group
+
+    group = placement_group(bundles, strategy="PACK")
+    try:
+        ray.get(group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError as error:
+        ray.util.remove_placement_group(group)
+        raise ConfigError(
+            f"learner.world_size={len(bundles)} ranks with learner.gpus_per_rank > 0 need a GPU "
+            f"each and {sum(b['CPU'] for b in bundles):g} CPUs in all, which the Ray cluster did "
+            f"not provide in {PLACEMENT_TIMEOUT_S} s: lower learner.world_size, or add GPUs"
+        ) from error
+    return group
+
+
+def in_bundle(group, index: int) -> dict:
+    """Ray actor options placing an actor in bundle `index` of `group` (none for None)."""
+    if group is None:
+        return {}
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            placement_group=group, placement_group_bundle_index=index % group.bundle_count
+        )
+    }
+
+
+@preflight_check
+def _colocated_gpus_fit(cfg: Config, problems: Problems) -> None:
+    """A learner rank and the engines colocated on its GPU ask for at most the whole GPU."""
+    per_gpu = engines_per_gpu(cfg)
+    if cfg.learner.gpus_per_rank == 0 or per_gpu == 0:
+        return
+    asked = cfg.learner.gpus_per_rank + per_gpu * cfg.rollout.gpus_per_engine
+    problems.require(
+        asked <= 1 + 1e-9,
+        "rollout.gpus_per_engine",
+        f"colocated on each learner GPU: learner.gpus_per_rank={cfg.learner.gpus_per_rank:g} + "
+        f"{per_gpu} engine(s) x rollout.gpus_per_engine={cfg.rollout.gpus_per_engine:g} = "
+        f"{asked:g} GPUs: lower them so they sum to at most 1 (e.g. 0.5 and 0.5), or set "
+        "rollout.placement=separate",
+    )

@@ -180,7 +180,14 @@ class Trainer:
     def _setup(self) -> None:
         import ray
 
-        from selfcritic.cluster import overlap_warning, require_cpus, start_ray
+        from selfcritic.cluster import (
+            engines_per_gpu,
+            gpu_bundles,
+            overlap_warning,
+            require_cpus,
+            reserve_gpus,
+            start_ray,
+        )
         from selfcritic.learner.group import LearnerGroup
         from selfcritic.model.build import load_tokenizer, prepare_model
         from selfcritic.rollout.pool import RolloutPool
@@ -232,7 +239,10 @@ class Trainer:
         )
         self.owns_ray = start_ray(cfg.ray)
         require_cpus(cfg, ray.cluster_resources().get("CPU", 0.0))  # a joined cluster's size
-        self.pool = RolloutPool(self.model_path, cfg.rollout, trust)
+        # with GPUs, a bundle per learner rank, shared with the engines colocated on its GPU
+        self.gpus = reserve_gpus(gpu_bundles(cfg))
+        colocated = self.gpus if engines_per_gpu(cfg) else None
+        self.pool = RolloutPool(self.model_path, cfg.rollout, trust, colocated)
         on_gpu = torch.cuda.is_available() or cfg.learner.gpus_per_rank > 0
         # a restarted engine's weights when none are kept in the object store (a device sync)
         self.pool.refill = lambda: self.learner.weight_buckets(cfg.rollout.sync_bucket_mb)
@@ -240,7 +250,7 @@ class Trainer:
             cfg.learner.old_logprobs, cfg.rollout.dtype, on_gpu, cfg.learner.compute_dtype
         )
         self.learner = LearnerGroup(
-            self.model_path, cfg.learner, cfg.optim, self.trust_engine, trust
+            self.model_path, cfg.learner, cfg.optim, self.trust_engine, trust, self.gpus
         )
         print(f"model: {self.model_path}\noptimizer groups:\n{self.learner.describe()}")
         self.verifiers = verifier_pools(cfg.reward, self.parts)  # {label: pool or None}
@@ -870,6 +880,8 @@ class Trainer:
                 env.close()
         if getattr(self, "tracker", None) is not None:
             self.tracker.finish()
+        if getattr(self, "gpus", None) is not None:
+            ray.util.remove_placement_group(self.gpus)
         if self.owns_ray:
             ray.shutdown()
 

@@ -148,3 +148,34 @@ def test_gpu_settings_are_refused_before_work_where_no_gpu_backs_them():
     cfg.learner.device, cfg.learner.gpus_per_rank = "auto", 1.0
     with pytest.raises(ConfigError, match=r"learner\.gpus_per_rank.*has 0"):
         validate(cfg)
+
+
+def test_gpu_bundles_hold_each_rank_and_the_engines_colocated_on_its_gpu():
+    from selfcritic.cluster import engines_per_gpu, gpu_bundles
+    from selfcritic.config import Config
+
+    cfg = Config()
+    assert gpu_bundles(cfg) is None  # a CPU learner reserves no bundle
+    cfg.learner.world_size, cfg.learner.gpus_per_rank, cfg.learner.cpus_per_rank = 2, 0.5, 1.0
+    cfg.rollout.num_engines, cfg.rollout.gpus_per_engine, cfg.rollout.cpus_per_engine = 3, 0.5, 2.0
+    # 3 engines over 2 GPUs: at most 2 on one, so each bundle has room for 2 engines' CPUs
+    assert engines_per_gpu(cfg) == 2
+    assert gpu_bundles(cfg) == [{"CPU": 5.0, "GPU": 1.0}] * 2
+    cfg.rollout.placement = "separate"  # engines on GPUs of their own: the bundles are the ranks'
+    assert gpu_bundles(cfg) == [{"CPU": 1.0, "GPU": 1.0}] * 2
+
+
+def test_colocated_shares_of_a_gpu_must_fit_in_it():
+    import selfcritic.cluster as cluster
+    from selfcritic.config import Config
+    from selfcritic.preflight import Problems
+
+    cfg = Config()
+    cfg.learner.gpus_per_rank, cfg.rollout.gpus_per_engine = 0.5, 0.5
+    problems = Problems()
+    cluster._colocated_gpus_fit(cfg, problems)
+    assert not problems.lines
+    cfg.rollout.num_engines = 2  # two engines of 0.5 beside a rank of 0.5 on one GPU
+    cluster._colocated_gpus_fit(cfg, problems)
+    (line,) = problems.lines
+    assert "rollout.gpus_per_engine" in line and "= 1.5 GPUs" in line

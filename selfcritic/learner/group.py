@@ -227,46 +227,6 @@ def _tokens_read(batch: PolicyBatch) -> int:
     return policy + critic + sum(len(c) + len(t) for c, t in batch.ptx_sequences)
 
 
-PLACEMENT_TIMEOUT_S = 600
-
-
-def gpu_placement(cfg: LearnerConfig):
-    """With GPUs, one placement-group bundle per rank ({CPU: cpus_per_rank, GPU: 1}), packed on
-    as few nodes as fit, so each rank gets a GPU of its own (colocated engines may take the
-    rest of a bundle's GPU: `learner.gpus_per_rank` < 1); None on CPU. Raises naming the keys
-    when the cluster cannot hold it."""
-    import ray
-    from ray.util.placement_group import placement_group
-
-    if cfg.gpus_per_rank == 0:
-        return None
-    bundles = [{"CPU": cfg.cpus_per_rank, "GPU": 1.0} for _ in range(cfg.world_size)]
-    group = placement_group(bundles, strategy="PACK")
-    try:
-        ray.get(group.ready(), timeout=PLACEMENT_TIMEOUT_S)
-    except ray.exceptions.GetTimeoutError as error:
-        ray.util.remove_placement_group(group)
-        raise RuntimeError(
-            f"learner.world_size={cfg.world_size} ranks with learner.gpus_per_rank > 0 need "
-            f"{cfg.world_size} GPUs (one each) and {cfg.world_size * cfg.cpus_per_rank:g} CPUs, "
-            f"which the Ray cluster did not provide in {PLACEMENT_TIMEOUT_S} s: lower "
-            "learner.world_size, or add GPUs"
-        ) from error
-    return group
-
-
-def rank_placement(group, index: int) -> dict:
-    """Ray actor options placing rank `index` in its bundle (none without a placement group)."""
-    if group is None:
-        return {}
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    strategy = PlacementGroupSchedulingStrategy(
-        placement_group=group, placement_group_bundle_index=index
-    )
-    return {"scheduling_strategy": strategy}
-
-
 class LearnerGroup:
     """`cfg.world_size` learner ranks stepping as one learner; Ray must already be running."""
 
@@ -277,14 +237,24 @@ class LearnerGroup:
         optim_cfg: OptimConfig,
         trust_engine: bool,
         trust_remote_code: bool = False,
+        placement_group=None,
     ) -> None:
+        """`placement_group`: with GPUs, the run's (selfcritic/cluster.py, a bundle per rank,
+        shared with colocated engines); None reserves one of its own."""
         import ray
 
+        from selfcritic.cluster import in_bundle, reserve_gpus
+
         self.cfg = cfg
-        self.placement_group = gpu_placement(cfg)
+        self.owns_placement = placement_group is None and cfg.gpus_per_rank > 0
+        if self.owns_placement:  # a group of its own: a bundle per rank, its GPU only
+            placement_group = reserve_gpus(
+                [{"CPU": cfg.cpus_per_rank, "GPU": 1.0} for _ in range(cfg.world_size)]
+            )
+        self.placement_group = placement_group
         actor = ray.remote(num_cpus=cfg.cpus_per_rank, num_gpus=cfg.gpus_per_rank)(_LearnerRank)
         self.ranks = [
-            actor.options(**rank_placement(self.placement_group, index)).remote(
+            actor.options(**in_bundle(placement_group, index)).remote(
                 cfg.threads_per_rank, cfg.cpu_cores
             )
             for index in range(cfg.world_size)
@@ -409,9 +379,9 @@ class LearnerGroup:
         for rank in self.ranks:
             ray.kill(rank)
         self.ranks = []
-        if self.placement_group is not None:
+        if self.owns_placement:
             ray.util.remove_placement_group(self.placement_group)
-            self.placement_group = None
+            self.owns_placement = False
 
     # Device weight sync (rollout.weight_sync=cuda_ipc; selfcritic/rollout/device_sync.py)
     def device_weight_sync(self, bucket_mb: float, dtype: str, load) -> int:

@@ -3,9 +3,9 @@ sleep while the learner steps, and how synced weights reach them (`rollout.place
 `rollout.sleep_level`, `rollout.weight_sync`; docs/gpus-engines.md).
 
 `sleeps(cfg)` and `weight_sync_backend(cfg)` are pure functions of the rollout settings; the
-preflight rules below refuse the combinations that cannot work, naming the keys. Left out: Ray
-placement groups (colocated engines share the learner's GPUs through fractional
-`rollout.gpus_per_engine`, as Ray packs them), and any measurement of free GPU memory.
+preflight rules below refuse the combinations that cannot work, naming the keys. Colocated
+engines are placed in the learner's GPU bundles (selfcritic/cluster.py). Left out: any
+measurement of free GPU memory.
 """
 
 from __future__ import annotations

@@ -110,16 +110,24 @@ class RolloutPool:
     """N engine actors behind one generate/update_weights interface."""
 
     def __init__(
-        self, model_path: Path, cfg: RolloutConfig, trust_remote_code: bool = False
+        self,
+        model_path: Path,
+        cfg: RolloutConfig,
+        trust_remote_code: bool = False,
+        placement_group=None,
     ) -> None:
+        """`placement_group`: the learner's GPU bundles, engine i placed in bundle i modulo
+        their number (`rollout.placement=colocate` on GPUs: selfcritic/cluster.py); None: where
+        Ray finds room."""
         import ray
 
         self.model_path, self.cfg = str(model_path), cfg
         self.trust_remote_code = trust_remote_code
+        self.placement_group = placement_group
         self._actor_cls = ray.remote(
             num_cpus=cfg.cpus_per_engine, num_gpus=cfg.gpus_per_engine, max_restarts=0
         )(_EngineActor)
-        self.actors = [self._start_actor() for _ in range(cfg.num_engines)]
+        self.actors = [self._start_actor(index) for index in range(cfg.num_engines)]
         ray.get([actor.__ray_ready__.remote() for actor in self.actors])
         self.weight_version = 0
         self._bucket_refs: list = []  # the current version's buckets, for re-syncing
@@ -128,8 +136,13 @@ class RolloutPool:
         self.refill = None
         self.restarts = 0
 
-    def _start_actor(self):
-        return self._actor_cls.remote(self.model_path, self.cfg, self.trust_remote_code)
+    def _start_actor(self, index: int):
+        from selfcritic.cluster import in_bundle
+
+        options = in_bundle(self.placement_group, index)
+        return self._actor_cls.options(**options).remote(
+            self.model_path, self.cfg, self.trust_remote_code
+        )
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         import ray
@@ -178,7 +191,7 @@ class RolloutPool:
         import ray
 
         ray.kill(self.actors[index], no_restart=True)
-        actor = self._start_actor()
+        actor = self._start_actor(index)
         ray.get(actor.__ray_ready__.remote())
         if not self._bucket_refs and self.weight_version and self.refill is not None:
             self._bucket_refs = list(self.refill())
