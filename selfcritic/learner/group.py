@@ -139,32 +139,10 @@ class _LearnerRank:
         return str(save_hf_checkpoint(model, Path(model_path), Path(out_dir)))
 
     def save_state(self, directory: str) -> None:
-        """Model and optimizer state, each rank writing its shards (a collective)."""
-        import torch.distributed.checkpoint as dcp
-
-        dcp.save(self._state(), checkpoint_id=directory)
+        self.learner.save_state(directory)
 
     def load_state(self, directory: str) -> None:
-        """The state `save_state` wrote, resharded to this group if its size differs."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
-        state = self._state()
-        dcp.load(state, checkpoint_id=directory)
-        set_state_dict(
-            self.learner.model,
-            list(self.learner.optimizer.optimizers.values()),
-            model_state_dict=state["model"],
-            optim_state_dict=state["optim"],
-        )
-
-    def _state(self) -> dict:
-        """DCP's sharded views of the model and of both inner optimizers (Muon, AdamW)."""
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        optimizers = list(self.learner.optimizer.optimizers.values())
-        model, optim = get_state_dict(self.learner.model, optimizers)
-        return {"model": model, "optim": optim}
+        self.learner.load_state(directory)
 
     def describe(self) -> str:
         return self.learner.optimizer.describe()

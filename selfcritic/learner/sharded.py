@@ -97,3 +97,31 @@ class ShardedLearner(Learner):
                     with torch.no_grad():
                         self.reference(input_ids=ids, attention_mask=attention, use_cache=False)
                 (logits.logits.float().sum() * 0.0).backward()
+
+    def save_state(self, directory: str) -> None:
+        """Model and optimizer state, each rank writing its shards (a collective: DCP)."""
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._state(), checkpoint_id=directory)
+
+    def load_state(self, directory: str) -> None:
+        """The state `save_state` wrote, resharded to this group if its size differs."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._state()
+        dcp.load(state, checkpoint_id=directory)
+        set_state_dict(
+            self.model,
+            list(self.optimizer.optimizers.values()),
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+        )
+
+    def _state(self) -> dict:
+        """DCP's sharded views of the model and of both inner optimizers (Muon, AdamW)."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        optimizers = list(self.optimizer.optimizers.values())
+        model, optim = get_state_dict(self.model, optimizers)
+        return {"model": model, "optim": optim}
