@@ -309,3 +309,29 @@ def test_world_size_is_validated():
         setattr(cfg.learner, field, value)
         with pytest.raises(ConfigError, match=f"learner.{field}"):
             validate(cfg)
+
+
+def test_state_saved_by_two_ranks_resumes_on_one(ray_cluster, nano_model_path, tmp_path):
+    """Sharded state (DCP) written by 2 ranks, read back by 1 rank: its next step is the one the
+    2 ranks take from that state (model and both optimizers' state resharded on load)."""
+    from selfcritic.learner.group import LearnerGroup
+
+    first, second = _batch(), replace(_batch(), advantages=[-a for a in _batch().advantages])
+    two = LearnerGroup(nano_model_path, replace(LEARNER, world_size=2), OPTIM, trust_engine=False)
+    try:
+        two.step(first)  # momentum and AdamW moments now hold something to restore
+        two.save_state(tmp_path / "state")
+        expected = two.step(second)
+        expected_state = two.checkpoint_state()
+    finally:
+        two.shutdown()
+    one = LearnerGroup(nano_model_path, LEARNER, OPTIM, trust_engine=False)
+    try:
+        one.load_state(tmp_path / "state")
+        metrics = one.step(second)
+        state = one.checkpoint_state()
+    finally:
+        one.shutdown()
+    assert metrics["grad_norm"] == pytest.approx(expected["grad_norm"], rel=METRIC_REL)
+    for name, tensor in expected_state.items():
+        assert torch.allclose(state[name], tensor, rtol=0, atol=WEIGHT_ATOL), name
