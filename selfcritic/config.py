@@ -403,7 +403,7 @@ class OptimConfig:
     qk_clip_tau: float = setting(100.0, gt=0)  # cap on each head's max pre-softmax attention logit
     # u in bias += u * sign(mean load - load); 0 turns it off
     router_bias_update: float = setting(1e-3, ge=0)
-    # auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16
+    # auto (bfloat16 for a learner on a GPU, float32 on CPU) | float32 | bfloat16
     newton_schulz_dtype: str = setting("auto", one_of=("auto", "float32", "bfloat16"))
 
 

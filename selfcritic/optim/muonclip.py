@@ -37,10 +37,10 @@ def assign_group(name: str, param: torch.Tensor, adamw_patterns: list[str]) -> s
     return "muon"
 
 
-def newton_schulz_dtype(setting: str) -> torch.dtype:
-    """'auto' is bfloat16 on CUDA and float32 on CPU (much faster there)."""
+def newton_schulz_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """'auto' is bfloat16 for parameters on a GPU and float32 on CPU (much faster there)."""
     if setting == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
 
 
@@ -137,7 +137,7 @@ def build_muonclip(model: torch.nn.Module, cfg: OptimConfig) -> MuonClip:
             lr=cfg.muon_lr,
             weight_decay=cfg.weight_decay,
             momentum=cfg.momentum,
-            ns_dtype=newton_schulz_dtype(cfg.newton_schulz_dtype),
+            ns_dtype=newton_schulz_dtype(cfg.newton_schulz_dtype, next(model.parameters()).device),
         ),
         "adamw": torch.optim.AdamW(
             [p for _, p in named["adamw"]],
