@@ -214,12 +214,11 @@ def send_buckets(
     most one bucket's buffers (and one whole tensor) are alive at a time. Returns the bytes sent."""
     sent = 0
     for bucket in plan:
-        buffers = empty_buffers(list(bucket.layouts), device) if send is not None else []
-        where = {
-            slot.name: (buffer, slot)
-            for buffer, layout in zip(buffers, bucket.layouts, strict=True)
-            for slot in layout.slots
-        }
+        buffers, where = [], {}
+        if send is not None:
+            buffers = empty_buffers(list(bucket.layouts), device)
+            pairs = zip(buffers, bucket.layouts, strict=True)
+            where = {slot.name: (b, slot) for b, layout in pairs for slot in layout.slots}
         for source in bucket.sources:
             whole = fetch(source)
             if send is None:
