@@ -313,3 +313,146 @@ def test_a_sync_travels_bucket_by_bucket_through_a_real_broadcast_over_gloo(tmp_
         assert torch.equal(got["receiver"][name], _bytes(tensor.contiguous())), name
     assert len(got["sender"]) == len(plan) > 1  # one bucket per broadcast
     assert max(got["sender"]) < sum(t.numel() for t in expected.values())  # never all at once
+
+
+class _Remote:
+    """A fake Ray method: `.remote(*args)` records the call and returns a tag for it."""
+
+    def __init__(self, calls: list, name: str) -> None:
+        self.calls, self.name = calls, name
+
+    def remote(self, *args):
+        self.calls.append((self.name, *args))
+        return f"ref:{self.name}"
+
+
+def test_the_group_forms_once_rejoins_after_a_restart_and_syncs_by_the_backend(monkeypatch):
+    import ray
+
+    from selfcritic.config import RolloutConfig
+    from selfcritic.learner.group import LearnerGroup
+    from selfcritic.rollout.broadcast import WeightBroadcast
+
+    calls: list = []
+    waited: list = []
+    answers = {
+        "ref:rank0.open_weight_broadcast": ("10.0.0.7", 4242),
+        "ref:rank0.weight_layouts": ["layouts of every bucket"],
+    }
+    monkeypatch.setattr(ray, "get", lambda refs: waited.append(refs) or answers.get(str(refs)))
+
+    class Rank:
+        def __init__(self, index: int) -> None:
+            for name in ("open_weight_broadcast", "join_weight_broadcast", "weight_layouts"):
+                setattr(self, name, _Remote(calls, f"rank{index}.{name}"))
+            self.broadcast_weights = _Remote(calls, f"rank{index}.broadcast_weights")
+
+    learner = LearnerGroup.__new__(LearnerGroup)
+    learner.ranks = [Rank(0), Rank(1)]
+
+    class Pool:
+        restarts, died = 0, False
+
+        def engine_sizes(self):
+            return [2, 2]  # two engines, tensor parallel 2
+
+        def join_weight_broadcast(self, host, port, firsts, world):
+            calls.append(("pool.join", host, port, firsts, world))
+            return ["ref:engine0.join", "ref:engine1.join"]
+
+        def revive(self):
+            self.restarts += self.died
+
+        def load_broadcast(self, layouts, sending):
+            calls.append(("pool.load", layouts, sending))
+            return 7
+
+    pool = Pool()
+    cfg = RolloutConfig(sync_bucket_mb=64, dtype="bfloat16")
+    broadcast = WeightBroadcast(learner, pool, cfg)
+    assert calls == [
+        ("rank0.open_weight_broadcast",),
+        ("rank0.join_weight_broadcast", 5),
+        ("pool.join", "10.0.0.7", 4242, [1, 3], 5),
+    ]
+    # both sides of the rendezvous asked first, then waited on together
+    assert waited[-1] == ["ref:rank0.join_weight_broadcast", "ref:engine0.join", "ref:engine1.join"]
+    calls.clear()
+    assert broadcast.sync() == 7
+    assert calls == [  # no new group; layouts (metadata) from rank 0, every rank in the loop
+        ("rank0.weight_layouts", 64, "bfloat16"),
+        ("rank0.broadcast_weights", 64, "bfloat16"),
+        ("rank1.broadcast_weights", 64, "bfloat16"),
+        (
+            "pool.load",
+            ["layouts of every bucket"],
+            ["ref:rank0.broadcast_weights", "ref:rank1.broadcast_weights"],
+        ),
+    ]
+    calls.clear()
+    pool.died = True  # an engine restarted (refilled through the object store): a new group
+    broadcast.sync()
+    assert [call[0] for call in calls][:3] == [
+        "rank0.open_weight_broadcast",
+        "rank0.join_weight_broadcast",
+        "pool.join",
+    ]
+    assert calls[-1][0] == "pool.load"
+
+
+def _nccl_member(rank: int, port_queue, plan, layouts, results) -> None:
+    from functools import partial
+
+    from selfcritic.rollout.device_sync import (
+        broadcast_buffers,
+        broadcast_group,
+        listen_socket,
+        receive_buckets,
+        send_buckets,
+    )
+    from selfcritic.rollout.weights import to_checkpoint_names
+
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    if rank == 0:  # the learner's rank 0: listens at an OS-assigned port, hosts the store
+        listening = listen_socket("127.0.0.1")
+        port = listening.getsockname()[1]
+        port_queue.put(port)
+        group = broadcast_group("127.0.0.1", port, 0, 2, device, listening)
+        state = {n: t.to(device) for n, t in _learner_state().items()}
+        send = partial(broadcast_buffers, group)
+        send_buckets(plan, state.__getitem__, send, device, torch.bfloat16, to_checkpoint_names)
+        results.put(("sender", None))
+    else:  # an engine worker
+        group = broadcast_group("127.0.0.1", port_queue.get(timeout=60), 1, 2, device)
+        got = receive_buckets(layouts, device, partial(broadcast_buffers, group))
+        results.put(("receiver", {n: _bytes(t.contiguous()).cpu() for n, t in got.items()}))
+
+
+@pytest.mark.gpu
+def test_a_sync_travels_through_a_real_nccl_broadcast_between_two_gpus():
+    """vLLM's StatelessProcessGroup + PyNcclCommunicator, through the same loop (two GPUs:
+    NCCL refuses two members of one group on one GPU)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    from selfcritic.rollout.device_sync import plan_buckets
+    from selfcritic.rollout.weights import to_checkpoint_names
+
+    state = _learner_state()
+    plan = plan_buckets(_meta(state), 300, torch.bfloat16, to_checkpoint_names)
+    layouts = [layout for bucket in plan for layout in bucket.layouts]
+    context = torch.multiprocessing.get_context("spawn")
+    results, ports = context.Queue(), context.Queue()
+    members = [
+        context.Process(target=_nccl_member, args=(rank, ports, plan, layouts, results))
+        for rank in (0, 1)
+    ]
+    for member in members:
+        member.start()
+    got = dict(results.get(timeout=300) for _ in members)
+    for member in members:
+        member.join(timeout=120)
+        assert member.exitcode == 0
+    cast = {n: t.to(torch.bfloat16) if t.is_floating_point() else t for n, t in state.items()}
+    for name, tensor in to_checkpoint_names(cast).items():
+        assert torch.equal(got["receiver"][name], _bytes(tensor.contiguous())), name
