@@ -11,9 +11,18 @@ cuda_ipc | nccl; docs/gpus-engines.md).
   UUID in the receiver's numbering (Ray gives each actor its own CUDA_VISIBLE_DEVICES). On CPU the
   same handle holds the storage itself, which torch.multiprocessing's pickler moves into shared
   memory (the tests use that to check the protocol without a GPU).
-- `broadcast_group(...)`: an NCCL group of the learner's rank 0 (rank 0) and every engine worker,
-  built on vLLM's StatelessProcessGroup and PyNcclCommunicator (imported inside the function),
-  and `broadcast_buffers` to send or receive a bucket's buffers in it.
+- `plan_buckets(meta, bucket_bytes, dtype, convert)`: a sync's buckets from shapes alone (the
+  learner's names gathered per bucket, and the checkpoint-named `Layout`s `pack` will give them),
+  so the engines can be told every layout before anything is gathered; `broadcast_ranks`: the
+  group's world size and each engine's first rank (tensor parallelism: one rank per worker).
+- `send_buckets(plan, fetch, send, ...)`: the sender's loop (gather each tensor, cast, copy into
+  the bucket's buffers, send the bucket, drop it: one bucket alive at a time);
+  `receive_buckets(layouts, device, receive)`: the receiver's. `send`/`receive` are passed in:
+  NCCL in a run (`broadcast_buffers`), gloo in the CPU test.
+- `broadcast_group(...)`: an NCCL group of the learner's rank 0 (rank 0, listening at an
+  OS-assigned port: `listen_socket`) and every engine worker, built on vLLM's
+  StatelessProcessGroup and PyNcclCommunicator (imported inside the function), and
+  `broadcast_buffers` to send or receive a bucket's buffers in it.
 The sender keeps its buffers alive until every receiver has loaded (the caller's duty). Only torch
 is imported here: a GPU check script imports this module on a machine without Ray or vLLM. Left
 out: reusing one IPC buffer across buckets (vLLM's packed_tensor does), and a pipelined
