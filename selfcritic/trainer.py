@@ -55,6 +55,7 @@ from selfcritic.learner.advantages import ADVANTAGE_ESTIMATORS, informative_grou
 from selfcritic.learner.learner import PolicyBatch, trust_engine_logprobs
 from selfcritic.preflight import context_problems
 from selfcritic.progress import StepConsole
+from selfcritic.rollout.broadcast import WeightBroadcast
 from selfcritic.rollout.episodes import observing_for, run_episodes
 from selfcritic.rollout.partial import (
     PausedGroup,
@@ -253,6 +254,9 @@ class Trainer:
             self.model_path, cfg.learner, cfg.optim, self.trust_engine, trust, self.gpus
         )
         print(f"model: {self.model_path}\noptimizer groups:\n{self.learner.describe()}")
+        self.broadcast = None  # rollout.weight_sync=nccl: the group, formed once here
+        if weight_sync_backend(cfg.rollout) == "nccl":
+            self.broadcast = WeightBroadcast(self.learner, self.pool, cfg.rollout)
         self.verifiers = verifier_pools(cfg.reward, self.parts)  # {label: pool or None}
         rewards = cfg.reward
         self.verifier_watch = FailureWatch(rewards.warn_failed_share, rewards.max_failed_steps)
@@ -671,8 +675,9 @@ class Trainer:
 
     def _sync(self, metrics: dict) -> None:
         """The learner's weights to the engines (and the judge's, where it lags), by
-        `rollout.weight_sync`: CUDA IPC handles to rank 0's device buffers, or the object store;
-        then sleeping engines get their KV cache back (after the weights, vLLM's order)."""
+        `rollout.weight_sync`: CUDA IPC handles to rank 0's device buffers, an NCCL broadcast
+        from rank 0, or the object store; then sleeping engines get their KV cache back (after
+        the weights, vLLM's order)."""
         rollout = self.cfg.rollout
         with timed(metrics, "time/sync"):
             buckets = None
@@ -680,6 +685,8 @@ class Trainer:
                 self.learner.device_weight_sync(
                     rollout.sync_bucket_mb, rollout.dtype, self.pool.load_handles
                 )
+            elif weight_sync_backend(rollout) == "nccl":
+                self.broadcast.sync()
             else:
                 buckets = self.learner.weight_buckets(rollout.sync_bucket_mb)
                 self.pool.load_buckets(buckets)

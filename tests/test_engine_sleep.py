@@ -158,7 +158,17 @@ def test_the_trainer_sleeps_the_engines_through_the_learners_step(sleep_level):
         ({"sleep_level": 1, "max_staleness": 1}, "rollout.sleep_level", "rollout.max_staleness=0"),
         ({"sleep_level": 2, "placement": "separate"}, "rollout.sleep_level", "placement=colocate"),
         ({"weight_sync": "cuda_ipc"}, "rollout.weight_sync", "gpus_per_engine=0"),
-        ({"weight_sync": "nccl", "gpus_per_engine": 1.0}, "rollout.weight_sync", "not wired"),
+        ({"weight_sync": "nccl"}, "rollout.weight_sync", "gpus_per_engine=0"),
+        (
+            {"weight_sync": "nccl", "gpus_per_engine": 1.0, "placement": "separate"},
+            "rollout.weight_sync",
+            "learner.gpus_per_rank=0",
+        ),
+        (
+            {"weight_sync": "nccl", "gpus_per_engine": 0.5},
+            "rollout.weight_sync",
+            "or rollout.placement=separate",
+        ),
         (
             {"weight_sync": "cuda_ipc", "gpus_per_engine": 0.5, "placement": "separate"},
             "rollout.weight_sync",
@@ -178,6 +188,21 @@ def test_the_preflight_refuses_what_cannot_work_naming_the_key(settings, key, me
     with pytest.raises(ConfigError, match=key) as refused:
         validate(cfg)
     assert message in str(refused.value)
+
+
+def test_nccl_is_allowed_for_engines_on_gpus_of_their_own_beside_a_gpu_learner():
+    from selfcritic.config import Config
+    from selfcritic.preflight import validate
+
+    cfg = Config()
+    cfg.rollout.weight_sync, cfg.rollout.placement = "nccl", "separate"
+    cfg.rollout.gpus_per_engine, cfg.learner.gpus_per_rank = 1.0, 1.0
+    problems = []
+    try:
+        validate(cfg)
+    except Exception as refused:  # noqa: BLE001 - other rules may refuse this machine
+        problems = [line for line in str(refused).splitlines() if "weight_sync" in line]
+    assert problems == []
 
 
 def test_the_weight_sync_backend_follows_the_placement():

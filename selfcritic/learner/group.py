@@ -184,6 +184,62 @@ class _LearnerRank:
             torch.cuda.ipc_collect()
             torch.cuda.empty_cache()
 
+    # rollout.weight_sync=nccl (selfcritic/rollout/broadcast.py): rank 0 is the group's source
+    def open_weight_broadcast(self) -> tuple[str, int]:
+        """Rank 0 only: listen for the broadcast group's store at a port the OS assigns."""
+        from selfcritic.learner.distributed import node_ip
+        from selfcritic.rollout.device_sync import listen_socket
+
+        host = node_ip()
+        self._listening = listen_socket(host)
+        return host, self._listening.getsockname()[1]
+
+    def join_weight_broadcast(self, world_size: int) -> None:
+        """Rank 0 only: join the group as rank 0 (blocks until every engine worker has)."""
+        from selfcritic.rollout.device_sync import broadcast_group
+
+        host, port = self._listening.getsockname()[:2]
+        device = torch.device("cuda", torch.cuda.current_device())
+        self._weight_group = broadcast_group(host, port, 0, world_size, device, self._listening)
+        self._listening = None  # the store owns the socket now
+
+    def _broadcast_plan(self, bucket_mb: float, dtype: str):
+        """The sharded state and its bucket plan (shapes only: every rank computes the same)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from selfcritic.rollout.device_sync import DTYPES, plan_buckets
+        from selfcritic.rollout.weights import to_checkpoint_names
+
+        sharded = get_model_state_dict(self.learner.model, options=StateDictOptions())
+        meta = {n: torch.empty(t.shape, dtype=t.dtype, device="meta") for n, t in sharded.items()}
+        size = int(bucket_mb * 1024 * 1024)
+        return sharded, plan_buckets(meta, size, DTYPES[dtype], to_checkpoint_names)
+
+    def weight_layouts(self, bucket_mb: float, dtype: str) -> list:
+        """Every bucket's layouts in broadcast order (what the engines allocate; no gather)."""
+        _, plan = self._broadcast_plan(bucket_mb, dtype)
+        return [layout for bucket in plan for layout in bucket.layouts]
+
+    def broadcast_weights(self, bucket_mb: float, dtype: str) -> int:
+        """Every rank gathers each whole tensor in plan order; rank 0 casts, packs and
+        broadcasts bucket by bucket. Returns the bytes rank 0 sent (0 elsewhere)."""
+        from functools import partial
+
+        from selfcritic.learner.distributed import full_tensor
+        from selfcritic.rollout.device_sync import DTYPES, broadcast_buffers, send_buckets
+        from selfcritic.rollout.weights import to_checkpoint_names
+
+        sharded, plan = self._broadcast_plan(bucket_mb, dtype)
+        source = self.rank == 0
+        send = partial(broadcast_buffers, self._weight_group) if source else None
+
+        def fetch(name: str) -> torch.Tensor | None:
+            whole = full_tensor(sharded[name])  # a collective: every rank, in plan order
+            return whole if source else None
+
+        device = torch.device("cuda", torch.cuda.current_device()) if source else None
+        return send_buckets(plan, fetch, send, device, DTYPES[dtype], to_checkpoint_names)
+
 
 def combine_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
     """One metrics dict from every rank's: sums, maxima, and rank 0's identical values."""
@@ -373,3 +429,24 @@ class LearnerGroup:
             return load(handles[0])
         finally:
             ray.get(self.ranks[0].release_device_weights.remote())
+
+    def open_weight_broadcast(self) -> tuple[str, int]:
+        """(host, port) of the broadcast group's store, which rank 0 now listens on."""
+        import ray
+
+        return ray.get(self.ranks[0].open_weight_broadcast.remote())
+
+    def join_weight_broadcast(self, world_size: int):
+        """Rank 0 starts joining the group as its rank 0; the ref, to wait on together with
+        the engines' joins."""
+        return self.ranks[0].join_weight_broadcast.remote(world_size)
+
+    def broadcast_weight_sync(self, bucket_mb: float, dtype: str, load) -> int:
+        """rollout.weight_sync=nccl: `load(layouts, sending)` (the pool's `load_broadcast`)
+        has the engines receive while the ranks' broadcast loop (`sending`, refs) runs, and
+        waits on both; returns what it returns (the new weight version)."""
+        import ray
+
+        layouts = ray.get(self.ranks[0].weight_layouts.remote(bucket_mb, dtype))
+        sending = [rank.broadcast_weights.remote(bucket_mb, dtype) for rank in self.ranks]
+        return load(layouts, sending)

@@ -28,7 +28,7 @@ def sleeps(cfg: RolloutConfig) -> bool:
 
 def weight_sync_backend(cfg: RolloutConfig) -> str:
     """`rollout.weight_sync` with `auto` resolved: cuda_ipc for GPU engines colocated with the
-    learner, object_store otherwise (CPU engines; separate GPUs until nccl is chosen)."""
+    learner, object_store otherwise (CPU engines; separate GPUs unless nccl is chosen)."""
     if cfg.weight_sync != "auto":
         return cfg.weight_sync
     return "cuda_ipc" if on_gpus(cfg) and cfg.placement == "colocate" else "object_store"
@@ -62,7 +62,9 @@ def _sleep_rules(cfg: Config, problems: Problems) -> None:
 def _weight_sync_rules(cfg: Config, problems: Problems) -> None:
     """`rollout.weight_sync` cuda_ipc and nccl need GPU engines (`rollout.gpus_per_engine` > 0);
     cuda_ipc needs `rollout.placement=colocate` (an engine opens the learner's device memory);
-    nccl's learner side is not wired yet."""
+    nccl needs a learner on GPUs (`learner.gpus_per_rank` > 0: rank 0 sends from its GPU) and
+    `rollout.placement=separate` (NCCL refuses two members of one group on one GPU, and a
+    colocated engine 0 shares the learner rank 0's)."""
     rollout, backend = cfg.rollout, cfg.rollout.weight_sync
     if backend not in DEVICE_BACKENDS:
         return
@@ -80,9 +82,15 @@ def _weight_sync_rules(cfg: Config, problems: Problems) -> None:
         "rollout.placement=colocate, or rollout.weight_sync=object_store",
     )
     problems.require(
-        backend != "nccl",
+        backend != "nccl" or cfg.learner.gpus_per_rank > 0,
         "rollout.weight_sync",
-        "nccl: the engine side (selfcritic/rollout/device_sync.py, WeightSyncExtension) is "
-        "built, but the learner's broadcast is not wired into the trainer yet: set "
-        "rollout.weight_sync=cuda_ipc (engines colocated on one node) or object_store",
+        "nccl broadcasts from the learner rank 0's GPU, but learner.gpus_per_rank=0 keeps the "
+        "learner on CPUs: give the learner GPUs, or set rollout.weight_sync=object_store",
+    )
+    problems.require(
+        backend != "nccl" or rollout.placement == "separate",
+        "rollout.weight_sync",
+        "nccl cannot put two members of one group on one GPU, and with rollout.placement="
+        "colocate engine 0 shares the learner rank 0's GPU: set rollout.weight_sync=cuda_ipc "
+        "(colocated engines), or rollout.placement=separate",
     )

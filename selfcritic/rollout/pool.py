@@ -14,8 +14,10 @@
   them in one in-place load (`load_buckets`). The buckets of the current version are kept for
   re-syncing a restarted engine. On GPUs (`rollout.weight_sync=cuda_ipc`) `load_handles` gives
   every engine CUDA IPC handles to the learner's packed device buffers instead (nothing kept: a
-  restarted engine is refilled through `refill`, the object-store path). A cross-node NCCL
-  broadcast would replace `put_buckets`.
+  restarted engine is refilled through `refill`, the object-store path). Across nodes
+  (`rollout.weight_sync=nccl`) every engine joins an NCCL group with the learner's rank 0
+  (`join_weight_broadcast`) and receives each sync from its broadcast (`load_broadcast`);
+  nothing is kept either (selfcritic/rollout/broadcast.py re-forms the group after a restart).
 - sleep: `sleep(level)` puts every engine that can to sleep (the learner has the GPUs), and
   `wake_up(tags)` wakes them (the weights before a sync, then the rest); an engine found dead
   on waking is restarted, awake and at the current weights.
@@ -66,6 +68,15 @@ class _EngineActor:
     def update_weights_from_ipc(self, version: int, packed: list) -> int:
         """Load one sync from CUDA IPC handles to the learner's buffers (GPU engines)."""
         self.engine.update_weights_from_ipc(packed, version)
+        return version
+
+    def init_weight_broadcast(self, host: str, port: int, first_rank: int, world: int) -> None:
+        """Join the learner rank 0's NCCL weight group (rollout.weight_sync=nccl)."""
+        self.engine.init_weight_broadcast(host, port, first_rank, world)
+
+    def update_weights_from_broadcast(self, version: int, layouts: list) -> int:
+        """Receive one sync broadcast by the learner's rank 0 (it sends meanwhile)."""
+        self.engine.update_weights_from_broadcast(layouts, version)
         return version
 
     def sleep(self, level: int) -> bool:
@@ -240,6 +251,49 @@ class RolloutPool:
             except ray.exceptions.RayActorError:
                 self.restart(index)
         return self.weight_version
+
+    def engine_sizes(self) -> list[int]:
+        """Each engine's number of workers (GPUs): its members in a weight broadcast group."""
+        return [self.cfg.tensor_parallel_size] * len(self.actors)
+
+    def join_weight_broadcast(self, host: str, port: int, firsts: list[int], world: int) -> list:
+        """Every engine starts joining the broadcast group at host:port (engine i's workers as
+        ranks firsts[i]...); the refs, for the caller to wait on together with rank 0's join."""
+        return [
+            actor.init_weight_broadcast.remote(host, port, first, world)
+            for actor, first in zip(self.actors, firsts, strict=True)
+        ]
+
+    def load_broadcast(self, layouts: list, sending: list) -> int:
+        """Every engine receives one sync of these layouts (every bucket's, in order) from the
+        broadcast that `sending` (the learner ranks' refs) performs, waited on together; nothing
+        is kept in the object store (a restart calls `refill`). Returns the new weight version.
+        A failure on either side raises at once: an engine lost mid-broadcast leaves the
+        learner's rank 0 blocked in NCCL (no abort is wired), so the run must stop."""
+        import ray
+
+        self._bucket_refs = []
+        self.weight_version += 1
+        receiving = [
+            actor.update_weights_from_broadcast.remote(self.weight_version, layouts)
+            for actor in self.actors
+        ]
+        pending = list(sending) + receiving
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            ray.get(ready)  # raises the first failure without waiting for the rest
+        return self.weight_version
+
+    def revive(self) -> None:
+        """Restart (at the current weights) every engine found dead."""
+        import ray
+
+        futures = [actor.weight_version.remote() for actor in self.actors]
+        for index, future in enumerate(futures):
+            try:
+                ray.get(future)
+            except ray.exceptions.RayActorError:
+                self.restart(index)
 
     def sleep(self, level: int) -> None:
         """Every engine that can sleeps at `level` (1: KV cache freed, weights offloaded; 2:

@@ -184,8 +184,14 @@ class VLLMEngine:
         self.llm.collective_rpc("init_weight_broadcast", args=(host, port, first_rank, world_size))
 
     def update_weights_from_broadcast(self, layouts: list, version: int) -> None:
-        """Receive one sync's buffers from the group's rank 0 (it sends them meanwhile)."""
-        self.llm.collective_rpc("load_from_broadcast", args=(layouts,))
+        """Receive one sync's buffers from the group's rank 0 (it sends them meanwhile). Names
+        the checkpoint lacks raise only after the buffers are received (the sender would hang
+        on a receiver that left) and before anything is loaded."""
+        names = [slot.name for layout in layouts for slot in layout.slots]
+        known = self.known_names is None or set(names) <= self.known_names
+        self.llm.collective_rpc("load_from_broadcast", args=(layouts, known))
+        if not known:
+            require_known(names, self.known_names, self.model_path)
         self.llm.reset_prefix_cache()
         self.weight_version = version
 

@@ -52,14 +52,19 @@ class WeightSyncExtension:
         rank = first_rank + self.rank  # type: ignore[attr-defined]
         self._weight_group = broadcast_group(host, port, rank, world_size, self.device)  # type: ignore[attr-defined]
 
-    def load_from_broadcast(self, layouts: list) -> int:
-        """Receive one sync's buffers (their `Layout`s) from rank 0 of the group, then reload."""
-        from selfcritic.rollout.device_sync import broadcast_buffers, empty_buffers, unpack
+    def load_from_broadcast(self, layouts: list, reload: bool = True) -> int:
+        """Receive one sync's buffers (every bucket's `Layout`, in the sender's order) from rank
+        0 of the group, then reload once (`reload` False: received and dropped, so that the
+        sender is never left waiting on a receiver that refused the names)."""
+        from functools import partial
 
-        buffers = empty_buffers(layouts, self.device)  # type: ignore[attr-defined]
-        broadcast_buffers(self._weight_group, buffers)
-        pairs = zip(buffers, layouts, strict=True)
-        return self._reload({n: v for b, layout in pairs for n, v in unpack(b, layout).items()})
+        from selfcritic.rollout.device_sync import broadcast_buffers, receive_buckets
+
+        receive = partial(broadcast_buffers, self._weight_group)
+        state = receive_buckets(layouts, self.device, receive)  # type: ignore[attr-defined]
+        count = self._reload(state) if reload else 0
+        del state
+        return count
 
     def _reload(self, tensors: dict) -> int:
         runner = self.model_runner  # type: ignore[attr-defined]
