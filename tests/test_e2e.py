@@ -95,8 +95,11 @@ def test_training_loop_end_to_end(tmp_path, cache_dir):
         # steps that ask for them (the parity check, learner.logprob_check_every)
         if record["step"] in (1, 2):
             assert record["learner/logprob_diff_max"] < 1e-4
+            assert record["learner/logprob_diff_mean"] <= record["learner/logprob_diff_max"]
         else:
             assert "learner/logprob_diff_max" not in record
+            assert "learner/logprob_diff_mean" not in record
+        assert "learner/tis_clipped_fraction" not in record  # trusted: no TIS
         # every group got its 4 sampled pairs (each response meets 2 others) judged on both
         # rubric aspects, each verdict read from the engine's verdict-token probabilities (the
         # default mode: nothing to parse, nothing invalid)
