@@ -352,8 +352,8 @@ class Learner:
         weights, truncated = None, {}
         if not self.trust_engine and self.cfg.tis_cap is not None:
             weights = truncated_is_weights(old, sampled, self.cfg.tis_cap)
-            share = (truncated_is_share(old, sampled, self.cfg.tis_cap) * mask).sum()
-            truncated = {"tis_clipped_fraction": float(share / mask.sum().clamp(min=1))}
+            cut = (truncated_is_share(old, sampled, self.cfg.tis_cap) * mask).sum()  # tokens
+            truncated = {"tis_clipped_fraction": float(cut / mask.sum().clamp(min=1))}
         loss, stats = self.loss_fn(logprobs, old, advantages, mask, scale, token_weights=weights)
         kl = torch.zeros((), device=self.device)
         if self.reference is not None:
