@@ -134,6 +134,8 @@ def console_line(step: int, steps: int, metrics: dict[str, float]) -> str:
         ("critic_consistent", "critic/position_consistency"),
         ("loss", "learner/loss"),
         ("lp_diff", "learner/logprob_diff_max"),
+        ("lp_diff_mean", "learner/logprob_diff_mean"),
+        ("tis_clipped", "learner/tis_clipped_fraction"),
         ("rollout_s", "time/rollout"),
         ("critic_s", "time/critic"),
         ("learn_s", "time/learn"),

@@ -95,8 +95,11 @@ def test_training_loop_end_to_end(tmp_path, cache_dir):
         # steps that ask for them (the parity check, learner.logprob_check_every)
         if record["step"] in (1, 2):
             assert record["learner/logprob_diff_max"] < 1e-4
+            assert record["learner/logprob_diff_mean"] <= record["learner/logprob_diff_max"]
         else:
             assert "learner/logprob_diff_max" not in record
+            assert "learner/logprob_diff_mean" not in record
+        assert "learner/tis_clipped_fraction" not in record  # trusted: no TIS
         # every group got its 4 sampled pairs (each response meets 2 others) judged on both
         # rubric aspects, each verdict read from the engine's verdict-token probabilities (the
         # default mode: nothing to parse, nothing invalid)
@@ -180,3 +183,23 @@ def test_ppo_epochs_in_a_run(tmp_path, cache_dir):
         assert record["learner/optimizer_steps"] == 4
         assert record["learner/ratio_mean_epoch_1"] == pytest.approx(1.0, abs=0.05)
         assert record["learner/ratio_mean_epoch_2"] != pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_bfloat16_learner_logs_the_gap_every_step(tmp_path, cache_dir):
+    """`learner.compute_dtype=bfloat16` on CPU: `auto` no longer trusts the engine, so the
+    engine reports its logprobs on every step (not every `logprob_check_every`-th) and every
+    step logs the real bfloat16 gap and the TIS share."""
+    overrides = [
+        "+experiment=nano_quick",
+        "trainer.steps=3",
+        "learner.compute_dtype=bfloat16",
+        "learner.logprob_check_every=10",
+        f"trainer.cache_dir={cache_dir}",
+        "tracking.wandb_mode=disabled",
+    ]
+    _, records = _train(overrides, tmp_path)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for record in records:
+        mean, largest = record["learner/logprob_diff_mean"], record["learner/logprob_diff_max"]
+        assert 1e-4 < mean <= largest  # far above float32 parity (about 1e-6)
+        assert 0.0 <= record["learner/tis_clipped_fraction"] < 0.05

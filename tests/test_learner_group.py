@@ -107,9 +107,24 @@ def _assert_same_step(metrics, state, ref_metrics, ref_state, initial) -> None:
     assert ref_metrics["muonclip/heads_clipped"] > 0  # QK-Clip acted ...
     assert metrics["muonclip/heads_clipped"] == ref_metrics["muonclip/heads_clipped"]
     assert ref_metrics["moe/imbalance_max"] > 1.0  # ... and the router biases moved
-    for key in ("grad_norm", "loss", "kl", "calibration_loss", "ptx_loss", "entropy"):
+    for key in (
+        "grad_norm",
+        "loss",
+        "kl",
+        "calibration_loss",
+        "ptx_loss",
+        "entropy",
+        "tis_weight_mean",
+        "tis_clipped_fraction",
+    ):
         assert metrics[key] == pytest.approx(ref_metrics[key], rel=METRIC_REL, abs=1e-7), key
-    for key in ("muonclip/max_logit", "moe/imbalance_max", "tokens", "logprob_diff_max"):
+    for key in (
+        "muonclip/max_logit",
+        "moe/imbalance_max",
+        "tokens",
+        "logprob_diff_max",
+        "logprob_diff_mean",
+    ):
         assert metrics[key] == pytest.approx(ref_metrics[key], rel=METRIC_REL), key
     assert metrics["tokens_per_second"] > 0
     assert set(state) == set(ref_state)
@@ -199,7 +214,9 @@ def test_batch_split_and_totals():
     assert sum((p.critic_examples for p in parts), ()) == batch.critic_examples
     assert [len(p.ptx_sequences) for p in parts] == [1, 0]
     totals = BatchTotals.of(batch)
-    assert totals == BatchTotals(sequences=5, tokens=31, calibration_weight=3.5, ptx_tokens=15)
+    assert totals == BatchTotals(
+        sequences=5, tokens=31, calibration_weight=3.5, ptx_tokens=15, reported_tokens=31
+    )
     (_, target), *_ = batch.ptx_sequences  # token weights add emphasis, not tokens
     assert BatchTotals.of(replace(batch, ptx_token_weights=((target[0], 4.0),))) == totals
 

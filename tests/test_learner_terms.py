@@ -9,7 +9,12 @@ import torch
 
 from selfcritic.config import LearnerConfig, OptimConfig
 from selfcritic.critic.examples import CriticExample
-from selfcritic.learner.learner import Learner, PolicyBatch, token_weight_grid
+from selfcritic.learner.learner import (
+    Learner,
+    PolicyBatch,
+    token_weight_grid,
+    trust_engine_logprobs,
+)
 from selfcritic.learner.losses import calibration_loss, ptx_loss, truncated_is_weights
 
 
@@ -205,3 +210,85 @@ def test_a_user_registered_loss_trains_with_kl(nano_model_path):
     assert kl_k3(torch.zeros(1), torch.zeros(1)).item() == 0.0
     with pytest.raises(ValueError, match="normalisation must be one of"):
         register_loss("test_bad", "per_sequence")
+
+
+# Engine logprobs built as the learner's own plus known offsets (engine = own + delta), so the
+# gap |engine - learner| is |delta| and the TIS ratio pi_old / pi_engine is e^-delta.
+DELTAS = [(-1.0, 0.3, -0.2), (), (0.4, 9.0, 0.4)]  # row 1 unreported
+LOSS_MASKS = ((1, 1, 1), (1, 1), (1, 0, 1))  # row 2's middle token is the environment's
+
+
+def _gap_batch(learner: Learner) -> PolicyBatch:
+    rows = dict(
+        prompts=[(1, 56, 81, 98)] * 3,
+        completions=[(20, 21, 22), (23, 24), (25, 26, 27)],
+        advantages=[1.0, -1.0, 0.5],
+        temperature=0.9,
+        max_new_tokens=4,
+        loss_masks=LOSS_MASKS,
+    )
+    own = learner.own_logprobs(PolicyBatch(old_logprobs=[(), (), ()], **rows))
+    engine = [
+        tuple(lp + d for lp, d in zip(mine, delta, strict=False)) if delta else ()
+        for mine, delta in zip(own, DELTAS, strict=True)
+    ]
+    return PolicyBatch(old_logprobs=engine, **rows)
+
+
+@pytest.mark.parametrize("budget", [10_000, 8])  # one micro-batch, or one per row
+def test_logprob_gap_and_truncated_share_by_hand(nano_model_path, budget):
+    """Reported model tokens: row 0 (gaps 1.0, 0.3, 0.2) and row 2 (0.4, 0.4; its 9.0 is on an
+    environment token): mean 2.3 / 5, max 1.0. Cap 2: only e^1 is truncated, 1 of the 7 model
+    tokens (row 1's unreported tokens weigh exactly 1)."""
+    cfg = LearnerConfig(tis_cap=2.0, max_tokens_per_micro_batch=budget)
+    learner = Learner(nano_model_path, cfg, OptimConfig(), trust_engine=False)
+    metrics = learner.step(_gap_batch(learner))
+    assert metrics["micro_batches"] == (1 if budget > 100 else 3)
+    assert metrics["logprob_diff_mean"] == pytest.approx(2.3 / 5, abs=1e-5)
+    assert metrics["logprob_diff_max"] == pytest.approx(1.0, abs=1e-5)
+    assert metrics["tis_clipped_fraction"] == pytest.approx(1 / 7)
+    e = math.exp
+    weights = [2.0, e(-0.3), e(0.2), 1.0, 1.0, e(-0.4), e(-0.4)]
+    assert metrics["tis_weight_mean"] == pytest.approx(sum(weights) / 7, abs=1e-5)
+
+
+def test_trusted_engine_reports_the_gap_but_no_truncation(nano_model_path):
+    learner = Learner(nano_model_path, LearnerConfig(), OptimConfig(), trust_engine=True)
+    metrics = learner.step(_gap_batch(learner))
+    assert metrics["logprob_diff_mean"] == pytest.approx(2.3 / 5, abs=1e-5)
+    assert "tis_clipped_fraction" not in metrics and metrics["tis_weight_mean"] == 1.0
+
+
+def test_rank_slices_combine_into_the_whole_batchs_gap(nano_model_path):
+    """Each slice normalised by the whole batch's reported tokens: the ranks' sums are the
+    whole batch's means (rows 0 | 1, 2: 1.5 / 5 + 0.8 / 5; model tokens 3 / 7 + 4 / 7)."""
+    from selfcritic.learner.distributed import BatchTotals, split_batch
+    from selfcritic.learner.group import combine_metrics
+
+    learner = Learner(nano_model_path, LearnerConfig(tis_cap=2.0), OptimConfig(), False)
+    batch = _gap_batch(learner)
+    totals = BatchTotals.of(batch)
+    assert (totals.tokens, totals.reported_tokens) == (7, 5)
+    parts = split_batch(batch, 2)
+    assert [len(p.prompts) for p in parts] == [2, 1]
+    per_rank = [learner._gradients(part, totals) for part in parts]
+    assert per_rank[0]["logprob_diff_mean"] == pytest.approx(1.5 / 5, abs=1e-5)
+    combined = combine_metrics(per_rank)
+    assert combined["logprob_diff_mean"] == pytest.approx(2.3 / 5, abs=1e-5)
+    assert combined["logprob_diff_max"] == pytest.approx(1.0, abs=1e-5)
+    assert combined["tis_clipped_fraction"] == pytest.approx(1 / 7)
+
+
+def test_recomputed_old_logprobs_are_reported_every_step():
+    """Not trusted (GPUs, bfloat16 on either side): the engine reports logprobs on every step,
+    so the gap is logged every step."""
+    from selfcritic.trainer import engine_logprobs_due
+
+    for rollout, on_gpu, learner_dtype in [
+        ("float32", True, "auto"),
+        ("bfloat16", False, "auto"),
+        ("float32", False, "bfloat16"),
+    ]:
+        trusted = trust_engine_logprobs("auto", rollout, on_gpu, learner_dtype)
+        assert not trusted
+        assert all(engine_logprobs_due(step, 10, trusted) for step in range(1, 25))

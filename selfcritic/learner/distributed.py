@@ -31,16 +31,21 @@ class BatchTotals:
     tokens: int  # policy completion tokens the model wrote (loss mask 1)
     calibration_weight: float  # sum of the critic examples' weights
     ptx_tokens: int  # target tokens of the PTX pairs
+    # policy tokens the model wrote that carry the engine's logprob (the normaliser of
+    # `logprob_diff_mean`)
+    reported_tokens: int
 
     @staticmethod
     def of(batch: PolicyBatch) -> BatchTotals:
+        masks = batch.loss_masks or [(1,) * len(c) for c in batch.completions]
         return BatchTotals(
             sequences=len(batch.prompts),
-            tokens=sum(sum(m) for m in batch.loss_masks)
-            if batch.loss_masks
-            else sum(len(c) for c in batch.completions),
+            tokens=sum(sum(m) for m in masks),
             calibration_weight=sum(e.weight for e in batch.critic_examples),
             ptx_tokens=sum(len(target) for _, target in batch.ptx_sequences),
+            reported_tokens=sum(
+                sum(m[: len(lp)]) for m, lp in zip(masks, batch.old_logprobs, strict=True)
+            ),
         )
 
 

@@ -12,7 +12,8 @@
   gives on the whole batch. MuonClip then steps identically everywhere: Muon orthogonalises
   whole matrices, max attention logits are all-reduced with MAX and router loads with SUM.
 - Metrics: losses and token-weighted means are summed over ranks (each rank's share is already
-  weighted by its fraction of the whole batch), `logprob_diff_max` is the max over ranks, the
+  weighted by its fraction of the whole batch; `logprob_diff_mean`'s by its fraction of the
+  batch's reported tokens), `logprob_diff_max` is the max over ranks, the
   rest (grad norm, MuonClip, router balance: identical on every rank) come from rank 0; plus
   `tokens_per_second`, every real token the step read (policy, critic and PTX sequences) over
   the step's wall time.
@@ -48,6 +49,8 @@ _SUMMED = (
     "ratio_mean",
     "entropy",
     "tis_weight_mean",
+    "tis_clipped_fraction",
+    "logprob_diff_mean",  # each rank's sum over its reported tokens / the batch's reported tokens
     "calibration_loss",
     "ptx_loss",
     "micro_batches",

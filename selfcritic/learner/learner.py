@@ -4,9 +4,10 @@ It runs in the driver process on one device. A batch is split into micro-batches
 `learner.max_tokens_per_micro_batch` padded tokens; gradients accumulate and every loss is
 normalised by whole-batch totals (`LossScale`), so the update does not depend on the split.
 Each micro-batch's forward also measures how far the engine's sampling logprobs are from the
-learner's own on the same weights (before the update): `logprob_diff_max`, on every step whose
-samples carry them (a sample without them, `Sample.logprobs` empty, is skipped; a batch with none
-reports no difference rather than 0).
+learner's own on the same weights (before the update): `logprob_diff_max` and
+`logprob_diff_mean` (the largest and the mean |engine - learner| over the tokens the engine
+reported), on every step whose samples carry them (a sample without them, `Sample.logprobs`
+empty, is skipped; a batch with none reports no difference rather than 0).
 Old-policy logprobs: the engine's, when trusted (`learner.old_logprobs`) and reported, or the
 learner's own. With one optimizer step per batch, the learner's own logprobs before the update
 are exactly those of this step's forward (same weights, same tokens), so "recompute" costs no
@@ -14,7 +15,8 @@ extra pass here. With several (`learner.epochs`, `minibatches_per_epoch`: `updat
 no-grad forward fixes them before the first step (`PolicyBatch.before_update`).
 With `kl_beta` > 0 a frozen reference model (the starting weights, loaded once) adds beta * KL.
 Not trusting the engine, the policy terms are weighted by truncated importance sampling
-(min(pi_old / pi_engine, tis_cap)). In the same optimizer step: the critic-calibration loss on
+(min(pi_old / pi_engine, tis_cap): `tis_weight_mean`, and `tis_clipped_fraction` the share of
+tokens whose ratio exceeded the cap). In the same optimizer step: the critic-calibration loss on
 the batch's `CriticExample`s and the PTX language-model loss on its curated sequences, each with
 its weight and its own metric. `step` takes optional whole-batch totals (`BatchTotals`): a rank
 of the data-parallel learner group (selfcritic/learner/group.py: Ray actors, FSDP2, MuonClip
@@ -43,6 +45,7 @@ from selfcritic.learner.losses import (
     loss_normalisation,
     normalise,
     ptx_loss,
+    truncated_is_share,
     truncated_is_weights,
 )
 from selfcritic.model.build import load_model
@@ -115,7 +118,7 @@ def learn_planned(
 # step metrics averaged over a batch's optimizer steps (the rest: the last step's, or summed)
 _AVERAGED = (
     "loss", "kl", "clip_fraction", "ratio_mean", "entropy", "tis_weight_mean",
-    "calibration_loss", "ptx_loss", "grad_norm",
+    "tis_clipped_fraction", "logprob_diff_mean", "calibration_loss", "ptx_loss", "grad_norm",
 )  # fmt: skip
 _ADDED = ("micro_batches", "muonclip/heads_clipped")
 
@@ -305,19 +308,25 @@ class Learner:
             k2_tau=self.cfg.k2_tau,
         )
         keys = ("loss", "kl", "clip_fraction", "ratio_mean", "entropy", "tis_weight_mean")
-        totals = dict.fromkeys(keys, 0.0)
+        summed = dict.fromkeys(keys, 0.0)
         groups = token_micro_batches(lengths, self.cfg.max_tokens_per_micro_batch)
         for rows in groups:
             part = self._micro_step(batch, rows, scale)
             share = part.pop("tokens") / max(scale.total_tokens, 1)
             for key in ("loss", "kl"):  # already normalised by whole-batch totals
-                totals[key] += part[key]
+                summed[key] += part[key]
             for key in keys[2:]:  # token means: weight by this micro-batch's share of tokens
                 # a loss that reports no clip_fraction or ratio_mean (a user's) leaves them NaN
-                totals[key] += part.get(key, math.nan) * share
+                summed[key] += part.get(key, math.nan) * share
+            if "tis_clipped_fraction" in part:  # only where TIS applies
+                clipped = part["tis_clipped_fraction"] * share
+                summed["tis_clipped_fraction"] = summed.get("tis_clipped_fraction", 0.0) + clipped
             if part["diff"] is not None:
-                totals["logprob_diff_max"] = max(totals.get("logprob_diff_max", 0.0), part["diff"])
-        return totals | {"tokens": float(scale.total_tokens), "micro_batches": float(len(groups))}
+                summed["logprob_diff_max"] = max(summed.get("logprob_diff_max", 0.0), part["diff"])
+                # a mean over the whole batch's reported tokens (summed again over ranks)
+                gap = part["diff_sum"] / max(totals.reported_tokens, 1)
+                summed["logprob_diff_mean"] = summed.get("logprob_diff_mean", 0.0) + gap
+        return summed | {"tokens": float(scale.total_tokens), "micro_batches": float(len(groups))}
 
     def _micro_step(self, batch: PolicyBatch, rows: list[int], scale: LossScale) -> dict:
         prompts = [batch.prompts[r] for r in rows]
@@ -340,9 +349,11 @@ class Learner:
             before = engine_logprobs(fixed, [len(p) for p in prompts], mask)[0]
         sampled = torch.where(reported, engine, before)  # unreported: the learner's own
         old = sampled if self.trust_engine else before
-        weights = None
+        weights, truncated = None, {}
         if not self.trust_engine and self.cfg.tis_cap is not None:
             weights = truncated_is_weights(old, sampled, self.cfg.tis_cap)
+            cut = (truncated_is_share(old, sampled, self.cfg.tis_cap) * mask).sum()  # tokens
+            truncated = {"tis_clipped_fraction": float(cut / mask.sum().clamp(min=1))}
         loss, stats = self.loss_fn(logprobs, old, advantages, mask, scale, token_weights=weights)
         kl = torch.zeros((), device=self.device)
         if self.reference is not None:
@@ -353,6 +364,7 @@ class Learner:
             loss = loss + self.cfg.kl_beta * kl
         loss.backward()
         count = mask.sum().clamp(min=1)
+        gap = (before - engine).abs() * reported
         return {
             "loss": float(loss.detach()),
             "kl": float(kl.detach()),
@@ -361,7 +373,10 @@ class Learner:
             "tis_weight_mean": float((weights * mask).sum() / count)
             if weights is not None
             else 1.0,
-            "diff": float(((before - engine).abs() * reported).max()) if reported.any() else None,
+            **truncated,
+            # engine vs learner on the same weights, over the tokens the engine reported
+            "diff": float(gap.max()) if reported.any() else None,
+            "diff_sum": float(gap.sum()),
             "tokens": int(mask.sum()),
         }
 

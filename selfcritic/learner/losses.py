@@ -22,6 +22,7 @@ them. `calibration_loss` and `ptx_loss` are the critic-calibration and language-
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -153,6 +154,11 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 def truncated_is_weights(old_logprobs, engine_logprobs, cap: float) -> torch.Tensor:
     """[B, T] min(pi_old / pi_engine, cap): corrects for sampling from the engine's numerics."""
     return torch.clamp(torch.exp(old_logprobs - engine_logprobs), max=cap).detach()
+
+
+def truncated_is_share(old_logprobs, engine_logprobs, cap: float) -> torch.Tensor:
+    """[B, T] 1.0 where `truncated_is_weights` cut the ratio pi_old / pi_engine down to `cap`."""
+    return (old_logprobs - engine_logprobs > math.log(cap)).float()
 
 
 def calibration_loss(
