@@ -211,6 +211,17 @@ class RolloutPool:
         self.actors[index] = actor
         self.restarts += 1
 
+    def _restart_the_dead(self, futures: list) -> None:
+        """Wait for one call per engine (in engine order); an engine that died before or during
+        its call is restarted, at the current weights (the buckets kept, or `refill`)."""
+        import ray
+
+        for index, future in enumerate(futures):
+            try:
+                ray.get(future)
+            except ray.exceptions.RayActorError:
+                self.restart(index)
+
     def update_weights(self, state: dict) -> int:
         """Load a checkpoint-named state into every engine; returns the new weight version."""
         return self.load_buckets(put_buckets(state, self.cfg.sync_bucket_mb))
@@ -219,7 +230,6 @@ class RolloutPool:
         """Load weights already in the object store (refs from `put_buckets`, whoever put
         them) into every engine; returns the new weight version (`version` when given: a
         resumed run restores its count)."""
-        import ray
 
         self._bucket_refs = list(bucket_refs)
         self.weight_version = self.weight_version + 1 if version is None else version
@@ -227,17 +237,12 @@ class RolloutPool:
             actor.update_weights.remote(self.weight_version, *self._bucket_refs)
             for actor in self.actors
         ]
-        for index, future in enumerate(futures):
-            try:
-                ray.get(future)
-            except ray.exceptions.RayActorError:  # died before or during its load
-                self.restart(index)  # a new engine, loaded with these buckets
+        self._restart_the_dead(futures)
         return self.weight_version
 
     def load_handles(self, packed: list) -> int:
         """Load one sync from [(CUDA IPC handle, Layout)] (the learner's packed device buffers,
         which it frees after this returns) into every engine; returns the new weight version."""
-        import ray
 
         self._bucket_refs = []  # nothing in the object store: a restart calls `refill`
         self.weight_version += 1
@@ -245,11 +250,7 @@ class RolloutPool:
             actor.update_weights_from_ipc.remote(self.weight_version, packed)
             for actor in self.actors
         ]
-        for index, future in enumerate(futures):
-            try:
-                ray.get(future)
-            except ray.exceptions.RayActorError:
-                self.restart(index)
+        self._restart_the_dead(futures)
         return self.weight_version
 
     def engine_sizes(self) -> list[int]:
@@ -286,14 +287,9 @@ class RolloutPool:
 
     def revive(self) -> None:
         """Restart (at the current weights) every engine found dead."""
-        import ray
 
         futures = [actor.weight_version.remote() for actor in self.actors]
-        for index, future in enumerate(futures):
-            try:
-                ray.get(future)
-            except ray.exceptions.RayActorError:
-                self.restart(index)
+        self._restart_the_dead(futures)
 
     def sleep(self, level: int) -> None:
         """Every engine that can sleeps at `level` (1: KV cache freed, weights offloaded; 2:
@@ -308,14 +304,9 @@ class RolloutPool:
     def wake_up(self, tags: tuple[str, ...] | None = None) -> None:
         """Wake every engine: `("weights",)` before a sync loads into them, then None (all);
         one found dead is restarted (awake, at the current weights)."""
-        import ray
 
         futures = [actor.wake_up.remote(tags) for actor in self.actors]
-        for index, future in enumerate(futures):
-            try:
-                ray.get(future)
-            except ray.exceptions.RayActorError:
-                self.restart(index)
+        self._restart_the_dead(futures)
 
     def engine_pids(self) -> list[int]:
         import ray
