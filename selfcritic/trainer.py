@@ -779,6 +779,8 @@ class Trainer:
             rl_logprobs=spec.logprobs,
         )
         metrics.update(result.metrics())
+        for warning in result.warnings:  # the anchor set's robustness alarm
+            print(f"step {step}: {warning}", flush=True)
         metrics["critic/weight_lag"] = float(self.pool.weight_version - self.judge_weights.version)
         return result
 
