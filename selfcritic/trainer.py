@@ -599,6 +599,7 @@ class Trainer:
             self.cfg,
             self.verifiers,
             seed=step_seed(self.cfg.trainer.seed, step, EVAL_SEED),
+            final=step in (0, self.cfg.trainer.steps),  # where a suite measures more
         )
         if self.cfg.tracking.console != "quiet":
             shown = " ".join(f"{k[5:]}={metrics[k]:.3f}" for k in headline(self.parts, metrics))
