@@ -205,7 +205,8 @@ def family_flip_rates(
     for before, after, family in zip(judged, injected, families, strict=True):
         if before.outcome > 0.5:
             flips.setdefault(family, []).append(after.outcome < 0.5)
-    metrics = {f"eval/critic_injection_flip_rate/{f}": _mean(v) for f, v in flips.items()}
+    names = load_families(cfg.source)  # every family, NaN where none of its pairs was right
+    metrics = {f"eval/critic_injection_flip_rate/{f}": _mean(flips.get(f, [])) for f in names}
     trained = [flip for f in cfg.families if f != cfg.held_out for flip in flips.get(f, [])]
     metrics["eval/critic_injection_flip_rate_trained"] = _mean(trained)
     if cfg.held_out is not None:
