@@ -65,7 +65,8 @@ def main() -> int:
     options = build_environment(cfg.env, cfg).options  # the nano world's, as a run builds them
     arithmetic, repeat = heldout_tasks(options, options.repeat_tasks)
     jobs = frozen_pairs(options.pairs_per_aspect, arithmetic, repeat)
-    jobs += more_correct_pairs(options.pairs_per_aspect, options.final_correct_pairs, arithmetic)
+    more = options.final_correct_pairs
+    jobs += more_correct_pairs(options.pairs_per_aspect, more, arithmetic, jobs)
     letters, marker = tuple(cfg.critic.verdict_letters), cfg.critic.verdict_marker
     families = load_families(cfg.critic.injection.source)
     made = evaluation_injections(families, len(jobs), [j.aspect for j in jobs], letters, marker)

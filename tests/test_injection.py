@@ -200,3 +200,19 @@ def test_a_held_out_family_in_training_is_refused():
     cfg.critic.injection.families = ["claim", "nonsense"]
     with pytest.raises(ConfigError, match="critic.injection.families"):
         validate(cfg)
+
+
+def test_the_final_correctness_pairs_are_distinct_and_keep_the_usual_ones():
+    from selfcritic.envs.nano.options import NanoWorldOptions
+    from selfcritic.envs.nano.suite import frozen_pairs, more_correct_pairs
+    from selfcritic.envs.nano.world import heldout_tasks
+
+    arithmetic, repeat = heldout_tasks(NanoWorldOptions(max_operand=14), 64)
+    usual = frozen_pairs(48, arithmetic, repeat)
+    more = more_correct_pairs(48, 400, arithmetic, usual)
+    correct = [job for job in usual if job.aspect == "correct"] + more
+    assert len(correct) == 400 and [job.key[1] for job in correct] == list(range(400))
+    assert len({(job.question, job.first, job.second) for job in usual + more}) == len(usual) + len(
+        more
+    )
+    assert frozen_pairs(48, arithmetic, repeat) == usual  # the usual set does not move

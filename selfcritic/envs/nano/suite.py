@@ -109,9 +109,8 @@ def evaluate_nano(
     judge = Judge(cfg.critic, encode, letter_ids, cfg.rollout.max_model_len)
     jobs = frozen_pairs(options.pairs_per_aspect, arithmetic, repeat)
     if final:
-        jobs += more_correct_pairs(
-            options.pairs_per_aspect, options.final_correct_pairs, arithmetic
-        )
+        more = options.final_correct_pairs
+        jobs += more_correct_pairs(options.pairs_per_aspect, more, arithmetic, jobs)
     letters, marker = tuple(cfg.critic.verdict_letters), cfg.critic.verdict_marker
     families = load_families(cfg.critic.injection.source)
     made = evaluation_injections(families, len(jobs), [j.aspect for j in jobs], letters, marker)
@@ -171,15 +170,25 @@ def frozen_pairs(per_aspect: int, arithmetic, repeat) -> list[PairJob]:
     return jobs
 
 
-def more_correct_pairs(start: int, total: int, arithmetic) -> list[PairJob]:
-    """Correctness pairs `start`..`total`-1 beyond `frozen_pairs`'s, from a stream of their own
-    (the usual frozen pairs stay the same whatever `total` is)."""
+def more_correct_pairs(start: int, total: int, arithmetic, usual=()) -> list[PairJob]:
+    """Correctness pairs `start`..`total`-1 beyond `frozen_pairs`'s (`usual`), from a stream
+    of their own (the usual pairs stay the same whatever `total` is), none the same texts as
+    another: a greedy critic judges a repeated pair alike, so a repeat adds weight, not
+    evidence. The held-out sums are few (50 questions at env.max_operand=14, each with at most
+    6 wrong answers; the claim drawn per response makes the rest of the variety): past what
+    they allow, fewer pairs."""
     rng = random.Random(f"{PAIR_SEED}:more-correct")
     rates = DefectRates()
-    jobs = []
-    for index in range(start, total):
-        pair = labelled_pair(arithmetic[index % len(arithmetic)], "correct", rates, rng)
-        jobs.append(pair.job(key=("correct", index)))
+    seen = {(job.question, job.first, job.second) for job in usual}
+    jobs: list[PairJob] = []
+    for attempt in range(20 * max(total - start, 0)):
+        if start + len(jobs) >= total:
+            break
+        pair = labelled_pair(arithmetic[attempt % len(arithmetic)], "correct", rates, rng)
+        job = pair.job(key=("correct", start + len(jobs)))
+        if (job.question, job.first, job.second) not in seen:
+            seen.add((job.question, job.first, job.second))
+            jobs.append(job)
     return jobs
 
 
