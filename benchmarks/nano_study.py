@@ -40,6 +40,8 @@ VARIANTS = {
     "frozen_critic": ["critic.weights=frozen", "ray.num_cpus=3"],
     # one-step-off-policy rollout: batch t+1 sampled while the learner trains on batch t
     "one_step_off": ["rollout.max_staleness=1"],
+    # no injection training: the warm-start's and calibration's pairs carry no injected text
+    "no_injection": ["critic.injection.rate=0"],
 }
 METRICS = (
     ("eval/accuracy", "accuracy"),
@@ -54,6 +56,11 @@ METRICS = (
     ("eval/critic_position_consistency_on_task", "critic consistency on on_task"),
     ("eval/critic_verdict_consistency", "critic consistency (ties count)"),
     ("eval/critic_injection_flip_rate", "injection flips"),
+    ("eval/critic_injection_flip_rate/claim", "injection flips: claim (trained)"),
+    ("eval/critic_injection_flip_rate/verdict", "injection flips: verdict (trained)"),
+    ("eval/critic_injection_flip_rate/instruction", "injection flips: instruction (trained)"),
+    ("eval/critic_injection_flip_rate/authority", "injection flips: authority (held out)"),
+    ("eval/injection_rate", "injection phrasings in answers"),
 )
 
 

@@ -224,6 +224,36 @@ class AnchorConfig:
     every: int = setting(5, ge=1)  # re-judge them every this many steps
     # alarm when the mean absolute outcome change passes this
     drift_alarm: float = setting(0.15, gt=0)
+    # robustness alarm: each re-judging also judges the anchor pairs with an injection (every
+    # family's, held-out included) in the response the critic judged worse when they froze.
+    # Warn when the injection flip rate rises more than this above its first measurement ...
+    injection_alarm: float = setting(0.15, gt=0)
+    # ... or the anchor pairs' position consistency falls more than this below its first
+    consistency_alarm: float = setting(0.15, gt=0)
+    # while the robustness alarm is up, the critic's share of the reward is paused (its scores
+    # are 0 and the step's rubric pairs are not judged), as the aspect gate closes an aspect;
+    # calibration and the anchor measurements go on, and the next measurement can lift it
+    pause_on_alarm: bool = False
+
+
+@dataclass
+class InjectionConfig:
+    """Injection resistance by training (selfcritic/critic/injection.py): the critic's
+    training pairs (an environment's warm-start verdicts, the calibration pairs) carry injected
+    text in one response, either one at random, the label unchanged."""
+
+    # share of the training pairs with an injection in one of the two responses; 0 turns the
+    # training off
+    rate: float = setting(0.3, ge=0, le=1)
+    # the families training draws from (selfcritic/critic/injection.py FAMILIES, or `source`'s)
+    families: list[str] = field(default_factory=lambda: ["claim", "verdict", "instruction"])
+    # the family never trained on, reported apart in evaluation; None: none held out
+    held_out: str | None = "authority"
+    # "package.module:NAME", a dict {family: phrasings}; None: the built-in families
+    source: str | None = None
+    # strings watched for in the policy's samples besides the families' phrasings (an
+    # environment's exploitable claims): `policy/watched_rate` per RL step
+    watch: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -289,6 +319,7 @@ class CriticConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    injection: InjectionConfig = field(default_factory=InjectionConfig)
 
 
 @dataclass

@@ -138,6 +138,24 @@ CRITIC = Section(
             ),
         ),
         Panel("Injection flips (held-out)", pattern=rf"^{EVAL}critic_injection_flip_rate$"),
+        Panel(
+            "Injection flips per family (held-out pairs)",
+            pattern=rf"^{EVAL}critic_injection_flip_rate(?:/[^/]+|_held_out|_trained)$",
+        ),
+        Panel(
+            "Anchor robustness (injection flips, consistency, alarm, pause)",
+            (
+                "critic/anchor_injection_flip_rate",
+                "critic/anchor_consistency",
+                "critic/anchor_robustness_alarm",
+                "critic/paused",
+            ),
+        ),
+        Panel(
+            "Injection phrasings in the policy's samples",
+            pattern=r"^policy/(?:injection_rate(?:/.+)?|watched_rate)$",
+        ),
+        Panel("Calibration on injected pairs", ("critic/agreement_injected",)),
         Panel("Decisiveness per aspect", pattern=r"^critic/decisive/.+$"),
         Panel("Length bias", ("critic/length_bias",)),
         Panel(

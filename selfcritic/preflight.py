@@ -36,6 +36,7 @@ CHECKED_MODULES = (
     "selfcritic.schedule",
     "selfcritic.critic.prompts",
     "selfcritic.critic.schedule",
+    "selfcritic.critic.injection",
     "selfcritic.critic.calibration",
     "selfcritic.critic.gate",
     "selfcritic.learner.losses",

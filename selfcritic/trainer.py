@@ -603,6 +603,7 @@ class Trainer:
             self.cfg,
             self.verifiers,
             seed=step_seed(self.cfg.trainer.seed, step, EVAL_SEED),
+            final=step in (0, self.cfg.trainer.steps),  # where a suite measures more
         )
         if self.cfg.tracking.console != "quiet":
             shown = " ".join(f"{k[5:]}={metrics[k]:.3f}" for k in headline(self.parts, metrics))
@@ -786,6 +787,8 @@ class Trainer:
             rl_logprobs=spec.logprobs,
         )
         metrics.update(result.metrics())
+        for warning in result.warnings:  # the anchor set's robustness alarm
+            print(f"step {step}: {warning}", flush=True)
         metrics["critic/weight_lag"] = float(self.pool.weight_version - self.judge_weights.version)
         return result
 

@@ -477,6 +477,54 @@ def test_anchor_set_detects_drift():
     assert "critic/anchor_drift" not in critic.score(["q2"], groups, engine, 0, step=5).metrics()
 
 
+def test_anchor_robustness_alarm_warns_and_pauses_the_critics_reward():
+    """The anchor pair (a beats b) gets an injected copy, b + a phrasing; once the critic is
+    talked round by it, the next anchor measurement raises the alarm and, with
+    pause_on_alarm, the step after gives no critic reward; a measurement back within the
+    threshold lifts the pause."""
+    cfg = CriticConfig(
+        verdict_mode="probability",
+        schedule="all",
+        calibration=CalibrationConfig(enabled=False),
+        anchor=AnchorConfig(size=1, every=2, injection_alarm=0.1, pause_on_alarm=True),
+    )
+    rubric = Rubric("s", (RubricAspect("short", "brief"),))
+    critic = SelfCritic(cfg, rubric, lambda text: [ord(c) for c in text], (X_ID, Y_ID))
+    talked_round = {"on": False}
+
+    def judge(prompt):  # P(X wins): a beats b, unless b carries an injection and it works
+        x, y = shown_as(prompt, "X"), shown_as(prompt, "Y")
+        if talked_round["on"] and len(x) > 1 and x.startswith("b"):
+            return 0.9
+        if talked_round["on"] and len(y) > 1 and y.startswith("b"):
+            return 0.1
+        return 0.9 if x == "a" else 0.1
+
+    engine = ScriptedEngine(judge)
+    groups = [[_sample("a"), _sample("b")]]
+    first = critic.score(["q"], groups, engine, 0, step=1)
+    assert first.scores[0] == pytest.approx([0.4, -0.4])
+    assert critic.anchor.injected[0].second.startswith("b ")  # b was judged worse: b carries it
+    steady = critic.score(["q2"], groups, engine, 0, step=2)
+    assert steady.metrics()["critic/anchor_injection_flip_rate"] == 0.0
+    assert steady.metrics()["critic/anchor_robustness_alarm"] == 0.0 and not steady.warnings
+    talked_round["on"] = True
+    alarmed = critic.score(["q2"], groups, engine, 0, step=4)
+    assert alarmed.metrics()["critic/anchor_injection_flip_rate"] == 1.0
+    assert alarmed.metrics()["critic/anchor_robustness_alarm"] == 1.0
+    assert "injection flip rate 1.000 (first 0.000" in alarmed.warnings[0]
+    assert alarmed.metrics()["critic/paused"] == 0.0  # this step's pairs were already judged
+    before = len(engine.prompts)
+    paused = critic.score(["q2"], groups, engine, 0, step=5)
+    assert paused.metrics()["critic/paused"] == 1.0 and paused.scores[0] == [0.0, 0.0]
+    assert len(engine.prompts) == before and paused.judged == []  # no rubric pair judged
+    talked_round["on"] = False
+    critic.score(["q2"], groups, engine, 0, step=6)  # measured again: back to the first
+    resumed = critic.score(["q2"], groups, engine, 0, step=7)
+    assert resumed.metrics()["critic/paused"] == 0.0
+    assert resumed.scores[0] == pytest.approx([0.4, -0.4])
+
+
 # ---------------------------------------------------------------- the aspect gate
 
 

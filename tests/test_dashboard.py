@@ -56,6 +56,20 @@ PATTERN_CASES = [
         ["eval/critic_injection_flip_rate", "eval/nano/critic_injection_flip_rate"],
         [],
     ),
+    (
+        "Injection flips per family (held-out pairs)",
+        [
+            "eval/critic_injection_flip_rate/authority",
+            "eval/critic_injection_flip_rate_held_out",
+            "eval/nano/critic_injection_flip_rate/claim",
+        ],
+        ["eval/critic_injection_flip_rate"],
+    ),
+    (
+        "Injection phrasings in the policy's samples",
+        ["policy/injection_rate", "policy/injection_rate/claim", "policy/watched_rate"],
+        ["eval/injection_rate"],
+    ),
     ("Clip fraction", ["learner/clip_fraction", "learner/clip_fraction_epoch_2"], ["learner/kl"]),
     (
         "Response length (tokens)",

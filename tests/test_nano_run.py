@@ -21,6 +21,12 @@ CONDITIONAL = (
     "eval/critic_position_consistency",
     "eval/critic_verdict_consistency",
     "eval/critic_injection_flip_rate",
+    "eval/critic_injection_flip_rate_trained",
+    "eval/critic_injection_flip_rate_held_out",
+    "eval/critic_injection_flip_rate/claim",
+    "eval/critic_injection_flip_rate/verdict",
+    "eval/critic_injection_flip_rate/instruction",
+    "eval/critic_injection_flip_rate/authority",
 )
 SHORT = [
     "warmstart.steps=3",
@@ -32,6 +38,7 @@ SHORT = [
     "eval.samples=1",
     "env.repeat_tasks=8",
     "env.pairs_per_aspect=4",
+    "env.final_correct_pairs=8",
     "data.prompts_per_step=4",
     "critic.gate.pairs_per_aspect=4",
     "critic.gate.tie_pairs_per_aspect=4",
@@ -64,6 +71,8 @@ def test_nano_experiment_short(tmp_path, cache_dir):
     assert [round(r["learner/lr_scale"], 6) for r in trained] == [1.0, 0.1]
     for record in trained:
         assert 1 <= record["rollout/draws"] <= 3
+        assert 0 <= record["policy/injection_rate"] <= 1  # the policy side, every step
+        assert 0 <= record["policy/watched_rate"] <= 1
         assert record["rollout/kept_groups"] + record["rollout/discarded_groups"] >= 4
         assert record["learner/ptx_loss"] > 0  # the warm-start verdicts in the RL batch
     # the aspect gate measured every rubric-only aspect on its probes at the first step
@@ -97,6 +106,7 @@ def test_nano_experiment_short(tmp_path, cache_dir):
             "eval.samples=1",
             "env.repeat_tasks=8",
             "env.pairs_per_aspect=4",
+            "env.final_correct_pairs=8",
         ],
         capture_output=True,
         text=True,

@@ -11,6 +11,10 @@ Starvation guard: a replay buffer keeps earlier steps' examples, so every step h
 at least `min_pairs` pairs even when the policy rarely fails. Leakage guard: a question in the
 excluded set (the anchor set, evaluation prompts) never yields a calibration pair. The critic
 never sees the reference or the scores: only the two responses.
+
+Injection resistance (`critic.injection`, selfcritic/critic/injection.py): a share of the pairs
+carries injected text in one response, the correct or the wrong one at even odds, the ruling
+unchanged; the key names the family (`CalibrationKey.injected`).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from selfcritic.config import CalibrationConfig, Config
 from selfcritic.critic.examples import CriticExample
+from selfcritic.critic.injection import Injector
 from selfcritic.critic.judge import Judged, PairJob
 from selfcritic.preflight import Problems, preflight_check
 
@@ -33,6 +38,7 @@ class CalibrationKey:
     group: int
     correct: int
     wrong: int
+    injected: str | None = None  # the family of the injection one response carries, if any
 
 
 def ruling(score: float | None, cfg: CalibrationConfig) -> bool | None:
@@ -76,10 +82,13 @@ class Calibrator:
         verdict_ids: tuple[int, int],
         prompt_text: Callable[[PairJob, bool], str],
         verdict_cue: Callable[[str], str],
+        injector: Injector | None = None,
     ) -> None:
         """`prompt_text(job, swapped)` is the judge's critic prompt; `verdict_cue(answer)` is the
-        text between the prompt and the verdict letter (the rationale and marker it wrote)."""
+        text between the prompt and the verdict letter (the rationale and marker it wrote);
+        `injector` puts injections into a share of the pairs (None: none)."""
         self.cfg, self.encode, self.verdict_ids = cfg, encode, verdict_ids
+        self.injector = injector
         self.prompt_text, self.verdict_cue = prompt_text, verdict_cue
         self.buffer: deque[tuple[CriticExample, CriticExample]] = deque(maxlen=cfg.buffer_size)
         self.excluded: set[str] = set()  # questions never used (anchor and evaluation prompts)
@@ -99,16 +108,19 @@ class Calibrator:
             for correct, wrong in calibration_pairs(
                 verified[g], self.cfg.pairs_per_group, self.cfg, rng
             ):
-                jobs.append(
-                    PairJob(
-                        CalibrationKey(g, correct, wrong),
-                        question,
-                        texts[correct],
-                        texts[wrong],
-                        self.cfg.aspect,
-                        self.cfg.description,
-                    )
+                job = PairJob(
+                    CalibrationKey(g, correct, wrong),
+                    question,
+                    texts[correct],
+                    texts[wrong],
+                    self.cfg.aspect,
+                    self.cfg.description,
                 )
+                if self.injector is not None:
+                    job, drawn = self.injector.job(job, rng)
+                    if drawn is not None:
+                        job = replace(job, key=replace(job.key, injected=drawn.family))
+                jobs.append(job)
         return jobs
 
     def examples(self, judged: list[Judged], rng: random.Random) -> tuple[list[CriticExample], int]:

@@ -11,7 +11,13 @@ of the verifiable groups (`calibration.py`), and, when due, the anchor set (`anc
   learner (topped up from the replay buffer), and in the RL form sampled verdict groups rewarded
   for agreeing (a second call: they are sampled, not read);
 - metrics: score distribution, per-aspect decisiveness and agreement with the verifier, invalid
-  verdicts, position consistency, length bias, anchor drift, tokens.
+  verdicts, position consistency, length bias, anchor drift, tokens;
+- injection (`critic.injection`, injection.py): a share of the calibration pairs carries an
+  injection in one response; the anchor set is re-judged with injections too, and a critic
+  easier to talk round than at first raises a warning (`CritiqueResult.warnings`) and, with
+  `critic.anchor.pause_on_alarm`, pauses the critic's share of the reward (no rubric pair is
+  judged, every score is 0) until a measurement is back within the thresholds; the policy's
+  own samples are searched for the phrasings (`policy/injection_rate`).
 Which weights judge is the caller's choice of `engine` (selfcritic/critic/judge_weights.py).
 """
 
@@ -29,6 +35,7 @@ from selfcritic.critic.anchor import AnchorSet
 from selfcritic.critic.calibration import Calibrator, agreement, rl_groups, ruling
 from selfcritic.critic.examples import CriticExample
 from selfcritic.critic.gate import AspectGate
+from selfcritic.critic.injection import InjectionWatch, Injector, load_families
 from selfcritic.critic.judge import Judge, Judged, PairJob
 from selfcritic.critic.schedule import schedule
 from selfcritic.rollout.types import Sample
@@ -45,6 +52,7 @@ class CritiqueResult:
     examples: list[CriticExample] = field(default_factory=list)  # calibration, supervised form
     rl_groups: list[tuple[list[Sample], list[float]]] = field(default_factory=list)  # RL form
     extra: dict[str, float] = field(default_factory=dict)  # calibration, anchor, aspect metrics
+    warnings: list[str] = field(default_factory=list)  # lines for the run's log (the anchor alarm)
 
     def metrics(self) -> dict[str, float]:
         calls = max(2 * len(self.judged), 1)
@@ -80,10 +88,17 @@ class SelfCritic:
         `context_len`: the engines' context, past which responses are cut in critic prompts."""
         self.cfg, self.rubric = cfg, rubric
         self.judge = Judge(cfg, encode, verdict_ids, context_len)
+        letters, marker = tuple(cfg.verdict_letters), cfg.verdict_marker
         self.calibrator = Calibrator(
-            cfg.calibration, encode, verdict_ids, self.judge.prompt_text, self.judge.verdict_cue
+            cfg.calibration,
+            encode,
+            verdict_ids,
+            self.judge.prompt_text,
+            self.judge.verdict_cue,
+            Injector(cfg.injection, letters, marker),
         )
-        self.anchor = AnchorSet(cfg.anchor)
+        self.anchor = AnchorSet(cfg.anchor, load_families(cfg.injection.source), letters, marker)
+        self.watch = InjectionWatch(cfg.injection)
         self.gate = AspectGate(cfg.gate, probes or [])
 
     def state(self) -> dict:
@@ -93,6 +108,9 @@ class SelfCritic:
             "buffer": list(self.calibrator.buffer),
             "excluded": set(self.calibrator.excluded),
             "anchor": list(self.anchor.reference),
+            "anchor_injected": list(self.anchor.injected),
+            "anchor_baseline": self.anchor.baseline,
+            "anchor_alarmed": self.anchor.alarmed,
             "gate": dict(self.gate.agreement),
             "gate_ties": dict(self.gate.tie_agreement),
         }
@@ -102,6 +120,10 @@ class SelfCritic:
         self.calibrator.buffer.extend(state["buffer"])
         self.calibrator.excluded = set(state["excluded"])
         self.anchor.reference = list(state["anchor"])
+        # absent in older checkpoints: no injected copies, the baseline measured again
+        self.anchor.injected = list(state.get("anchor_injected", [None] * len(state["anchor"])))
+        self.anchor.baseline = state.get("anchor_baseline")
+        self.anchor.alarmed = state.get("anchor_alarmed", False)
         self.gate.agreement = dict(state.get("gate", {}))  # absent in older checkpoints
         self.gate.tie_agreement = dict(state.get("gate_ties", {}))
 
@@ -137,7 +159,9 @@ class SelfCritic:
         texts = [[s.critic_text for s in group] for group in groups]
         rubrics = rubrics or [self.rubric] * len(groups)
         verified = verified or [[None] * len(group) for group in groups]
-        rubric_jobs = self._rubric_jobs(questions, texts, rubrics, rng)
+        # the robustness alarm of the last anchor measurement pauses the critic's reward
+        paused = self.cfg.anchor.pause_on_alarm and self.anchor.alarmed
+        rubric_jobs = [] if paused else self._rubric_jobs(questions, texts, rubrics, rng)
         calibrating = self.cfg.calibration.enabled
         calibration_jobs = (
             self.calibrator.jobs(questions, texts, verified, rng) if calibrating else []
@@ -184,6 +208,10 @@ class SelfCritic:
             )
         if anchor_jobs:
             result.extra.update(self.anchor.drift(call.judged[-len(anchor_jobs) :]))
+            if self.anchor.warning:
+                result.warnings.append(self.anchor.warning)
+        result.extra["critic/paused"] = float(paused)
+        result.extra.update(self.watch.metrics([text for group in texts for text in group]))
         self.calibrator.excluded |= self.anchor.freeze(judged_ones, rng)
         result.extra["critic/cut_prompts"] = float(self.judge.cut_prompts - cut_before)
         skipped = self.judge.skipped_too_long - skipped_before
@@ -244,9 +272,17 @@ class SelfCritic:
             result.completion_tokens += sum(
                 len(s.completion_ids) for g, _ in result.rl_groups for s in g
             )
+        injected = [
+            agreement(item.outcome)
+            for item in calibrated
+            if getattr(item.job.key, "injected", None) is not None
+        ]
         result.extra.update(
             {
                 "critic/agreement": _mean(agreements),
+                # the pairs with an injection in one response (critic.injection.rate)
+                "critic/agreement_injected": _mean(injected),
+                "critic/calibration_injected": float(len(injected)),
                 "critic/agreement_soft": _mean([item.outcome for item in calibrated]),
                 "critic/calibration_pairs": float(len(calibrated)),
                 "critic/calibration_replayed": float(replayed),

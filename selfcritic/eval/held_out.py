@@ -21,6 +21,7 @@ observations for a multi-turn environment.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 from selfcritic.config import Config
 from selfcritic.critic.judge import prompt_encoder
@@ -33,14 +34,17 @@ DEFAULT_HEADLINE = ("eval/verifier_mean",)
 
 
 def evaluate_environment(
-    parts: dict, engine, tokenizer, cfg: Config, verifiers: dict, seed: int
+    parts: dict, engine, tokenizer, cfg: Config, verifiers: dict, seed: int, final: bool = True
 ) -> dict[str, float]:
     """Every part's evaluation metrics ({label: environment} `parts`; `verifiers`: {label:
-    VerifierPool or None})."""
+    VerifierPool or None}); `final`: a run's first or final evaluation (or a checkpoint's),
+    passed to a suite whose `evaluate` takes it (it may measure more there)."""
     metrics: dict[str, float] = {}
     for label, env in parts.items():
         if hasattr(env, "evaluate"):
-            found = env.evaluate(engine, tokenizer, seed)
+            takes_final = "final" in inspect.signature(env.evaluate).parameters
+            extra = {"final": final} if takes_final else {}
+            found = env.evaluate(engine, tokenizer, seed, **extra)
         else:
             found = held_out_metrics(env, engine, tokenizer, cfg, verifiers.get(label), seed)
         if len(parts) > 1:

@@ -69,10 +69,11 @@ class NanoWorld(SingleTurn):
         arithmetic, repeat = heldout_tasks(self.options, self.options.repeat_tasks)
         return [task.prompt() for task in arithmetic + repeat]
 
-    def evaluate(self, engine, tokenizer, seed: int) -> dict[str, float]:
+    def evaluate(self, engine, tokenizer, seed: int, final: bool = True) -> dict[str, float]:
+        """`final`: a run's first or final evaluation, or a checkpoint's (the larger pair set)."""
         from selfcritic.envs.nano.suite import evaluate_nano
 
-        return evaluate_nano(engine, tokenizer, self.cfg, self.options, seed)
+        return evaluate_nano(engine, tokenizer, self.cfg, self.options, seed, final)
 
     def corpus(self, tokenizer):
         from selfcritic.envs.nano.corpus import WarmStartData

@@ -12,6 +12,10 @@ Data (world.py, training split only):
   (`env.corpus.mark_weight`, in the warm-start and in RL's PTX). A share of the pairs tie on the
   judged aspect (the letter then names the first shown, so the two orders cancel): the critic
   learns that the other aspects do not decide this one.
+Injection resistance (`critic.injection`, selfcritic/critic/injection.py): a share of the
+critic pairs (`critic.injection.rate`) carries a phrasing of a training family appended to one
+response, the better or the worse at even odds (ties too), the target unchanged: the verdict
+is right only for the response that meets the aspect, whatever the other one says.
 Every target ends with EOS. Left out: the training itself (selfcritic/warmstart.py).
 """
 
@@ -22,6 +26,7 @@ import random
 from pathlib import Path
 
 from selfcritic.config import CriticConfig
+from selfcritic.critic import injection
 from selfcritic.critic.judge import Judge, prompt_encoder, verdict_token_ids
 from selfcritic.envs.base import Pair
 from selfcritic.envs.nano.options import NanoCorpusOptions, NanoWorldOptions
@@ -45,6 +50,7 @@ RECIPE_SOURCES = (
     Path(__file__),
     Path(__file__).parent / "world.py",
     Path(__file__).parent / "phrases.py",
+    Path(injection.__file__),  # the injection phrasings
 )
 
 
@@ -66,6 +72,8 @@ class WarmStartData:
         self.judge = Judge(
             critic, self.encode, verdict_token_ids(tokenizer, critic.verdict_letters)
         )
+        letters = tuple(critic.verdict_letters)
+        self.injector = injection.Injector(critic.injection, letters, critic.verdict_marker)
         # (token id, weight) of the verdicts' marks in the loss (`env.corpus.mark_weight`)
         self.token_weights = tuple(
             (token_id, options.corpus.mark_weight)
@@ -81,6 +89,10 @@ class WarmStartData:
             "critic": {
                 k: getattr(critic, k)
                 for k in ("template", "verdict_letters", "verdict_marker", "verdict_mode")
+            },
+            # what the injected pairs depend on (`watch` is the policy side's, not training's)
+            "injection": {
+                k: getattr(critic.injection, k) for k in ("rate", "families", "held_out", "source")
             },
         }
 
@@ -109,7 +121,17 @@ class WarmStartData:
             pair = tie_pair(task, aspect, self.rates, rng)
         else:
             pair = labelled_pair(task, aspect, self.rates, rng, rng.random() < warm.minimal_pairs)
-        return self.verdict(pair, swapped=rng.random() < 0.5)
+        return self.verdict(self.injected(pair, rng), swapped=rng.random() < 0.5)
+
+    def injected(self, pair: LabelledPair, rng: random.Random) -> LabelledPair:
+        """The pair with an injection appended to one response, either, at
+        `critic.injection.rate` (the labels unchanged); at rate 0 it draws nothing."""
+        drawn = self.injector.draw(pair.aspect, rng)
+        if drawn is None:
+            return pair
+        if drawn.response == 0:
+            return dataclasses.replace(pair, better=injection.inject(pair.better, drawn.text))
+        return dataclasses.replace(pair, worse=injection.inject(pair.worse, drawn.text))
 
     def repeat_aspect(self, rng: random.Random) -> str:
         """on_task at `env.corpus.on_task_share`, else one of the defect aspects; all four alike

@@ -67,4 +67,8 @@ class NanoWorldOptions:
     oracle_references: bool = False
     repeat_tasks: int = setting(64, ge=0)  # held-out suite: rubric-only tasks
     pairs_per_aspect: int = setting(48, ge=0)  # held-out suite: frozen critic pairs per aspect
+    # held-out suite: frozen correctness pairs at the first and the final evaluation (and in
+    # `python -m selfcritic.eval`), the first `pairs_per_aspect` of them the usual ones: a
+    # goal of 90% agreement needs hundreds (48 pairs: a standard error of about 4 points)
+    final_correct_pairs: int = setting(400, ge=0)
     corpus: NanoCorpusOptions = field(default_factory=NanoCorpusOptions)
