@@ -11,6 +11,10 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
+# every test, the slow ones too (a later -m overrides the default 'not slow')
+test-all: setup
+	$(PY) -m pytest -m 'slow or not slow'
+
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 

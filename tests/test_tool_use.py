@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from cli_runs import read_jsonl, train_two_steps
 from hydra import compose, initialize_config_dir
 
@@ -72,6 +73,7 @@ def test_hermes_calls_to_a_stdio_server_are_answered_as_tool_messages():
         env.close()
 
 
+@pytest.mark.slow  # 4-6 minutes; the tool world's 2-step test trains over MCP in the default suite
 def test_tools_quick_trains_two_steps_with_whole_episodes_recorded(tmp_path, cache_dir):
     """The experiment as a user runs it, its warm-start cut to 50 steps at higher rates (the
     model then calls, some calls malformed): episodes of several turns, the servers' answers
