@@ -29,6 +29,9 @@ environment lacks is refused before any work, naming the key):
   (`warmstart.enabled`) and the PTX loss (`learner.ptx_weight`);
 - `probes(per_aspect, ties, seed) -> list[PairJob]`: labelled critic pairs for the aspect gate
   (`critic.gate.source=env`);
+- `episode_metrics(prompts, groups) -> dict[str, float]`: rates of the held-out evaluation's
+  episodes (`groups[k]`: prompt k's trajectories) that a hidden oracle computes, added to the
+  generic evaluation's metrics (the tool world's call rates);
 - `all_prompts()` and `keep_prompts(keep)`: a finite environment's every prompt, which the
   trainer checks for length before any work, and how it leaves out those too long
   (`data.long_prompts`).
@@ -133,12 +136,8 @@ class Trajectory:
         the process too (needless calls, results used faithfully)."""
         if not self.observations:
             return self.answer_text
-        parts = [
-            f"{turn.strip()} [{OBSERVATION_LABEL}: {observation.strip()}]"
-            for turn, observation in zip(self.texts[:-1], self.observations, strict=False)
-        ]
         last = self.texts[-1] if self.answer is None else self.answer
-        return " ".join([*parts, last.strip()])
+        return transcript(self.texts[:-1], self.observations, last)
 
     @property
     def completion_ids(self) -> list[int]:
@@ -178,6 +177,17 @@ class Environment(Protocol):
     def reset(self, prompt: Prompt) -> Episode: ...
 
     def step(self, episode: Episode, turn: str, turn_ids: tuple[int, ...]) -> Step: ...
+
+
+def transcript(turns, observations, last: str) -> str:
+    """An episode as the critic sees it (`Trajectory.critic_text`): each earlier turn with the
+    observation that answered it in brackets, then the last turn ("<call>add {...}</call>
+    [observation: <result>84.0</result>] 84")."""
+    parts = [
+        f"{turn.strip()} [{OBSERVATION_LABEL}: {observation.strip()}]"
+        for turn, observation in zip(turns, observations, strict=False)
+    ]
+    return " ".join([*parts, last.strip()])
 
 
 def is_heldout(key: str, fraction: float) -> bool:

@@ -79,22 +79,24 @@ class DatasetEnvironment(SingleTurn):
         self.name, self.options, self.seed = options.name, options, cfg.data.seed
         self.verifier, self.rubric = options.verifier, options.rubric
         self.reasoning_tags = check_tags(options.reasoning_tags)
-        rows = read_rows(options.path, options, options.split)
         self.chat_template = cfg.data.chat_template
-        self.demos = read_demos(options.path, options, options.split) if options.demo_key else {}
-        if options.heldout_path is not None:
-            self.train = rows
-            self.heldout = read_rows(options.heldout_path, options, options.split)
-        elif options.heldout_split is not None:
-            self.train = rows
-            self.heldout = read_rows(options.path, options, options.heldout_split)
-        else:
-            self.train, self.heldout = split_by_hash(rows, options.heldout_fraction)
+        self.train, self.heldout, self.demos = self.read(options)
         self._orders: dict[int, list[int]] = {}  # the permutation of recent epochs
         if not self.train:
             raise ConfigError(
                 keyed("env.heldout_fraction", f"no training rows are left in {options.path}")
             )
+
+    def read(self, options: DatasetOptions):
+        """(training prompts, held-out prompts, {prompt text: demonstration turns}) from the
+        data file (a subclass that makes its prompts overrides this)."""
+        rows = read_rows(options.path, options, options.split)
+        demos = read_demos(options.path, options, options.split) if options.demo_key else {}
+        if options.heldout_path is not None:
+            return rows, read_rows(options.heldout_path, options, options.split), demos
+        if options.heldout_split is not None:
+            return rows, read_rows(options.path, options, options.heldout_split), demos
+        return *split_by_hash(rows, options.heldout_fraction), demos
 
     def prompts(self, step: int, draw: int, count: int) -> list[Prompt]:
         if draw:  # dynamic sampling's refills: a seeded sample of their own
@@ -131,8 +133,11 @@ class DatasetEnvironment(SingleTurn):
             return pairs
 
         recipe = {"options": dataclasses.asdict(self.options), "chat": encode.template}
-        sources = (data_path(self.options.path),)
-        return PairsCorpus(make_pairs, recipe, sources, self.options.corpus_batch)
+        return PairsCorpus(make_pairs, recipe, self.sources(), self.options.corpus_batch)
+
+    def sources(self) -> tuple[Path, ...]:
+        """The files the supervised pairs are made from (part of the warm-start's cache key)."""
+        return (data_path(self.options.path),)
 
     def shown(self, prompt: Prompt) -> Prompt:
         """The prompt as the model sees it (a subclass may add to it: the tool list)."""

@@ -11,8 +11,11 @@ synthetic tools, the sandboxed `python` tool; selfcritic/tools/). An episode:
 - `max_turns` model turns at most; each observation is cut to `max_observation_tokens`.
 Faults of the model's calls (malformed, unknown tool, bad arguments, a raising or hanging tool)
 come back as error observations and are counted in the episode's info (`tool_calls`,
-`tool_errors/<reason>`), never a crash. The tool runtime (servers) starts at the first episode,
-not when the environment is built (the preflight builds it), and stops at `close`.
+`tool_errors/<reason>`), never a crash. The info's `calls` is the episode's tool log, a
+`ToolRecord` per call (name, arguments, the result text, the error reason or None): what a
+hidden oracle checks the answer against (selfcritic/envs/tool_sums.py). The tool runtime
+(servers) starts at the first episode, not when the environment is built (the preflight builds
+it), and stops at `close`.
 Left out: tools chosen per prompt (every prompt offers all of them).
 """
 
@@ -29,6 +32,16 @@ from selfcritic.envs.dataset import DatasetEnvironment, DatasetOptions
 from selfcritic.envs.registry import register_environment
 from selfcritic.envs.tool_calls import FORMATS, call_format, parse_calls
 from selfcritic.tools.options import ToolsOptions, check_options
+
+
+@dataclass(frozen=True)
+class ToolRecord:
+    """One call of an episode as the tools answered it (the episode's `info["calls"]`)."""
+
+    name: str
+    arguments: dict | str  # as the model wrote them (parsed, or the raw text)
+    result: str  # the text the tool returned (an error's message where it failed)
+    error: str | None = None  # the fault's reason (malformed, unknown_tool, ...), None: answered
 
 
 @dataclass
@@ -97,7 +110,7 @@ class ToolUse(DatasetEnvironment):
         return [self.shown(p) for p in super().held_out()]
 
     def all_prompts(self) -> list[Prompt]:
-        return [self.shown(p) for p in super().all_prompts()]
+        return [self.shown(p) for p in self.train] + self.held_out()  # held_out(): shown
 
     def keep_prompts(self, keep) -> None:
         super().keep_prompts(lambda prompt: keep(self.shown(prompt)))
@@ -133,6 +146,7 @@ class ToolUse(DatasetEnvironment):
                 reason, text = result.error, result.text
             if reason:
                 info[f"tool_errors/{reason}"] = info.get(f"tool_errors/{reason}", 0) + 1
+            info.setdefault("calls", []).append(ToolRecord(call.name, call.arguments, text, reason))
             results.append(text)
         observation = "\n".join(results)
         if self.chat:

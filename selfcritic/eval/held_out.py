@@ -11,7 +11,9 @@ at `eval.temperature` (the policy's `sampling.max_tokens` and stop strings, one 
 - `eval/response_tokens`, `eval/truncated_rate` and `eval/no_final_answer` (of the sampled
   answers; the last where the environment strips a reasoning block);
 - with the critic on, its agreement with the verifier on (correct, wrong) pairs of these
-  samples, its position consistency and invalid rate (selfcritic/eval/critic_quality.py).
+  samples, its position consistency and invalid rate (selfcritic/eval/critic_quality.py);
+- the environment's own rates of these episodes where it has `episode_metrics(prompts,
+  groups)` (a hidden oracle's: the tool world's call rates, selfcritic/envs/tool_sums.py).
 The verifier and the critic see each answer's final part (selfcritic/envs/reasoning.py).
 In a mixture each part is evaluated on its own and its metrics are named `eval/<label>/...`.
 Held-out episodes run as training's do (selfcritic/rollout/episodes.py): several turns with
@@ -78,7 +80,8 @@ def held_out_metrics(env, engine, tokenizer, cfg: Config, verifier, seed: int) -
     samples = [s for group in groups for s in group]
     checked = [k for k, prompt in enumerate(prompts) if prompt.reference is not None]
     answers = [[answer_of(env, t) for t in group] for group in groups]
-    metrics = {
+    metrics = env.episode_metrics(prompts, groups) if hasattr(env, "episode_metrics") else {}
+    metrics |= {
         "eval/response_tokens": sum(len(s.completion_ids) for s in samples) / max(len(samples), 1),
         "eval/truncated_rate": sum(s.engine_finish == "length" for s in samples)
         / max(len(samples), 1),

@@ -57,10 +57,16 @@ def table(summary: dict, metrics: tuple[Row, ...]) -> str:
     for key, label, _ in metrics:
         values = summary["metrics"][key]
         chars = not _is_rate(key)
-        fmt = (lambda v: f"{v:.1f}") if chars else (lambda v: f"{100 * v:.1f}%")
-        change = f"{values['change']:+.1f}" if chars else f"{100 * values['change']:+.1f} pts"
+        fmt = _shown((lambda v: f"{v:.1f}") if chars else (lambda v: f"{100 * v:.1f}%"))
+        moved = _shown((lambda v: f"{v:+.1f}") if chars else (lambda v: f"{100 * v:+.1f} pts"))
+        change = moved(values["change"])
         lines.append(f"| {label} | {fmt(values['start'])} | {fmt(values['end'])} | {change} |")
     return "\n".join(lines)
+
+
+def _shown(fmt):
+    """`fmt`, with "n/a" for NaN (a rate with no episode to count, e.g. no call made)."""
+    return lambda value: "n/a" if math.isnan(value) else fmt(value)
 
 
 def _is_rate(key: str) -> bool:

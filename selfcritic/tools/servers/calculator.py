@@ -3,6 +3,7 @@
     python selfcritic/tools/servers/calculator.py                    # stdio
     python selfcritic/tools/servers/calculator.py --http --port 8123  # streamable HTTP, /mcp
     ... --test-tools                                                 # also `sleep` and `fail`
+    ... --tools add                                                  # only the tools named
 
 Tools: `add(a, b)`, `multiply(a, b)`, `lookup(name)` (a constant from a fixed table) and
 `count()`, which returns how many times it was called in this MCP session: 1 on the first call
@@ -10,6 +11,8 @@ of every new session, which is how the per-episode session reset is seen. Over H
 is the `mcp-session-id` header (a new one per initialize handshake); over stdio a process
 serves exactly one session, so a process-wide counter is the session's.
 With --test-tools: `sleep(seconds)` (a tool that hangs) and `fail(message)` (one that raises).
+`--tools NAME,NAME` serves only those (the tool world offers `add` alone: a character model pays
+for every character of the tool list in its prompt).
 Imports only the `mcp` package and the standard library, so it runs as a plain script with
 any interpreter that has `mcp`.
 """
@@ -29,19 +32,16 @@ server = MCPServer("calculator", log_level="WARNING")
 calls_by_session: collections.Counter[str] = collections.Counter()
 
 
-@server.tool()
 def add(a: float, b: float) -> float:
     """Add two numbers."""
     return a + b
 
 
-@server.tool()
 def multiply(a: float, b: float) -> float:
     """Multiply two numbers."""
     return a * b
 
 
-@server.tool()
 def lookup(name: str) -> str:
     """The value of a named constant (pi, e, answer, dozen)."""
     if name not in CONSTANTS:
@@ -49,7 +49,6 @@ def lookup(name: str) -> str:
     return str(CONSTANTS[name])
 
 
-@server.tool()
 def count(ctx: Context) -> int:
     """How many times this tool was called in this session (this call included)."""
     session = (ctx.headers or {}).get("mcp-session-id", "stdio")
@@ -74,10 +73,17 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--test-tools", action="store_true", help="add `sleep` and `fail`")
+    parser.add_argument("--tools", help="serve only these tools (comma-separated names)")
     options = parser.parse_args()
-    if options.test_tools:
-        server.tool()(sleep)
-        server.tool()(fail)
+    tools = [add, multiply, lookup, count] + ([sleep, fail] if options.test_tools else [])
+    if options.tools:
+        names = options.tools.split(",")
+        unknown = sorted(set(names) - {tool.__name__ for tool in tools})
+        if unknown:
+            parser.error(f"--tools: no tool named {', '.join(unknown)}")
+        tools = [tool for tool in tools if tool.__name__ in names]
+    for tool in tools:
+        server.tool()(tool)
     if options.http:
         server.run("streamable-http", host=options.host, port=options.port)
     else:
