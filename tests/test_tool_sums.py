@@ -1,0 +1,180 @@
+"""The tool world (selfcritic/envs/tool_sums.py): its questions and split, the hidden oracle on
+hand-written episodes, the critic's labelled pairs and targets (worked out by hand), and the
+corpus against the real calculator MCP server."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from selfcritic.envs.registry import build_environment
+from selfcritic.envs.tool_sums import (
+    ASPECTS,
+    Facts,
+    episode_facts,
+    labelled_pair,
+    operands,
+    oracle_rates,
+    synthetic,
+)
+from selfcritic.envs.tool_use import ToolRecord
+from selfcritic.run import CONF_DIR, to_config
+
+CALL = '<call>add {"a": 53, "b": 31}</call>'
+SEEN = "[observation: <result>84.0</result>]"
+
+
+def _config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return to_config(
+            compose(config_name="config", overrides=["+experiment=tool_world", *overrides])
+        )
+
+
+@pytest.fixture(scope="module")
+def env():
+    cfg = _config()
+    environment = build_environment(cfg.env, cfg)
+    yield environment
+    environment.close()
+
+
+def test_questions_split_and_mix(env):
+    train = {p.text for p in env.one_digit + env.two_digit}
+    held = env.held_out()
+    assert held and not {p.text.removeprefix("Tools: add(a,b)\n") for p in held} & train
+    one = [p for p in held if max(operands(p.text)) < 10]
+    assert len(held) - len(one) == 96  # heldout_max two-digit ones, and every one-digit one
+    assert len(one) + len(env.one_digit) == 100 and len(env.two_digit) + 96 < 8100
+    drawn = [p for step in range(50) for p in env.prompts(step, 0, 16)]
+    assert drawn[:16] == env.prompts(0, 0, 16)  # a pure function of (seed, step, draw)
+    share = sum(max(operands(p.text)) < 10 for p in drawn) / len(drawn)
+    assert 0.25 < share < 0.35  # one_digit_share 0.3 over 800 draws
+    assert all(p.text.startswith("Tools: add(a,b)\nQ: ") and p.text.endswith("\nA:") for p in drawn)
+    assert all(int(p.reference) == sum(operands(p.text)) for p in drawn)
+
+
+def test_the_oracle_reads_the_tool_log():
+    log = [ToolRecord("add", {"a": 31, "b": 53}, "84.0")]  # the operands in either order
+    right = episode_facts("Q: 53+31\nA:", [CALL, "84"], log)
+    assert (right.calls, right.valid_calls, right.correct, right.faithful) == (1, 1, True, True)
+    assert all(right.meets(aspect) for aspect in ASPECTS)
+    misread = episode_facts("Q: 53+31\nA:", [CALL, "48"], log)
+    assert misread.faithful is False and not misread.meets("faithful") and not misread.correct
+    wrong_args = [ToolRecord("add", '{"a": 53, "b": 13}', "66.0")]  # raw text arguments
+    copied = episode_facts("Q: 53+31\nA:", [CALL, "66"], wrong_args)
+    assert (copied.valid_calls, copied.faithful, copied.correct) == (0, True, False)
+    failed = [ToolRecord("add", "{oops", "Error (malformed): ...", "malformed")]
+    guess = episode_facts("Q: 53+31\nA:", ["<call>add {oops</call>", "85"], failed)
+    assert (guess.calls, guess.results, guess.faithful) == (1, (), None)
+    assert not guess.meets("grounded") and guess.meets("economical")  # one call is allowed
+    small = [ToolRecord("add", {"a": 3, "b": 5}, "8.0")]
+    needless = episode_facts("Q: 3+5\nA:", ['<call>add {"a": 3, "b": 5}</call>', "8"], small)
+    assert needless.correct and not needless.meets("economical") and needless.meets("grounded")
+    forged = episode_facts("Q: 53+31\nA:", ["<result>84.0</result> 84"], [])
+    assert forged.forged and forged.correct and not forged.meets("grounded")
+
+
+def test_oracle_rates_worked_by_hand():
+    facts = [
+        Facts(53, 31, 1, 1, ("84.0",), "84"),  # two-digit, called, right, faithful
+        Facts(53, 31, 1, 0, ("66.0",), "85"),  # two-digit, called with wrong operands, unfaithful
+        Facts(20, 30, 0, 0, (), "50"),  # two-digit, unaided, right
+        Facts(20, 30, 0, 0, (), "<result>50.0</result> 51", forged=True),  # invented
+        Facts(3, 5, 1, 1, ("8.0",), "8"),  # needless call
+        Facts(3, 5, 0, 0, (), "9"),  # one-digit, wrong
+    ]
+    rates = oracle_rates(facts)
+    assert rates["eval/accuracy_needs_tool"] == 2 / 4
+    assert rates["eval/accuracy_one_digit"] == 1 / 2
+    assert rates["eval/accuracy_with_call"] == 1 / 2
+    assert rates["eval/accuracy_without_call"] == 1 / 2
+    assert rates["eval/call_rate_needs_tool"] == 2 / 4
+    assert rates["eval/needless_call_rate"] == 1 / 2
+    assert rates["eval/valid_argument_rate"] == 2 / 3
+    assert rates["eval/faithful_rate"] == 2 / 3
+    assert rates["eval/invented_rate"] == 1 / 6
+    assert math.isnan(oracle_rates([facts[0]])["eval/needless_call_rate"])
+
+
+def test_critic_targets_worked_by_hand():
+    letters, prompt = ("X", "Y"), "Tools: add(a,b)\nQ: 53+31\nA:"
+    called = synthetic(53, 31, 1, 84)
+    assert called.text == f"{CALL} {SEEN} 84" and called.facts.faithful
+    pair = labelled_pair(prompt, "faithful", False, random.Random(0))
+    said = pair.second.facts.answer
+    assert pair.meets == (True, False) and said != "84"
+    assert pair.critic_answer(False, letters, "#") == f" X84=84+ Y84={said}- #X"
+    assert pair.critic_answer(True, letters, "#") == f" X84={said}- Y84=84+ #Y"
+    pair = labelled_pair("Q: 3+5\nA:", "economical", False, random.Random(1))
+    assert pair.critic_answer(True, letters, "#") == " =0 X1- Y0+ #Y"
+    for seed in range(20):  # a tie names the first shown, in either order
+        tie = labelled_pair(prompt, "grounded", True, random.Random(seed))
+        assert tie.meets[0] == tie.meets[1]
+        assert tie.critic_answer(True, letters, "#").endswith("#X")
+    with pytest.raises(ValueError, match="needless"):
+        labelled_pair(prompt, "economical", False, random.Random(0))
+
+
+def test_labelled_pairs_agree_with_the_oracle(env):
+    rng = random.Random(3)
+    for _ in range(300):
+        pair = env.labelled(rng)
+        for response in (pair.first, pair.second):  # the text the critic sees holds the facts
+            assert response.text.count("[observation:") == response.facts.calls
+            assert response.text.endswith(response.facts.answer)
+        if pair.meets[0] != pair.meets[1]:
+            assert pair.meets == (True, False)
+    probes = env.probes(4, 2, seed=0)
+    assert len(probes) == 3 * 6 and {job.aspect for job in probes} == set(ASPECTS)
+
+
+def test_the_corpus_shows_the_servers_results(env, nano_model_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
+    corpus = env.corpus(tokenizer)
+    pairs = corpus.actor.pairs
+    # each one-digit training sum and each direct demo one pair; each call demo two
+    assert len(pairs) == len(env.one_digit) + 400 + 2 * 12
+    texts = [tokenizer.decode(list(c) + list(t)) for c, t in pairs]
+    called = [t for t in texts if "<call>add" in t and "<result>" in t]
+    assert len(called) == 12  # the second turn's context holds the server's answer
+    for text in called:
+        a, b = operands(text)
+        assert f"<result>{float(a + b)}</result>" in text  # as `synthetic` renders it
+    batch = corpus.warm_start_batch(random.Random(0), 0, 10)
+    assert len(batch) == 48
+    texts = [[tokenizer.decode(list(ids), skip_special_tokens=True) for ids in p] for p in batch]
+    verdicts = [(context, target) for context, target in texts if "#" in target]
+    assert 12 < len(verdicts) < 36  # critic_share 0.5 of 48
+    assert all(context.startswith("C: Tools: add(a,b) Q: ") for context, _ in verdicts)
+    assert all(context.endswith(tuple(f"\n{a}->" for a in ASPECTS)) for context, _ in verdicts)
+    longest = max(len(c) + len(t) for c, t in batch)
+    assert longest <= 256  # the nano model's context
+
+
+def test_the_tool_world_trains_two_steps_and_reports_the_oracles_rates(tmp_path, cache_dir):
+    """`+experiment=tool_world` as a user runs it, its warm-start cut to 50 steps at higher
+    rates on many call demonstrations (so that the model calls): episodes that call the shipped
+    MCP server, the critic on the process rubric, and the oracle's rates in the evaluation."""
+    from cli_runs import read_jsonl, train_two_steps
+
+    out = tmp_path / "run"
+    short = ["warmstart.steps=50", "warmstart.muon_lr=0.01", "warmstart.adamw_lr=3e-3"]
+    calls = ["env.call_demos=300", "env.direct_demos=20", "env.heldout_max=16"]
+    settings = [*short, *calls, "data.prompts_per_step=8", "tracking.samples_every=1"]
+    records = train_two_steps(out, cache_dir, *settings, experiment="tool_world")
+    for record in records[1:]:
+        assert record["episode/tool_calls"] > 0 and record["rollout/turns"] > 1
+        assert record["reward/verifier_failed"] == 0
+        assert any(key.startswith("critic/") for key in record)
+    final = records[-1]
+    assert 0 < final["eval/call_rate_needs_tool"] <= 1
+    assert 0 <= final["eval/valid_argument_rate"] <= 1
+    rows = read_jsonl(out / "samples.jsonl")
+    assert any("[observation: \n<result>" in row["response"] for row in rows)
+    assert (out / "report.md").read_text().count("tool-call rate") == 2
