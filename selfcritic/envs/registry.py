@@ -49,6 +49,7 @@ BUILT_IN = (
     "selfcritic.envs.reasoning_gym_env",
     "selfcritic.envs.humaneval",
     "selfcritic.envs.tool_use",
+    "selfcritic.envs.tool_sums",
 )
 
 
