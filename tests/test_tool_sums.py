@@ -4,12 +4,15 @@ corpus against the real calculator MCP server."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import re
 
 import pytest
 from hydra import compose, initialize_config_dir
 
+from selfcritic.envs.base import Prompt, Trajectory
 from selfcritic.envs.registry import build_environment
 from selfcritic.envs.tool_sums import (
     ASPECTS,
@@ -48,9 +51,13 @@ def test_questions_split_and_mix(env):
     assert held and not {p.text.removeprefix("Tools: add(a,b)\n") for p in held} & train
     one = [p for p in held if max(operands(p.text)) < 10]
     assert len(held) - len(one) == 96  # heldout_max two-digit ones, and every one-digit one
-    assert len(one) + len(env.one_digit) == 100 and len(env.two_digit) + 96 < 8100
+    assert len(one) + len(env.one_digit) == 100
+    twins = {f"Q: {b}+{a}\nA:" for a, b in map(operands, (p.text for p in held))}
+    assert not twins & train  # b+a is held out with a+b
+    assert len({operands(p.text)[0] for p in held if p not in one}) > 40  # spread, not a=10..14
     drawn = [p for step in range(50) for p in env.prompts(step, 0, 16)]
     assert drawn[:16] == env.prompts(0, 0, 16)  # a pure function of (seed, step, draw)
+    assert drawn[:16] != env.prompts(0, 1, 16) and drawn[:16] != drawn[16:32]
     share = sum(max(operands(p.text)) < 10 for p in drawn) / len(drawn)
     assert 0.25 < share < 0.35  # one_digit_share 0.3 over 800 draws
     assert all(p.text.startswith("Tools: add(a,b)\nQ: ") and p.text.endswith("\nA:") for p in drawn)
@@ -59,23 +66,27 @@ def test_questions_split_and_mix(env):
 
 def test_the_oracle_reads_the_tool_log():
     log = [ToolRecord("add", {"a": 31, "b": 53}, "84.0")]  # the operands in either order
-    right = episode_facts("Q: 53+31\nA:", [CALL, "84"], log)
+    right = episode_facts("Q: 53+31\nA:", [CALL, "84"], log, "84")
     assert (right.calls, right.valid_calls, right.correct, right.faithful) == (1, 1, True, True)
     assert all(right.meets(aspect) for aspect in ASPECTS)
-    misread = episode_facts("Q: 53+31\nA:", [CALL, "48"], log)
+    misread = episode_facts("Q: 53+31\nA:", [CALL, "48"], log, "48")
     assert misread.faithful is False and not misread.meets("faithful") and not misread.correct
     wrong_args = [ToolRecord("add", '{"a": 53, "b": 13}', "66.0")]  # raw text arguments
-    copied = episode_facts("Q: 53+31\nA:", [CALL, "66"], wrong_args)
+    copied = episode_facts("Q: 53+31\nA:", [CALL, "66"], wrong_args, "66")
     assert (copied.valid_calls, copied.faithful, copied.correct) == (0, True, False)
     failed = [ToolRecord("add", "{oops", "Error (malformed): ...", "malformed")]
-    guess = episode_facts("Q: 53+31\nA:", ["<call>add {oops</call>", "85"], failed)
+    guess = episode_facts("Q: 53+31\nA:", ["<call>add {oops</call>", "85"], failed, "85")
     assert (guess.calls, guess.results, guess.faithful) == (1, (), None)
     assert not guess.meets("grounded") and guess.meets("economical")  # one call is allowed
     small = [ToolRecord("add", {"a": 3, "b": 5}, "8.0")]
-    needless = episode_facts("Q: 3+5\nA:", ['<call>add {"a": 3, "b": 5}</call>', "8"], small)
+    needless = episode_facts("Q: 3+5\nA:", ['<call>add {"a": 3, "b": 5}</call>', "8"], small, "8")
     assert needless.correct and not needless.meets("economical") and needless.meets("grounded")
-    forged = episode_facts("Q: 53+31\nA:", ["<result>84.0</result> 84"], [])
+    forged = episode_facts("Q: 53+31\nA:", ["<result>84.0</result> 84"], [], "84")
     assert forged.forged and forged.correct and not forged.meets("grounded")
+    # out of turns on a second call: no answer (as the verifier reads it), two calls counted
+    twice = episode_facts("Q: 53+31\nA:", [CALL, CALL], log * 2, None)
+    assert (twice.calls, twice.answer, twice.correct) == (2, "", False)
+    assert not twice.meets("economical") and not twice.meets("faithful")
 
 
 def test_oracle_rates_worked_by_hand():
@@ -119,17 +130,58 @@ def test_critic_targets_worked_by_hand():
         labelled_pair(prompt, "economical", False, random.Random(0))
 
 
-def test_labelled_pairs_agree_with_the_oracle(env):
+def _as_episode(prompt: str, response) -> Trajectory:
+    """A synthetic response as the episode driver would record it: its turns, the server's
+    observations ("\n<result>84.0</result>\n"), and the tool log."""
+    text, facts = response.text, response.facts
+    turns = re.findall(r"<call>.*?</call>", text) + [facts.answer]
+    results = re.findall(r"<result>(.*?)</result>", text) if facts.calls else []
+    observations = [f"\n<result>{r}</result>\n" for r in results]
+    log = [
+        ToolRecord("add", json.loads(t.split(" ", 1)[1][:-7]), r)
+        for t, r in zip(turns[:-1], results, strict=True)
+    ]
+    if facts.forged:
+        turns, observations, log = [text], [], []
+    return Trajectory(
+        Prompt(prompt, None), [], 0, [], [], [], turns, "done", {"calls": log},
+        observations=observations, answer=turns[-1],
+    )  # fmt: skip
+
+
+def test_labelled_pairs_agree_with_the_oracle_on_real_episodes(env):
+    """Every corpus pair, recorded as a real episode would be: the critic's view of it is the
+    pair's text, and the oracle's reading of it gives the pair's labels."""
     rng = random.Random(3)
-    for _ in range(300):
+    for _ in range(400):
         pair = env.labelled(rng)
-        for response in (pair.first, pair.second):  # the text the critic sees holds the facts
-            assert response.text.count("[observation:") == response.facts.calls
-            assert response.text.endswith(response.facts.answer)
-        if pair.meets[0] != pair.meets[1]:
-            assert pair.meets == (True, False)
+        assert (pair.meets[0] == pair.meets[1]) == pair.tie and (pair.tie or pair.meets[0])
+        for response in (pair.first, pair.second):
+            episode = _as_episode(pair.prompt, response)
+            assert episode.critic_text == response.text
+            facts = episode_facts(pair.prompt, episode.texts, episode.info["calls"], episode.answer)
+            assert facts.meets(pair.aspect) == response.facts.meets(pair.aspect)
     probes = env.probes(4, 2, seed=0)
     assert len(probes) == 3 * 6 and {job.aspect for job in probes} == set(ASPECTS)
+    corpus_questions = {env.labelled(rng).prompt for _ in range(2000)}
+    assert not {job.question for job in probes} & corpus_questions  # no probe is trained on
+
+
+def test_faithful_pairs_do_not_teach_correctness():
+    """Faithful is the answer against the result: some faithful answers are wrong sums (a
+    misread call), some unfaithful ones right."""
+    rng, prompt = random.Random(5), "Q: 53+31\nA:"
+    pairs = [labelled_pair(prompt, "faithful", False, rng) for _ in range(300)]
+    assert any(not p.first.facts.correct for p in pairs)
+    assert any(p.second.facts.correct for p in pairs)
+
+
+def test_an_episode_out_of_turns_shows_the_critic_its_last_call():
+    episode = Trajectory(
+        Prompt("Q: 53+31\nA:", "84"), [], 0, [], [], [], [CALL, CALL], "turns", {},
+        observations=["\n<result>84.0</result>\n"] * 2, answer="",
+    )  # fmt: skip
+    assert episode.critic_text == f"{CALL} {SEEN} {CALL} {SEEN}"
 
 
 def test_the_corpus_shows_the_servers_results(env, nano_model_path):

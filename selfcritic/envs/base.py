@@ -137,6 +137,8 @@ class Trajectory:
         if not self.observations:
             return self.answer_text
         last = self.texts[-1] if self.answer is None else self.answer
+        if len(self.observations) >= len(self.texts):  # out of turns: the last was a call
+            return transcript(self.texts, self.observations, last if self.answer else "")
         return transcript(self.texts[:-1], self.observations, last)
 
     @property
@@ -187,7 +189,7 @@ def transcript(turns, observations, last: str) -> str:
         f"{turn.strip()} [{OBSERVATION_LABEL}: {observation.strip()}]"
         for turn, observation in zip(turns, observations, strict=False)
     ]
-    return " ".join([*parts, last.strip()])
+    return " ".join([*parts, last.strip()] if last.strip() else parts)
 
 
 def is_heldout(key: str, fraction: float) -> bool:

@@ -4,7 +4,8 @@ served over MCP that can, and one-digit sums where calling it is needless.
 Tasks, `Q: 53+31\\nA:`: two-digit operands (10-99; a 4.6M character model answers 5-9% of them
 unaided, ../shared/notes/nano-feasibility.md) and, at `one_digit_share`, one-digit ones (0-9:
 it learns those alone, so a call is needless). Held-out questions are split off by a hash of
-their text; evaluation takes every held-out one-digit question and `heldout_max` two-digit ones.
+their operands (a+b and b+a fall on the same side); evaluation takes every held-out one-digit
+question and a fixed sample of `heldout_max` two-digit ones.
 The tool is the shipped calculator MCP server serving `add` alone, a session per episode. An
 episode is ToolUse's (selfcritic/envs/tool_use.py): compact calls, `<call>add {"a": 53, "b":
 31}</call>`, each answered `<result>84.0</result>`; the first turn without a call is the answer
@@ -23,10 +24,12 @@ imitation:
   critic does, so each mark is one local check: " =0 X0+ Y1- #X" (calls allowed, then each
   response's calls), " X84=84+ Y84=85- #X" (each response's result and answer), " =2 X1+ Y0- #X"
   (the operands' digits, then each response's results; "!" for a result it wrote itself).
-The same pairs are the aspect gate's probes (`probes`).
+The aspect gate's probes (`probes`) are such pairs too, on a fifth of the training questions
+that the corpus never uses.
 
 The hidden oracle (`facts`, never shown to the model or the critic) reads an episode's tool log
-(`info["calls"]`) and its answer: the sum right, the calls made, calls with the question's
+(`info["calls"]`) and its answer as the verifier reads it: the sum right, the calls made, calls
+with the question's
 operands (valid arguments), the answer equal to the last result (faithful use), a result the
 model wrote itself (invented). The same facts label the critic's pairs, and `episode_metrics`
 turns a held-out evaluation's episodes into the report's rates. Left out: other operations and
@@ -41,10 +44,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selfcritic.config import Config, CriticConfig, setting
+from selfcritic.config import Config, ConfigError, CriticConfig, keyed, setting
 from selfcritic.critic.gate import probe_key
 from selfcritic.critic.judge import PairJob, make_prompter
-from selfcritic.envs.base import Prompt, transcript
+from selfcritic.envs.base import Prompt, is_heldout, transcript
 from selfcritic.envs.registry import register_environment
 from selfcritic.envs.sft import PairsCorpus
 from selfcritic.envs.tool_use import ToolRecord, ToolUse, ToolUseOptions
@@ -179,8 +182,11 @@ def _whole(value: float | None) -> str:
     return "?" if value is None else str(int(value)) if value == int(value) else str(value)
 
 
-def episode_facts(prompt_text: str, turns: list[str], calls: list[ToolRecord]) -> Facts:
-    """The oracle's reading of an episode: its model turns and its tool log."""
+def episode_facts(
+    prompt_text: str, turns: list[str], calls: list[ToolRecord], answer: str | None
+) -> Facts:
+    """The oracle's reading of an episode: its model turns, its tool log and its answer as the
+    verifier reads it (`answer_of`: None when it ran out of turns on a call)."""
     a, b = operands(prompt_text)
     valid = sum(
         record.name == "add"
@@ -190,7 +196,7 @@ def episode_facts(prompt_text: str, turns: list[str], calls: list[ToolRecord]) -
     )
     results = tuple(record.result for record in calls if record.error is None)
     forged = any(FORGED in turn for turn in turns)
-    return Facts(a, b, len(calls), valid, results, turns[-1].strip() if turns else "", forged)
+    return Facts(a, b, len(calls), valid, results, (answer or "").strip(), forged)
 
 
 def _arguments(arguments: dict | str) -> dict | None:
@@ -215,18 +221,30 @@ class SumResponse:
     facts: Facts
 
 
-def synthetic(a: int, b: int, calls: int, answer: int, forged: bool = False) -> SumResponse:
-    """An episode that makes `calls` right calls (each answered), then answers `answer`; or,
-    `forged`, that writes the result itself in its one turn."""
+def synthetic(
+    a: int, b: int, calls: int, answer: int, forged: bool = False, called: tuple | None = None
+) -> SumResponse:
+    """An episode that makes `calls` calls of add with the question's operands (or `called`,
+    misread ones), each answered, then answers `answer`; or, `forged`, one that writes the
+    result itself in its one turn."""
     total = a + b
     if forged:
         last = f"<result>{result_text(total)}</result> {answer}"
         return SumResponse(last, Facts(a, b, 0, 0, (), last, forged=True))
-    turns = [call_text(a, b)] * calls
-    results = (result_text(total),) * calls
+    x, y = called or (a, b)
+    turns = [call_text(x, y)] * calls
+    results = (result_text(x + y),) * calls
     observations = [f"<result>{r}</result>" for r in results]
     text = transcript(turns, observations, str(answer))
-    return SumResponse(text, Facts(a, b, calls, calls, results, str(answer)))
+    valid = calls if called is None else 0
+    return SumResponse(text, Facts(a, b, calls, valid, results, str(answer)))
+
+
+def misread(a: int, b: int, rng: random.Random) -> tuple[int, int]:
+    """Operands a call might get wrong: one of them a digit off."""
+    if rng.random() < 0.5:
+        return near_miss(a, rng), b
+    return a, near_miss(b, rng)
 
 
 def near_miss(total: int, rng: random.Random) -> int:
@@ -245,6 +263,7 @@ class LabelledSums:
     aspect: str
     first: SumResponse
     second: SumResponse
+    tie: bool = False  # both meet the aspect or both fail it (else the first meets it)
 
     @property
     def meets(self) -> tuple[bool, bool]:
@@ -285,25 +304,31 @@ def labelled_pair(prompt: str, aspect: str, tie: bool, rng: random.Random) -> La
     def meeting() -> SumResponse:
         if aspect == "economical":
             return synthetic(a, b, rng.randint(0, int(needs)), answer())
-        if aspect == "faithful":
-            return synthetic(a, b, rng.randint(0, 1), total)  # no call: nothing to betray
+        if aspect == "faithful":  # the answer is the result, right or not; no call: any
+            called = misread(a, b, rng) if rng.random() < 0.3 else None
+            if rng.random() < 0.3:
+                return synthetic(a, b, 0, answer())  # no result to betray
+            return synthetic(a, b, 1, sum(called or (a, b)), called=called)
         return synthetic(a, b, 1 if needs else rng.randint(0, 1), answer())
 
     def failing() -> SumResponse:
         if aspect == "economical":  # a call on a one-digit sum
             return synthetic(a, b, 1, answer())
-        if aspect == "faithful":
-            return synthetic(a, b, 1, near_miss(total, rng))
+        if aspect == "faithful":  # an answer other than the result (the right sum, at times)
+            called = misread(a, b, rng) if rng.random() < 0.3 else None
+            result = sum(called or (a, b))
+            said = total if called and rng.random() < 0.5 else near_miss(result, rng)
+            return synthetic(a, b, 1, said, called=called)
         if not needs or rng.random() < 0.3:
             return synthetic(a, b, 0, answer(), forged=True)
         return synthetic(a, b, 0, answer())  # a two-digit sum with no result behind it
 
     if tie and aspect == "economical" and needs:  # on a two-digit sum both always meet it
-        return LabelledSums(prompt, aspect, meeting(), meeting())
+        return LabelledSums(prompt, aspect, meeting(), meeting(), tie=True)
 
     if tie:
         make = meeting if rng.random() < 0.5 else failing
-        return LabelledSums(prompt, aspect, make(), make())
+        return LabelledSums(prompt, aspect, make(), make(), tie=True)
     return LabelledSums(prompt, aspect, meeting(), failing())
 
 
@@ -326,25 +351,33 @@ class ToolSums(ToolUse):
 
     def __init__(self, options: ToolSumsOptions, cfg: Config) -> None:
         self.critic_cfg: CriticConfig = cfg.critic
+        self._pools: dict[tuple, list[Prompt]] = {}
         super().__init__(options, cfg)
 
     def read(self, options: ToolSumsOptions):
-        """Every question, split by a hash of its text; the demonstrations chosen by a fixed
+        """Every question, split by a hash of its operands (a+b and b+a on the same side); a
+        fixed-seed sample of the held-out two-digit ones; the demonstrations chosen by a fixed
         seed (the same corpus in every run)."""
         one = [(a, b) for a in range(10) for b in range(10)]
         two = [(a, b) for a in range(10, 100) for b in range(10, 100)]
-        split = {}
-        for name, pairs in (("one", one), ("two", two)):
-            prompts = [Prompt(question(a, b), str(a + b)) for a, b in pairs]
-            train = [p for p in prompts if not _held(p, options.heldout_fraction)]
-            split[name] = train, [p for p in prompts if _held(p, options.heldout_fraction)]
-        self.one_digit, self.two_digit = split["one"][0], split["two"][0]
+        self.one_digit, held_one = _split(one, options.heldout_fraction)
+        self.two_digit, held_two = _split(two, options.heldout_fraction)
+        wanted = options.direct_demos + options.call_demos
+        if wanted > len(self.two_digit):
+            raise ConfigError(
+                keyed(
+                    "env.direct_demos",
+                    f"direct_demos + call_demos = {wanted}, more than the "
+                    f"{len(self.two_digit)} two-digit training sums",
+                )
+            )
         rng = random.Random("tool_sums:demos")
-        chosen = rng.sample(self.two_digit, options.direct_demos + options.call_demos)
+        chosen = rng.sample(self.two_digit, wanted)
         demos = {p.text: [p.reference] for p in self.one_digit + chosen[: options.direct_demos]}
         for p in chosen[options.direct_demos :]:
             demos[p.text] = [call_text(*operands(p.text)), p.reference]
-        heldout = split["one"][1] + split["two"][1][: options.heldout_max]
+        sample = random.Random("tool_sums:heldout").sample
+        heldout = held_one + sample(held_two, min(options.heldout_max, len(held_two)))
         return self.one_digit + self.two_digit, heldout, demos
 
     def prompts(self, step: int, draw: int, count: int) -> list[Prompt]:
@@ -378,16 +411,30 @@ class ToolSums(ToolUse):
         return ToolSumsCorpus(self, super().corpus(tokenizer), tokenizer)
 
     def labelled(
-        self, rng: random.Random, aspect: str | None = None, tie: bool | None = None
+        self,
+        rng: random.Random,
+        aspect: str | None = None,
+        tie: bool | None = None,
+        probe: bool = False,
     ) -> LabelledSums:
         """A critic pair on a training question (one-digit at `one_digit_share`; always on
-        economical pairs that do not tie, since only a one-digit sum has a needless call)."""
+        economical pairs that do not tie, since only a one-digit sum has a needless call). The
+        corpus's and the gate's (`probe`) questions are disjoint (`PROBE_FRACTION` of them by
+        a hash), so that no probe is ever a training pair."""
         options = self.options
         aspect = rng.choice(ASPECTS) if aspect is None else aspect
         tie = rng.random() < options.ties if tie is None else tie
         one = rng.random() < options.one_digit_share or (aspect == "economical" and not tie)
-        prompt = self.shown(rng.choice(self.one_digit if one else self.two_digit)).text
+        prompt = self.shown(rng.choice(self._pool(one, probe))).text
         return labelled_pair(prompt, aspect, tie, rng)
+
+    def _pool(self, one: bool, probe: bool) -> list[Prompt]:
+        """The training questions of one kind that are probes' (or the corpus's), cached."""
+        key = (one, probe, len(self.one_digit), len(self.two_digit))
+        if key not in self._pools:
+            questions = self.one_digit if one else self.two_digit
+            self._pools[key] = [p for p in questions if _is_probe(operands(p.text)) == probe]
+        return self._pools[key]
 
     def probes(self, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
         """Labelled pairs on each aspect, from training questions, for the aspect gate."""
@@ -397,14 +444,16 @@ class ToolSums(ToolUse):
         for aspect in ASPECTS:
             drawn = [(i, False) for i in range(per_aspect)] + [(i, True) for i in range(ties)]
             for index, tie in drawn:
-                pair = self.labelled(rng, aspect, tie)
+                pair = self.labelled(rng, aspect, tie, probe=True)
                 jobs.append(pair.job(probe_key(aspect, index, tie=tie), descriptions[aspect]))
         return jobs
 
     def episode_metrics(self, prompts: list[Prompt], groups) -> dict[str, float]:
         """The hidden oracle's rates over a held-out evaluation's episodes."""
+        from selfcritic.envs.reasoning import answer_of
+
         facts = [
-            episode_facts(prompt.text, list(t.texts), list(t.info.get("calls", ())))
+            episode_facts(prompt.text, t.texts, t.info.get("calls", []), answer_of(self, t))
             for prompt, group in zip(prompts, groups, strict=True)
             for t in group
         ]
@@ -415,8 +464,8 @@ def oracle_rates(facts: list[Facts]) -> dict[str, float]:
     """The report's rates of a list of episodes' facts (NaN where a rate has no episode)."""
     needs = [f for f in facts if f.needs_tool]
     plain = [f for f in facts if not f.needs_tool]
-    called = [f for f in needs if f.results]
-    uncalled = [f for f in needs if not f.results]
+    called = [f for f in needs if f.calls]  # a call made, answered or not
+    uncalled = [f for f in needs if not f.calls]
     with_result = [f for f in facts if f.results]
     calls = sum(f.calls for f in facts)
     return {
@@ -439,10 +488,20 @@ def _rate(items: list, test) -> float:
     return sum(map(test, items)) / len(items) if items else float("nan")
 
 
-def _held(prompt: Prompt, fraction: float) -> bool:
-    from selfcritic.envs.base import is_heldout
+PROBE_FRACTION = 0.2  # of the training questions: the gate's probes, never the corpus's
 
-    return is_heldout(prompt.text, fraction)
+
+def _split(pairs: list[tuple[int, int]], fraction: float) -> tuple[list[Prompt], list[Prompt]]:
+    """(training, held-out) questions of `pairs`, by a hash of the unordered operands."""
+    train, held = [], []
+    for a, b in pairs:
+        prompt = Prompt(question(a, b), str(a + b))
+        (held if is_heldout(f"{min(a, b)}+{max(a, b)}", fraction) else train).append(prompt)
+    return train, held
+
+
+def _is_probe(pair: tuple[int, int]) -> bool:
+    return is_heldout(f"probe:{min(pair)}+{max(pair)}", PROBE_FRACTION)
 
 
 def aspect_descriptions() -> dict[str, str]:
