@@ -41,6 +41,18 @@ def test_an_episode_calls_the_mcp_server_and_faults_are_observations():
         assert lines.startswith("Error (unknown_tool): there is no tool named 'divide'")
         assert lines.count("Error (") == 4 and lines.endswith("\n2")  # the session's 2nd count
         assert env.step(episode, "The answer is 1643.", ()).done  # no call: the final answer
+        log = episode.info.pop("calls")  # the tool log: every call, as the tools answered it
+        assert [(r.name, r.result, r.error) for r in log[:2]] == [
+            ("multiply", "1643.0", None),
+            ("count", "1", None),
+        ]
+        assert [r.error for r in log[2:]] == [
+            "unknown_tool",
+            "bad_arguments",
+            "malformed",
+            "tool_error",
+            None,
+        ]
         assert episode.info == {
             "tool_calls": 7,
             "tool_errors/unknown_tool": 1,
