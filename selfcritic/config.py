@@ -242,9 +242,12 @@ class InjectionConfig:
     training pairs (an environment's warm-start verdicts, the calibration pairs) carry injected
     text in one response, either one at random, the label unchanged."""
 
-    # share of the training pairs with an injection in one of the two responses; 0 turns the
-    # training off
-    rate: float = setting(0.3, ge=0, le=1)
+    # share of the training pairs with an injection in one of the two responses; 0 (the
+    # default) turns the training off. Off by default: at 0.3 the nano world's critic came out
+    # weaker and easier to talk round than without (seed 0 on this project's machine, after
+    # RL: agreement 86.6 against 89.9%, consistency 76.7 against 88.2%, held-out family flips
+    # 9.1 against 0.8%; docs/nano-probe-log.md); a training that helps is issue 32's open part
+    rate: float = setting(0.0, ge=0, le=1)
     # the families training draws from (selfcritic/critic/injection.py FAMILIES, or `source`'s)
     families: list[str] = field(default_factory=lambda: ["claim", "verdict", "instruction"])
     # the family never trained on, reported apart in evaluation; None: none held out

@@ -114,8 +114,9 @@ def test_warm_start_critic_pairs_carry_injections_labels_unchanged(nano_model_pa
     tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
     cfg = Config()
     cfg.critic.verdict_mode = "generative"
+    cfg.critic.injection.rate = 0.3  # off by default
     data = WarmStartData(NanoWorldOptions(max_operand=14), cfg.critic, tokenizer)
-    assert data.recipe["injection"]["rate"] == 0.3  # on by default, part of the cache key
+    assert data.recipe["injection"]["rate"] == 0.3  # part of the cache key
     rng, which = random.Random(3), []
     for _ in range(1500):
         task = draw_task(data.options, rng)
