@@ -3,14 +3,18 @@
     python benchmarks/nano_study.py --out runs/study                # full x 3 seeds + ablations
     python benchmarks/nano_study.py --out runs/study --variants full --seeds 0 1 2
     python benchmarks/nano_study.py --out runs/headform --experiment nano_headform
+    python benchmarks/nano_study.py --out runs/tools --experiment tool_world \
+        --variants full verifier_only --seeds 0 1 2 --ablation-seeds 0 1 2
 
 Each run is `python -m selfcritic.run +experiment=EXPERIMENT` (nano unless --experiment) with
 the variant's overrides, in OUT/VARIANT-sSEED (a run whose report.json exists is not run again,
 so an interrupted study continues). All runs share the cached warm-start (its seed is
 warmstart.seed, not the RL seed), and the spread over seeds is the RL stage's; with
 `--vary-warmstart` each seed trains its own warm-start too, and the spread is the whole run's.
-The table gives, per variant, the mean and the spread (sample standard deviation; a single run
-shows none) of each headline metric after warm-start, after RL, and the change. Written to
+Any experiment's report rows are summarised (the tool world's call rates, for one); the nano
+world's under METRICS' labels. The table gives, per variant, the mean and the spread (sample
+standard deviation; a single run shows none) of each metric after warm-start, after RL, and
+the change. Written to
 OUT/summary.md and printed.
 """
 
@@ -104,19 +108,33 @@ def cell(values: list[float], points: bool = True) -> str:
     return f"{mean:.1f} ± {statistics.stdev(values):.1f}"
 
 
+def rows(results: dict[str, list[dict]]) -> list[tuple[str, str]]:
+    """(key, label) of every metric the reports hold, in their order: METRICS' labels for the
+    nano world's, the key itself for another experiment's (its report's rows)."""
+    labels, keys = dict(METRICS), []
+    for reports in results.values():
+        for report in reports:
+            keys += [key for key in report["metrics"] if key not in keys]
+    known = [key for key, _ in METRICS if key in keys]
+    return [(key, labels.get(key, key)) for key in known + [k for k in keys if k not in known]]
+
+
 def summary(results: dict[str, list[dict]]) -> str:
     lines = []
-    for key, label in METRICS:
+    for key, label in rows(results):
+        points = not any(word in key for word in ("chars", "tokens", "length", "count"))
+        unit = "percent; change in points" if points else "change in the same unit"
         lines += [
-            f"\n**{label}** (`{key}`, percent; change in points)\n",
+            f"\n**{label}** (`{key}`, {unit})\n",
             "| variant | runs | after warm-start | after RL | change |",
             "| --- | --- | --- | --- | --- |",
         ]
         for variant, reports in results.items():
             parts = [r["metrics"][key] for r in reports if key in r["metrics"]]
             lines.append(
-                f"| {variant} | {len(parts)} | {cell([p['start'] for p in parts])} "
-                f"| {cell([p['end'] for p in parts])} | {cell([p['change'] for p in parts])} |"
+                f"| {variant} | {len(parts)} | {cell([p['start'] for p in parts], points)} "
+                f"| {cell([p['end'] for p in parts], points)} "
+                f"| {cell([p['change'] for p in parts], points)} |"
             )
     return "\n".join(lines)
 
