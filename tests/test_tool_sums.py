@@ -191,10 +191,10 @@ def test_the_corpus_shows_the_servers_results(env, nano_model_path):
     corpus = env.corpus(tokenizer)
     pairs = corpus.actor.pairs
     # each one-digit training sum and each direct demo one pair; each call demo two
-    assert len(pairs) == len(env.one_digit) + 400 + 2 * 12
+    assert len(pairs) == len(env.one_digit) + 150 + 2 * 30
     texts = [tokenizer.decode(list(c) + list(t)) for c, t in pairs]
     called = [t for t in texts if "<call>add" in t and "<result>" in t]
-    assert len(called) == 12  # the second turn's context holds the server's answer
+    assert len(called) == 30  # the second turn's context holds the server's answer
     for text in called:
         a, b = operands(text)
         assert f"<result>{float(a + b)}</result>" in text  # as `synthetic` renders it

@@ -115,9 +115,12 @@ class ToolSumsOptions(ToolUseOptions):
     one_digit_share: float = setting(0.3, ge=0, le=1)  # of the training questions drawn
     heldout_fraction: float = setting(0.2, ge=0, lt=1)
     heldout_max: int = setting(96, ge=1)  # two-digit held-out questions evaluated
-    direct_demos: int = setting(400, ge=0)  # two-digit sums answered directly in the corpus
-    call_demos: int = setting(12, ge=0)  # two-digit sums answered with a call in the corpus
-    critic_share: float = setting(0.5, ge=0, le=1)  # of each corpus batch: critic verdicts
+    direct_demos: int = setting(150, ge=0)  # two-digit sums answered directly in the corpus
+    call_demos: int = setting(30, ge=0)  # two-digit sums answered with a call in the corpus
+    critic_share: float = setting(0.5, ge=0, le=1)  # of each warm-start batch: critic verdicts
+    # of RL's PTX pairs: critic verdicts (they keep its judging); the rest demonstrations,
+    # which pull the policy back towards the warm-start's low call rate
+    ptx_critic_share: float = setting(0.75, ge=0, le=1)
     ties: float = setting(0.3, ge=0, le=1)  # of the critic pairs: tying on the aspect
     mark_weight: float = setting(4.0, gt=0)  # the verdict marks' weight in the corpus loss
 
@@ -548,10 +551,14 @@ class ToolSumsCorpus:
         return tuple(self.encode(text)), target
 
     def warm_start_batch(self, rng: random.Random, step: int, steps: int):
-        return self.ptx_batch(rng, self.batch_size)
+        return self.mixed(rng, self.batch_size, self.env.options.critic_share)
 
     def ptx_batch(self, rng: random.Random, count: int):
-        critic = sum(rng.random() < self.env.options.critic_share for _ in range(count))
+        return self.mixed(rng, count, self.env.options.ptx_critic_share)
+
+    def mixed(self, rng: random.Random, count: int, critic_share: float):
+        """`count` pairs, each a critic verdict at `critic_share`, else a demonstration."""
+        critic = sum(rng.random() < critic_share for _ in range(count))
         return self.actor.ptx_batch(rng, count - critic) + tuple(
             self.verdict(rng) for _ in range(critic)
         )
