@@ -45,14 +45,24 @@ def env():
     environment.close()
 
 
+def _ops(text: str) -> tuple[int, int]:
+    a, b = re.search(r"Q: (\d+)\*(\d+)", text).groups()
+    return int(a), int(b)
+
+
+def drawn_all(env) -> list:
+    return [p for step in range(50) for p in env.prompts(step, 0, 16)] + env.held_out()
+
+
 def test_questions_split_and_mix(env):
     train = {p.text for p in env.one_digit + env.two_digit}
     held = env.held_out()
-    assert held and not {p.text.removeprefix("Tools: add(a,b)\n") for p in held} & train
+    assert held and not {p.text.split("\n", 1)[1] for p in held} & train
     one = [p for p in held if max(operands(p.text)) < 10]
     assert len(held) - len(one) == 96  # heldout_max two-digit ones, and every one-digit one
     assert len(one) + len(env.one_digit) == 100
     twins = {f"Q: {b}+{a}\nA:" for a, b in map(operands, (p.text for p in held))}
+    assert not {p.text for p in env.products} & {p.text for p in drawn_all(env)}
     assert not twins & train  # b+a is held out with a+b
     assert len({operands(p.text)[0] for p in held if p not in one}) > 40  # spread, not a=10..14
     drawn = [p for step in range(50) for p in env.prompts(step, 0, 16)]
@@ -60,7 +70,8 @@ def test_questions_split_and_mix(env):
     assert drawn[:16] != env.prompts(0, 1, 16) and drawn[:16] != drawn[16:32]
     share = sum(max(operands(p.text)) < 10 for p in drawn) / len(drawn)
     assert 0.25 < share < 0.35  # one_digit_share 0.3 over 800 draws
-    assert all(p.text.startswith("Tools: add(a,b)\nQ: ") and p.text.endswith("\nA:") for p in drawn)
+    prefix = "Tools: add(a,b) multiply(a,b)\nQ: "
+    assert all(p.text.startswith(prefix) and p.text.endswith("\nA:") for p in drawn)
     assert all(int(p.reference) == sum(operands(p.text)) for p in drawn)
 
 
@@ -191,19 +202,25 @@ def test_the_corpus_shows_the_servers_results(env, nano_model_path):
     corpus = env.corpus(tokenizer)
     pairs = corpus.actor.pairs
     # each one-digit training sum and each direct demo one pair; each call demo two
-    assert len(pairs) == len(env.one_digit) + 150 + 2 * 30
+    # each one-digit sum (6 copies) and direct demo one pair; each add or multiply call two
+    assert len(pairs) == 6 * len(env.one_digit) + 300 + 2 * 24 + 2 * 300
     texts = [tokenizer.decode(list(c) + list(t)) for c, t in pairs]
     called = [t for t in texts if "<call>add" in t and "<result>" in t]
-    assert len(called) == 30  # the second turn's context holds the server's answer
+    assert len(called) == 24  # the second turn's context holds the server's answer
+    products = [t for t in texts if "<call>multiply" in t and "<result>" in t]
+    assert len(products) == 300  # the other tool's calls, with the server's results
+    assert all(f"<result>{float(a * b)}</result>" in t for t in products for a, b in [_ops(t)])
     for text in called:
         a, b = operands(text)
         assert f"<result>{float(a + b)}</result>" in text  # as `synthetic` renders it
     batch = corpus.warm_start_batch(random.Random(0), 0, 10)
-    assert len(batch) == 48
+    assert len(batch) == 64
     texts = [[tokenizer.decode(list(ids), skip_special_tokens=True) for ids in p] for p in batch]
     verdicts = [(context, target) for context, target in texts if "#" in target]
-    assert 12 < len(verdicts) < 36  # critic_share 0.5 of 48
-    assert all(context.startswith("C: Tools: add(a,b) Q: ") for context, _ in verdicts)
+    assert 15 < len(verdicts) < 37  # critic_share 0.4 of 64
+    assert all(
+        context.startswith("C: Tools: add(a,b) multiply(a,b) Q: ") for context, _ in verdicts
+    )
     assert all(context.endswith(tuple(f"\n{a}->" for a in ASPECTS)) for context, _ in verdicts)
     longest = max(len(c) + len(t) for c, t in batch)
     assert longest <= 256  # the nano model's context
@@ -218,7 +235,7 @@ def test_the_tool_world_trains_two_steps_and_reports_the_oracles_rates(tmp_path,
     out = tmp_path / "run"
     short = ["warmstart.steps=50", "warmstart.muon_lr=0.01", "warmstart.adamw_lr=3e-3"]
     calls = ["env.call_demos=300", "env.direct_demos=20", "env.heldout_max=16"]
-    calls += ["env.corpus_batch=16", "env.critic_share=0.25"]
+    calls += ["env.corpus_batch=16", "env.critic_share=0.25", "env.product_demos=40"]
     settings = [*short, *calls, "data.prompts_per_step=8", "tracking.samples_every=1"]
     records = train_two_steps(out, cache_dir, *settings, experiment="tool_world")
     for record in records[1:]:

@@ -124,7 +124,7 @@ class DatasetEnvironment(SingleTurn):
 
         def make_pairs():
             pairs = []
-            for prompt in self.train:
+            for prompt in self.demonstrated():
                 shown, found = self.shown(prompt), self.demonstration(prompt)
                 if found is not None:
                     ids = encode(shown.text, shown.system, shown.tools)
@@ -134,6 +134,11 @@ class DatasetEnvironment(SingleTurn):
 
         recipe = {"options": dataclasses.asdict(self.options), "chat": encode.template}
         return PairsCorpus(make_pairs, recipe, self.sources(), self.options.corpus_batch)
+
+    def demonstrated(self) -> list[Prompt]:
+        """The prompts whose demonstrations the corpus holds: the training prompts (a subclass
+        may add prompts that are demonstrated only, never drawn)."""
+        return self.train
 
     def sources(self) -> tuple[Path, ...]:
         """The files the supervised pairs are made from (part of the warm-start's cache key)."""

@@ -6,17 +6,21 @@ unaided, ../shared/notes/nano-feasibility.md) and, at `one_digit_share`, one-dig
 it learns those alone, so a call is needless). Held-out questions are split off by a hash of
 their operands (a+b and b+a fall on the same side); evaluation takes every held-out one-digit
 question and a fixed sample of `heldout_max` two-digit ones.
-The tool is the shipped calculator MCP server serving `add` alone, a session per episode. An
+The tool is the shipped calculator MCP server serving `add` and `multiply` (the other tool,
+shown in the warm-start only), a session per episode. An
 episode is ToolUse's (selfcritic/envs/tool_use.py): compact calls, `<call>add {"a": 53, "b":
 31}</call>`, each answered `<result>84.0</result>`; the first turn without a call is the answer
 the verifier (exact_number) checks.
 
 The warm-start corpus (`ToolSumsCorpus`) teaches the format without solving the task by
 imitation:
-- actor pairs: every training one-digit sum answered directly; `direct_demos` two-digit sums
-  answered directly with the right sum (what an answer looks like; the model gets a few right);
-  `call_demos` two-digit sums answered with a call, the result the server really returns, then
-  the sum: few, so that tool use before RL is low and RL has to raise it;
+- actor pairs: every training one-digit sum answered directly (`one_digit_copies` times each);
+  `direct_demos` two-digit sums answered directly with the right sum (what an answer looks
+  like; the model gets a few right); `call_demos` two-digit sums answered with an `add` call,
+  the result the server really returns, then the sum: few, so that tool use on sums before RL
+  is low and RL has to raise it; and `product_demos` products (`Q: 53*31`, never drawn or
+  evaluated) answered with a `multiply` call and its result: the call format, copying the
+  operands into a call and the result into the answer, learned on the other tool;
 - critic pairs (`critic_share` of each batch) on the process rubric `tool_sums` (economical,
   faithful, grounded), drawn fresh each step: the critic prompt of a labelled pair (the run's
   template), the better shown first or second at random, `ties` of them tying on the aspect. The
@@ -89,10 +93,16 @@ def number(text: str) -> float | None:
     return last_number(text)
 
 
+def product(a: int, b: int) -> str:
+    """A demonstration-only question: a call of the other tool (never drawn, never evaluated)."""
+    return f"Q: {a}*{b}\nA:"
+
+
 def calculator_tools() -> ToolsOptions:
-    """The shipped calculator MCP server over HTTP, serving `add` alone."""
+    """The shipped calculator MCP server over HTTP, serving `add` and `multiply`."""
     command = ["python", "-m", "selfcritic.tools.servers.calculator", "--http", "--port"]
-    server = McpServerSpec("calc", transport="http", command=[*command, "{port}", "--tools", "add"])
+    tools = ["--tools", "add,multiply"]
+    server = McpServerSpec("calc", transport="http", command=[*command, "{port}", *tools])
     return ToolsOptions(mcp_servers=[server], call_timeout_s=10.0)
 
 
@@ -115,8 +125,15 @@ class ToolSumsOptions(ToolUseOptions):
     one_digit_share: float = setting(0.3, ge=0, le=1)  # of the training questions drawn
     heldout_fraction: float = setting(0.2, ge=0, lt=1)
     heldout_max: int = setting(96, ge=1)  # two-digit held-out questions evaluated
-    direct_demos: int = setting(150, ge=0)  # two-digit sums answered directly in the corpus
-    call_demos: int = setting(30, ge=0)  # two-digit sums answered with a call in the corpus
+    direct_demos: int = setting(300, ge=0)  # two-digit sums answered directly in the corpus
+    call_demos: int = setting(24, ge=0)  # two-digit sums answered with a call in the corpus
+    # products answered with a `multiply` call in the corpus: the call format, copying the
+    # operands into a call and its result into the answer, shown on the other tool
+    product_demos: int = setting(300, ge=0)
+    # copies of each one-digit demonstration in the corpus: the model must do these alone
+    # well, or a call there is not needless (100 facts among a thousand pairs are seen too
+    # rarely otherwise)
+    one_digit_copies: int = setting(6, ge=1)
     critic_share: float = setting(0.5, ge=0, le=1)  # of each warm-start batch: critic verdicts
     # of RL's PTX pairs: critic verdicts (they keep its judging); the rest demonstrations,
     # which pull the policy back towards the warm-start's low call rate
@@ -381,7 +398,15 @@ class ToolSums(ToolUse):
             demos[p.text] = [call_text(*operands(p.text)), p.reference]
         sample = random.Random("tool_sums:heldout").sample
         heldout = held_one + sample(held_two, min(options.heldout_max, len(held_two)))
+        products = rng.sample([(a, b) for a, b in two], options.product_demos)
+        self.products = [Prompt(product(a, b), str(a * b)) for a, b in products]
+        for (a, b), p in zip(products, self.products, strict=True):
+            demos[p.text] = [f"<call>multiply {json.dumps({'a': a, 'b': b})}</call>", p.reference]
         return self.one_digit + self.two_digit, heldout, demos
+
+    def demonstrated(self) -> list[Prompt]:
+        copies = self.one_digit * (self.options.one_digit_copies - 1)
+        return self.train + copies + self.products
 
     def prompts(self, step: int, draw: int, count: int) -> list[Prompt]:
         """`count` questions, one-digit at `one_digit_share`: a pure function of (data.seed,
