@@ -208,12 +208,8 @@ def episode_facts(
     """The oracle's reading of an episode: its model turns, its tool log and its answer as the
     verifier reads it (`answer_of`: None when it ran out of turns on a call)."""
     a, b = operands(prompt_text)
-    valid = sum(
-        record.name == "add"
-        and isinstance(record.arguments, dict | str)
-        and _arguments(record.arguments) in ({"a": a, "b": b}, {"a": b, "b": a})
-        for record in calls
-    )
+    asked = ({"a": a, "b": b}, {"a": b, "b": a})
+    valid = sum(record.name == "add" and _arguments(record.arguments) in asked for record in calls)
     results = tuple(record.result for record in calls if record.error is None)
     forged = any(FORGED in turn for turn in turns)
     return Facts(a, b, len(calls), valid, results, (answer or "").strip(), forged)
@@ -317,7 +313,7 @@ def labelled_pair(prompt: str, aspect: str, tie: bool, rng: random.Random) -> La
     def answer() -> int:
         return total if rng.random() < 0.5 else near_miss(total, rng)
 
-    needs = max(a, b) >= 10
+    needs = Facts(a, b).needs_tool
     if aspect == "economical" and needs and not tie:
         raise ValueError("no call on a two-digit sum is needless: economical pairs of one tie")
 
