@@ -27,7 +27,7 @@ from selfcritic.envs.tool_use import ToolRecord
 from selfcritic.run import CONF_DIR, to_config
 
 CALL = '<call>add {"a": 53, "b": 31}</call>'
-SEEN = "[observation: <result>84.0</result>]"
+SEEN = "[observation: <result>84</result>]"
 
 
 def _config(*overrides: str):
@@ -76,7 +76,7 @@ def test_questions_split_and_mix(env):
 
 
 def test_the_oracle_reads_the_tool_log():
-    log = [ToolRecord("add", {"a": 31, "b": 53}, "84.0")]  # the operands in either order
+    log = [ToolRecord("add", {"a": 31, "b": 53}, "84")]  # the operands in either order
     right = episode_facts("Q: 53+31\nA:", [CALL, "84"], log, "84")
     assert (right.calls, right.valid_calls, right.correct, right.faithful) == (1, 1, True, True)
     assert all(right.meets(aspect) for aspect in ASPECTS)
@@ -92,7 +92,7 @@ def test_the_oracle_reads_the_tool_log():
     small = [ToolRecord("add", {"a": 3, "b": 5}, "8.0")]
     needless = episode_facts("Q: 3+5\nA:", ['<call>add {"a": 3, "b": 5}</call>', "8"], small, "8")
     assert needless.correct and not needless.meets("economical") and needless.meets("grounded")
-    forged = episode_facts("Q: 53+31\nA:", ["<result>84.0</result> 84"], [], "84")
+    forged = episode_facts("Q: 53+31\nA:", ["<result>84</result> 84"], [], "84")
     assert forged.forged and forged.correct and not forged.meets("grounded")
     # out of turns on a second call: no answer (as the verifier reads it), two calls counted
     twice = episode_facts("Q: 53+31\nA:", [CALL, CALL], log * 2, None)
@@ -102,7 +102,7 @@ def test_the_oracle_reads_the_tool_log():
 
 def test_oracle_rates_worked_by_hand():
     facts = [
-        Facts(53, 31, 1, 1, ("84.0",), "84"),  # two-digit, called, right, faithful
+        Facts(53, 31, 1, 1, ("84",), "84"),  # two-digit, called, right, faithful
         Facts(53, 31, 1, 0, ("66.0",), "85"),  # two-digit, called with wrong operands, unfaithful
         Facts(20, 30, 0, 0, (), "50"),  # two-digit, unaided, right
         Facts(20, 30, 0, 0, (), "<result>50.0</result> 51", forged=True),  # invented
@@ -143,7 +143,7 @@ def test_critic_targets_worked_by_hand():
 
 def _as_episode(prompt: str, response) -> Trajectory:
     """A synthetic response as the episode driver would record it: its turns, the server's
-    observations ("\n<result>84.0</result>\n"), and the tool log."""
+    observations ("\n<result>84</result>\n"), and the tool log."""
     text, facts = response.text, response.facts
     turns = re.findall(r"<call>.*?</call>", text) + [facts.answer]
     results = re.findall(r"<result>(.*?)</result>", text) if facts.calls else []
@@ -190,7 +190,7 @@ def test_faithful_pairs_do_not_teach_correctness():
 def test_an_episode_out_of_turns_shows_the_critic_its_last_call():
     episode = Trajectory(
         Prompt("Q: 53+31\nA:", "84"), [], 0, [], [], [], [CALL, CALL], "turns", {},
-        observations=["\n<result>84.0</result>\n"] * 2, answer="",
+        observations=["\n<result>84</result>\n"] * 2, answer="",
     )  # fmt: skip
     assert episode.critic_text == f"{CALL} {SEEN} {CALL} {SEEN}"
 
@@ -209,10 +209,10 @@ def test_the_corpus_shows_the_servers_results(env, nano_model_path):
     assert len(called) == 24  # the second turn's context holds the server's answer
     products = [t for t in texts if "<call>multiply" in t and "<result>" in t]
     assert len(products) == 300  # the other tool's calls, with the server's results
-    assert all(f"<result>{float(a * b)}</result>" in t for t in products for a, b in [_ops(t)])
+    assert all(f"<result>{a * b}</result>" in t for t in products for a, b in [_ops(t)])
     for text in called:
         a, b = operands(text)
-        assert f"<result>{float(a + b)}</result>" in text  # as `synthetic` renders it
+        assert f"<result>{a + b}</result>" in text  # as `synthetic` renders it
     batch = corpus.warm_start_batch(random.Random(0), 0, 10)
     assert len(batch) == 64
     texts = [[tokenizer.decode(list(ids), skip_special_tokens=True) for ids in p] for p in batch]

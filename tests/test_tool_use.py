@@ -31,7 +31,7 @@ def test_an_episode_calls_the_mcp_server_and_faults_are_observations():
         episode = env.reset(prompt)
         turn = 'First <call>multiply {"a": 53, "b": 31}</call> then <call>count</call>'
         step = env.step(episode, turn, ())
-        assert not step.done and step.observation == "\n<result>1643.0\n1</result>\n"
+        assert not step.done and step.observation == "\n<result>1643\n1</result>\n"
         faults = (
             '<call>divide {"a": 1}</call><call>add {"a": "x", "b": 1}</call><call>add {oops'
             '}</call><call>lookup {"name": "tau"}</call><call>count</call>'
@@ -43,7 +43,7 @@ def test_an_episode_calls_the_mcp_server_and_faults_are_observations():
         assert env.step(episode, "The answer is 1643.", ()).done  # no call: the final answer
         log = episode.info.pop("calls")  # the tool log: every call, as the tools answered it
         assert [(r.name, r.result, r.error) for r in log[:2]] == [
-            ("multiply", "1643.0", None),
+            ("multiply", "1643", None),
             ("count", "1", None),
         ]
         assert [r.error for r in log[2:]] == [
@@ -78,7 +78,7 @@ def test_hermes_calls_to_a_stdio_server_are_answered_as_tool_messages():
         episode = env.reset(env.prompts(1, 0, 1)[0])
         call = {"name": "add", "arguments": {"a": 2, "b": 40}}
         step = env.step(episode, f"<tool_call>{json.dumps(call)}</tool_call>", ())
-        assert env.format is FORMATS["hermes"] and step.observation == "42.0"
+        assert env.format is FORMATS["hermes"] and step.observation == "42"
         assert env.step(episode, '<tool_call>{"name": "count"}</tool_call>', ()).observation == "1"
         env.close_episode(episode)
     finally:

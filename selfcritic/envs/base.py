@@ -184,7 +184,7 @@ class Environment(Protocol):
 def transcript(turns, observations, last: str) -> str:
     """An episode as the critic sees it (`Trajectory.critic_text`): each earlier turn with the
     observation that answered it in brackets, then the last turn ("<call>add {...}</call>
-    [observation: <result>84.0</result>] 84")."""
+    [observation: <result>84</result>] 84")."""
     parts = [
         f"{turn.strip()} [{OBSERVATION_LABEL}: {observation.strip()}]"
         for turn, observation in zip(turns, observations, strict=False)

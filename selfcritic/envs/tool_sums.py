@@ -9,7 +9,7 @@ question and a fixed sample of `heldout_max` two-digit ones.
 The tool is the shipped calculator MCP server serving `add` and `multiply` (the other tool,
 shown in the warm-start only), a session per episode. An
 episode is ToolUse's (selfcritic/envs/tool_use.py): compact calls, `<call>add {"a": 53, "b":
-31}</call>`, each answered `<result>84.0</result>`; the first turn without a call is the answer
+31}</call>`, each answered `<result>84</result>`; the first turn without a call is the answer
 the verifier (exact_number) checks.
 
 The warm-start corpus (`ToolSumsCorpus`) teaches the format without solving the task by
@@ -82,8 +82,8 @@ def call_text(a: int, b: int) -> str:
 
 
 def result_text(total: int) -> str:
-    """What the calculator's `add` returns for a whole sum (floats in, a float out: "84.0")."""
-    return str(float(total))
+    """What the calculator's `add` returns for a whole sum ("84")."""
+    return str(total)
 
 
 def number(text: str) -> float | None:

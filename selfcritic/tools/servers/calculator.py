@@ -32,14 +32,16 @@ server = MCPServer("calculator", log_level="WARNING")
 calls_by_session: collections.Counter[str] = collections.Counter()
 
 
-def add(a: float, b: float) -> float:
+def add(a: float, b: float) -> float | int:
     """Add two numbers."""
-    return a + b
+    total = a + b  # a whole sum as a whole number, "129" not "129.0": what a model copies
+    return int(total) if float(total).is_integer() else total
 
 
-def multiply(a: float, b: float) -> float:
+def multiply(a: float, b: float) -> float | int:
     """Multiply two numbers."""
-    return a * b
+    product = a * b
+    return int(product) if float(product).is_integer() else product
 
 
 def lookup(name: str) -> str:
