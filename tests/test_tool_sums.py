@@ -201,12 +201,16 @@ def test_the_corpus_shows_the_servers_results(env, nano_model_path):
     tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
     corpus = env.corpus(tokenizer)
     pairs = corpus.actor.pairs
-    # each one-digit training sum and each direct demo one pair; each call demo two
-    # each one-digit sum (6 copies) and direct demo one pair; each add or multiply call two
-    assert len(pairs) == 6 * len(env.one_digit) + 300 + 2 * 24 + 2 * 300
+    # each one-digit sum (6 copies) and direct demo one pair; each add or multiply call two:
+    # 24 two-digit sums, 300 products, and every one-digit sum twice with a needless call
+    needless = 2 * len(env.one_digit)
+    assert len(pairs) == 6 * len(env.one_digit) + 300 + 2 * (24 + needless + 300)
     texts = [tokenizer.decode(list(c) + list(t)) for c, t in pairs]
     called = [t for t in texts if "<call>add" in t and "<result>" in t]
-    assert len(called) == 24  # the second turn's context holds the server's answer
+    assert len(called) == 24 + needless  # the second turn's context holds the server's answer
+    one_digit = [t for t in called if max(operands(t)) < 10]
+    assert len(one_digit) == needless
+    assert {operands(t) for t in one_digit} == {operands(p.text) for p in env.one_digit}
     products = [t for t in texts if "<call>multiply" in t and "<result>" in t]
     assert len(products) == 300  # the other tool's calls, with the server's results
     assert all(f"<result>{a * b}</result>" in t for t in products for a, b in [_ops(t)])

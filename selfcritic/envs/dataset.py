@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,16 +125,23 @@ class DatasetEnvironment(SingleTurn):
 
         def make_pairs():
             pairs = []
-            for prompt in self.demonstrated():
-                shown, found = self.shown(prompt), self.demonstration(prompt)
-                if found is not None:
-                    ids = encode(shown.text, shown.system, shown.tools)
-                    budget = getattr(self, "max_observation_tokens", None)
-                    pairs += demonstration_pairs(ids, *found, encode, budget)
+            for prompt, found in self.demonstrations():
+                shown = self.shown(prompt)
+                ids = encode(shown.text, shown.system, shown.tools)
+                budget = getattr(self, "max_observation_tokens", None)
+                pairs += demonstration_pairs(ids, *found, encode, budget)
             return pairs
 
         recipe = {"options": dataclasses.asdict(self.options), "chat": encode.template}
         return PairsCorpus(make_pairs, recipe, self.sources(), self.options.corpus_batch)
+
+    def demonstrations(self) -> Iterator[tuple[Prompt, tuple[list[str], list[str]]]]:
+        """(prompt, (turns, observations)) for each demonstration the corpus holds: one per
+        demonstrated prompt that has one (a subclass may show a prompt answered two ways)."""
+        for prompt in self.demonstrated():
+            found = self.demonstration(prompt)
+            if found is not None:
+                yield prompt, found
 
     def demonstrated(self) -> list[Prompt]:
         """The prompts whose demonstrations the corpus holds: the training prompts (a subclass

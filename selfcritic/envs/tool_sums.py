@@ -18,7 +18,10 @@ imitation:
   `direct_demos` two-digit sums answered directly with the right sum (what an answer looks
   like; the model gets a few right); `call_demos` two-digit sums answered with an `add` call,
   the result the server really returns, then the sum: few, so that tool use on sums before RL
-  is low and RL has to raise it; and `product_demos` products (`Q: 53*31`, never drawn or
+  is low and RL has to raise it; every training one-digit sum answered with a needless `add`
+  call too, `needless_copies` times (against `one_digit_copies` direct answers), so that some
+  needless calls exist before RL for the critic's economical aspect to take away; and
+  `product_demos` products (`Q: 53*31`, never drawn or
   evaluated) answered with a `multiply` call and its result: the call format, copying the
   operands into a call and the result into the answer, learned on the other tool;
 - critic pairs (`critic_share` of each batch) on the process rubric `tool_sums` (economical,
@@ -134,6 +137,10 @@ class ToolSumsOptions(ToolUseOptions):
     # well, or a call there is not needless (100 facts among a thousand pairs are seen too
     # rarely otherwise)
     one_digit_copies: int = setting(6, ge=1)
+    # copies of each one-digit sum answered with a (needless) `add` call in the corpus: needless
+    # calls before RL, which the critic's economical aspect has to take away (the verifier
+    # cannot: the tool's result is right)
+    needless_copies: int = setting(2, ge=0)
     critic_share: float = setting(0.5, ge=0, le=1)  # of each warm-start batch: critic verdicts
     # of RL's PTX pairs: critic verdicts (they keep its judging); the rest demonstrations,
     # which pull the policy back towards the warm-start's low call rate
@@ -403,6 +410,13 @@ class ToolSums(ToolUse):
     def demonstrated(self) -> list[Prompt]:
         copies = self.one_digit * (self.options.one_digit_copies - 1)
         return self.train + copies + self.products
+
+    def demonstrations(self):
+        """The demonstrations (DatasetEnvironment's), then each training one-digit sum answered
+        with a needless call, `needless_copies` times."""
+        yield from super().demonstrations()
+        for prompt in self.one_digit * self.options.needless_copies:
+            yield prompt, self.observed([call_text(*operands(prompt.text)), prompt.reference])
 
     def prompts(self, step: int, draw: int, count: int) -> list[Prompt]:
         """`count` questions, one-digit at `one_digit_share`: a pure function of (data.seed,

@@ -157,9 +157,11 @@ class ToolUse(DatasetEnvironment):
         """A demonstration's turns, and the observations its calls really get (the tools run,
         in an episode of their own): the warm-start shows what RL will see."""
         found = super().demonstration(prompt)
-        if found is None:
-            return None
-        turns, box = found[0], self.runtime().episode()
+        return None if found is None else self.observed(found[0])
+
+    def observed(self, turns: list[str]) -> tuple[list[str], list[str]]:
+        """A demonstration's turns and the observations their calls get from the tools."""
+        box = self.runtime().episode()
         try:
             observations = [self._results(box, parse_calls(t, self.format), {}) for t in turns[:-1]]
         finally:
