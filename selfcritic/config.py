@@ -45,6 +45,8 @@ def setting(
 
 # Architecture families a model can be built in (selfcritic/model/families.py maps them).
 MODEL_FAMILIES = ("deepseek_v3", "qwen3", "llama")
+# Tokenizers a locally built model can have (selfcritic/model/tokenizer.py, bpe.py).
+TOKENIZER_KINDS = ("char", "bpe")
 
 
 @dataclass
@@ -102,6 +104,10 @@ class ModelConfig:
     # import path "package.module:NAME" of a tuple of strings (the nano world's stock phrases,
     # so that noticing a defect is noticing one token); None: characters only
     phrases: str | None = "selfcritic.envs.nano.phrases:STOCK_PHRASES"
+    # the tokenizer of a locally built model: "char" (a token a character, and the `phrases`)
+    # or "bpe" (a byte-level BPE with ChatML trained on the environment's training texts,
+    # selfcritic/model/bpe.py, of at most `arch.vocab_size` tokens; `phrases` unused)
+    tokenizer: str = setting("char", one_of=TOKENIZER_KINDS)
     # run the checkpoint's own code (its config, model or tokenizer classes: Kimi K2's and
     # Moonlight's tokenizers) when transformers and vLLM load it; only for checkpoints you trust
     trust_remote_code: bool = False

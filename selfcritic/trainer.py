@@ -47,6 +47,7 @@ from selfcritic.config import Config, ConfigError, keyed
 from selfcritic.critic.gate import load_probes, unchecked_warning
 from selfcritic.critic.judge import make_prompter, prompt_encoder, verdict_token_ids
 from selfcritic.critic.judge_weights import JudgeWeights
+from selfcritic.critic.prompts import CHAT_TEMPLATE
 from selfcritic.critic.self_critic import CritiqueResult, SelfCritic
 from selfcritic.envs.base import OBSERVATION_LABEL, Prompt, Trajectory
 from selfcritic.envs.reasoning import answer_of, final_answer
@@ -208,7 +209,7 @@ class Trainer:
         if warning := overlap_warning(cfg):
             print(warning, flush=True)
         cache = Path(cfg.trainer.cache_dir).expanduser()
-        self.model_path = prepare_model(cfg.model, cache)
+        self.model_path = prepare_model(cfg.model, cache, self._tokenizer_texts)
         # the tokenizer the warm-start keeps: the lengths are checked before any long work
         trust = cfg.model.trust_remote_code
         self.tokenizer = load_tokenizer(self.model_path, trust)
@@ -287,6 +288,22 @@ class Trainer:
             (getattr(env, capability) for env in self.parts.values() if hasattr(env, capability)),
             None,
         )
+
+    def _tokenizer_texts(self) -> list[str]:
+        """What a `model.tokenizer=bpe` tokenizer is trained on: every part's training texts
+        and the critic's prompt template (so its fixed lines are a few tokens each)."""
+        parts = [env for env in self.parts.values() if hasattr(env, "texts")]
+        if not parts:
+            raise ConfigError(
+                keyed(
+                    "model.tokenizer",
+                    f"bpe trains on the environment's texts, and {self.cfg.env.name!r} gives "
+                    "none (a dataset environment does): use model.tokenizer=char",
+                )
+            )
+        return [self.cfg.critic.template or CHAT_TEMPLATE] + [
+            text for env in parts for text in env.texts()
+        ]
 
     def default_rubric(self, label: str) -> str:
         """The rubric of part `label`'s prompts that name none: `critic.rubric`, else the

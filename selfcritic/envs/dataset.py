@@ -143,6 +143,12 @@ class DatasetEnvironment(SingleTurn):
             if found is not None:
                 yield prompt, found
 
+    def texts(self) -> list[str]:
+        """The training texts a `model.tokenizer=bpe` tokenizer learns from: each training
+        prompt, its reference and its demonstration's turns (never a held-out one's)."""
+        found = [p.text for p in self.train] + [p.reference for p in self.train if p.reference]
+        return found + [turn for prompt in self.train for turn in self.demos.get(prompt.text, [])]
+
     def demonstrated(self) -> list[Prompt]:
         """The prompts whose demonstrations the corpus holds: the training prompts (a subclass
         may add prompts that are demonstrated only, never drawn)."""

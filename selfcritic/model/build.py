@@ -17,10 +17,13 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from selfcritic.config import ModelConfig
+from selfcritic.model.bpe import CHATML, train_chat_tokenizer
+from selfcritic.model.bpe import SPECIAL_TOKENS as BPE_SPECIALS
 from selfcritic.model.families import (
     VLLM_ROUTING_FIELDS,
     family_config_dict,
@@ -45,28 +48,48 @@ def deepseek_config_dict(cfg: ModelConfig) -> dict:
     )
 
 
-def prepare_model(cfg: ModelConfig, cache_dir: Path) -> Path:
-    """Return a directory holding a loadable checkpoint and tokenizer, building it if needed."""
+def prepare_model(
+    cfg: ModelConfig, cache_dir: Path, texts: Callable[[], list[str]] | None = None
+) -> Path:
+    """Return a directory holding a loadable checkpoint and tokenizer, building it if needed.
+    `texts` gives the training texts of a `model.tokenizer=bpe` tokenizer (the environment's)."""
     if cfg.path:
         return checkpoint_for_engines(Path(cfg.path).expanduser(), cache_dir)
     family, fields = cfg.arch.family, family_config_dict(cfg)
     # The key covers everything the built files depend on: a change of family, dimensions,
-    # seed, tokenizer alphabet or phrases, or build format gets a new directory, not a stale
-    # model.
-    phrases = load_phrases(cfg.phrases)
-    recipe = [family, fields, cfg.seed, ALPHABET, SPECIAL_TOKENS, phrases, _BUILD_FORMAT]
+    # seed, tokenizer (its alphabet and phrases, or the BPE's texts), or build format gets a new
+    # directory, not a stale model.
+    if cfg.tokenizer == "bpe":
+        if texts is None:
+            raise ValueError("model.tokenizer=bpe needs the texts to train it on")
+        corpus = texts()
+        digest = hashlib.sha256("\0".join(corpus).encode()).hexdigest()
+        recipe = [family, fields, cfg.seed, "bpe", BPE_SPECIALS, CHATML, digest, _BUILD_FORMAT]
+
+        def tokenizer(directory: Path) -> None:
+            train_chat_tokenizer(
+                corpus, directory, fields["vocab_size"], fields["max_position_embeddings"]
+            )
+    else:
+        phrases = load_phrases(cfg.phrases)
+        recipe = [family, fields, cfg.seed, ALPHABET, SPECIAL_TOKENS, phrases, _BUILD_FORMAT]
+
+        def tokenizer(directory: Path) -> None:
+            build_char_tokenizer(directory, fields["max_position_embeddings"], phrases)
+
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     target = cache_dir / "models" / f"{cfg.preset}-{key}"
     if (target / _COMPLETE_MARKER).exists():
         return target
-    _build_locally(family, fields, cfg.seed, phrases, target)
+    _build_locally(family, fields, cfg.seed, tokenizer, target)
     return target
 
 
 def _build_locally(
-    family: str, fields: dict, seed: int, phrases: tuple[str, ...], target: Path
+    family: str, fields: dict, seed: int, tokenizer: Callable[[Path], None], target: Path
 ) -> None:
-    """Initialise the model from `seed` and write it atomically (temp dir, then rename)."""
+    """Initialise the model from `seed`, write it and its tokenizer (`tokenizer(directory)`)
+    atomically (temp dir, then rename)."""
     import torch
     from transformers import GenerationConfig
 
@@ -74,9 +97,10 @@ def _build_locally(
     shutil.rmtree(staging, ignore_errors=True)
     torch.manual_seed(seed)
     model = model_from_fields(family, fields).to(torch.float32)
-    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    ids = {k: fields[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    model.generation_config = GenerationConfig(**ids)
     model.save_pretrained(str(staging))
-    build_char_tokenizer(staging, fields["max_position_embeddings"], phrases)
+    tokenizer(staging)
     (staging / _COMPLETE_MARKER).touch()
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)

@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from selfcritic.config import MODEL_FAMILIES, Config, ModelConfig
+from selfcritic.model.bpe import MIN_VOCAB as BPE_MIN_VOCAB
 from selfcritic.model.tokenizer import load_phrases, vocab_size
 from selfcritic.preflight import Problems, preflight_check
 
@@ -56,11 +57,11 @@ def family_config_dict(cfg: ModelConfig) -> dict:
     arch = dataclasses.asdict(cfg.arch)
     family = arch.pop("family")
     head_dim = arch.pop("head_dim")
-    needed = vocab_size(load_phrases(cfg.phrases))
+    needed = BPE_MIN_VOCAB if cfg.tokenizer == "bpe" else vocab_size(load_phrases(cfg.phrases))
     if arch["vocab_size"] < needed:
         raise ValueError(
-            f"model.arch.vocab_size={arch['vocab_size']} is smaller than the tokenizer's "
-            f"{needed} tokens: raise it to at least {needed}"
+            f"model.arch.vocab_size={arch['vocab_size']} is smaller than the {cfg.tokenizer} "
+            f"tokenizer's {needed} tokens: raise it to at least {needed}"
         )
     if family == "deepseek_v3":
         fields = {**arch, **VLLM_ROUTING_FIELDS}
@@ -70,7 +71,10 @@ def family_config_dict(cfg: ModelConfig) -> dict:
         fields["rope_scaling"] = arch["rope_scaling"]
     if fields["rope_scaling"] is None:
         del fields["rope_scaling"]
-    return {**fields, **_SPECIAL_IDS, "tie_word_embeddings": False, "torch_dtype": "float32"}
+    # the BPE's specials come first: <|endoftext|> (pad) 0, <|im_start|> 1, <|im_end|> (EOS)
+    # 2; a chat prompt starts with <|im_start|> from its template, not with a BOS
+    special = _SPECIAL_IDS | ({"bos_token_id": None} if cfg.tokenizer == "bpe" else {})
+    return {**fields, **special, "tie_word_embeddings": False, "torch_dtype": "float32"}
 
 
 def model_from_fields(family: str, fields: dict):
@@ -111,6 +115,18 @@ def _grouped_query_heads(cfg: Config, problems: Problems) -> None:
         "model.arch.num_key_value_heads",
         f"{arch.num_key_value_heads} does not divide num_attention_heads="
         f"{arch.num_attention_heads}: choose a divisor (equal for plain multi-head attention)",
+    )
+
+
+@preflight_check
+def _bpe_is_built_here(cfg: Config, problems: Problems) -> None:
+    """`model.tokenizer=bpe` trains the tokenizer of a locally built model: a checkpoint
+    (`model.path`) brings its own."""
+    problems.require(
+        cfg.model.tokenizer != "bpe" or not cfg.model.path,
+        "model.tokenizer",
+        f"bpe trains the tokenizer of a locally built model, but model.path={cfg.model.path!r} "
+        "brings its own: leave model.tokenizer unset (char) with model.path",
     )
 
 
