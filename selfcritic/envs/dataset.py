@@ -25,14 +25,16 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfcritic.config import Config, ConfigError, keyed, setting
+from selfcritic.critic.judge import PairJob
 from selfcritic.envs.base import Prompt, SingleTurn, is_heldout
 from selfcritic.envs.reasoning import check_tags
 from selfcritic.envs.registry import register_environment
 from selfcritic.envs.sft import PairsCorpus, demonstration_pairs
+from selfcritic.envs.verdicts import VerdictCorpus, VerdictOptions, answer_probes
 from selfcritic.model.chat import prompt_encoder
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -57,6 +59,8 @@ class DatasetOptions:
     # (the response), or a list of a tool episode's turns; None: the reference is the response
     demo_key: str | None = None
     corpus_batch: int = setting(16, ge=1)  # supervised pairs per warm-start step
+    # critic verdicts on answer-labelled pairs in the corpus (selfcritic/envs/verdicts.py)
+    verdicts: VerdictOptions = field(default_factory=VerdictOptions)
     prompt_template: str = "{prompt}"  # the text the model sees, e.g. "Q: {prompt}\nA:"
     split: str = "train"  # the training split of a saved DatasetDict
     heldout_split: str | None = None  # a split of a saved DatasetDict held out for evaluation
@@ -81,6 +85,7 @@ class DatasetEnvironment(SingleTurn):
         self.verifier, self.rubric = options.verifier, options.rubric
         self.reasoning_tags = check_tags(options.reasoning_tags)
         self.chat_template = cfg.data.chat_template
+        self.critic_cfg = cfg.critic
         self.train, self.heldout, self.demos = self.read(options)
         self._orders: dict[int, list[int]] = {}  # the permutation of recent epochs
         if not self.train:
@@ -133,7 +138,29 @@ class DatasetEnvironment(SingleTurn):
             return pairs
 
         recipe = {"options": dataclasses.asdict(self.options), "chat": encode.template}
-        return PairsCorpus(make_pairs, recipe, self.sources(), self.options.corpus_batch)
+        actor = PairsCorpus(make_pairs, recipe, self.sources(), self.options.corpus_batch)
+        verdicts = self.options.verdicts
+        if verdicts.share == 0 and verdicts.ptx_share == 0:
+            return actor
+        questions = [self.shown(p) for p in self.train]
+        description = self.correctness_description()
+        return VerdictCorpus(actor, questions, verdicts, self.critic_cfg, encode, description)
+
+    def correctness_description(self) -> str:
+        """The rubric's description of the correctness aspect (`critic.calibration.aspect`),
+        else a plain one."""
+        from rewards.registry import load_rubric
+
+        aspect = self.critic_cfg.calibration.aspect
+        found = [a for a in load_rubric(self.rubric).aspects if a.name == aspect]
+        return found[0].description if found else "the answer is right"
+
+    def probes(self, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
+        """Answer-labelled pairs on the correctness aspect for the aspect gate, on the training
+        questions the verdict corpus never uses (selfcritic/envs/verdicts.py)."""
+        questions = [self.shown(p) for p in self.train]
+        aspect, description = self.critic_cfg.calibration.aspect, self.correctness_description()
+        return answer_probes(questions, aspect, description, per_aspect, ties, seed)
 
     def demonstrations(self) -> Iterator[tuple[Prompt, tuple[list[str], list[str]]]]:
         """(prompt, (turns, observations)) for each demonstration the corpus holds: one per

@@ -7,8 +7,8 @@ them out (selfcritic/rollout/episodes.py): the prompt's ids, each model turn's i
 stop token the engines stop at (a chat template's end of turn, else EOS), each observation as
 the encoder renders it; one pair per model turn, its context all that came before it.
 `PairsCorpus` holds the pairs and draws them uniformly (warm-start batches of `batch_size`; PTX
-batches of any size). Left out: critic verdicts in the corpus (the nano world's corpus has them;
-a generic one is the second world's issue) and weighting pairs by their length.
+batches of any size). Critic verdicts are mixed in around it (selfcritic/envs/verdicts.py,
+`env.verdicts`). Left out: weighting pairs by their length.
 """
 
 from __future__ import annotations
