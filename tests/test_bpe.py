@@ -101,6 +101,7 @@ def test_a_dataset_world_trains_two_steps_with_a_bpe_model(tmp_path, cache_dir):
         f"env.path={data}",
         "env.prompt_key=question",
         "env.reference_key=answer",
+        "env.heldout_fraction=0.3",
         "reward.verifier=exact_number",
         "sampling.max_tokens=8",
         "critic.gate.source=null",

@@ -10,20 +10,19 @@ import re
 import pytest
 
 from selfcritic.config import Config
-from selfcritic.envs.base import Prompt
 from selfcritic.envs.registry import build_environment
 from selfcritic.envs.verdicts import (
     AnswerPair,
     answer_pair,
     answer_probes,
-    answered,
     is_probe,
     near_miss,
+    split,
     worked_target,
 )
 
 XY = ("X", "Y")
-QUESTIONS = [Prompt(f"What is {a} plus {a + 1}?", str(2 * a + 1)) for a in range(200)]
+QUESTIONS = [(f"What is {a} plus {a + 1}?", str(2 * a + 1)) for a in range(200)]
 
 
 def test_worked_targets_by_hand():
@@ -67,11 +66,11 @@ def test_pairs_are_labelled_by_the_reference():
 def test_probes_are_labelled_and_on_questions_the_corpus_never_uses():
     jobs = answer_probes(QUESTIONS, "correct", "right", per_aspect=24, ties=8, seed=0)
     assert len(jobs) == 32
-    probe_questions = {q.text for q in QUESTIONS if is_probe(q.text)}
+    probe_questions = {q for q, _ in QUESTIONS if is_probe(q)}
     assert 20 < len(probe_questions) < 60  # PROBE_FRACTION 0.2 of 200
     assert {job.question for job in jobs} <= probe_questions
-    assert not probe_questions & {q.text for q in answered(QUESTIONS, probe=False)}
-    reference = {q.text: q.reference for q in QUESTIONS}
+    assert not probe_questions & {q for q, _ in split(QUESTIONS, probe=False)}
+    reference = dict(QUESTIONS)
     for job in jobs:
         right = (job.first == reference[job.question], job.second == reference[job.question])
         if job.key[0] == "probe":

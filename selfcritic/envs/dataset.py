@@ -142,9 +142,8 @@ class DatasetEnvironment(SingleTurn):
         verdicts = self.options.verdicts
         if verdicts.share == 0 and verdicts.ptx_share == 0:
             return actor
-        questions = [self.shown(p) for p in self.train]
         description = self.correctness_description()
-        return VerdictCorpus(actor, questions, verdicts, self.critic_cfg, encode, description)
+        return VerdictCorpus(actor, self.answered(), verdicts, self.critic_cfg, encode, description)
 
     def correctness_description(self) -> str:
         """The rubric's description of the correctness aspect (`critic.calibration.aspect`),
@@ -158,9 +157,12 @@ class DatasetEnvironment(SingleTurn):
     def probes(self, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
         """Answer-labelled pairs on the correctness aspect for the aspect gate, on the training
         questions the verdict corpus never uses (selfcritic/envs/verdicts.py)."""
-        questions = [self.shown(p) for p in self.train]
         aspect, description = self.critic_cfg.calibration.aspect, self.correctness_description()
-        return answer_probes(questions, aspect, description, per_aspect, ties, seed)
+        return answer_probes(self.answered(), aspect, description, per_aspect, ties, seed)
+
+    def answered(self) -> list[tuple[str, str]]:
+        """(prompt as the model sees it, reference) of the training rows with a reference."""
+        return [(self.shown(p).text, p.reference) for p in self.train if p.reference is not None]
 
     def demonstrations(self) -> Iterator[tuple[Prompt, tuple[list[str], list[str]]]]:
         """(prompt, (turns, observations)) for each demonstration the corpus holds: one per

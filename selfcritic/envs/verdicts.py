@@ -30,7 +30,11 @@ from pathlib import Path
 from selfcritic.config import CriticConfig, setting
 from selfcritic.critic.gate import probe_key
 from selfcritic.critic.judge import PairJob, make_prompter
-from selfcritic.envs.base import Pair, Prompt
+from selfcritic.envs.base import Pair
+
+# (a question as the model sees it, its answer): what an environment labels pairs with (a
+# dataset's prompt and reference; a generated task's question and answer)
+Answered = tuple[str, str]
 
 MARKS = ("+", "-")  # written after each answer: right, or wrong
 PROBE_FRACTION = 0.2  # of the questions with a reference: the gate's, never the corpus's
@@ -124,13 +128,13 @@ def is_probe(question: str) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < PROBE_FRACTION
 
 
-def answered(questions: Sequence[Prompt], probe: bool) -> list[Prompt]:
-    """The questions with a reference on one side of the probe split."""
-    return [q for q in questions if q.reference is not None and is_probe(q.text) == probe]
+def split(questions: Sequence[Answered], probe: bool) -> list[Answered]:
+    """The questions on one side of the probe split."""
+    return [q for q in questions if is_probe(q[0]) == probe]
 
 
 def answer_probes(
-    questions: Sequence[Prompt],
+    questions: Sequence[Answered],
     aspect: str,
     description: str,
     per_aspect: int,
@@ -138,16 +142,16 @@ def answer_probes(
     seed: int,
 ) -> list[PairJob]:
     """`per_aspect` labelled pairs and `ties` tie pairs on `aspect`, on the probe questions."""
-    pool = answered(questions, probe=True)
+    pool = split(questions, probe=True)
     if not pool:
         return []
     rng = random.Random(f"verdicts:probes:{seed}")
-    others = [q.reference for q in pool]
+    others = [answer for _, answer in pool]
     drawn = [(i, False) for i in range(per_aspect)] + [(i, True) for i in range(ties)]
     jobs = []
     for index, tie in drawn:
-        question = rng.choice(pool)
-        pair = answer_pair(question.text, question.reference, others, tie, rng)
+        question, answer = rng.choice(pool)
+        pair = answer_pair(question, answer, others, tie, rng)
         jobs.append(pair.job(probe_key(aspect, index, tie=tie), aspect, description))
     return jobs
 
@@ -159,19 +163,19 @@ class VerdictCorpus:
     def __init__(
         self,
         actor,
-        questions: Sequence[Prompt],
+        questions: Sequence[Answered],
         options: VerdictOptions,
         critic: CriticConfig,
         encode,
         description: str,
     ) -> None:
-        """`actor`: the demonstrations (a PairsCorpus); `questions`: the training prompts as
-        the model sees them; `encode`: the run's PromptEncoder."""
+        """`actor`: the demonstrations (a PairsCorpus); `questions`: the training questions
+        with their answers; `encode`: the run's PromptEncoder."""
         self.actor, self.options, self.encode = actor, options, encode
-        self.pool = answered(questions, probe=False)
+        self.pool = split(questions, probe=False)
         if not self.pool:
-            raise ValueError("env.verdicts: no training question has a reference to label pairs")
-        self.others = [q.reference for q in self.pool]
+            raise ValueError("env.verdicts: no training question has an answer to label pairs")
+        self.others = [answer for _, answer in self.pool]
         self.prompter = make_prompter(critic, encode)
         self.aspect, self.description = critic.calibration.aspect, description
         self.letters, self.marker = tuple(critic.verdict_letters), critic.verdict_marker
@@ -189,9 +193,9 @@ class VerdictCorpus:
 
     def verdict(self, rng: random.Random) -> Pair:
         """One critic pair: the prompt's ids and what a right critic writes, then the stop."""
-        question = rng.choice(self.pool)
+        question, answer = rng.choice(self.pool)
         tie = rng.random() < self.options.ties
-        pair = answer_pair(question.text, question.reference, self.others, tie, rng)
+        pair = answer_pair(question, answer, self.others, tie, rng)
         swapped = rng.random() < 0.5
         first, second = (pair.second, pair.first) if swapped else (pair.first, pair.second)
         text = self.prompter.prompt(pair.question, first, second, self.aspect, self.description)
