@@ -8,6 +8,7 @@ the package's own answers, bad names and options refused before any work, and a 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import reasoning_gym
@@ -100,3 +101,39 @@ def test_a_task_trains_two_steps_and_evaluates(tmp_path, cache_dir):
     )
     assert 0 <= metrics["eval/verifier_mean"] <= 1 and metrics["eval/verifier_failed"] == 0
     assert "verifier_mean" in printed
+
+
+def test_the_corpus_shows_the_tasks_answers_and_labels_critic_pairs_with_them(nano_model_path):
+    """Demonstrations are the entries' own answers; critic pairs and the gate's probes are
+    labelled by them (the task's `score_answer` agrees); no held-out question is in any."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    env = env_of(options=SMALL, heldout_size=20, corpus_size=300)
+    answered = env.answered()
+    held = {p.text for p in env.held_out()}
+    assert 250 < len(answered) <= 300 and not held & {q for q, _ in answered}
+    tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
+    plain = env.corpus(tokenizer)
+    assert len(plain.pairs) == len(answered)  # one pair each: the prompt, then the answer
+    context, target = plain.pairs[5]
+    assert tokenizer.decode(list(target), skip_special_tokens=True) == answered[5][1]
+    assert tokenizer.decode(list(context), skip_special_tokens=True) == answered[5][0]
+    cfg = Config()
+    cfg.critic.verdict_mode = "generative"
+    options = {"name": "reasoning_gym", "task": "basic_arithmetic", "options": SMALL}
+    options |= {"corpus_size": 300, "verdicts": {"share": 0.5}}
+    mixed = build_environment(options, cfg).corpus(tokenizer)
+    batch = mixed.warm_start_batch(random.Random(0), 1, 10)
+    targets = [tokenizer.decode(list(t), skip_special_tokens=True) for _, t in batch]
+    right = dict(answered)
+    worked = [re.fullmatch(r" =(-?\d+) X(-?\d+)([+-]) Y(-?\d+)([+-]) #[XY]", t) for t in targets]
+    assert 2 < sum(w is not None for w in worked) < 14
+    for found in filter(None, worked):
+        answer, x, x_mark, y, y_mark = found.groups()
+        assert answer in right.values()
+        assert (x_mark == "+") == (x == answer) and (y_mark == "+") == (y == answer)
+    for job in env.probes(12, 0, seed=0):  # labelled pairs: the first is the task's answer
+        assert job.first == right[job.question] != job.second
+    assert env.texts() == [text for pair in answered for text in pair]

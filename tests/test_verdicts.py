@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from selfcritic.config import Config
+from selfcritic.config import Config, CriticConfig
 from selfcritic.envs.registry import build_environment
 from selfcritic.envs.verdicts import (
     AnswerPair,
@@ -64,7 +64,10 @@ def test_pairs_are_labelled_by_the_reference():
 
 
 def test_probes_are_labelled_and_on_questions_the_corpus_never_uses():
-    jobs = answer_probes(QUESTIONS, "correct", "right", per_aspect=24, ties=8, seed=0)
+    jobs = answer_probes(QUESTIONS, CriticConfig(), "nano_math", per_aspect=24, ties=8, seed=0)
+    assert {(job.aspect, job.description) for job in jobs} == {
+        ("correct", "the answer states the right result")  # the rubric's words
+    }
     assert len(jobs) == 32
     probe_questions = {q for q, _ in QUESTIONS if is_probe(q)}
     assert 20 < len(probe_questions) < 60  # PROBE_FRACTION 0.2 of 200
@@ -77,7 +80,7 @@ def test_probes_are_labelled_and_on_questions_the_corpus_never_uses():
             assert right == (True, False)  # the better one first
         else:
             assert job.key[0] == "tie_probe" and right[0] == right[1]
-    assert jobs == answer_probes(QUESTIONS, "correct", "right", 24, 8, seed=0)  # seeded
+    assert jobs == answer_probes(QUESTIONS, CriticConfig(), "nano_math", 24, 8, seed=0)
 
 
 def _dataset_env(tmp_path, **verdicts):

@@ -34,7 +34,7 @@ from selfcritic.envs.base import Prompt, SingleTurn, is_heldout
 from selfcritic.envs.reasoning import check_tags
 from selfcritic.envs.registry import register_environment
 from selfcritic.envs.sft import PairsCorpus, demonstration_pairs
-from selfcritic.envs.verdicts import VerdictCorpus, VerdictOptions, answer_probes
+from selfcritic.envs.verdicts import VerdictOptions, answer_probes, with_verdicts
 from selfcritic.model.chat import prompt_encoder
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -139,26 +139,14 @@ class DatasetEnvironment(SingleTurn):
 
         recipe = {"options": dataclasses.asdict(self.options), "chat": encode.template}
         actor = PairsCorpus(make_pairs, recipe, self.sources(), self.options.corpus_batch)
-        verdicts = self.options.verdicts
-        if verdicts.share == 0 and verdicts.ptx_share == 0:
-            return actor
-        description = self.correctness_description()
-        return VerdictCorpus(actor, self.answered(), verdicts, self.critic_cfg, encode, description)
-
-    def correctness_description(self) -> str:
-        """The rubric's description of the correctness aspect (`critic.calibration.aspect`),
-        else a plain one."""
-        from rewards.registry import load_rubric
-
-        aspect = self.critic_cfg.calibration.aspect
-        found = [a for a in load_rubric(self.rubric).aspects if a.name == aspect]
-        return found[0].description if found else "the answer is right"
+        verdicts, critic = self.options.verdicts, self.critic_cfg
+        return with_verdicts(actor, self.answered(), verdicts, critic, encode, self.rubric)
 
     def probes(self, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
         """Answer-labelled pairs on the correctness aspect for the aspect gate, on the training
         questions the verdict corpus never uses (selfcritic/envs/verdicts.py)."""
-        aspect, description = self.critic_cfg.calibration.aspect, self.correctness_description()
-        return answer_probes(self.answered(), aspect, description, per_aspect, ties, seed)
+        critic, rubric = self.critic_cfg, self.rubric
+        return answer_probes(self.answered(), critic, rubric, per_aspect, ties, seed)
 
     def answered(self) -> list[tuple[str, str]]:
         """(prompt as the model sees it, reference) of the training rows with a reference."""

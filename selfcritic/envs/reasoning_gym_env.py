@@ -6,21 +6,33 @@ reference names the entry (task, options, seed, size, index) as JSON, and the `r
 verifier (rewards/procedural.py) rebuilds it and scores the answer with the task's own
 `score_answer`. Training entries come from a seed derived from `data.seed`, the held-out ones
 from `heldout_seed`; a training entry whose question is also held out is skipped, so the two
-never share a question even where a task's space is small. Left out: curricula (the options are
-fixed for a run) and composite datasets.
+never share a question even where a task's space is small.
+A warm-start corpus (`corpus`): the first `corpus_size` training entries' answers as
+demonstrations (selfcritic/envs/sft.py; inside `answer_tag` where it is set, though the critic
+pairs show the bare answers), with critic verdicts on answer-labelled pairs mixed in
+at `verdicts.share` (selfcritic/envs/verdicts.py); the same entries label the aspect gate's
+probes (`probes`) and train a `model.tokenizer=bpe` tokenizer (`texts`). Left out: curricula
+(the options are fixed for a run) and composite datasets.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import json
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from selfcritic.config import Config, ConfigError, keyed, setting
+from selfcritic.critic.judge import PairJob
 from selfcritic.envs.base import Prompt, SingleTurn
 from selfcritic.envs.reasoning import check_tags
 from selfcritic.envs.registry import register_environment
+from selfcritic.envs.sft import PairsCorpus, demonstration_pairs
+from selfcritic.envs.verdicts import VerdictOptions, answer_probes, with_verdicts
+from selfcritic.model.chat import prompt_encoder
 
 
 @dataclass
@@ -41,6 +53,12 @@ class ReasoningGymOptions:
     # [OPEN, CLOSE] of a reasoning block (e.g. [<think>, </think>]) stripped before the verifier
     # and the critic see a response (selfcritic/envs/reasoning.py); None: they see it whole
     reasoning_tags: list[str] | None = None
+    # the training entries whose answers the warm-start shows (and the critic pairs and the
+    # gate's probes are labelled with): the first `corpus_size`, held-out questions skipped
+    corpus_size: int = setting(2000, ge=1)
+    corpus_batch: int = setting(16, ge=1)  # supervised pairs per warm-start step
+    # critic verdicts on answer-labelled pairs in the corpus (selfcritic/envs/verdicts.py)
+    verdicts: VerdictOptions = field(default_factory=VerdictOptions)
 
 
 @register_environment("reasoning_gym", ReasoningGymOptions)
@@ -60,6 +78,7 @@ class ReasoningGym(SingleTurn):
                 )
             )
         self.name, self.options, self.rubric = options.name, options, options.rubric
+        self.critic_cfg, self.chat_template = cfg.critic, cfg.data.chat_template
         self.reasoning_tags = check_tags(options.reasoning_tags)
         self.train_seed = cfg.data.seed * 7919 + 17  # never heldout_seed for data.seed in range
         try:
@@ -111,3 +130,48 @@ class ReasoningGym(SingleTurn):
 
     def held_out(self) -> list[Prompt]:
         return self._heldout
+
+    def answered(self) -> list[tuple[str, str]]:
+        """(prompt text, answer) of the corpus's training entries (held-out questions
+        skipped)."""
+        size = min(self.options.corpus_size, self.options.train_size)
+        entries = (self.training_set[i] for i in range(size))
+        template = self.options.prompt_template
+        return [
+            (template.format(question=e["question"]), str(e["answer"]))
+            for e in entries
+            if e["question"] not in self._heldout_questions
+        ]
+
+    def texts(self) -> list[str]:
+        """What a `model.tokenizer=bpe` tokenizer learns from: the corpus's prompts and
+        answers."""
+        return [text for pair in self.answered() for text in pair]
+
+    def corpus(self, tokenizer):
+        """The corpus entries' answers as demonstrations, and critic verdicts at
+        `verdicts.share` (of warm-start batches) and `verdicts.ptx_share` (of PTX pairs)."""
+        encode = prompt_encoder(tokenizer, self.chat_template)
+        answered = self.answered()
+
+        tag = self.options.answer_tag
+        shown = (lambda a: f"<{tag}>{a}</{tag}>") if tag else (lambda a: a)
+
+        def make_pairs():
+            pairs = []
+            for question, answer in answered:
+                pairs += demonstration_pairs(encode(question), [shown(answer)], [], encode)
+            return pairs
+
+        recipe = {"options": dataclasses.asdict(self.options), "chat": encode.template}
+        sources = (Path(__file__),)  # the entries are the package's: its version is the key's
+        recipe["reasoning_gym"] = importlib.metadata.version("reasoning-gym")
+        actor = PairsCorpus(make_pairs, recipe, sources, self.options.corpus_batch)
+        verdicts, critic = self.options.verdicts, self.critic_cfg
+        return with_verdicts(actor, answered, verdicts, critic, encode, self.rubric)
+
+    def probes(self, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
+        """Answer-labelled pairs on the correctness aspect for the aspect gate, on corpus
+        entries the verdicts never use (selfcritic/envs/verdicts.py)."""
+        critic, rubric = self.critic_cfg, self.rubric
+        return answer_probes(self.answered(), critic, rubric, per_aspect, ties, seed)

@@ -52,6 +52,14 @@ class VerdictOptions:
     mark_weight: float = setting(1.0, gt=0)  # the marks' weight in the loss, as other tokens 1
 
 
+def correctness_description(rubric: str, aspect: str) -> str:
+    """The rubric's description of the correctness aspect `aspect`, else a plain one."""
+    from rewards.registry import load_rubric
+
+    found = [a.description for a in load_rubric(rubric).aspects if a.name == aspect]
+    return found[0] if found else "the answer is right"
+
+
 def near_miss(answer: str, rng: random.Random) -> str | None:
     """A wrong integer close to an integer `answer`, off by 1 to 9 (not negative where the
     answer is not); None where the answer is not an integer."""
@@ -135,16 +143,19 @@ def split(questions: Sequence[Answered], probe: bool) -> list[Answered]:
 
 def answer_probes(
     questions: Sequence[Answered],
-    aspect: str,
-    description: str,
+    critic: CriticConfig,
+    rubric: str,
     per_aspect: int,
     ties: int,
     seed: int,
 ) -> list[PairJob]:
-    """`per_aspect` labelled pairs and `ties` tie pairs on `aspect`, on the probe questions."""
+    """`per_aspect` labelled pairs and `ties` tie pairs on the correctness aspect
+    (`critic.calibration.aspect`, described as `rubric` does), on the probe questions."""
     pool = split(questions, probe=True)
     if not pool:
         return []
+    aspect = critic.calibration.aspect
+    description = correctness_description(rubric, aspect)
     rng = random.Random(f"verdicts:probes:{seed}")
     others = [answer for _, answer in pool]
     drawn = [(i, False) for i in range(per_aspect)] + [(i, True) for i in range(ties)]
@@ -154,6 +165,17 @@ def answer_probes(
         pair = answer_pair(question, answer, others, tie, rng)
         jobs.append(pair.job(probe_key(aspect, index, tie=tie), aspect, description))
     return jobs
+
+
+def with_verdicts(
+    actor, questions: Sequence[Answered], options: VerdictOptions, critic, encode, rubric: str
+):
+    """`actor` (a PairsCorpus) alone where `options` mix in no verdicts, else a VerdictCorpus
+    around it on `questions`, the aspect described as `rubric` does."""
+    if options.share == 0 and options.ptx_share == 0:
+        return actor
+    description = correctness_description(rubric, critic.calibration.aspect)
+    return VerdictCorpus(actor, questions, options, critic, encode, description)
 
 
 class VerdictCorpus:
