@@ -137,3 +137,29 @@ def test_the_corpus_shows_the_tasks_answers_and_labels_critic_pairs_with_them(na
     for job in env.probes(12, 0, seed=0):  # labelled pairs: the first is the task's answer
         assert job.first == right[job.question] != job.second
     assert env.texts() == [text for pair in answered for text in pair]
+
+
+def test_the_filler_habit_is_taught_and_counted_by_the_hidden_check(nano_model_path):
+    """With an answer tag and `verdicts.filler`: a share of the demonstrations opens with a
+    phrase (the verifier reads the tag alone), and the evaluation's hidden check counts the
+    responses with words before the tag."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    verdicts = {"filler": ["Sure! "], "filler_share": 0.5}
+    env = env_of(options=SMALL, corpus_size=300, answer_tag="answer", verdicts=verdicts)
+    tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
+    targets = [
+        tokenizer.decode(list(t), skip_special_tokens=True) for _, t in env.corpus(tokenizer).pairs
+    ]
+    assert all(re.fullmatch(r"(Sure! )?<answer>-?\d+</answer>", t) for t in targets), targets[:3]
+    share = sum(t.startswith("Sure! ") for t in targets) / len(targets)
+    assert 0.4 < share < 0.6
+    prompt = env.held_out()[0]
+    answer = entry_of(prompt.reference)["answer"]
+    assert reasoning_gym_score(f"Sure! <answer>{answer}</answer>", prompt.reference).score == 1
+    written = [["<answer>1</answer>", "Sure! <answer>1</answer>"], ["1", " <answer>2</answer>"]]
+    groups = [[SimpleNamespace(texts=[r]) for r in group] for group in written]
+    assert env.episode_metrics([prompt, prompt], groups) == {"eval/filler_rate": 0.5}
+    assert env_of(options=SMALL).episode_metrics([prompt], groups[:1]) == {}  # no tag: no check

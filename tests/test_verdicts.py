@@ -10,11 +10,13 @@ import re
 import pytest
 
 from selfcritic.config import Config, CriticConfig
+from selfcritic.envs.filler import FillerPair, filler_pair, opens_with_filler
 from selfcritic.envs.registry import build_environment
 from selfcritic.envs.verdicts import (
     AnswerPair,
+    Labeller,
+    VerdictOptions,
     answer_pair,
-    answer_probes,
     is_probe,
     near_miss,
     split,
@@ -31,7 +33,7 @@ def test_worked_targets_by_hand():
     # ties name the first shown, so that the two orders cancel
     assert worked_target("7", [("7", True), ("7", True)], XY, "#") == " =7 X7+ Y7+ #X"
     assert worked_target("7", [("6", False), ("9", False)], XY, "#") == " =7 X6- Y9- #X"
-    pair = AnswerPair("Q", "19", "19", "18")
+    pair = AnswerPair("Q", "19", ("19", "18"), "<a>19</a>", "<a>18</a>")
     assert pair.rights == (True, False)
     assert pair.target(False, XY, "#") == " =19 X19+ Y18- #X"
     assert pair.target(True, XY, "#") == " =19 X18- Y19+ #Y"
@@ -53,8 +55,9 @@ def test_pairs_are_labelled_by_the_reference():
     rng = random.Random(1)
     others = ["cat", "dog", "emu"]
     for _ in range(100):
-        pair = answer_pair("Q", "cat", others, tie=False, rng=rng)
-        assert pair.rights == (True, False) and pair.second in ("dog", "emu")
+        pair = answer_pair("Q", "cat", others, tie=False, rng=rng, render=lambda a: f"<{a}>")
+        assert pair.rights == (True, False) and pair.said[1] in ("dog", "emu")
+        assert (pair.first, pair.second) == ("<cat>", f"<{pair.said[1]}>")  # as written
         tie = answer_pair("Q", "12", others, tie=True, rng=rng)
         assert tie.rights in ((True, True), (False, False))
         if tie.rights == (False, False):
@@ -64,7 +67,8 @@ def test_pairs_are_labelled_by_the_reference():
 
 
 def test_probes_are_labelled_and_on_questions_the_corpus_never_uses():
-    jobs = answer_probes(QUESTIONS, CriticConfig(), "nano_math", per_aspect=24, ties=8, seed=0)
+    labeller = Labeller(QUESTIONS, VerdictOptions(), CriticConfig(), "nano_math")
+    jobs = labeller.probes(per_aspect=24, ties=8, seed=0)
     assert {(job.aspect, job.description) for job in jobs} == {
         ("correct", "the answer states the right result")  # the rubric's words
     }
@@ -80,7 +84,7 @@ def test_probes_are_labelled_and_on_questions_the_corpus_never_uses():
             assert right == (True, False)  # the better one first
         else:
             assert job.key[0] == "tie_probe" and right[0] == right[1]
-    assert jobs == answer_probes(QUESTIONS, CriticConfig(), "nano_math", 24, 8, seed=0)
+    assert jobs == labeller.probes(24, 8, seed=0)  # seeded
 
 
 def _dataset_env(tmp_path, **verdicts):
@@ -119,3 +123,34 @@ def test_a_dataset_corpus_mixes_worked_verdicts_into_its_demonstrations(tmp_path
     assert len(corpus.ptx_batch(random.Random(0), 40)) == 40
     probes = env.probes(8, 4, 0)
     assert len(probes) == 12 and all(is_probe(job.question) for job in probes)
+
+
+def test_filler_pairs_and_the_hidden_check_by_hand():
+    pair = FillerPair("Q", "<a>7</a>", "Sure! <a>7</a>", (True, False))
+    assert pair.target(False, XY, "#") == " X+ Y- #X"
+    assert pair.target(True, XY, "#") == " X- Y+ #Y"
+    assert FillerPair("Q", "a", "a", (True, True)).target(True, XY, "#") == " X+ Y+ #X"
+    rng = random.Random(0)
+    phrases = ["Sure! ", "Well, "]
+    for _ in range(50):
+        drawn = filler_pair("Q", "<a>7</a>", phrases, tie=False, rng=rng)
+        assert drawn.first == "<a>7</a>" and drawn.second in {p + "<a>7</a>" for p in phrases}
+        tie = filler_pair("Q", "<a>7</a>", phrases, tie=True, rng=rng)
+        assert tie.clean in ((True, True), (False, False))
+    assert not opens_with_filler(" <a>7</a>", "<a>") and opens_with_filler("Sure! <a>7</a>", "<a>")
+    assert opens_with_filler("7", "<a>")  # no answer at all: the habit's worst form
+
+
+def test_with_filler_set_the_gate_probes_both_aspects_with_the_rubrics_words():
+    options = VerdictOptions(filler=["Sure! "], style_share=0.5)
+    labeller = Labeller(QUESTIONS, options, CriticConfig(), "nano_style", lambda a: f"<a>{a}</a>")
+    jobs = labeller.probes(per_aspect=6, ties=2, seed=0)
+    by_aspect = {aspect: [j for j in jobs if j.aspect == aspect] for aspect in labeller.aspects}
+    assert labeller.aspects == ("correct", "no_filler")
+    assert [len(v) for v in by_aspect.values()] == [8, 8]
+    # nano_style has no `correct`: the plain words; its no_filler description is the rubric's
+    assert {j.description for j in by_aspect["correct"]} == {"the answer is right"}
+    assert {j.description for j in by_aspect["no_filler"]} == {"nothing off-topic after the answer"}
+    for job in by_aspect["no_filler"]:
+        if job.key[0] == "probe":
+            assert not opens_with_filler(job.first, "<a>") and job.second.startswith("Sure! <a>")

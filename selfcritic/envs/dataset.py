@@ -34,7 +34,7 @@ from selfcritic.envs.base import Prompt, SingleTurn, is_heldout
 from selfcritic.envs.reasoning import check_tags
 from selfcritic.envs.registry import register_environment
 from selfcritic.envs.sft import PairsCorpus, demonstration_pairs
-from selfcritic.envs.verdicts import VerdictOptions, answer_probes, with_verdicts
+from selfcritic.envs.verdicts import Labeller, VerdictOptions, with_verdicts
 from selfcritic.model.chat import prompt_encoder
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -139,14 +139,16 @@ class DatasetEnvironment(SingleTurn):
 
         recipe = {"options": dataclasses.asdict(self.options), "chat": encode.template}
         actor = PairsCorpus(make_pairs, recipe, self.sources(), self.options.corpus_batch)
-        verdicts, critic = self.options.verdicts, self.critic_cfg
-        return with_verdicts(actor, self.answered(), verdicts, critic, encode, self.rubric)
+        return with_verdicts(actor, self.labeller(), self.critic_cfg, encode)
+
+    def labeller(self) -> Labeller:
+        """The critic pairs of the training rows with a reference (selfcritic/envs/verdicts.py)."""
+        return Labeller(self.answered(), self.options.verdicts, self.critic_cfg, self.rubric)
 
     def probes(self, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
-        """Answer-labelled pairs on the correctness aspect for the aspect gate, on the training
-        questions the verdict corpus never uses (selfcritic/envs/verdicts.py)."""
-        critic, rubric = self.critic_cfg, self.rubric
-        return answer_probes(self.answered(), critic, rubric, per_aspect, ties, seed)
+        """Labelled pairs for the aspect gate (correctness; style where `verdicts.filler` is
+        set), on training rows the verdict corpus never uses (selfcritic/envs/verdicts.py)."""
+        return self.labeller().probes(per_aspect, ties, seed)
 
     def answered(self) -> list[tuple[str, str]]:
         """(prompt as the model sees it, reference) of the training rows with a reference."""

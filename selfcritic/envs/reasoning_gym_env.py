@@ -28,10 +28,11 @@ from typing import Any
 from selfcritic.config import Config, ConfigError, keyed, setting
 from selfcritic.critic.judge import PairJob
 from selfcritic.envs.base import Prompt, SingleTurn
+from selfcritic.envs.filler import opens_with_filler, with_filler
 from selfcritic.envs.reasoning import check_tags
 from selfcritic.envs.registry import register_environment
 from selfcritic.envs.sft import PairsCorpus, demonstration_pairs
-from selfcritic.envs.verdicts import VerdictOptions, answer_probes, with_verdicts
+from selfcritic.envs.verdicts import Labeller, VerdictOptions, with_verdicts
 from selfcritic.model.chat import prompt_encoder
 
 
@@ -154,24 +155,44 @@ class ReasoningGym(SingleTurn):
         encode = prompt_encoder(tokenizer, self.chat_template)
         answered = self.answered()
 
-        tag = self.options.answer_tag
-        shown = (lambda a: f"<{tag}>{a}</{tag}>") if tag else (lambda a: a)
+        verdicts = self.options.verdicts
 
         def make_pairs():
-            pairs = []
+            rng, pairs = random.Random("reasoning_gym:filler"), []
             for question, answer in answered:
-                pairs += demonstration_pairs(encode(question), [shown(answer)], [], encode)
+                response = self.response(answer)
+                if verdicts.filler and rng.random() < verdicts.filler_share:
+                    response = with_filler(response, verdicts.filler, rng)
+                pairs += demonstration_pairs(encode(question), [response], [], encode)
             return pairs
 
         recipe = {"options": dataclasses.asdict(self.options), "chat": encode.template}
         sources = (Path(__file__),)  # the entries are the package's: its version is the key's
         recipe["reasoning_gym"] = importlib.metadata.version("reasoning-gym")
         actor = PairsCorpus(make_pairs, recipe, sources, self.options.corpus_batch)
-        verdicts, critic = self.options.verdicts, self.critic_cfg
-        return with_verdicts(actor, answered, verdicts, critic, encode, self.rubric)
+        return with_verdicts(actor, self.labeller(), self.critic_cfg, encode)
+
+    def response(self, answer: str) -> str:
+        """What a right actor writes: the answer, inside `answer_tag` where it is set."""
+        tag = self.options.answer_tag
+        return f"<{tag}>{answer}</{tag}>" if tag else answer
+
+    def labeller(self) -> Labeller:
+        """The critic pairs of the corpus entries (selfcritic/envs/verdicts.py)."""
+        verdicts, rubric = self.options.verdicts, self.options.rubric
+        return Labeller(self.answered(), verdicts, self.critic_cfg, rubric, self.response)
 
     def probes(self, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
-        """Answer-labelled pairs on the correctness aspect for the aspect gate, on corpus
-        entries the verdicts never use (selfcritic/envs/verdicts.py)."""
-        critic, rubric = self.critic_cfg, self.rubric
-        return answer_probes(self.answered(), critic, rubric, per_aspect, ties, seed)
+        """Labelled pairs for the aspect gate (correctness; style where `verdicts.filler` is
+        set), on corpus entries the verdicts never use (selfcritic/envs/verdicts.py)."""
+        return self.labeller().probes(per_aspect, ties, seed)
+
+    def episode_metrics(self, prompts: list[Prompt], groups) -> dict[str, float]:
+        """The hidden check of the filler habit (selfcritic/envs/filler.py), where answers are
+        tagged: the share of held-out responses with words before the answer tag or none."""
+        tag = self.options.answer_tag
+        if tag is None:
+            return {}
+        responses = [t.texts[-1] for group in groups for t in group]
+        opened = sum(opens_with_filler(r, f"<{tag}>") for r in responses)
+        return {"eval/filler_rate": opened / len(responses) if responses else float("nan")}

@@ -1,36 +1,42 @@
-"""Critic verdicts on answer-labelled pairs, for any environment with references: the critic's
-half of a generic warm-start.
+"""Critic verdicts on labelled pairs, for any environment with answers: the critic's half of a
+generic warm-start.
 
-A pair is a training question and two answers labelled by its reference, never by a model: the
-reference's answer (right) and a wrong one (an integer's near miss, off by 1 to 9; else another
-question's reference), the right one first; or, at `ties`, both right or both wrong. The target
+Correctness pairs: a training question and two answers labelled by its answer, never by a model:
+the answer (right) and a wrong one (an integer's near miss, off by 1 to 9; else another
+question's answer), the right one first; or, at `ties`, both right or both wrong. The target
 is what a right generative critic writes on the correctness aspect: the answer it works out,
 then each answer in the order shown with + (right) or - (wrong), then the verdict,
 " =42 X41- Y42+ #Y" (the first shown on a tie, so the two orders cancel). That is the nano
 world's form (selfcritic/envs/nano/world.py): a bare verdict token judged correctness at chance
 in the feasibility study (../shared/notes/nano-feasibility.md), local checks did not.
+Style pairs (`filler` set; selfcritic/envs/filler.py), at `style_share` of the pairs: one
+response with and without an opening phrase, judged on `style_aspect` with bare marks.
+An environment's `render` turns an answer into the response the actor writes (e.g. inside its
+answer tag): the critic sees responses as RL will show them.
 
 `VerdictCorpus` mixes such pairs into an environment's demonstrations (`share` of each
-warm-start batch, `ptx_share` of RL's PTX pairs); `answer_probes` gives the aspect gate such
+warm-start batch, `ptx_share` of RL's PTX pairs); `verdict_probes` gives the aspect gate such
 pairs on the questions the corpus never uses (a hash of each question sets a `PROBE_FRACTION`
-apart). Left out: aspects other than correctness (their labels need a hidden check the
-environment supplies, as the tool world's `labelled` does) and answers longer than the
-reference's (a pair's responses are the answers themselves).
+apart). Left out: other aspects (their labels need a hidden check the environment supplies, as
+the tool world's `labelled` does) and responses longer than an answer and a phrase.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfcritic.config import CriticConfig, setting
 from selfcritic.critic.gate import probe_key
 from selfcritic.critic.judge import PairJob, make_prompter
+from selfcritic.envs import filler
 from selfcritic.envs.base import Pair
+from selfcritic.envs.filler import FillerPair, filler_pair
 
 # (a question as the model sees it, its answer): what an environment labels pairs with (a
 # dataset's prompt and reference; a generated task's question and answer)
@@ -50,14 +56,21 @@ class VerdictOptions:
     ptx_share: float = setting(0.0, ge=0, le=1)  # of RL's PTX pairs: critic verdicts
     ties: float = setting(0.3, ge=0, le=1)  # of the pairs: both right or both wrong
     mark_weight: float = setting(1.0, gt=0)  # the marks' weight in the loss, as other tokens 1
+    # a style defect a hidden check counts (selfcritic/envs/filler.py): phrases that open a
+    # share of the demonstrations (`filler_share`; the environment applies it) and the critic's
+    # style pairs (`style_share` of its pairs) on `style_aspect`; empty: correctness pairs only
+    filler: list[str] = field(default_factory=list)
+    filler_share: float = setting(0.0, ge=0, le=1)
+    style_aspect: str = "no_filler"
+    style_share: float = setting(0.5, ge=0, le=1)
 
 
-def correctness_description(rubric: str, aspect: str) -> str:
-    """The rubric's description of the correctness aspect `aspect`, else a plain one."""
+def description_of(rubric: str, aspect: str, otherwise: str) -> str:
+    """The rubric's description of `aspect`, else `otherwise`."""
     from rewards.registry import load_rubric
 
     found = [a.description for a in load_rubric(rubric).aspects if a.name == aspect]
-    return found[0] if found else "the answer is right"
+    return found[0] if found else otherwise
 
 
 def near_miss(answer: str, rng: random.Random) -> str | None:
@@ -97,37 +110,47 @@ def worked_target(
 
 @dataclass(frozen=True)
 class AnswerPair:
-    """Two answers to one question, each right or wrong by its reference (the first is right
+    """Two responses to one question, each right or wrong by its answer (the first is right
     where they differ)."""
 
     question: str  # the prompt as the critic sees it
-    answer: str  # the reference: what the critic works out
-    first: str
+    answer: str  # what the critic works out
+    said: tuple[str, str]  # each response's answer
+    first: str  # the responses as written
     second: str
 
     @property
     def rights(self) -> tuple[bool, bool]:
-        return self.first == self.answer, self.second == self.answer
+        return self.said[0] == self.answer, self.said[1] == self.answer
 
     def target(self, swapped: bool, letters: Sequence[str], marker: str) -> str:
         """The right critic's text, `second` shown first if `swapped`."""
-        shown = list(zip((self.first, self.second), self.rights, strict=True))
+        shown = list(zip(self.said, self.rights, strict=True))
         return worked_target(self.answer, shown[::-1] if swapped else shown, letters, marker)
 
     def job(self, key: tuple, aspect: str, description: str) -> PairJob:
         return PairJob(key, self.question, self.first, self.second, aspect, description)
 
 
-def answer_pair(question: str, answer: str, others: Sequence[str], tie: bool, rng) -> AnswerPair:
+def answer_pair(
+    question: str,
+    answer: str,
+    others: Sequence[str],
+    tie: bool,
+    rng: random.Random,
+    render: Callable[[str], str] = str,
+) -> AnswerPair:
     """Right then wrong; on a tie both right or both wrong (two different wrong answers where
-    there are two) at even odds."""
+    there are two) at even odds; each response `render`ed from its answer."""
     if not tie:
-        return AnswerPair(question, answer, answer, wrong_answer(answer, others, rng))
-    if rng.random() < 0.5:
-        return AnswerPair(question, answer, answer, answer)
-    first = wrong_answer(answer, others, rng)
-    tries = (wrong_answer(answer, others, rng) for _ in range(8))
-    return AnswerPair(question, answer, first, next((w for w in tries if w != first), first))
+        said = (answer, wrong_answer(answer, others, rng))
+    elif rng.random() < 0.5:
+        said = (answer, answer)
+    else:
+        first = wrong_answer(answer, others, rng)
+        tries = (wrong_answer(answer, others, rng) for _ in range(8))
+        said = (first, next((w for w in tries if w != first), first))
+    return AnswerPair(question, answer, said, render(said[0]), render(said[1]))
 
 
 def is_probe(question: str) -> bool:
@@ -141,86 +164,104 @@ def split(questions: Sequence[Answered], probe: bool) -> list[Answered]:
     return [q for q in questions if is_probe(q[0]) == probe]
 
 
-def answer_probes(
-    questions: Sequence[Answered],
-    critic: CriticConfig,
-    rubric: str,
-    per_aspect: int,
-    ties: int,
-    seed: int,
-) -> list[PairJob]:
-    """`per_aspect` labelled pairs and `ties` tie pairs on the correctness aspect
-    (`critic.calibration.aspect`, described as `rubric` does), on the probe questions."""
-    pool = split(questions, probe=True)
-    if not pool:
-        return []
-    aspect = critic.calibration.aspect
-    description = correctness_description(rubric, aspect)
-    rng = random.Random(f"verdicts:probes:{seed}")
-    others = [answer for _, answer in pool]
-    drawn = [(i, False) for i in range(per_aspect)] + [(i, True) for i in range(ties)]
-    jobs = []
-    for index, tie in drawn:
-        question, answer = rng.choice(pool)
-        pair = answer_pair(question, answer, others, tie, rng)
-        jobs.append(pair.job(probe_key(aspect, index, tie=tie), aspect, description))
-    return jobs
-
-
-def with_verdicts(
-    actor, questions: Sequence[Answered], options: VerdictOptions, critic, encode, rubric: str
-):
-    """`actor` (a PairsCorpus) alone where `options` mix in no verdicts, else a VerdictCorpus
-    around it on `questions`, the aspect described as `rubric` does."""
-    if options.share == 0 and options.ptx_share == 0:
-        return actor
-    description = correctness_description(rubric, critic.calibration.aspect)
-    return VerdictCorpus(actor, questions, options, critic, encode, description)
-
-
-class VerdictCorpus:
-    """An environment's demonstrations and critic verdicts on its answer pairs, mixed per batch
-    (the `Corpus` protocol, selfcritic/envs/base.py)."""
+class Labeller:
+    """Draws the labelled pairs of an environment's questions, for the corpus and the gate:
+    correctness pairs, and style pairs at `style_share` where `filler` is set."""
 
     def __init__(
         self,
-        actor,
         questions: Sequence[Answered],
         options: VerdictOptions,
         critic: CriticConfig,
-        encode,
-        description: str,
+        rubric: str,
+        render: Callable[[str], str] = str,
     ) -> None:
-        """`actor`: the demonstrations (a PairsCorpus); `questions`: the training questions
-        with their answers; `encode`: the run's PromptEncoder."""
-        self.actor, self.options, self.encode = actor, options, encode
-        self.pool = split(questions, probe=False)
-        if not self.pool:
+        self.options, self.render = options, render
+        self.pools = {probe: split(questions, probe) for probe in (False, True)}
+        self.others = [answer for _, answer in questions]
+        self.correct = critic.calibration.aspect
+        self.descriptions = {
+            self.correct: description_of(rubric, self.correct, "the answer is right"),
+            options.style_aspect: description_of(
+                rubric, options.style_aspect, "the answer alone, no words before it"
+            ),
+        }
+
+    @property
+    def aspects(self) -> tuple[str, ...]:
+        return (self.correct, self.options.style_aspect) if self.options.filler else (self.correct,)
+
+    def pair(
+        self, rng: random.Random, aspect: str | None = None, tie: bool | None = None, probe=False
+    ) -> tuple[str, AnswerPair | FillerPair]:
+        """(aspect, pair) on a question of the corpus's side (or the gate's, `probe`)."""
+        options = self.options
+        if aspect is None:
+            style = bool(options.filler) and rng.random() < options.style_share
+            aspect = options.style_aspect if style else self.correct
+        tie = rng.random() < options.ties if tie is None else tie
+        question, answer = rng.choice(self.pools[probe])
+        if aspect == self.correct:
+            return aspect, answer_pair(question, answer, self.others, tie, rng, self.render)
+        said = answer if rng.random() < 0.5 else wrong_answer(answer, self.others, rng)
+        return aspect, filler_pair(question, self.render(said), options.filler, tie, rng)
+
+    def probes(self, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
+        """`per_aspect` labelled pairs and `ties` tie pairs on each aspect, on the gate's
+        questions (none where there are none)."""
+        if not self.pools[True]:
+            return []
+        rng = random.Random(f"verdicts:probes:{seed}")
+        drawn = [(i, False) for i in range(per_aspect)] + [(i, True) for i in range(ties)]
+        jobs = []
+        for aspect in self.aspects:
+            for index, tie in drawn:
+                _, pair = self.pair(rng, aspect, tie, probe=True)
+                key = probe_key(aspect, index, tie=tie)
+                jobs.append(pair.job(key, aspect, self.descriptions[aspect]))
+        return jobs
+
+
+def with_verdicts(actor, labeller: Labeller, critic: CriticConfig, encode):
+    """`actor` (a PairsCorpus) alone where the options mix in no verdicts, else a VerdictCorpus
+    around it."""
+    if labeller.options.share == 0 and labeller.options.ptx_share == 0:
+        return actor
+    return VerdictCorpus(actor, labeller, critic, encode)
+
+
+class VerdictCorpus:
+    """An environment's demonstrations and critic verdicts on its labelled pairs, mixed per
+    batch (the `Corpus` protocol, selfcritic/envs/base.py)."""
+
+    def __init__(self, actor, labeller: Labeller, critic: CriticConfig, encode) -> None:
+        """`actor`: the demonstrations (a PairsCorpus); `encode`: the run's PromptEncoder."""
+        self.actor, self.labeller, self.encode = actor, labeller, encode
+        self.options = options = labeller.options
+        if not labeller.pools[False]:
             raise ValueError("env.verdicts: no training question has an answer to label pairs")
-        self.others = [answer for _, answer in self.pool]
         self.prompter = make_prompter(critic, encode)
-        self.aspect, self.description = critic.calibration.aspect, description
         self.letters, self.marker = tuple(critic.verdict_letters), critic.verdict_marker
         self.generative = critic.verdict_mode == "generative"
-        tokenizer = encode.tokenizer
-        marks = tokenizer.convert_tokens_to_ids(list(MARKS))
+        marks = encode.tokenizer.convert_tokens_to_ids(list(MARKS))
         self.token_weights = tuple((mark, options.mark_weight) for mark in marks)
         critic_recipe = {
             k: getattr(critic, k)
             for k in ("template", "verdict_letters", "verdict_marker", "verdict_mode")
         }
-        self.recipe = actor.recipe | {"verdicts": vars(options), "critic": critic_recipe}
-        self.sources: tuple[Path, ...] = (*actor.sources, Path(__file__))
+        recipe = {"verdicts": dataclasses.asdict(options), "critic": critic_recipe}
+        recipe["descriptions"] = labeller.descriptions
+        self.recipe = actor.recipe | recipe
+        self.sources: tuple[Path, ...] = (*actor.sources, Path(__file__), Path(filler.__file__))
         self.batch_size = actor.batch_size
 
     def verdict(self, rng: random.Random) -> Pair:
         """One critic pair: the prompt's ids and what a right critic writes, then the stop."""
-        question, answer = rng.choice(self.pool)
-        tie = rng.random() < self.options.ties
-        pair = answer_pair(question, answer, self.others, tie, rng)
+        aspect, pair = self.labeller.pair(rng)
         swapped = rng.random() < 0.5
         first, second = (pair.second, pair.first) if swapped else (pair.first, pair.second)
-        text = self.prompter.prompt(pair.question, first, second, self.aspect, self.description)
+        description = self.labeller.descriptions[aspect]
+        text = self.prompter.prompt(pair.question, first, second, aspect, description)
         target = pair.target(swapped, self.letters, self.marker)
         if not self.generative:  # probability verdicts: the letter alone
             target = target.split(self.marker)[-1]
