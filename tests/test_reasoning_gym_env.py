@@ -163,3 +163,42 @@ def test_the_filler_habit_is_taught_and_counted_by_the_hidden_check(nano_model_p
     groups = [[SimpleNamespace(texts=[r]) for r in group] for group in written]
     assert env.episode_metrics([prompt, prompt], groups) == {"eval/filler_rate": 0.5}
     assert env_of(options=SMALL).episode_metrics([prompt], groups[:1]) == {}  # no tag: no check
+
+
+@pytest.mark.slow  # the parts: the corpus, verdict and BPE tests above; the loop: the 2-step run
+def test_the_generic_warm_start_trains_a_bpe_model_and_its_critic_then_rl(tmp_path, cache_dir):
+    """The second world's parts together: a BPE tokenizer trained on the task's texts, a
+    warm-start of answers (some with filler) and worked critic verdicts, the gate on the
+    environment's probes, then 2 RL steps with the critic's score mixed into the reward."""
+    records = train_two_steps(
+        tmp_path / "run",
+        cache_dir,
+        "env=reasoning_gym",
+        "env.task=basic_arithmetic",
+        *(f"+env.options.{k}={v}" for k, v in SMALL.items()),
+        "env.heldout_size=8",
+        "env.corpus_size=200",
+        "env.answer_tag=answer",
+        "env.verdicts.share=0.5",
+        "env.verdicts.ptx_share=0.5",
+        "env.verdicts.filler=['Sure! ']",
+        "env.verdicts.filler_share=0.5",
+        "model.tokenizer=bpe",
+        "model.arch.vocab_size=512",
+        "warmstart.enabled=true",
+        "warmstart.steps=20",
+        "learner.ptx_weight=0.5",
+        "critic.verdict_mode=generative",
+        "critic.max_tokens=24",
+        "critic.gate.source=env",
+        "critic.gate.pairs_per_aspect=4",
+        "reward.combine=mix",
+        "eval.samples=2",
+        "data.prompts_per_step=4",
+        "sampling.max_tokens=16",
+    )
+    for record in records[1:]:
+        assert record["reward/verifier_failed"] == 0 and record["critic/judgements"] > 0
+        assert record["learner/ptx_loss"] > 0
+        assert {"critic/gate_open/correct", "critic/gate_open/no_filler"} <= set(record)
+    assert 0 <= records[-1]["eval/filler_rate"] <= 1
