@@ -1,7 +1,8 @@
 """The whole loop on real components: Ray, vLLM, a verifier, the self-critic, Muon, weight sync.
 
-`test_training_loop_end_to_end` runs the trainer in-process for three steps; the CLI test runs
-the README's command itself for two steps.
+`test_training_loop_end_to_end` runs the trainer in-process for three steps; the CLI test (slow:
+tests/test_nano_run.py runs the README's main command in the default suite) runs
+`+experiment=nano_quick` for two steps.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ def config_model_path(cache_dir):
     return prepare_model(ModelConfig(), cache_dir)
 
 
+@pytest.mark.slow  # test_nano_run.py runs the README's main command (+experiment=nano) so
 def test_readme_command_runs(tmp_path, cache_dir):
     """`python -m selfcritic.run +experiment=nano_quick`, shortened to two steps."""
     result = subprocess.run(

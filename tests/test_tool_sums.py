@@ -8,6 +8,7 @@ import json
 import math
 import random
 import re
+from contextlib import closing
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -56,15 +57,17 @@ def drawn_all(env) -> list:
 
 def test_questions_split_and_mix(env):
     train = {p.text for p in env.one_digit + env.two_digit}
-    held = env.held_out()
+    evaluated = env.held_out()
+    one = [p for p in evaluated if max(operands(p.text)) < 10]
+    held = [p for p in evaluated if p not in one]
+    assert len(held) == 96 and len(one) == 40  # heldout_max and eval_one_digit
+    assert len(env.one_digit) == 100  # every one-digit fact is taught: a call there is needless
+    assert {p.text.split("\n", 1)[1] for p in one} <= train
     assert held and not {p.text.split("\n", 1)[1] for p in held} & train
-    one = [p for p in held if max(operands(p.text)) < 10]
-    assert len(held) - len(one) == 96  # heldout_max two-digit ones, and every one-digit one
-    assert len(one) + len(env.one_digit) == 100
     twins = {f"Q: {b}+{a}\nA:" for a, b in map(operands, (p.text for p in held))}
     assert not {p.text for p in env.products} & {p.text for p in drawn_all(env)}
     assert not twins & train  # b+a is held out with a+b
-    assert len({operands(p.text)[0] for p in held if p not in one}) > 40  # spread, not a=10..14
+    assert len({operands(p.text)[0] for p in held}) > 40  # spread, not a=10..14
     drawn = [p for step in range(50) for p in env.prompts(step, 0, 16)]
     assert drawn[:16] == env.prompts(0, 0, 16)  # a pure function of (seed, step, draw)
     assert drawn[:16] != env.prompts(0, 1, 16) and drawn[:16] != drawn[16:32]
@@ -202,15 +205,11 @@ def test_the_corpus_shows_the_servers_results(env, nano_model_path):
     corpus = env.corpus(tokenizer)
     pairs = corpus.actor.pairs
     # each one-digit sum (6 copies) and direct demo one pair; each add or multiply call two:
-    # 24 two-digit sums, 300 products, and every one-digit sum twice with a needless call
-    needless = 2 * len(env.one_digit)
-    assert len(pairs) == 6 * len(env.one_digit) + 300 + 2 * (24 + needless + 300)
+    # 24 two-digit sums and 300 products
+    assert len(pairs) == 6 * len(env.one_digit) + 300 + 2 * (24 + 300)
     texts = [tokenizer.decode(list(c) + list(t)) for c, t in pairs]
     called = [t for t in texts if "<call>add" in t and "<result>" in t]
-    assert len(called) == 24 + needless  # the second turn's context holds the server's answer
-    one_digit = [t for t in called if max(operands(t)) < 10]
-    assert len(one_digit) == needless
-    assert {operands(t) for t in one_digit} == {operands(p.text) for p in env.one_digit}
+    assert len(called) == 24  # the second turn's context holds the server's answer
     products = [t for t in texts if "<call>multiply" in t and "<result>" in t]
     assert len(products) == 300  # the other tool's calls, with the server's results
     assert all(f"<result>{a * b}</result>" in t for t in products for a, b in [_ops(t)])
@@ -228,6 +227,21 @@ def test_the_corpus_shows_the_servers_results(env, nano_model_path):
     assert all(context.endswith(tuple(f"\n{a}->" for a in ASPECTS)) for context, _ in verdicts)
     longest = max(len(c) + len(t) for c, t in batch)
     assert longest <= 256  # the nano model's context
+
+
+def test_needless_call_demonstrations_show_every_one_digit_sum(nano_model_path):
+    """`env.needless_copies=1`: each one-digit sum once more, answered with an `add` call and
+    the server's result."""
+    from transformers import AutoTokenizer
+
+    cfg = _config("env.needless_copies=1", "env.product_demos=0", "env.direct_demos=0")
+    tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
+    with closing(build_environment(cfg.env, cfg)) as env:
+        texts = [tokenizer.decode(c + t) for c, t in env.corpus(tokenizer).actor.pairs]
+        one_digit = [t for t in texts if "<call>add" in t and "<result>" in t]
+        one_digit = [t for t in one_digit if max(operands(t)) < 10]
+        assert sorted(map(operands, one_digit)) == sorted(operands(p.text) for p in env.one_digit)
+        assert all(f"<result>{sum(operands(t))}</result>" in t for t in one_digit)
 
 
 def test_the_tool_world_trains_two_steps_and_reports_the_oracles_rates(tmp_path, cache_dir):

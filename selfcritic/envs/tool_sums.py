@@ -3,9 +3,11 @@ served over MCP that can, and one-digit sums where calling it is needless.
 
 Tasks, `Q: 53+31\\nA:`: two-digit operands (10-99; a 4.6M character model answers 5-9% of them
 unaided, ../shared/notes/nano-feasibility.md) and, at `one_digit_share`, one-digit ones (0-9:
-it learns those alone, so a call is needless). Held-out questions are split off by a hash of
-their operands (a+b and b+a fall on the same side); evaluation takes every held-out one-digit
-question and a fixed sample of `heldout_max` two-digit ones.
+every one of the 100 is taught, so a call there is needless). Held-out two-digit questions are
+split off by a hash of their operands (a+b and b+a fall on the same side); evaluation takes a
+fixed sample of `heldout_max` of them and of `eval_one_digit` one-digit sums. Those are trained
+facts: a call on a sum the model was never taught would not be needless, so what is measured
+there is the call policy on facts it knows, not generalisation.
 The tool is the shipped calculator MCP server serving `add` and `multiply` (the other tool,
 shown in the warm-start only), a session per episode. An
 episode is ToolUse's (selfcritic/envs/tool_use.py): compact calls, `<call>add {"a": 53, "b":
@@ -128,6 +130,8 @@ class ToolSumsOptions(ToolUseOptions):
     one_digit_share: float = setting(0.3, ge=0, le=1)  # of the training questions drawn
     heldout_fraction: float = setting(0.2, ge=0, lt=1)
     heldout_max: int = setting(96, ge=1)  # two-digit held-out questions evaluated
+    # one-digit sums evaluated (all trained: the call policy on facts the model knows)
+    eval_one_digit: int = setting(40, ge=1, le=100)
     direct_demos: int = setting(300, ge=0)  # two-digit sums answered directly in the corpus
     call_demos: int = setting(24, ge=0)  # two-digit sums answered with a call in the corpus
     # products answered with a `multiply` call in the corpus: the call format, copying the
@@ -378,12 +382,12 @@ class ToolSums(ToolUse):
         super().__init__(options, cfg)
 
     def read(self, options: ToolSumsOptions):
-        """Every question, split by a hash of its operands (a+b and b+a on the same side); a
-        fixed-seed sample of the held-out two-digit ones; the demonstrations chosen by a fixed
-        seed (the same corpus in every run)."""
+        """Every one-digit question, and the two-digit ones split by a hash of their operands
+        (a+b and b+a on the same side); fixed-seed samples to evaluate; the demonstrations
+        chosen by a fixed seed (the same corpus in every run)."""
         one = [(a, b) for a in range(10) for b in range(10)]
         two = [(a, b) for a in range(10, 100) for b in range(10, 100)]
-        self.one_digit, held_one = _split(one, options.heldout_fraction)
+        self.one_digit, _ = _split(one, 0.0)  # every one is taught
         self.two_digit, held_two = _split(two, options.heldout_fraction)
         wanted = options.direct_demos + options.call_demos
         if wanted > len(self.two_digit):
@@ -400,7 +404,8 @@ class ToolSums(ToolUse):
         for p in chosen[options.direct_demos :]:
             demos[p.text] = [call_text(*operands(p.text)), p.reference]
         sample = random.Random("tool_sums:heldout").sample
-        heldout = held_one + sample(held_two, min(options.heldout_max, len(held_two)))
+        known = sample(self.one_digit, options.eval_one_digit)
+        heldout = known + sample(held_two, min(options.heldout_max, len(held_two)))
         products = rng.sample([(a, b) for a, b in two], options.product_demos)
         self.products = [Prompt(product(a, b), str(a * b)) for a, b in products]
         for (a, b), p in zip(products, self.products, strict=True):
