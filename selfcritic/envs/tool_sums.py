@@ -53,7 +53,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selfcritic.config import Config, ConfigError, CriticConfig, keyed, setting
+from selfcritic.config import Config, ConfigError, keyed, setting
 from selfcritic.critic.gate import probe_key
 from selfcritic.critic.judge import PairJob, make_prompter
 from selfcritic.envs.base import Prompt, is_heldout, transcript
@@ -377,7 +377,6 @@ class ToolSums(ToolUse):
     )
 
     def __init__(self, options: ToolSumsOptions, cfg: Config) -> None:
-        self.critic_cfg: CriticConfig = cfg.critic
         self._pools: dict[tuple, list[Prompt]] = {}
         super().__init__(options, cfg)
 
