@@ -18,6 +18,7 @@ probes (`probes`) and train a `model.tokenizer=bpe` tokenizer (`texts`). Left ou
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import random
@@ -132,9 +133,8 @@ class ReasoningGym(SingleTurn):
     def held_out(self) -> list[Prompt]:
         return self._heldout
 
-    def answered(self) -> list[tuple[str, str]]:
-        """(prompt text, answer) of the corpus's training entries (held-out questions
-        skipped)."""
+    @functools.cached_property
+    def _answered(self) -> list[tuple[str, str]]:
         size = min(self.options.corpus_size, self.options.train_size)
         entries = (self.training_set[i] for i in range(size))
         template = self.options.prompt_template
@@ -143,6 +143,11 @@ class ReasoningGym(SingleTurn):
             for e in entries
             if e["question"] not in self._heldout_questions
         ]
+
+    def answered(self) -> list[tuple[str, str]]:
+        """(prompt text, answer) of the corpus's training entries (held-out questions
+        skipped), made once: the corpus, its critic pairs, the probes and the texts share it."""
+        return self._answered
 
     def texts(self) -> list[str]:
         """What a `model.tokenizer=bpe` tokenizer learns from: the corpus's prompts and
