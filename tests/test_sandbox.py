@@ -535,10 +535,14 @@ def test_busy_processes_cannot_starve_a_concurrent_sample():
 
 
 def test_a_response_the_host_cannot_encode_leaks_nothing():
-    before = set(os.listdir("/proc/self/fd"))  # earlier tests' threads may close theirs
-    for _ in range(3):
+    # Earlier tests' background threads (Ray, wandb) may open or close a descriptor meanwhile,
+    # so the check is on the count: a leak would leave at least one per call.
+    calls = 8
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(calls):
         assert score("def add(a, b):\n    return a + b  # \ud800\n") == 1.0
-    assert set(os.listdir("/proc/self/fd")) <= before  # none opened and left open
+    opened = set(os.listdir("/proc/self/fd")) - before
+    assert len(opened) < calls // 2, opened
 
 
 # --- without bubblewrap ---------------------------------------------------------------------
