@@ -70,6 +70,16 @@ QUESTION = re.compile(r"Q: (\d+)\+(\d+)\n")
 FORGED = "<result>"  # a result the model writes itself: only the environment writes this
 
 
+def is_tens(a: int, b: int) -> bool:
+    """A sum of round tens (30+50): two-digit operands, a fact the model is taught."""
+    return a >= 10 and b >= 10 and a % 10 == 0 and b % 10 == 0
+
+
+def known_alone(a: int, b: int) -> bool:
+    """A sum the model is taught to answer without the tool: one-digit, or of round tens."""
+    return max(a, b) < 10 or is_tens(a, b)
+
+
 def question(a: int, b: int) -> str:
     return f"Q: {a}+{b}\nA:"
 
@@ -128,10 +138,14 @@ class ToolSumsOptions(ToolUseOptions):
     verifier: str | None = "exact_number"
     rubric: str = RUBRIC
     one_digit_share: float = setting(0.3, ge=0, le=1)  # of the training questions drawn
+    # of the training questions drawn: sums of round tens (30+50), two-digit questions the model
+    # is taught to answer alone, so that a call there is needless and reads like a needed one
+    tens_share: float = setting(0.15, ge=0, le=1)
     heldout_fraction: float = setting(0.2, ge=0, lt=1)
     heldout_max: int = setting(96, ge=1)  # two-digit held-out questions evaluated
     # one-digit sums evaluated (all trained: the call policy on facts the model knows)
     eval_one_digit: int = setting(40, ge=1, le=100)
+    eval_tens: int = setting(40, ge=0, le=81)  # sums of round tens evaluated (all trained)
     direct_demos: int = setting(300, ge=0)  # two-digit sums answered directly in the corpus
     call_demos: int = setting(24, ge=0)  # two-digit sums answered with a call in the corpus
     # products answered with a `multiply` call in the corpus: the call format, copying the
@@ -141,10 +155,14 @@ class ToolSumsOptions(ToolUseOptions):
     # well, or a call there is not needless (100 facts among a thousand pairs are seen too
     # rarely otherwise)
     one_digit_copies: int = setting(6, ge=1)
-    # copies of each one-digit sum answered with a (needless) `add` call in the corpus: needless
+    tens_copies: int = setting(4, ge=1)  # copies of each round-tens sum answered directly
+    # copies of each round-tens sum answered with a (needless) `add` call in the corpus: needless
     # calls before RL, which the critic's economical aspect has to take away (the verifier
-    # cannot: the tool's result is right)
-    needless_copies: int = setting(2, ge=0)
+    # cannot: the tool's result is right). Their operands are two-digit, as a needed call's are
+    tens_needless_copies: int = setting(1, ge=0)
+    # the same on one-digit sums: 0, since one-digit operands in most `add` calls broke the
+    # copying of two-digit ones (docs/nano-probe-log.md)
+    needless_copies: int = setting(0, ge=0)
     critic_share: float = setting(0.5, ge=0, le=1)  # of each warm-start batch: critic verdicts
     # of RL's PTX pairs: critic verdicts (they keep its judging); the rest demonstrations,
     # which pull the policy back towards the warm-start's low call rate
@@ -167,7 +185,7 @@ class Facts:
 
     @property
     def needs_tool(self) -> bool:
-        return max(self.a, self.b) >= 10
+        return not known_alone(self.a, self.b)
 
     @property
     def correct(self) -> bool:
@@ -361,16 +379,20 @@ def labelled_pair(prompt: str, aspect: str, tie: bool, rng: random.Random) -> La
 
 @register_environment("tool_sums", ToolSumsOptions)
 class ToolSums(ToolUse):
-    """Two-digit sums with an `add` tool, one-digit sums without; a process rubric."""
+    """Two-digit sums with an `add` tool; one-digit and round-tens sums without; a process
+    rubric."""
 
     headline = ("eval/accuracy_needs_tool", "eval/call_rate_needs_tool", "eval/needless_call_rate")
     report_metrics = (
         ("eval/accuracy_needs_tool", "accuracy, two-digit sums (need the tool)", True),
         ("eval/accuracy_one_digit", "accuracy, one-digit sums", True),
+        ("eval/accuracy_tens", "accuracy, round-tens sums", True),
         ("eval/accuracy_with_call", "accuracy, two-digit sums answered with a call", True),
         ("eval/accuracy_without_call", "accuracy, two-digit sums answered without", True),
         ("eval/call_rate_needs_tool", "tool-call rate, two-digit sums", True),
-        ("eval/needless_call_rate", "tool-call rate, one-digit sums (needless)", False),
+        ("eval/needless_call_rate", "tool-call rate, sums known alone (needless)", False),
+        ("eval/needless_call_rate_one_digit", "of which one-digit sums", False),
+        ("eval/needless_call_rate_tens", "of which round-tens sums", False),
         ("eval/valid_argument_rate", "calls with the question's operands", True),
         ("eval/faithful_rate", "answers equal to the tool's result", True),
         ("eval/invented_rate", "answers with a result the model wrote", False),
@@ -381,13 +403,16 @@ class ToolSums(ToolUse):
         super().__init__(options, cfg)
 
     def read(self, options: ToolSumsOptions):
-        """Every one-digit question, and the two-digit ones split by a hash of their operands
-        (a+b and b+a on the same side); fixed-seed samples to evaluate; the demonstrations
-        chosen by a fixed seed (the same corpus in every run)."""
+        """Every one-digit and round-tens question, and the other two-digit ones split by a
+        hash of their operands (a+b and b+a on the same side); fixed-seed samples to evaluate;
+        the demonstrations chosen by a fixed seed (the same corpus in every run)."""
         one = [(a, b) for a in range(10) for b in range(10)]
         two = [(a, b) for a in range(10, 100) for b in range(10, 100)]
         self.one_digit, _ = _split(one, 0.0)  # every one is taught
-        self.two_digit, held_two = _split(two, options.heldout_fraction)
+        self.tens, _ = _split([pair for pair in two if is_tens(*pair)], 0.0)  # and every one
+        self.two_digit, held_two = _split(
+            [pair for pair in two if not is_tens(*pair)], options.heldout_fraction
+        )
         wanted = options.direct_demos + options.call_demos
         if wanted > len(self.two_digit):
             raise ConfigError(
@@ -399,38 +424,48 @@ class ToolSums(ToolUse):
             )
         rng = random.Random("tool_sums:demos")
         chosen = rng.sample(self.two_digit, wanted)
-        demos = {p.text: [p.reference] for p in self.one_digit + chosen[: options.direct_demos]}
+        direct = self.one_digit + self.tens + chosen[: options.direct_demos]
+        demos = {p.text: [p.reference] for p in direct}
         for p in chosen[options.direct_demos :]:
             demos[p.text] = [call_text(*operands(p.text)), p.reference]
         sample = random.Random("tool_sums:heldout").sample
         known = sample(self.one_digit, options.eval_one_digit)
+        known += sample(self.tens, options.eval_tens)
         heldout = known + sample(held_two, min(options.heldout_max, len(held_two)))
         products = rng.sample([(a, b) for a, b in two], options.product_demos)
         self.products = [Prompt(product(a, b), str(a * b)) for a, b in products]
         for (a, b), p in zip(products, self.products, strict=True):
             demos[p.text] = [f"<call>multiply {json.dumps({'a': a, 'b': b})}</call>", p.reference]
-        return self.one_digit + self.two_digit, heldout, demos
+        return self.one_digit + self.tens + self.two_digit, heldout, demos
 
     def demonstrated(self) -> list[Prompt]:
         copies = self.one_digit * (self.options.one_digit_copies - 1)
+        copies += self.tens * (self.options.tens_copies - 1)
         return self.train + copies + self.products
 
     def demonstrations(self):
-        """The demonstrations (DatasetEnvironment's), then each training one-digit sum answered
-        with a needless call, `needless_copies` times."""
+        """The demonstrations (DatasetEnvironment's), then each round-tens sum answered with a
+        needless call `tens_needless_copies` times, and each one-digit sum `needless_copies`."""
         yield from super().demonstrations()
-        for prompt in self.one_digit * self.options.needless_copies:
+        options = self.options
+        needless = self.tens * options.tens_needless_copies
+        for prompt in needless + self.one_digit * options.needless_copies:
             yield prompt, self.observed([call_text(*operands(prompt.text)), prompt.reference])
 
     def prompts(self, step: int, draw: int, count: int) -> list[Prompt]:
-        """`count` questions, one-digit at `one_digit_share`: a pure function of (data.seed,
-        step, draw)."""
+        """`count` questions, one-digit at `one_digit_share`, round tens at `tens_share`: a
+        pure function of (data.seed, step, draw)."""
         rng = random.Random(f"tool_sums:{self.seed}:{step}:{draw}")
-        share = self.options.one_digit_share
         return [
-            self.shown(rng.choice(self.one_digit if rng.random() < share else self.two_digit))
-            for _ in range(count)
+            self.shown(rng.choice(getattr(self, self._kind(rng.random())))) for _ in range(count)
         ]
+
+    def _kind(self, draw: float) -> str:
+        """The kind of question a uniform `draw` picks: one-digit, round tens, or two-digit."""
+        one, tens = self.options.one_digit_share, self.options.tens_share
+        if draw < one:
+            return "one_digit"
+        return "tens" if draw < one + tens else "two_digit"
 
     def held_out(self) -> list[Prompt]:
         return [self.shown(p) for p in self.heldout]
@@ -442,6 +477,7 @@ class ToolSums(ToolUse):
         super().keep_prompts(keep)
         kept = {p.text for p in self.train}
         self.one_digit = [p for p in self.one_digit if p.text in kept]
+        self.tens = [p for p in self.tens if p.text in kept]
         self.two_digit = [p for p in self.two_digit if p.text in kept]
 
     def sources(self) -> tuple[Path, ...]:
@@ -459,22 +495,25 @@ class ToolSums(ToolUse):
         tie: bool | None = None,
         probe: bool = False,
     ) -> LabelledSums:
-        """A critic pair on a training question (one-digit at `one_digit_share`; always on
-        economical pairs that do not tie, since only a one-digit sum has a needless call). The
-        corpus's and the gate's (`probe`) questions are disjoint (`PROBE_FRACTION` of them by
-        a hash), so that no probe is ever a training pair."""
+        """A critic pair on a training question (of each kind at its share; never a two-digit
+        one on economical pairs that do not tie, since only a sum known alone has a needless
+        call). The corpus's and the gate's (`probe`) questions are disjoint (`PROBE_FRACTION` of
+        them by a hash), so that no probe is ever a training pair."""
         options = self.options
         aspect = rng.choice(ASPECTS) if aspect is None else aspect
         tie = rng.random() < options.ties if tie is None else tie
-        one = rng.random() < options.one_digit_share or (aspect == "economical" and not tie)
-        prompt = self.shown(rng.choice(self._pool(one, probe))).text
+        kind = self._kind(rng.random())
+        if aspect == "economical" and not tie:  # a one-digit or round-tens sum, as drawn
+            known = options.one_digit_share + options.tens_share
+            kind = self._kind(rng.random() * known) if known > 0 else "one_digit"
+        prompt = self.shown(rng.choice(self._pool(kind, probe))).text
         return labelled_pair(prompt, aspect, tie, rng)
 
-    def _pool(self, one: bool, probe: bool) -> list[Prompt]:
+    def _pool(self, kind: str, probe: bool) -> list[Prompt]:
         """The training questions of one kind that are probes' (or the corpus's), cached."""
-        key = (one, probe, len(self.one_digit), len(self.two_digit))
+        questions = getattr(self, kind)
+        key = (kind, probe, len(questions))
         if key not in self._pools:
-            questions = self.one_digit if one else self.two_digit
             self._pools[key] = [p for p in questions if _is_probe(operands(p.text)) == probe]
         return self._pools[key]
 
@@ -506,17 +545,22 @@ def oracle_rates(facts: list[Facts]) -> dict[str, float]:
     """The report's rates of a list of episodes' facts (NaN where a rate has no episode)."""
     needs = [f for f in facts if f.needs_tool]
     plain = [f for f in facts if not f.needs_tool]
+    one_digit = [f for f in plain if max(f.a, f.b) < 10]
+    tens = [f for f in plain if is_tens(f.a, f.b)]
     called = [f for f in needs if f.calls]  # a call made, answered or not
     uncalled = [f for f in needs if not f.calls]
     with_result = [f for f in facts if f.results]
     calls = sum(f.calls for f in facts)
     return {
         "eval/accuracy_needs_tool": _rate(needs, lambda f: f.correct),
-        "eval/accuracy_one_digit": _rate(plain, lambda f: f.correct),
+        "eval/accuracy_one_digit": _rate(one_digit, lambda f: f.correct),
+        "eval/accuracy_tens": _rate(tens, lambda f: f.correct),
         "eval/accuracy_with_call": _rate(called, lambda f: f.correct),
         "eval/accuracy_without_call": _rate(uncalled, lambda f: f.correct),
         "eval/call_rate_needs_tool": _rate(needs, lambda f: f.calls > 0),
         "eval/needless_call_rate": _rate(plain, lambda f: f.calls > 0),
+        "eval/needless_call_rate_one_digit": _rate(one_digit, lambda f: f.calls > 0),
+        "eval/needless_call_rate_tens": _rate(tens, lambda f: f.calls > 0),
         "eval/repeat_call_rate": _rate(facts, lambda f: f.calls > 1),
         "eval/valid_argument_rate": sum(f.valid_calls for f in facts) / calls
         if calls
