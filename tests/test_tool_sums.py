@@ -19,6 +19,7 @@ from selfcritic.envs.tool_sums import (
     ASPECTS,
     Facts,
     episode_facts,
+    is_tens,
     labelled_pair,
     operands,
     oracle_rates,
@@ -56,13 +57,16 @@ def drawn_all(env) -> list:
 
 
 def test_questions_split_and_mix(env):
-    train = {p.text for p in env.one_digit + env.two_digit}
+    train = {p.text for p in env.one_digit + env.tens + env.two_digit}
     evaluated = env.held_out()
     one = [p for p in evaluated if max(operands(p.text)) < 10]
-    held = [p for p in evaluated if p not in one]
-    assert len(held) == 96 and len(one) == 40  # heldout_max and eval_one_digit
-    assert len(env.one_digit) == 100  # every one-digit fact is taught: a call there is needless
-    assert {p.text.split("\n", 1)[1] for p in one} <= train
+    tens = [p for p in evaluated if is_tens(*operands(p.text))]
+    held = [p for p in evaluated if p not in one + tens]
+    assert (len(held), len(one), len(tens)) == (96, 40, 40)  # heldout_max, eval_one_digit, _tens
+    # every one-digit and round-tens fact is taught: a call there is needless
+    assert len(env.one_digit) == 100 and len(env.tens) == 81
+    assert not any(is_tens(*operands(p.text)) for p in env.two_digit)
+    assert {p.text.split("\n", 1)[1] for p in one + tens} <= train
     assert held and not {p.text.split("\n", 1)[1] for p in held} & train
     twins = {f"Q: {b}+{a}\nA:" for a, b in map(operands, (p.text for p in held))}
     assert not {p.text for p in env.products} & {p.text for p in drawn_all(env)}
@@ -72,7 +76,9 @@ def test_questions_split_and_mix(env):
     assert drawn[:16] == env.prompts(0, 0, 16)  # a pure function of (seed, step, draw)
     assert drawn[:16] != env.prompts(0, 1, 16) and drawn[:16] != drawn[16:32]
     share = sum(max(operands(p.text)) < 10 for p in drawn) / len(drawn)
-    assert 0.25 < share < 0.35  # one_digit_share 0.3 over 800 draws
+    assert 0.2 < share < 0.3  # one_digit_share 0.25 over 800 draws
+    share = sum(is_tens(*operands(p.text)) for p in drawn) / len(drawn)
+    assert 0.11 < share < 0.19  # tens_share 0.15
     prefix = "Tools: add(a,b) multiply(a,b)\nQ: "
     assert all(p.text.startswith(prefix) and p.text.endswith("\nA:") for p in drawn)
     assert all(int(p.reference) == sum(operands(p.text)) for p in drawn)
@@ -107,21 +113,27 @@ def test_oracle_rates_worked_by_hand():
     facts = [
         Facts(53, 31, 1, 1, ("84",), "84"),  # two-digit, called, right, faithful
         Facts(53, 31, 1, 0, ("66.0",), "85"),  # two-digit, called with wrong operands, unfaithful
-        Facts(20, 30, 0, 0, (), "50"),  # two-digit, unaided, right
-        Facts(20, 30, 0, 0, (), "<result>50.0</result> 51", forged=True),  # invented
-        Facts(3, 5, 1, 1, ("8.0",), "8"),  # needless call
+        Facts(21, 30, 0, 0, (), "51"),  # two-digit, unaided, right
+        Facts(21, 30, 0, 0, (), "<result>51.0</result> 52", forged=True),  # invented
+        Facts(3, 5, 1, 1, ("8.0",), "8"),  # one-digit, needless call
         Facts(3, 5, 0, 0, (), "9"),  # one-digit, wrong
+        Facts(20, 30, 1, 1, ("50",), "50"),  # round tens, needless call, right
+        Facts(20, 30, 0, 0, (), "50"),  # round tens, alone, right
+        Facts(40, 50, 0, 0, (), "80"),  # round tens, alone, wrong
     ]
     rates = oracle_rates(facts)
     assert rates["eval/accuracy_needs_tool"] == 2 / 4
     assert rates["eval/accuracy_one_digit"] == 1 / 2
+    assert rates["eval/accuracy_tens"] == 2 / 3
     assert rates["eval/accuracy_with_call"] == 1 / 2
     assert rates["eval/accuracy_without_call"] == 1 / 2
     assert rates["eval/call_rate_needs_tool"] == 2 / 4
-    assert rates["eval/needless_call_rate"] == 1 / 2
-    assert rates["eval/valid_argument_rate"] == 2 / 3
-    assert rates["eval/faithful_rate"] == 2 / 3
-    assert rates["eval/invented_rate"] == 1 / 6
+    assert rates["eval/needless_call_rate"] == 2 / 5
+    assert rates["eval/needless_call_rate_one_digit"] == 1 / 2
+    assert rates["eval/needless_call_rate_tens"] == 1 / 3
+    assert rates["eval/valid_argument_rate"] == 3 / 4
+    assert rates["eval/faithful_rate"] == 3 / 4
+    assert rates["eval/invented_rate"] == 1 / 9
     assert math.isnan(oracle_rates([facts[0]])["eval/needless_call_rate"])
 
 
@@ -136,6 +148,9 @@ def test_critic_targets_worked_by_hand():
     assert pair.critic_answer(True, letters, "#") == f" X84={said}- Y84=84+ #Y"
     pair = labelled_pair("Q: 3+5\nA:", "economical", False, random.Random(1))
     assert pair.critic_answer(True, letters, "#") == " =0 X1- Y0+ #Y"
+    pair = labelled_pair("Q: 30+50\nA:", "economical", False, random.Random(1))
+    assert pair.critic_answer(True, letters, "#") == " =0 X1- Y0+ #Y"  # round tens: no call
+    assert Facts(30, 50).head("grounded") == " =1" and Facts(31, 50).head("grounded") == " =2"
     for seed in range(20):  # a tie names the first shown, in either order
         tie = labelled_pair(prompt, "grounded", True, random.Random(seed))
         assert tie.meets[0] == tie.meets[1]
@@ -204,12 +219,13 @@ def test_the_corpus_shows_the_servers_results(env, nano_model_path):
     tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
     corpus = env.corpus(tokenizer)
     pairs = corpus.actor.pairs
-    # each one-digit sum (6 copies) and direct demo one pair; each add or multiply call two:
-    # 24 two-digit sums and 300 products
-    assert len(pairs) == 6 * len(env.one_digit) + 300 + 2 * (24 + 300)
+    # each one-digit sum (6 copies), round-tens sum (4) and direct demo one pair; each add or
+    # multiply call two: 24 two-digit sums, the 81 round-tens ones (needless), 300 products
+    assert len(pairs) == 6 * 100 + 4 * 81 + 300 + 2 * (24 + 81 + 300)
     texts = [tokenizer.decode(list(c) + list(t)) for c, t in pairs]
     called = [t for t in texts if "<call>add" in t and "<result>" in t]
-    assert len(called) == 24  # the second turn's context holds the server's answer
+    tens = [t for t in called if is_tens(*operands(t))]
+    assert len(called) == 24 + 81 and len(tens) == 81  # the server's answer in the context
     products = [t for t in texts if "<call>multiply" in t and "<result>" in t]
     assert len(products) == 300  # the other tool's calls, with the server's results
     assert all(f"<result>{a * b}</result>" in t for t in products for a, b in [_ops(t)])
@@ -229,19 +245,22 @@ def test_the_corpus_shows_the_servers_results(env, nano_model_path):
     assert longest <= 256  # the nano model's context
 
 
-def test_needless_call_demonstrations_show_every_one_digit_sum(nano_model_path):
-    """`env.needless_copies=1`: each one-digit sum once more, answered with an `add` call and
-    the server's result."""
+def test_needless_call_demonstrations_show_every_sum_known_alone(nano_model_path):
+    """`env.needless_copies=1`, `env.tens_needless_copies=2`: each one-digit sum once more and
+    each round-tens sum twice more, answered with an `add` call and the server's result."""
     from transformers import AutoTokenizer
 
-    cfg = _config("env.needless_copies=1", "env.product_demos=0", "env.direct_demos=0")
+    overrides = ("env.needless_copies=1", "env.tens_needless_copies=2", "env.product_demos=0")
+    cfg = _config(*overrides, "env.direct_demos=0")
     tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
     with closing(build_environment(cfg.env, cfg)) as env:
         texts = [tokenizer.decode(c + t) for c, t in env.corpus(tokenizer).actor.pairs]
-        one_digit = [t for t in texts if "<call>add" in t and "<result>" in t]
-        one_digit = [t for t in one_digit if max(operands(t)) < 10]
-        assert sorted(map(operands, one_digit)) == sorted(operands(p.text) for p in env.one_digit)
-        assert all(f"<result>{sum(operands(t))}</result>" in t for t in one_digit)
+        called = [t for t in texts if "<call>add" in t and "<result>" in t]
+        one_digit = [operands(t) for t in called if max(operands(t)) < 10]
+        assert sorted(one_digit) == sorted(operands(p.text) for p in env.one_digit)
+        tens = [operands(t) for t in called if is_tens(*operands(t))]
+        assert sorted(tens) == sorted(operands(p.text) for p in env.tens * 2)
+        assert all(f"<result>{sum(operands(t))}</result>" in t for t in called)
 
 
 def test_the_tool_world_trains_two_steps_and_reports_the_oracles_rates(tmp_path, cache_dir):
