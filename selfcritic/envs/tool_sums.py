@@ -1,13 +1,15 @@
 """`env=tool_sums`: the tool world. Two-digit sums the nano model cannot do alone, an `add` tool
-served over MCP that can, and one-digit sums where calling it is needless.
+served over MCP that can, and one-digit and round-tens sums where calling it is needless.
 
 Tasks, `Q: 53+31\\nA:`: two-digit operands (10-99; a 4.6M character model answers 5-9% of them
-unaided, ../shared/notes/nano-feasibility.md) and, at `one_digit_share`, one-digit ones (0-9:
-every one of the 100 is taught, so a call there is needless). Held-out two-digit questions are
-split off by a hash of their operands (a+b and b+a fall on the same side); evaluation takes a
-fixed sample of `heldout_max` of them and of `eval_one_digit` one-digit sums. Those are trained
-facts: a call on a sum the model was never taught would not be needless, so what is measured
-there is the call policy on facts it knows, not generalisation.
+unaided, ../shared/notes/nano-feasibility.md) and, taught to be answered alone so that a call
+there is needless, one-digit ones (0-9, all 100, at `one_digit_share`) and round tens (30+50,
+all 81, at `tens_share`: two-digit operands, so a needless call there is the same copy as a
+needed one). Held-out two-digit questions are split off by a hash of their operands (a+b and
+b+a fall on the same side); evaluation takes a fixed sample of `heldout_max` of them and of
+`eval_one_digit` one-digit and `eval_tens` round-tens sums. Those are trained facts: a call on
+a sum the model was never taught would not be needless, so what is measured there is the call
+policy on facts it knows, not generalisation.
 The tool is the shipped calculator MCP server serving `add` and `multiply` (the other tool,
 shown in the warm-start only), a session per episode. An
 episode is ToolUse's (selfcritic/envs/tool_use.py): compact calls, `<call>add {"a": 53, "b":
@@ -16,14 +18,15 @@ the verifier (exact_number) checks.
 
 The warm-start corpus (`ToolSumsCorpus`) teaches the format without solving the task by
 imitation:
-- actor pairs: every training one-digit sum answered directly (`one_digit_copies` times each);
-  `direct_demos` two-digit sums answered directly with the right sum (what an answer looks
-  like; the model gets a few right); `call_demos` two-digit sums answered with an `add` call,
-  the result the server really returns, then the sum: few, so that tool use on sums before RL
-  is low and RL has to raise it; every training one-digit sum answered with a needless `add`
-  call too, `needless_copies` times (against `one_digit_copies` direct answers), so that some
-  needless calls exist before RL for the critic's economical aspect to take away; and
-  `product_demos` products (`Q: 53*31`, never drawn or
+- actor pairs: every one-digit sum answered directly (`one_digit_copies` times each), every
+  round-tens one (`tens_copies`); `direct_demos` two-digit sums answered directly with the
+  right sum (what an answer looks like; the model gets a few right); `call_demos` two-digit
+  sums answered with an `add` call, the result the server really returns, then the sum: few, so
+  that tool use on sums before RL is low and RL has to raise it; every round-tens sum answered
+  with a needless `add` call too, `tens_needless_copies` times (every one-digit sum
+  `needless_copies` times, 0: one-digit operands in most calls broke the copying of two-digit
+  ones), so that some needless calls exist before RL for the critic's economical aspect to take
+  away; and `product_demos` products (`Q: 53*31`, never drawn or
   evaluated) answered with a `multiply` call and its result: the call format, copying the
   operands into a call and the result into the answer, learned on the other tool;
 - critic pairs (`critic_share` of each batch) on the process rubric `tool_sums` (economical,
