@@ -13,6 +13,7 @@ from contextlib import closing
 import pytest
 from hydra import compose, initialize_config_dir
 
+from selfcritic.config import ConfigError
 from selfcritic.envs.base import Prompt, Trajectory
 from selfcritic.envs.registry import build_environment
 from selfcritic.envs.tool_sums import (
@@ -82,6 +83,12 @@ def test_questions_split_and_mix(env):
     prefix = "Tools: add(a,b) multiply(a,b)\nQ: "
     assert all(p.text.startswith(prefix) and p.text.endswith("\nA:") for p in drawn)
     assert all(int(p.reference) == sum(operands(p.text)) for p in drawn)
+
+
+def test_shares_above_one_are_refused_by_name():
+    with pytest.raises(ConfigError, match=r"env\.tens_share.*more than 1"):
+        cfg = _config("env.one_digit_share=0.9", "env.tens_share=0.2")
+        build_environment(cfg.env, cfg)
 
 
 def test_the_oracle_reads_the_tool_log():

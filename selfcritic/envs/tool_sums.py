@@ -409,6 +409,11 @@ class ToolSums(ToolUse):
         """Every one-digit and round-tens question, and the other two-digit ones split by a
         hash of their operands (a+b and b+a on the same side); fixed-seed samples to evaluate;
         the demonstrations chosen by a fixed seed (the same corpus in every run)."""
+        if options.one_digit_share + options.tens_share > 1:
+            message = (
+                f"one_digit_share + tens_share = {options.one_digit_share + options.tens_share}"
+            )
+            raise ConfigError(keyed("env.tens_share", f"{message}, more than 1: lower either"))
         one = [(a, b) for a in range(10) for b in range(10)]
         two = [(a, b) for a in range(10, 100) for b in range(10, 100)]
         self.one_digit, _ = _split(one, 0.0)  # every one is taught
