@@ -128,19 +128,22 @@ def test_oracle_rates_worked_by_hand():
         Facts(20, 30, 0, 0, (), "50"),  # round tens, alone, right
         Facts(40, 50, 0, 0, (), "80"),  # round tens, alone, wrong
     ]
+    expected = {
+        "eval/accuracy_needs_tool": 2 / 4,
+        "eval/accuracy_one_digit": 1 / 2,
+        "eval/accuracy_tens": 2 / 3,
+        "eval/accuracy_with_call": 1 / 2,
+        "eval/accuracy_without_call": 1 / 2,
+        "eval/call_rate_needs_tool": 2 / 4,
+        "eval/needless_call_rate": 2 / 5,
+        "eval/needless_call_rate_one_digit": 1 / 2,
+        "eval/needless_call_rate_tens": 1 / 3,
+        "eval/valid_argument_rate": 3 / 4,
+        "eval/faithful_rate": 3 / 4,
+        "eval/invented_rate": 1 / 9,
+    }
     rates = oracle_rates(facts)
-    assert rates["eval/accuracy_needs_tool"] == 2 / 4
-    assert rates["eval/accuracy_one_digit"] == 1 / 2
-    assert rates["eval/accuracy_tens"] == 2 / 3
-    assert rates["eval/accuracy_with_call"] == 1 / 2
-    assert rates["eval/accuracy_without_call"] == 1 / 2
-    assert rates["eval/call_rate_needs_tool"] == 2 / 4
-    assert rates["eval/needless_call_rate"] == 2 / 5
-    assert rates["eval/needless_call_rate_one_digit"] == 1 / 2
-    assert rates["eval/needless_call_rate_tens"] == 1 / 3
-    assert rates["eval/valid_argument_rate"] == 3 / 4
-    assert rates["eval/faithful_rate"] == 3 / 4
-    assert rates["eval/invented_rate"] == 1 / 9
+    assert {key: rates[key] for key in expected} == expected
     assert math.isnan(oracle_rates([facts[0]])["eval/needless_call_rate"])
 
 
