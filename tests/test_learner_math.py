@@ -175,8 +175,10 @@ def test_a_masked_last_token_is_not_learned(nano_model_path):
     def largest_difference(params) -> float:
         return max(float((v - params_cut[n]).abs().max()) for n, v in params.items())
 
-    assert largest_difference(params_masked) < 1e-5
-    assert largest_difference(params_learned) > 1e-4
+    # float noise, which Muon's orthogonalisation spreads: 1.1e-5 on a 2-core AMD EPYC (below
+    # 1e-5 on the Xeon); the learned token moves them a thousand times more (1.1e-2)
+    assert largest_difference(params_masked) < 1e-4
+    assert largest_difference(params_learned) > 1e-3
 
 
 def _ppo_batch(reported: bool = False) -> PolicyBatch:
