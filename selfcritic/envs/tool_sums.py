@@ -78,9 +78,13 @@ def is_tens(a: int, b: int) -> bool:
     return a >= 10 and b >= 10 and a % 10 == 0 and b % 10 == 0
 
 
+def is_one_digit(a: int, b: int) -> bool:
+    return max(a, b) < 10
+
+
 def known_alone(a: int, b: int) -> bool:
     """A sum the model is taught to answer without the tool: one-digit, or of round tens."""
-    return max(a, b) < 10 or is_tens(a, b)
+    return is_one_digit(a, b) or is_tens(a, b)
 
 
 def question(a: int, b: int) -> str:
@@ -409,11 +413,10 @@ class ToolSums(ToolUse):
         """Every one-digit and round-tens question, and the other two-digit ones split by a
         hash of their operands (a+b and b+a on the same side); fixed-seed samples to evaluate;
         the demonstrations chosen by a fixed seed (the same corpus in every run)."""
-        if options.one_digit_share + options.tens_share > 1:
-            message = (
-                f"one_digit_share + tens_share = {options.one_digit_share + options.tens_share}"
-            )
-            raise ConfigError(keyed("env.tens_share", f"{message}, more than 1: lower either"))
+        shares = options.one_digit_share + options.tens_share
+        if shares > 1:
+            message = f"one_digit_share + tens_share = {shares}, more than 1: lower either"
+            raise ConfigError(keyed("env.tens_share", message))
         one = [(a, b) for a in range(10) for b in range(10)]
         two = [(a, b) for a in range(10, 100) for b in range(10, 100)]
         self.one_digit, _ = _split(one, 0.0)  # every one is taught
@@ -553,7 +556,7 @@ def oracle_rates(facts: list[Facts]) -> dict[str, float]:
     """The report's rates of a list of episodes' facts (NaN where a rate has no episode)."""
     needs = [f for f in facts if f.needs_tool]
     plain = [f for f in facts if not f.needs_tool]
-    one_digit = [f for f in plain if max(f.a, f.b) < 10]
+    one_digit = [f for f in plain if is_one_digit(f.a, f.b)]
     tens = [f for f in plain if is_tens(f.a, f.b)]
     called = [f for f in needs if f.calls]  # a call made, answered or not
     uncalled = [f for f in needs if not f.calls]
