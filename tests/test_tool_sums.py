@@ -20,7 +20,7 @@ from selfcritic.envs.tool_sums import (
     ASPECTS,
     Facts,
     episode_facts,
-    is_tens,
+    is_plus_zero,
     labelled_pair,
     operands,
     oracle_rates,
@@ -58,16 +58,17 @@ def drawn_all(env) -> list:
 
 
 def test_questions_split_and_mix(env):
-    train = {p.text for p in env.one_digit + env.tens + env.two_digit}
+    train = {p.text for p in env.one_digit + env.zero + env.two_digit}
     evaluated = env.held_out()
     one = [p for p in evaluated if max(operands(p.text)) < 10]
-    tens = [p for p in evaluated if is_tens(*operands(p.text))]
-    held = [p for p in evaluated if p not in one + tens]
-    assert (len(held), len(one), len(tens)) == (96, 40, 40)  # heldout_max, eval_one_digit, _tens
-    # every one-digit and round-tens fact is taught: a call there is needless
-    assert len(env.one_digit) == 100 and len(env.tens) == 81
-    assert not any(is_tens(*operands(p.text)) for p in env.two_digit)
-    assert {p.text.split("\n", 1)[1] for p in one + tens} <= train
+    zero = [p for p in evaluated if is_plus_zero(*operands(p.text))]
+    held = [p for p in evaluated if p not in one + zero]
+    assert (len(held), len(one), len(zero)) == (96, 40, 40)  # heldout_max, eval_one_digit, _zero
+    # every one-digit and plus-zero fact is taught: a call there is needless
+    assert len(env.one_digit) == 100 and len(env.zero) == 90
+    assert {operands(p.text) for p in env.zero} == {(a, 0) for a in range(10, 100)}
+    assert all(min(operands(p.text)) >= 10 for p in env.two_digit)  # 30+50 is one too
+    assert {p.text.split("\n", 1)[1] for p in one + zero} <= train
     assert held and not {p.text.split("\n", 1)[1] for p in held} & train
     twins = {f"Q: {b}+{a}\nA:" for a, b in map(operands, (p.text for p in held))}
     assert not {p.text for p in env.products} & {p.text for p in drawn_all(env)}
@@ -78,16 +79,16 @@ def test_questions_split_and_mix(env):
     assert drawn[:16] != env.prompts(0, 1, 16) and drawn[:16] != drawn[16:32]
     share = sum(max(operands(p.text)) < 10 for p in drawn) / len(drawn)
     assert 0.2 < share < 0.3  # one_digit_share 0.25 over 800 draws
-    share = sum(is_tens(*operands(p.text)) for p in drawn) / len(drawn)
-    assert 0.11 < share < 0.19  # tens_share 0.15
+    share = sum(is_plus_zero(*operands(p.text)) for p in drawn) / len(drawn)
+    assert 0.11 < share < 0.19  # zero_share 0.15
     prefix = "Tools: add(a,b) multiply(a,b)\nQ: "
     assert all(p.text.startswith(prefix) and p.text.endswith("\nA:") for p in drawn)
     assert all(int(p.reference) == sum(operands(p.text)) for p in drawn)
 
 
 def test_shares_above_one_are_refused_by_name():
-    with pytest.raises(ConfigError, match=r"env\.tens_share.*more than 1"):
-        cfg = _config("env.one_digit_share=0.9", "env.tens_share=0.2")
+    with pytest.raises(ConfigError, match=r"env\.zero_share.*more than 1"):
+        cfg = _config("env.one_digit_share=0.9", "env.zero_share=0.2")
         build_environment(cfg.env, cfg)
 
 
@@ -124,20 +125,20 @@ def test_oracle_rates_worked_by_hand():
         Facts(21, 30, 0, 0, (), "<result>51.0</result> 52", forged=True),  # invented
         Facts(3, 5, 1, 1, ("8.0",), "8"),  # one-digit, needless call
         Facts(3, 5, 0, 0, (), "9"),  # one-digit, wrong
-        Facts(20, 30, 1, 1, ("50",), "50"),  # round tens, needless call, right
-        Facts(20, 30, 0, 0, (), "50"),  # round tens, alone, right
-        Facts(40, 50, 0, 0, (), "80"),  # round tens, alone, wrong
+        Facts(47, 0, 1, 1, ("47",), "47"),  # plus zero, needless call, right
+        Facts(47, 0, 0, 0, (), "47"),  # plus zero, alone, right
+        Facts(20, 0, 0, 0, (), "2"),  # plus zero, alone, wrong
     ]
     expected = {
         "eval/accuracy_needs_tool": 2 / 4,
         "eval/accuracy_one_digit": 1 / 2,
-        "eval/accuracy_tens": 2 / 3,
+        "eval/accuracy_plus_zero": 2 / 3,
         "eval/accuracy_with_call": 1 / 2,
         "eval/accuracy_without_call": 1 / 2,
         "eval/call_rate_needs_tool": 2 / 4,
         "eval/needless_call_rate": 2 / 5,
         "eval/needless_call_rate_one_digit": 1 / 2,
-        "eval/needless_call_rate_tens": 1 / 3,
+        "eval/needless_call_rate_plus_zero": 1 / 3,
         "eval/valid_argument_rate": 3 / 4,
         "eval/faithful_rate": 3 / 4,
         "eval/invented_rate": 1 / 9,
@@ -158,9 +159,9 @@ def test_critic_targets_worked_by_hand():
     assert pair.critic_answer(True, letters, "#") == f" X84={said}- Y84=84+ #Y"
     pair = labelled_pair("Q: 3+5\nA:", "economical", False, random.Random(1))
     assert pair.critic_answer(True, letters, "#") == " =0 X1- Y0+ #Y"
-    pair = labelled_pair("Q: 30+50\nA:", "economical", False, random.Random(1))
-    assert pair.critic_answer(True, letters, "#") == " =0 X1- Y0+ #Y"  # round tens: no call
-    assert Facts(30, 50).head("grounded") == " =1" and Facts(31, 50).head("grounded") == " =2"
+    pair = labelled_pair("Q: 47+0\nA:", "economical", False, random.Random(1))
+    assert pair.critic_answer(True, letters, "#") == " =0 X1- Y0+ #Y"  # plus zero: no call
+    assert Facts(47, 0).head("grounded") == " =1" and Facts(30, 50).head("grounded") == " =2"
     for seed in range(20):  # a tie names the first shown, in either order
         tie = labelled_pair(prompt, "grounded", True, random.Random(seed))
         assert tie.meets[0] == tie.meets[1]
@@ -229,13 +230,13 @@ def test_the_corpus_shows_the_servers_results(env, nano_model_path):
     tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
     corpus = env.corpus(tokenizer)
     pairs = corpus.actor.pairs
-    # each one-digit sum (6 copies), round-tens sum (4) and direct demo one pair; each add or
-    # multiply call two: 24 two-digit sums, the 81 round-tens ones (needless), 300 products
-    assert len(pairs) == 6 * 100 + 4 * 81 + 300 + 2 * (24 + 81 + 300)
+    # each one-digit sum (6 copies), plus-zero sum (4) and direct demo one pair; each add or
+    # multiply call two: 24 two-digit sums, the 90 plus-zero ones (needless), 300 products
+    assert len(pairs) == 6 * 100 + 4 * 90 + 300 + 2 * (24 + 90 + 300)
     texts = [tokenizer.decode(list(c) + list(t)) for c, t in pairs]
     called = [t for t in texts if "<call>add" in t and "<result>" in t]
-    tens = [t for t in called if is_tens(*operands(t))]
-    assert len(called) == 24 + 81 and len(tens) == 81  # the server's answer in the context
+    zero = [t for t in called if is_plus_zero(*operands(t))]
+    assert len(called) == 24 + 90 and len(zero) == 90  # the server's answer in the context
     products = [t for t in texts if "<call>multiply" in t and "<result>" in t]
     assert len(products) == 300  # the other tool's calls, with the server's results
     assert all(f"<result>{a * b}</result>" in t for t in products for a, b in [_ops(t)])
@@ -256,11 +257,11 @@ def test_the_corpus_shows_the_servers_results(env, nano_model_path):
 
 
 def test_needless_call_demonstrations_show_every_sum_known_alone(nano_model_path):
-    """`env.needless_copies=1`, `env.tens_needless_copies=2`: each one-digit sum once more and
-    each round-tens sum twice more, answered with an `add` call and the server's result."""
+    """`env.needless_copies=1`, `env.zero_needless_copies=2`: each one-digit sum once more and
+    each plus-zero sum twice more, answered with an `add` call and the server's result."""
     from transformers import AutoTokenizer
 
-    overrides = ("env.needless_copies=1", "env.tens_needless_copies=2", "env.product_demos=0")
+    overrides = ("env.needless_copies=1", "env.zero_needless_copies=2", "env.product_demos=0")
     cfg = _config(*overrides, "env.direct_demos=0")
     tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
     with closing(build_environment(cfg.env, cfg)) as env:
@@ -268,8 +269,8 @@ def test_needless_call_demonstrations_show_every_sum_known_alone(nano_model_path
         called = [t for t in texts if "<call>add" in t and "<result>" in t]
         one_digit = [operands(t) for t in called if max(operands(t)) < 10]
         assert sorted(one_digit) == sorted(operands(p.text) for p in env.one_digit)
-        tens = [operands(t) for t in called if is_tens(*operands(t))]
-        assert sorted(tens) == sorted(operands(p.text) for p in env.tens * 2)
+        zero = [operands(t) for t in called if is_plus_zero(*operands(t))]
+        assert sorted(zero) == sorted(operands(p.text) for p in env.zero * 2)
         assert all(f"<result>{sum(operands(t))}</result>" in t for t in called)
 
 

@@ -1,13 +1,15 @@
 """`env=tool_sums`: the tool world. Two-digit sums the nano model cannot do alone, an `add` tool
-served over MCP that can, and one-digit and round-tens sums where calling it is needless.
+served over MCP that can, and one-digit and plus-zero sums where calling it is needless.
 
 Tasks, `Q: 53+31\\nA:`: two-digit operands (10-99; a 4.6M character model answers 5-9% of them
 unaided, ../shared/notes/nano-feasibility.md) and, taught to be answered alone so that a call
-there is needless, one-digit ones (0-9, all 100, at `one_digit_share`) and round tens (30+50,
-all 81, at `tens_share`: two-digit operands, so a needless call there is the same copy as a
-needed one). Held-out two-digit questions are split off by a hash of their operands (a+b and
-b+a fall on the same side); evaluation takes a fixed sample of `heldout_max` of them and of
-`eval_one_digit` one-digit and `eval_tens` round-tens sums. Those are trained facts: a call on
+there is needless, one-digit ones (0-9, all 100, at `one_digit_share`) and a two-digit number
+plus zero (47+0, all 90, at `zero_share`: a two-digit operand, so a needless call there is
+nearly the copy a needed one is, and the answer is a copy of the question, so the model knows
+it alone as well as with the tool). Held-out two-digit questions are split off by a hash of
+their operands (a+b and b+a fall on the same side); evaluation takes a fixed sample of
+`heldout_max` of them and of `eval_one_digit` one-digit and `eval_zero` plus-zero sums. Those
+are trained facts: a call on
 a sum the model was never taught would not be needless, so what is measured there is the call
 policy on facts it knows, not generalisation.
 The tool is the shipped calculator MCP server serving `add` and `multiply` (the other tool,
@@ -19,11 +21,11 @@ the verifier (exact_number) checks.
 The warm-start corpus (`ToolSumsCorpus`) teaches the format without solving the task by
 imitation:
 - actor pairs: every one-digit sum answered directly (`one_digit_copies` times each), every
-  round-tens one (`tens_copies`); `direct_demos` two-digit sums answered directly with the
+  plus-zero one (`zero_copies`); `direct_demos` two-digit sums answered directly with the
   right sum (what an answer looks like; the model gets a few right); `call_demos` two-digit
   sums answered with an `add` call, the result the server really returns, then the sum: few, so
-  that tool use on sums before RL is low and RL has to raise it; every round-tens sum answered
-  with a needless `add` call too, `tens_needless_copies` times (every one-digit sum
+  that tool use on sums before RL is low and RL has to raise it; every plus-zero sum answered
+  with a needless `add` call too, `zero_needless_copies` times (every one-digit sum
   `needless_copies` times, 0: one-digit operands in most calls broke the copying of two-digit
   ones), so that some needless calls exist before RL for the critic's economical aspect to take
   away; and `product_demos` products (`Q: 53*31`, never drawn or
@@ -73,9 +75,14 @@ QUESTION = re.compile(r"Q: (\d+)\+(\d+)\n")
 FORGED = "<result>"  # a result the model writes itself: only the environment writes this
 
 
-def is_tens(a: int, b: int) -> bool:
-    """A sum of round tens (30+50): two-digit operands, a fact the model is taught."""
-    return a >= 10 and b >= 10 and a % 10 == 0 and b % 10 == 0
+def is_plus_zero(a: int, b: int) -> bool:
+    """A two-digit number plus zero (47+0): its answer is a copy of the question.
+
+    Why not round tens (30+50), the first choice: the model knew them alone only 62% of the
+    time, so a call there was worth about 33 points of the verifier's reward and no critic
+    weight held it down (docs/tool-world.md). A question "known alone" must be one the model
+    answers alone as well as with the tool."""
+    return a >= 10 and b == 0
 
 
 def is_one_digit(a: int, b: int) -> bool:
@@ -83,8 +90,8 @@ def is_one_digit(a: int, b: int) -> bool:
 
 
 def known_alone(a: int, b: int) -> bool:
-    """A sum the model is taught to answer without the tool: one-digit, or of round tens."""
-    return is_one_digit(a, b) or is_tens(a, b)
+    """A sum the model is taught to answer without the tool: one-digit, or a number plus 0."""
+    return is_one_digit(a, b) or is_plus_zero(a, b)
 
 
 def question(a: int, b: int) -> str:
@@ -145,14 +152,14 @@ class ToolSumsOptions(ToolUseOptions):
     verifier: str | None = "exact_number"
     rubric: str = RUBRIC
     one_digit_share: float = setting(0.3, ge=0, le=1)  # of the training questions drawn
-    # of the training questions drawn: sums of round tens (30+50), two-digit questions the model
-    # is taught to answer alone, so that a call there is needless and reads like a needed one
-    tens_share: float = setting(0.15, ge=0, le=1)
+    # of the training questions drawn: a two-digit number plus zero (47+0), taught to be answered
+    # alone, so that a call there is needless and reads like a needed one
+    zero_share: float = setting(0.15, ge=0, le=1)
     heldout_fraction: float = setting(0.2, ge=0, lt=1)
     heldout_max: int = setting(96, ge=1)  # two-digit held-out questions evaluated
     # one-digit sums evaluated (all trained: the call policy on facts the model knows)
     eval_one_digit: int = setting(40, ge=1, le=100)
-    eval_tens: int = setting(40, ge=0, le=81)  # sums of round tens evaluated (all trained)
+    eval_zero: int = setting(40, ge=0, le=90)  # plus-zero sums evaluated (all trained)
     direct_demos: int = setting(300, ge=0)  # two-digit sums answered directly in the corpus
     call_demos: int = setting(24, ge=0)  # two-digit sums answered with a call in the corpus
     # products answered with a `multiply` call in the corpus: the call format, copying the
@@ -162,11 +169,11 @@ class ToolSumsOptions(ToolUseOptions):
     # well, or a call there is not needless (100 facts among a thousand pairs are seen too
     # rarely otherwise)
     one_digit_copies: int = setting(6, ge=1)
-    tens_copies: int = setting(4, ge=1)  # copies of each round-tens sum answered directly
-    # copies of each round-tens sum answered with a (needless) `add` call in the corpus: needless
+    zero_copies: int = setting(4, ge=1)  # copies of each plus-zero sum answered directly
+    # copies of each plus-zero sum answered with a (needless) `add` call in the corpus: needless
     # calls before RL, which the critic's economical aspect has to take away (the verifier
-    # cannot: the tool's result is right). Their operands are two-digit, as a needed call's are
-    tens_needless_copies: int = setting(1, ge=0)
+    # cannot: the tool's result is right). Their first operand is two-digit, as a needed call's
+    zero_needless_copies: int = setting(1, ge=0)
     # the same on one-digit sums: 0, since one-digit operands in most `add` calls broke the
     # copying of two-digit ones (docs/nano-probe-log.md)
     needless_copies: int = setting(0, ge=0)
@@ -386,20 +393,20 @@ def labelled_pair(prompt: str, aspect: str, tie: bool, rng: random.Random) -> La
 
 @register_environment("tool_sums", ToolSumsOptions)
 class ToolSums(ToolUse):
-    """Two-digit sums with an `add` tool; one-digit and round-tens sums without; a process
+    """Two-digit sums with an `add` tool; one-digit and plus-zero sums without; a process
     rubric."""
 
     headline = ("eval/accuracy_needs_tool", "eval/call_rate_needs_tool", "eval/needless_call_rate")
     report_metrics = (
         ("eval/accuracy_needs_tool", "accuracy, two-digit sums (need the tool)", True),
         ("eval/accuracy_one_digit", "accuracy, one-digit sums", True),
-        ("eval/accuracy_tens", "accuracy, round-tens sums", True),
+        ("eval/accuracy_plus_zero", "accuracy, plus-zero sums (47+0)", True),
         ("eval/accuracy_with_call", "accuracy, two-digit sums answered with a call", True),
         ("eval/accuracy_without_call", "accuracy, two-digit sums answered without", True),
         ("eval/call_rate_needs_tool", "tool-call rate, two-digit sums", True),
         ("eval/needless_call_rate", "tool-call rate, sums known alone (needless)", False),
         ("eval/needless_call_rate_one_digit", "of which one-digit sums", False),
-        ("eval/needless_call_rate_tens", "of which round-tens sums", False),
+        ("eval/needless_call_rate_plus_zero", "of which plus-zero sums", False),
         ("eval/valid_argument_rate", "calls with the question's operands", True),
         ("eval/faithful_rate", "answers equal to the tool's result", True),
         ("eval/invented_rate", "answers with a result the model wrote", False),
@@ -410,20 +417,18 @@ class ToolSums(ToolUse):
         super().__init__(options, cfg)
 
     def read(self, options: ToolSumsOptions):
-        """Every one-digit and round-tens question, and the other two-digit ones split by a
+        """Every one-digit and plus-zero question, and the two-digit ones split by a
         hash of their operands (a+b and b+a on the same side); fixed-seed samples to evaluate;
         the demonstrations chosen by a fixed seed (the same corpus in every run)."""
-        shares = options.one_digit_share + options.tens_share
+        shares = options.one_digit_share + options.zero_share
         if shares > 1:
-            message = f"one_digit_share + tens_share = {shares}, more than 1: lower either"
-            raise ConfigError(keyed("env.tens_share", message))
+            message = f"one_digit_share + zero_share = {shares}, more than 1: lower either"
+            raise ConfigError(keyed("env.zero_share", message))
         one = [(a, b) for a in range(10) for b in range(10)]
         two = [(a, b) for a in range(10, 100) for b in range(10, 100)]
         self.one_digit, _ = _split(one, 0.0)  # every one is taught
-        self.tens, _ = _split([pair for pair in two if is_tens(*pair)], 0.0)  # and every one
-        self.two_digit, held_two = _split(
-            [pair for pair in two if not is_tens(*pair)], options.heldout_fraction
-        )
+        self.zero, _ = _split([(a, 0) for a in range(10, 100)], 0.0)  # and every one
+        self.two_digit, held_two = _split(two, options.heldout_fraction)
         wanted = options.direct_demos + options.call_demos
         if wanted > len(self.two_digit):
             raise ConfigError(
@@ -435,36 +440,36 @@ class ToolSums(ToolUse):
             )
         rng = random.Random("tool_sums:demos")
         chosen = rng.sample(self.two_digit, wanted)
-        direct = self.one_digit + self.tens + chosen[: options.direct_demos]
+        direct = self.one_digit + self.zero + chosen[: options.direct_demos]
         demos = {p.text: [p.reference] for p in direct}
         for p in chosen[options.direct_demos :]:
             demos[p.text] = [call_text(*operands(p.text)), p.reference]
         sample = random.Random("tool_sums:heldout").sample
         known = sample(self.one_digit, options.eval_one_digit)
-        known += sample(self.tens, options.eval_tens)
+        known += sample(self.zero, options.eval_zero)
         heldout = known + sample(held_two, min(options.heldout_max, len(held_two)))
         products = rng.sample([(a, b) for a, b in two], options.product_demos)
         self.products = [Prompt(product(a, b), str(a * b)) for a, b in products]
         for (a, b), p in zip(products, self.products, strict=True):
             demos[p.text] = [f"<call>multiply {json.dumps({'a': a, 'b': b})}</call>", p.reference]
-        return self.one_digit + self.tens + self.two_digit, heldout, demos
+        return self.one_digit + self.zero + self.two_digit, heldout, demos
 
     def demonstrated(self) -> list[Prompt]:
         copies = self.one_digit * (self.options.one_digit_copies - 1)
-        copies += self.tens * (self.options.tens_copies - 1)
+        copies += self.zero * (self.options.zero_copies - 1)
         return self.train + copies + self.products
 
     def demonstrations(self):
-        """The demonstrations (DatasetEnvironment's), then each round-tens sum answered with a
-        needless call `tens_needless_copies` times, and each one-digit sum `needless_copies`."""
+        """The demonstrations (DatasetEnvironment's), then each plus-zero sum answered with a
+        needless call `zero_needless_copies` times, and each one-digit sum `needless_copies`."""
         yield from super().demonstrations()
         options = self.options
-        needless = self.tens * options.tens_needless_copies
+        needless = self.zero * options.zero_needless_copies
         for prompt in needless + self.one_digit * options.needless_copies:
             yield prompt, self.observed([call_text(*operands(prompt.text)), prompt.reference])
 
     def prompts(self, step: int, draw: int, count: int) -> list[Prompt]:
-        """`count` questions, one-digit at `one_digit_share`, round tens at `tens_share`: a
+        """`count` questions, one-digit at `one_digit_share`, plus-zero at `zero_share`: a
         pure function of (data.seed, step, draw)."""
         rng = random.Random(f"tool_sums:{self.seed}:{step}:{draw}")
         return [
@@ -472,11 +477,11 @@ class ToolSums(ToolUse):
         ]
 
     def _kind(self, draw: float) -> str:
-        """The kind of question a uniform `draw` picks: one-digit, round tens, or two-digit."""
-        one, tens = self.options.one_digit_share, self.options.tens_share
+        """The kind of question a uniform `draw` picks: one-digit, plus-zero, or two-digit."""
+        one, zero = self.options.one_digit_share, self.options.zero_share
         if draw < one:
             return "one_digit"
-        return "tens" if draw < one + tens else "two_digit"
+        return "zero" if draw < one + zero else "two_digit"
 
     def held_out(self) -> list[Prompt]:
         return [self.shown(p) for p in self.heldout]
@@ -488,7 +493,7 @@ class ToolSums(ToolUse):
         super().keep_prompts(keep)
         kept = {p.text for p in self.train}
         self.one_digit = [p for p in self.one_digit if p.text in kept]
-        self.tens = [p for p in self.tens if p.text in kept]
+        self.zero = [p for p in self.zero if p.text in kept]
         self.two_digit = [p for p in self.two_digit if p.text in kept]
 
     def sources(self) -> tuple[Path, ...]:
@@ -514,8 +519,8 @@ class ToolSums(ToolUse):
         aspect = rng.choice(ASPECTS) if aspect is None else aspect
         tie = rng.random() < options.ties if tie is None else tie
         kind = self._kind(rng.random())
-        if aspect == "economical" and not tie:  # a one-digit or round-tens sum, as drawn
-            known = options.one_digit_share + options.tens_share
+        if aspect == "economical" and not tie:  # a one-digit or plus-zero sum, as drawn
+            known = options.one_digit_share + options.zero_share
             kind = self._kind(rng.random() * known) if known > 0 else "one_digit"
         prompt = self.shown(rng.choice(self._pool(kind, probe))).text
         return labelled_pair(prompt, aspect, tie, rng)
@@ -557,7 +562,7 @@ def oracle_rates(facts: list[Facts]) -> dict[str, float]:
     needs = [f for f in facts if f.needs_tool]
     plain = [f for f in facts if not f.needs_tool]
     one_digit = [f for f in plain if is_one_digit(f.a, f.b)]
-    tens = [f for f in plain if is_tens(f.a, f.b)]
+    zero = [f for f in plain if is_plus_zero(f.a, f.b)]
     called = [f for f in needs if f.calls]  # a call made, answered or not
     uncalled = [f for f in needs if not f.calls]
     with_result = [f for f in facts if f.results]
@@ -565,13 +570,13 @@ def oracle_rates(facts: list[Facts]) -> dict[str, float]:
     return {
         "eval/accuracy_needs_tool": _rate(needs, lambda f: f.correct),
         "eval/accuracy_one_digit": _rate(one_digit, lambda f: f.correct),
-        "eval/accuracy_tens": _rate(tens, lambda f: f.correct),
+        "eval/accuracy_plus_zero": _rate(zero, lambda f: f.correct),
         "eval/accuracy_with_call": _rate(called, lambda f: f.correct),
         "eval/accuracy_without_call": _rate(uncalled, lambda f: f.correct),
         "eval/call_rate_needs_tool": _rate(needs, lambda f: f.calls > 0),
         "eval/needless_call_rate": _rate(plain, lambda f: f.calls > 0),
         "eval/needless_call_rate_one_digit": _rate(one_digit, lambda f: f.calls > 0),
-        "eval/needless_call_rate_tens": _rate(tens, lambda f: f.calls > 0),
+        "eval/needless_call_rate_plus_zero": _rate(zero, lambda f: f.calls > 0),
         "eval/repeat_call_rate": _rate(facts, lambda f: f.calls > 1),
         "eval/valid_argument_rate": sum(f.valid_calls for f in facts) / calls
         if calls
