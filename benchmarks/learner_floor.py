@@ -7,8 +7,8 @@ vocabulary 512), float32, 2 torch threads, in this process, interleaved round by
 - the peer's work: what TRL's non-generation time is made of on this model (its
   `GRPOTrainer` with `beta=0` and one iteration): transformers' forward over all 128 sequences
   in one batch, the completion tokens' logprobs, a policy-gradient loss, the backward and
-  `torch.optim.AdamW`; TRL's own bookkeeping is not in it, so the peer here is a little faster
-  than TRL;
+  `torch.optim.AdamW`; TRL's own bookkeeping is not in it, so this is at most what TRL spends
+  outside generation;
 - the floor: the matrix products of one `Learner.step` (every `mm`, `addmm`, `bmm` and
   `baddbmm` the step dispatches, forward and backward, recorded with their shapes), replayed
   back to back on fresh tensors with nothing else in between. No implementation that does the
