@@ -284,8 +284,9 @@ def test_the_tool_world_trains_two_steps_and_reports_the_oracles_rates(tmp_path,
     short = ["warmstart.steps=50", "warmstart.muon_lr=0.01", "warmstart.adamw_lr=3e-3"]
     calls = ["env.call_demos=300", "env.direct_demos=20", "env.heldout_max=16"]
     calls += ["env.corpus_batch=16", "env.critic_share=0.25", "env.product_demos=40"]
-    # one copy of each one-digit sum, most prompts two-digit: calls dominate what is shown
-    calls += ["env.one_digit_copies=1", "env.one_digit_share=0.1", "eval.samples=2"]
+    # one copy of each sum known alone, most prompts two-digit: calls dominate what is shown
+    calls += ["env.one_digit_copies=1", "env.zero_copies=1", "env.one_digit_share=0.1"]
+    calls += ["env.zero_share=0.1", "eval.samples=2"]
     settings = [*short, *calls, "data.prompts_per_step=8", "tracking.samples_every=1"]
     records = train_two_steps(out, cache_dir, *settings, experiment="tool_world")
     for record in records[1:]:
