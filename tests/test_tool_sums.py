@@ -230,9 +230,9 @@ def test_the_corpus_shows_the_servers_results(env, nano_model_path):
     tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
     corpus = env.corpus(tokenizer)
     pairs = corpus.actor.pairs
-    # each one-digit sum (6 copies), plus-zero sum (4) and direct demo one pair; each add or
+    # each one-digit sum (12 copies), plus-zero sum (4) and direct demo one pair; each add or
     # multiply call two: 24 two-digit sums, the 90 plus-zero ones (needless), 300 products
-    assert len(pairs) == 6 * 100 + 4 * 90 + 300 + 2 * (24 + 90 + 300)
+    assert len(pairs) == 12 * 100 + 4 * 90 + 300 + 2 * (24 + 90 + 300)
     texts = [tokenizer.decode(list(c) + list(t)) for c, t in pairs]
     called = [t for t in texts if "<call>add" in t and "<result>" in t]
     zero = [t for t in called if is_plus_zero(*operands(t))]
