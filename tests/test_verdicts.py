@@ -18,6 +18,7 @@ from selfcritic.envs.verdicts import (
     VerdictOptions,
     answer_pair,
     is_probe,
+    list_near_miss,
     near_miss,
     split,
     worked_target,
@@ -49,6 +50,22 @@ def test_near_misses_are_close_wrong_and_never_negative_from_zero():
             assert min(values) >= 0
     assert {int(near_miss("0", rng)) for _ in range(300)} == set(range(1, 10))
     assert near_miss("4.5", rng) is None and near_miss("cat", rng) is None
+
+
+def test_a_lists_near_misses_are_its_items_reordered_or_one_changed():
+    rng, others = random.Random(0), ["go, hundred", "free, may, cat"]
+    misses = {list_near_miss("go, hundred", others, rng) for _ in range(200)}
+    # the one other order, or one item replaced by an item of another list (not its own)
+    assert misses == {"hundred, go", "free, hundred", "may, hundred", "cat, hundred"} | {
+        "go, free",
+        "go, may",
+        "go, cat",
+    }
+    assert list_near_miss("go", others, rng) is None  # one item: no list
+    assert list_near_miss("a, a", ["a, a"], rng) is None  # no other order, no other item
+    # a list answer's wrong answers in pairs are its near misses, never another question's
+    pair = answer_pair("Q", "go, hundred", others, tie=False, rng=rng)
+    assert pair.said[1] in misses
 
 
 def test_pairs_are_labelled_by_the_reference():

@@ -2,8 +2,8 @@
 generic warm-start.
 
 Correctness pairs: a training question and two answers labelled by its answer, never by a model:
-the answer (right) and a wrong one (an integer's near miss, off by 1 to 9; else another
-question's answer), the right one first; or, at `ties`, both right or both wrong. The target
+the answer (right) and a wrong one (an integer's near miss, off by 1 to 9; a list's items
+in another order or with one item changed; else another question's answer), the right one first; or, at `ties`, both right or both wrong. The target
 is what a right generative critic writes on the correctness aspect: the answer it works out,
 then each answer in the order shown with + (right) or - (wrong), then the verdict,
 " =42 X41- Y42+ #Y" (the first shown on a tie, so the two orders cancel). That is the nano
@@ -45,6 +45,7 @@ Answered = tuple[str, str]
 MARKS = ("+", "-")  # written after each answer: right, or wrong
 PROBE_FRACTION = 0.2  # of the questions with a reference: the gate's, never the corpus's
 _INTEGER = re.compile(r"-?\d+")
+LIST_SEPARATOR = ", "  # between a list answer's items (reasoning-gym's lists of words)
 
 
 @dataclass
@@ -83,10 +84,37 @@ def near_miss(answer: str, rng: random.Random) -> str | None:
     return str(value + rng.choice(offsets))
 
 
+def list_near_miss(answer: str, others: Sequence[str], rng: random.Random) -> str | None:
+    """A wrong list close to a list `answer` ("a, b, c"): at even odds its items in another
+    order (the question's own order, for a reversal), else one item swapped for an item of
+    `others`' lists; None where the answer is no list or neither is possible."""
+    items = answer.split(LIST_SEPARATOR)
+    if len(items) < 2:
+        return None
+    reordered = [o for o in _orders(items, rng) if o != items]
+    foreign = sorted({item for other in others for item in other.split(LIST_SEPARATOR)})
+    foreign = [item for item in foreign if item not in items]
+    if reordered and (not foreign or rng.random() < 0.5):
+        return LIST_SEPARATOR.join(rng.choice(reordered))
+    if not foreign:
+        return None
+    changed = list(items)
+    changed[rng.randrange(len(items))] = rng.choice(foreign)
+    return LIST_SEPARATOR.join(changed)
+
+
+def _orders(items: list[str], rng: random.Random) -> list[list[str]]:
+    """The reversed list and a few shuffles of `items`."""
+    shuffles = [rng.sample(items, len(items)) for _ in range(4)]
+    return [items[::-1], *shuffles]
+
+
 def wrong_answer(answer: str, others: Sequence[str], rng: random.Random) -> str:
-    """An answer that is not `answer`: its near miss, else one of `others` (other questions'
-    references) that differs; ValueError where there is none."""
+    """An answer that is not `answer`: an integer's or a list's near miss, else one of
+    `others` (other questions' references) that differs; ValueError where there is none."""
     missed = near_miss(answer, rng)
+    if missed is None:
+        missed = list_near_miss(answer, others, rng)
     if missed is not None:
         return missed
     different = [other for other in others if other != answer]
