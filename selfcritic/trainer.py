@@ -282,28 +282,10 @@ class Trainer:
         self.ptx_data = corpus if uses_ptx else None
 
     def _first_part_with(self, capability: str):
-        """The environment's `capability` (corpus, probes), the first part's that has it in a
-        mixture (the preflight made sure one has it where a setting needs it), or None."""
-        return next(
-            (getattr(env, capability) for env in self.parts.values() if hasattr(env, capability)),
-            None,
-        )
+        return first_part_with(self.parts, capability)
 
     def _tokenizer_texts(self) -> list[str]:
-        """What a `model.tokenizer=bpe` tokenizer is trained on: every part's training texts
-        and the critic's prompt template (so its fixed lines are a few tokens each)."""
-        parts = [env for env in self.parts.values() if hasattr(env, "texts")]
-        if not parts:
-            raise ConfigError(
-                keyed(
-                    "model.tokenizer",
-                    f"bpe trains on the environment's texts, and {self.cfg.env.name!r} gives "
-                    "none (a dataset environment does): use model.tokenizer=char",
-                )
-            )
-        return [self.cfg.critic.template or CHAT_TEMPLATE] + [
-            text for env in parts for text in env.texts()
-        ]
+        return tokenizer_texts(self.cfg, self.parts)
 
     def default_rubric(self, label: str) -> str:
         """The rubric of part `label`'s prompts that name none: `critic.rubric`, else the
@@ -917,6 +899,29 @@ ROLLOUT_SEED, CRITIC_SEED, EVAL_SEED = 0, 1, 2
 AHEAD_FILE = "ahead.pkl"  # in a checkpoint: the batch sampled ahead (rollout.max_staleness=1)
 PAUSED_FILE = "paused.pkl"  # in a checkpoint: the paused groups (rollout.partial_tokens)
 DRAW_SEED_STRIDE = 1_000_000  # request indices of dynamic sampling's draw k start at k * this
+
+
+def first_part_with(environments: dict, capability: str):
+    """The environment's `capability` (corpus, probes), the first part's that has it in a
+    mixture (the preflight made sure one has it where a setting needs it), or None."""
+    found = (getattr(env, capability) for env in environments.values() if hasattr(env, capability))
+    return next(found, None)
+
+
+def tokenizer_texts(cfg: Config, environments: dict) -> list[str]:
+    """What a `model.tokenizer=bpe` tokenizer is trained on: every part's training texts and
+    the critic's prompt template (so its fixed lines are a few tokens each)."""
+    with_texts = [env for env in environments.values() if hasattr(env, "texts")]
+    if not with_texts:
+        raise ConfigError(
+            keyed(
+                "model.tokenizer",
+                f"bpe trains on the environment's texts, and {cfg.env.name!r} gives "
+                "none (a dataset environment does): use model.tokenizer=char",
+            )
+        )
+    texts = [text for env in with_texts for text in env.texts()]
+    return [cfg.critic.template or CHAT_TEMPLATE, *texts]
 
 
 def step_seed(run_seed: int, step: int, purpose: int) -> int:

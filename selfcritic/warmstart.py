@@ -87,6 +87,40 @@ def warm_start(cfg: Config, corpus: Corpus, base_model: Path, cache_dir: Path) -
 
 def train(cfg: Config, corpus: Corpus, base_model: Path, out_dir: Path) -> dict:
     """Run the supervised steps in this process and save the model; returns the loss history."""
+    warm = cfg.warmstart
+    return supervised(
+        cfg,
+        corpus,
+        base_model,
+        out_dir,
+        warm_start_optim(cfg),
+        [warm_start_lr_scale(warm, step) for step in range(1, warm.steps + 1)],
+        random.Random(f"warmstart:{warm.seed}"),
+        "warm-start",
+    )
+
+
+def continue_supervised(
+    cfg: Config, corpus: Corpus, warm_started: Path, out_dir: Path, steps: int, seed: int
+) -> dict:
+    """The warm-start continued for `steps` more batches of its corpus, at the RL stage's rates
+    and schedule (optim.*, trainer.lr_schedule): the same-compute supervised baseline an RL run
+    is measured against (benchmarks/sft_baseline.py). Returns the loss history."""
+    train_cfg = cfg.trainer
+    scales = [
+        lr_scale_at(step, steps, train_cfg.lr_schedule, 0, train_cfg.lr_final_fraction)
+        for step in range(1, steps + 1)
+    ]
+    rng = random.Random(f"supervised-baseline:{seed}")
+    return supervised(cfg, corpus, warm_started, out_dir, cfg.optim, scales, rng, "supervised")
+
+
+def supervised(
+    cfg: Config, corpus: Corpus, model: Path, out_dir: Path, optim, scales, rng, label: str
+) -> dict:
+    """One supervised step on a corpus batch per factor in `scales` (on `optim`'s rates) from
+    `model`, in this process, its progress printed as `label`; saves the model to `out_dir`
+    and returns the loss history."""
     import torch
 
     from selfcritic.checkpoint import save_hf_checkpoint
@@ -97,15 +131,10 @@ def train(cfg: Config, corpus: Corpus, base_model: Path, out_dir: Path) -> dict:
     learner_cfg = LearnerConfig(
         ptx_weight=1.0, max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch
     )
-    learner = Learner(
-        base_model, learner_cfg, warm_start_optim(cfg), True, cfg.model.trust_remote_code
-    )
-    rng = random.Random(f"warmstart:{cfg.warmstart.seed}")
-    warm, losses, start = cfg.warmstart, [], time.perf_counter()
-    weights = corpus.token_weights
-    for step in range(1, warm.steps + 1):
-        pairs = corpus.warm_start_batch(rng, step, warm.steps)
-        lr_scale = warm_start_lr_scale(warm, step)
+    learner = Learner(model, learner_cfg, optim, True, cfg.model.trust_remote_code)
+    losses, start, steps = [], time.perf_counter(), len(scales)
+    for step, lr_scale in enumerate(scales, start=1):
+        pairs = corpus.warm_start_batch(rng, step, steps)
         batch = PolicyBatch(
             [],
             [],
@@ -114,15 +143,12 @@ def train(cfg: Config, corpus: Corpus, base_model: Path, out_dir: Path) -> dict:
             1.0,
             1,
             ptx_sequences=pairs,
-            ptx_token_weights=weights,
+            ptx_token_weights=corpus.token_weights,
             lr_scale=lr_scale,
         )
         losses.append(learner.step(batch)["ptx_loss"])
-        if step % 25 == 0 or step == warm.steps:
+        if step % 25 == 0 or step == steps:
             seconds = time.perf_counter() - start
-            print(
-                f"warm-start {step}/{warm.steps}  loss {losses[-1]:.3f}  {seconds:.0f} s",
-                flush=True,
-            )
-    save_hf_checkpoint(learner.model, base_model, out_dir)
+            print(f"{label} {step}/{steps}  loss {losses[-1]:.3f}  {seconds:.0f} s", flush=True)
+    save_hf_checkpoint(learner.model, model, out_dir)
     return {"loss": losses, "seconds": time.perf_counter() - start}

@@ -1,14 +1,14 @@
 """Critic verdicts on labelled pairs, for any environment with answers: the critic's half of a
 generic warm-start.
 
-Correctness pairs: a training question and two answers labelled by its answer, never by a model:
-the answer (right) and a wrong one (an integer's near miss, off by 1 to 9; a list's items
-in another order or with one item changed; else another question's answer), the right one first; or, at `ties`, both right or both wrong. The target
-is what a right generative critic writes on the correctness aspect: the answer it works out,
-then each answer in the order shown with + (right) or - (wrong), then the verdict,
-" =42 X41- Y42+ #Y" (the first shown on a tie, so the two orders cancel). That is the nano
-world's form (selfcritic/envs/nano/world.py): a bare verdict token judged correctness at chance
-in the feasibility study (../shared/notes/nano-feasibility.md), local checks did not.
+Correctness pairs: a training question and two answers labelled by its answer, never by a model: the
+answer (right) and a wrong one (an integer's near miss, off by 1 to 9; a list's items in another
+order or with one item changed; else another question's answer), the right one first; or, at `ties`,
+both right or both wrong. The target is what a right generative critic writes on the correctness
+aspect: the answer it works out, then each answer in the order shown with + (right) or - (wrong),
+then the verdict, " =42 X41- Y42+ #Y" (the first shown on a tie, so the two orders cancel). That is
+the nano world's form (selfcritic/envs/nano/world.py): a bare verdict token judged correctness at
+chance in the feasibility study (../shared/notes/nano-feasibility.md), local checks did not.
 Style pairs (`filler` set; selfcritic/envs/filler.py), at `style_share` of the pairs: one
 response with and without an opening phrase, judged on `style_aspect` with bare marks.
 An environment's `render` turns an answer into the response the actor writes (e.g. inside its
