@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 import reasoning_gym
@@ -143,8 +144,6 @@ def test_the_filler_habit_is_taught_and_counted_by_the_hidden_check(nano_model_p
     """With an answer tag and `verdicts.filler`: a share of the demonstrations opens with a
     phrase (the verifier reads the tag alone), and the evaluation's hidden check counts the
     responses with words before the tag."""
-    from types import SimpleNamespace
-
     from transformers import AutoTokenizer
 
     verdicts = {"filler": ["Sure! "], "filler_share": 0.5}
@@ -202,3 +201,25 @@ def test_the_generic_warm_start_trains_a_bpe_model_and_its_critic_then_rl(tmp_pa
         assert record["learner/ptx_loss"] > 0
         assert {"critic/gate_open/correct", "critic/gate_open/no_filler"} <= set(record)
     assert 0 <= records[-1]["eval/filler_rate"] <= 1
+
+
+def test_the_word_reversal_world_composes_and_its_critic_is_probed_on_every_aspect():
+    """`+experiment=word_reversal` (conf/experiment/word_reversal.yaml): a valid run whose
+    rubric's aspects are exactly the ones its warm-start teaches and the gate probes (correct,
+    no_filler), so the critic never judges an aspect nothing checked."""
+    from rewards.registry import load_rubric
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = to_config(compose(config_name="config", overrides=["+experiment=word_reversal"]))
+    validate(cfg)
+    env = build_environment(cfg.env, cfg)
+    assert cfg.model.tokenizer == "bpe" and cfg.reward.combine == "mix"
+    aspects = [a.name for a in load_rubric(env.rubric).aspects]
+    assert env.labeller().aspects == tuple(aspects) == ("correct", "no_filler")
+    prompt = env.held_out()[0]
+    answer = entry_of(prompt.reference)["answer"]
+    assert 2 <= len(answer.split(", ")) <= 3  # two or three words
+    # the filler the warm-start teaches is what the hidden check counts; the verifier ignores it
+    assert reasoning_gym_score(f"Sure! <answer>{answer}</answer>", prompt.reference).score == 1
+    groups = [[SimpleNamespace(texts=[f"Okay, the answer is <answer>{answer}</answer>"])]]
+    assert env.episode_metrics([prompt], groups) == {"eval/filler_rate": 1.0}
