@@ -175,3 +175,23 @@ def test_with_filler_set_the_gate_probes_both_aspects_with_the_rubrics_words():
     for job in by_aspect["no_filler"]:
         if job.key[0] == "probe":
             assert not opens_with_filler(job.first, "<a>") and job.second.startswith("Sure! <a>")
+
+
+def test_correctness_pairs_open_with_filler_as_often_as_the_actors_answers():
+    """filler_share 0.4: each response of a correctness pair opens with a phrase 40% of the
+    time (within 0.04 over 2,000 responses), its label still its answer's; none without
+    filler phrases."""
+    render = lambda a: f"<a>{a}</a>"  # noqa: E731
+    options = VerdictOptions(filler=["Sure! "], filler_share=0.4, style_share=0.0)
+    labeller = Labeller(QUESTIONS, options, CriticConfig(), "nano_style", render)
+    rng, opened = random.Random(0), 0
+    for _ in range(1000):
+        aspect, pair = labeller.pair(rng)
+        assert aspect == "correct"
+        for written, said in zip((pair.first, pair.second), pair.said, strict=True):
+            assert written in (render(said), "Sure! " + render(said))
+            opened += written.startswith("Sure! ")
+    assert abs(opened / 2000 - 0.4) < 0.04
+    plain = Labeller(QUESTIONS, VerdictOptions(), CriticConfig(), "nano_style", render)
+    _, pair = plain.pair(rng)
+    assert (pair.first, pair.second) == tuple(render(said) for said in pair.said)

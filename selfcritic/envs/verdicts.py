@@ -12,6 +12,7 @@ correctness at chance in the feasibility study (../shared/notes/nano-feasibility
 did not.
 Style pairs (`filler` set; selfcritic/envs/filler.py), at `style_share` of the pairs: one
 response with and without an opening phrase, judged on `style_aspect` with bare marks.
+Correctness pairs' responses open with a filler phrase at `filler_share`, as the actor's do.
 An environment's `render` turns an answer into the response the actor writes (e.g. inside its
 answer tag): the critic sees responses as RL will show them.
 
@@ -249,9 +250,23 @@ class Labeller:
         tie = rng.random() < options.ties if tie is None else tie
         question, answer = rng.choice(self.pools[probe])
         if aspect == self.correct:
-            return aspect, answer_pair(question, answer, self.others, tie, rng, self.render)
+            return aspect, answer_pair(question, answer, self.others, tie, rng, self.written(rng))
         said = answer if rng.random() < 0.5 else wrong_answer(answer, self.others, rng)
         return aspect, filler_pair(question, self.render(said), options.filler, tie, rng)
+
+    def written(self, rng: random.Random) -> Callable[[str], str]:
+        """How the actor writes an answer: `render`ed, and opened by a filler phrase at
+        `filler_share` (the corpus's demonstrations' share), so that the critic judges
+        correctness on responses as RL shows them, filler or not."""
+        options = self.options
+
+        def write(answer: str) -> str:
+            response = self.render(answer)
+            if options.filler and rng.random() < options.filler_share:
+                return filler.with_filler(response, options.filler, rng)
+            return response
+
+        return write
 
     def probes(self, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
         """`per_aspect` labelled pairs and `ties` tie pairs on each aspect, on the gate's
