@@ -52,24 +52,20 @@ def test_near_misses_are_close_wrong_and_never_negative_from_zero():
     assert near_miss("4.5", rng) is None and near_miss("cat", rng) is None
 
 
-def test_a_lists_near_misses_are_reordered_swapped_or_garbled():
+def test_a_lists_near_misses_are_its_items_reordered_or_one_changed():
     rng, others = random.Random(0), ["go, hundred", "free, may, cat"]
-    misses = [list_near_miss("go, hundred", others, rng) for _ in range(300)]
-    reordered = [m for m in misses if m == "hundred, go"]  # the one other order
-    swapped = [m for m in misses if m in {f"{w}, hundred" for w in ("free", "may", "cat")}]
-    swapped += [m for m in misses if m in {f"go, {w}" for w in ("free", "may", "cat")}]
-    garbled = [m for m in misses if m not in reordered + swapped]
-    for miss in garbled:  # one word cut and ended with another's tail; the other word kept
-        first, second = miss.split(", ")
-        assert (first == "go") != (second == "hundred")
-        changed, word = (second, "hundred") if first == "go" else (first, "go")
-        assert changed != word and changed[0] == word[0]
-    assert all(len(kind) > 50 for kind in (reordered, swapped, garbled))  # each about a third
+    misses = {list_near_miss("go, hundred", others, rng) for _ in range(200)}
+    # the one other order, or one item replaced by an item of another list (not its own)
+    assert misses == {"hundred, go", "free, hundred", "may, hundred", "cat, hundred"} | {
+        "go, free",
+        "go, may",
+        "go, cat",
+    }
     assert list_near_miss("go", others, rng) is None  # one item: no list
-    assert list_near_miss("a, a", ["a, a"], rng) is None  # no other order, item, or garble
+    assert list_near_miss("a, a", ["a, a"], rng) is None  # no other order, no other item
     # a list answer's wrong answers in pairs are its near misses, never another question's
     pair = answer_pair("Q", "go, hundred", others, tie=False, rng=rng)
-    assert pair.said[1] != "go, hundred" and len(pair.said[1].split(", ")) == 2
+    assert pair.said[1] in misses
 
 
 def test_pairs_are_labelled_by_the_reference():
@@ -175,23 +171,3 @@ def test_with_filler_set_the_gate_probes_both_aspects_with_the_rubrics_words():
     for job in by_aspect["no_filler"]:
         if job.key[0] == "probe":
             assert not opens_with_filler(job.first, "<a>") and job.second.startswith("Sure! <a>")
-
-
-def test_correctness_pairs_open_with_filler_as_often_as_the_actors_answers():
-    """filler_share 0.4: each response of a correctness pair opens with a phrase 40% of the
-    time (within 0.04 over 2,000 responses), its label still its answer's; none without
-    filler phrases."""
-    render = lambda a: f"<a>{a}</a>"  # noqa: E731
-    options = VerdictOptions(filler=["Sure! "], filler_share=0.4, style_share=0.0)
-    labeller = Labeller(QUESTIONS, options, CriticConfig(), "nano_style", render)
-    rng, opened = random.Random(0), 0
-    for _ in range(1000):
-        aspect, pair = labeller.pair(rng)
-        assert aspect == "correct"
-        for written, said in zip((pair.first, pair.second), pair.said, strict=True):
-            assert written in (render(said), "Sure! " + render(said))
-            opened += written.startswith("Sure! ")
-    assert abs(opened / 2000 - 0.4) < 0.04
-    plain = Labeller(QUESTIONS, VerdictOptions(), CriticConfig(), "nano_style", render)
-    _, pair = plain.pair(rng)
-    assert (pair.first, pair.second) == tuple(render(said) for said in pair.said)

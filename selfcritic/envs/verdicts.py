@@ -3,16 +3,14 @@ generic warm-start.
 
 Correctness pairs: a training question and two answers labelled by its answer, never by a model: the
 answer (right) and a wrong one (an integer's near miss, off by 1 to 9; a list's items in another
-order, with one item changed or one garbled; else another question's answer), the right one first;
-or, at `ties`, both right or both wrong. The target is what a right generative critic writes on the
-correctness aspect: the answer it works out, then each answer in the order shown with + (right) or -
-(wrong), then the verdict, " =42 X41- Y42+ #Y" (the first shown on a tie, so the two orders cancel).
-That is the nano world's form (selfcritic/envs/nano/world.py): a bare verdict token judged
-correctness at chance in the feasibility study (../shared/notes/nano-feasibility.md), local checks
-did not.
+order or with one item changed; else another question's answer), the right one first; or, at `ties`,
+both right or both wrong. The target is what a right generative critic writes on the correctness
+aspect: the answer it works out, then each answer in the order shown with + (right) or - (wrong),
+then the verdict, " =42 X41- Y42+ #Y" (the first shown on a tie, so the two orders cancel). That is
+the nano world's form (selfcritic/envs/nano/world.py): a bare verdict token judged correctness at
+chance in the feasibility study (../shared/notes/nano-feasibility.md), local checks did not.
 Style pairs (`filler` set; selfcritic/envs/filler.py), at `style_share` of the pairs: one
 response with and without an opening phrase, judged on `style_aspect` with bare marks.
-Correctness pairs' responses open with a filler phrase at `filler_share`, as the actor's do.
 An environment's `render` turns an answer into the response the actor writes (e.g. inside its
 answer tag): the critic sees responses as RL will show them.
 
@@ -87,40 +85,22 @@ def near_miss(answer: str, rng: random.Random) -> str | None:
 
 
 def list_near_miss(answer: str, others: Sequence[str], rng: random.Random) -> str | None:
-    """A wrong list close to a list `answer` ("a, b, c"), one kind drawn at even odds among
-    those possible: its items in another order (the question's own order, for a reversal), one
-    item swapped for an item of `others`' lists, or one item garbled (its start spliced to
-    another item's end, "civilization" -> "civiyears", as a model that cannot copy a rare word
-    writes it); None where the answer is no list or none is possible."""
+    """A wrong list close to a list `answer` ("a, b, c"): at even odds its items in another
+    order (the question's own order, for a reversal), else one item swapped for an item of
+    `others`' lists; None where the answer is no list or neither is possible."""
     items = answer.split(LIST_SEPARATOR)
     if len(items) < 2:
         return None
+    reordered = [o for o in _orders(items, rng) if o != items]
     foreign = sorted({item for other in others for item in other.split(LIST_SEPARATOR)})
     foreign = [item for item in foreign if item not in items]
-    kinds = {
-        "reorder": [o for o in _orders(items, rng) if o != items],
-        "swap": [_replaced(items, i, item) for i in range(len(items)) for item in foreign[:8]],
-        "garble": [g for g in (_garbled(items, foreign + items, rng) for _ in range(4)) if g],
-    }
-    possible = [choices for choices in kinds.values() if choices]
-    if not possible:
+    if reordered and (not foreign or rng.random() < 0.5):
+        return LIST_SEPARATOR.join(rng.choice(reordered))
+    if not foreign:
         return None
-    return LIST_SEPARATOR.join(rng.choice(rng.choice(possible)))
-
-
-def _replaced(items: list[str], index: int, item: str) -> list[str]:
-    return [item if i == index else old for i, old in enumerate(items)]
-
-
-def _garbled(items: list[str], donors: Sequence[str], rng: random.Random) -> list[str] | None:
-    """`items` with one of them (two characters or more) cut after 1 to len-1 characters and
-    ended with a donor's tail; None where that gave the same item."""
-    index = rng.randrange(len(items))
-    item, donor = items[index], rng.choice(donors)
-    if len(item) < 2 or len(donor) < 2:
-        return None
-    spliced = item[: rng.randrange(1, len(item))] + donor[rng.randrange(1, len(donor)) :]
-    return None if spliced == item else _replaced(items, index, spliced)
+    changed = list(items)
+    changed[rng.randrange(len(items))] = rng.choice(foreign)
+    return LIST_SEPARATOR.join(changed)
 
 
 def _orders(items: list[str], rng: random.Random) -> list[list[str]]:
@@ -250,23 +230,9 @@ class Labeller:
         tie = rng.random() < options.ties if tie is None else tie
         question, answer = rng.choice(self.pools[probe])
         if aspect == self.correct:
-            return aspect, answer_pair(question, answer, self.others, tie, rng, self.written(rng))
+            return aspect, answer_pair(question, answer, self.others, tie, rng, self.render)
         said = answer if rng.random() < 0.5 else wrong_answer(answer, self.others, rng)
         return aspect, filler_pair(question, self.render(said), options.filler, tie, rng)
-
-    def written(self, rng: random.Random) -> Callable[[str], str]:
-        """How the actor writes an answer: `render`ed, and opened by a filler phrase at
-        `filler_share` (the corpus's demonstrations' share), so that the critic judges
-        correctness on responses as RL shows them, filler or not."""
-        options = self.options
-
-        def write(answer: str) -> str:
-            response = self.render(answer)
-            if options.filler and rng.random() < options.filler_share:
-                return filler.with_filler(response, options.filler, rng)
-            return response
-
-        return write
 
     def probes(self, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
         """`per_aspect` labelled pairs and `ties` tie pairs on each aspect, on the gate's
