@@ -9,8 +9,10 @@ and then decayed over the last steps (`warmstart.lr_schedule`: warm-up-stable-de
 warm-up). The result, a Hugging Face checkpoint, is cached under
 `<trainer.cache_dir>/warmstart/<key>/` where the key hashes everything the weights depend on
 (the corpus's recipe and source files among them); a second run with the same settings reuses
-it. Left out: warm-starting from a user's dataset without an environment corpus (point
-`model.path` at an SFT checkpoint instead).
+it. `continue_supervised` runs more of the same steps from a warm-start at the RL stage's
+rates: the same-compute supervised baseline RL is measured against. Left out: warm-starting
+from a user's dataset without an environment corpus (point `model.path` at an SFT checkpoint
+instead).
 """
 
 from __future__ import annotations
