@@ -39,19 +39,12 @@ def steps_in(seconds: float, history: dict) -> int:
 def warm_started(cfg):
     """(the run's cached warm-start, its corpus); the warm-start is trained now if missing."""
     from selfcritic.envs.registry import build_environment, parts
-    from selfcritic.model.build import load_tokenizer, prepare_model
-    from selfcritic.model.chat import prompt_encoder
-    from selfcritic.trainer import first_part_with, tokenizer_texts
+    from selfcritic.trainer import first_part_with, prepared_model
     from selfcritic.warmstart import warm_start
 
     environments = parts(build_environment(cfg.env, cfg))
     cache = Path(cfg.trainer.cache_dir).expanduser()
-    base = prepare_model(cfg.model, cache, lambda: tokenizer_texts(cfg, environments))
-    tokenizer = load_tokenizer(base, cfg.model.trust_remote_code)
-    encode = prompt_encoder(tokenizer, cfg.data.chat_template)
-    for env in environments.values():
-        if hasattr(env, "use_encoder"):
-            env.use_encoder(encode)
+    base, tokenizer, _ = prepared_model(cfg, environments, cache)
     corpus = first_part_with(environments, "corpus")(tokenizer)
     return warm_start(cfg, corpus, base, cache), corpus
 

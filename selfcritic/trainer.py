@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -191,7 +192,6 @@ class Trainer:
             start_ray,
         )
         from selfcritic.learner.group import LearnerGroup
-        from selfcritic.model.build import load_tokenizer, prepare_model
         from selfcritic.rollout.pool import RolloutPool
 
         cfg = self.cfg
@@ -200,7 +200,7 @@ class Trainer:
         check_single_turn(self.env, cfg.rollout.partial_tokens)
         probes = []
         if cfg.critic.enabled:
-            probes = load_probes(cfg.critic.gate, self._first_part_with("probes"))
+            probes = load_probes(cfg.critic.gate, first_part_with(self.parts, "probes"))
             drawn = self.prompts(1, 0, cfg.data.prompts_per_step)  # the rubrics in use
             specs = {p.rubric or self.default_rubric(p.env) for p in drawn}
             aspects = [a.name for spec in sorted(specs) for a in self.rubric(spec).aspects]
@@ -209,20 +209,14 @@ class Trainer:
         if warning := overlap_warning(cfg):
             print(warning, flush=True)
         cache = Path(cfg.trainer.cache_dir).expanduser()
-        self.model_path = prepare_model(cfg.model, cache, self._tokenizer_texts)
         # the tokenizer the warm-start keeps: the lengths are checked before any long work
+        self.model_path, self.tokenizer, self.encode = prepared_model(cfg, self.parts, cache)
         trust = cfg.model.trust_remote_code
-        self.tokenizer = load_tokenizer(self.model_path, trust)
-        # prompt ids: through the chat template (data.chat_template), else BOS and the text
-        self.encode = prompt_encoder(self.tokenizer, cfg.data.chat_template)
         self.encode_observation = self.encode.observation  # a turn of its own (chat.py)
-        for env in self.parts.values():
-            if hasattr(env, "use_encoder"):  # e.g. a tool format that follows the template
-                env.use_encoder(self.encode)
         self._check_with_tokenizer()
         self.observing = observing_for(self.env, self.encode)
         # the environment's supervised pairs, made once for the warm-start and RL's PTX
-        corpus_of = self._first_part_with("corpus")
+        corpus_of = first_part_with(self.parts, "corpus")
         uses_ptx = cfg.learner.ptx_weight > 0 and cfg.warmstart.ptx_per_step > 0
         corpus = corpus_of(self.tokenizer) if cfg.warmstart.enabled or uses_ptx else None
         if cfg.warmstart.enabled:
@@ -280,12 +274,6 @@ class Trainer:
                 ),
             )
         self.ptx_data = corpus if uses_ptx else None
-
-    def _first_part_with(self, capability: str):
-        return first_part_with(self.parts, capability)
-
-    def _tokenizer_texts(self) -> list[str]:
-        return tokenizer_texts(self.cfg, self.parts)
 
     def default_rubric(self, label: str) -> str:
         """The rubric of part `label`'s prompts that name none: `critic.rubric`, else the
@@ -922,6 +910,23 @@ def tokenizer_texts(cfg: Config, environments: dict) -> list[str]:
         )
     texts = [text for env in with_texts for text in env.texts()]
     return [cfg.critic.template or CHAT_TEMPLATE, *texts]
+
+
+def prepared_model(cfg: Config, environments: dict, cache: Path):
+    """(the base model's directory, its tokenizer, the run's PromptEncoder): the model built or
+    loaded (a `bpe` tokenizer trained on the environments' texts), prompts encoded through the
+    chat template (data.chat_template, else BOS and the text), and every environment that
+    follows the template (e.g. a tool format) told of the encoder."""
+    from selfcritic.model.build import load_tokenizer, prepare_model
+
+    texts = functools.partial(tokenizer_texts, cfg, environments)  # called for `bpe` only
+    model_path = prepare_model(cfg.model, cache, texts)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    encode = prompt_encoder(tokenizer, cfg.data.chat_template)
+    for env in environments.values():
+        if hasattr(env, "use_encoder"):
+            env.use_encoder(encode)
+    return model_path, tokenizer, encode
 
 
 def step_seed(run_seed: int, step: int, purpose: int) -> int:
