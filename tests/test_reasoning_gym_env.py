@@ -164,6 +164,25 @@ def test_the_filler_habit_is_taught_and_counted_by_the_hidden_check(nano_model_p
     assert env_of(options=SMALL).episode_metrics([prompt], groups[:1]) == {}  # no tag: no check
 
 
+def test_a_closing_filler_habit_is_taught_after_the_tag_and_counted_there(nano_model_path):
+    """`verdicts.filler_at=end`: the phrase closes a share of the demonstrations, after the
+    answer tag, and the hidden check counts words after the closing tag."""
+    from transformers import AutoTokenizer
+
+    verdicts = {"filler": [" Hope this helps!"], "filler_share": 0.5, "filler_at": "end"}
+    env = env_of(options=SMALL, corpus_size=300, answer_tag="answer", verdicts=verdicts)
+    tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
+    targets = [
+        tokenizer.decode(list(t), skip_special_tokens=True) for _, t in env.corpus(tokenizer).pairs
+    ]
+    assert all(re.fullmatch(r"<answer>-?\d+</answer>( Hope this helps!)?", t) for t in targets)
+    assert 0.4 < sum(t.endswith("helps!") for t in targets) / len(targets) < 0.6
+    prompt = env.held_out()[0]
+    written = [["<answer>1</answer> Hope this helps!", "Sure! <answer>1</answer>", "<answer>1"]]
+    groups = [[SimpleNamespace(texts=[r]) for r in group] for group in written]
+    assert env.episode_metrics([prompt], groups) == {"eval/filler_rate": 2 / 3}
+
+
 @pytest.mark.slow  # the parts: the corpus, verdict and BPE tests above; the loop: the 2-step run
 def test_the_generic_warm_start_trains_a_bpe_model_and_its_critic_then_rl(tmp_path, cache_dir):
     """The second world's parts together: a BPE tokenizer trained on the task's texts, a

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from selfcritic.config import Config, CriticConfig
-from selfcritic.envs.filler import FillerPair, filler_pair, opens_with_filler
+from selfcritic.envs.filler import FillerPair, filler_pair, has_filler, opens_with_filler
 from selfcritic.envs.registry import build_environment
 from selfcritic.envs.verdicts import (
     AnswerPair,
@@ -156,6 +156,18 @@ def test_filler_pairs_and_the_hidden_check_by_hand():
         assert tie.clean in ((True, True), (False, False))
     assert not opens_with_filler(" <a>7</a>", "<a>") and opens_with_filler("Sure! <a>7</a>", "<a>")
     assert opens_with_filler("7", "<a>")  # no answer at all: the habit's worst form
+
+
+def test_a_closing_phrase_goes_after_the_answer_and_the_check_reads_after_the_tag():
+    rng = random.Random(0)
+    for _ in range(20):
+        drawn = filler_pair("Q", "<a>7</a>", [" Hope this helps!"], tie=False, rng=rng, at="end")
+        assert (drawn.first, drawn.second) == ("<a>7</a>", "<a>7</a> Hope this helps!")
+    assert has_filler("<a>7</a> Hope this helps!", "a", "end")
+    assert not has_filler("<a>7</a> ", "a", "end")  # spaces are not a phrase
+    assert not has_filler("Sure! <a>7</a>", "a", "end")  # an opening phrase is the other check
+    assert has_filler("Sure! <a>7</a>", "a", "start")
+    assert has_filler("<a>7", "a", "end")  # no closed answer: the habit's worst form
 
 
 def test_with_filler_set_the_gate_probes_both_aspects_with_the_rubrics_words():

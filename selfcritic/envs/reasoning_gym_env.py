@@ -29,7 +29,7 @@ from typing import Any
 from selfcritic.config import Config, ConfigError, keyed, setting
 from selfcritic.critic.judge import PairJob
 from selfcritic.envs.base import Prompt, SingleTurn
-from selfcritic.envs.filler import opens_with_filler, with_filler
+from selfcritic.envs.filler import has_filler, with_filler
 from selfcritic.envs.reasoning import check_tags
 from selfcritic.envs.registry import register_environment
 from selfcritic.envs.sft import PairsCorpus, demonstration_pairs
@@ -167,7 +167,7 @@ class ReasoningGym(SingleTurn):
             for question, answer in answered:
                 response = self.response(answer)
                 if verdicts.filler and rng.random() < verdicts.filler_share:
-                    response = with_filler(response, verdicts.filler, rng)
+                    response = with_filler(response, verdicts.filler, rng, verdicts.filler_at)
                 pairs += demonstration_pairs(encode(question), [response], [], encode)
             return pairs
 
@@ -194,10 +194,11 @@ class ReasoningGym(SingleTurn):
 
     def episode_metrics(self, prompts: list[Prompt], groups) -> dict[str, float]:
         """The hidden check of the filler habit (selfcritic/envs/filler.py), where answers are
-        tagged: the share of held-out responses with words before the answer tag or none."""
-        tag = self.options.answer_tag
+        tagged: the share of held-out responses with words before the answer tag (after it,
+        where `verdicts.filler_at` is "end") or no answer."""
+        tag, at = self.options.answer_tag, self.options.verdicts.filler_at
         if tag is None:
             return {}
         responses = [t.texts[-1] for group in groups for t in group]
-        opened = sum(opens_with_filler(r, f"<{tag}>") for r in responses)
-        return {"eval/filler_rate": opened / len(responses) if responses else float("nan")}
+        filled = sum(has_filler(r, tag, at) for r in responses)
+        return {"eval/filler_rate": filled / len(responses) if responses else float("nan")}

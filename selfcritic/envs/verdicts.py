@@ -37,7 +37,7 @@ from selfcritic.critic.gate import probe_key
 from selfcritic.critic.judge import PairJob, make_prompter
 from selfcritic.envs import filler
 from selfcritic.envs.base import Pair
-from selfcritic.envs.filler import FillerPair, filler_pair
+from selfcritic.envs.filler import PLACES, FillerPair, filler_pair
 
 # (a question as the model sees it, its answer): what an environment labels pairs with (a
 # dataset's prompt and reference; a generated task's question and answer)
@@ -63,6 +63,9 @@ class VerdictOptions:
     # style pairs (`style_share` of its pairs) on `style_aspect`; empty: correctness pairs only
     filler: list[str] = field(default_factory=list)
     filler_share: float = setting(0.0, ge=0, le=1)
+    # where a phrase goes: before the answer ("start") or after it ("end", where an opening
+    # phrase would cost a small model accuracy: selfcritic/envs/filler.py)
+    filler_at: str = setting("start", one_of=PLACES)
     style_aspect: str = "no_filler"
     style_share: float = setting(0.5, ge=0, le=1)
 
@@ -239,7 +242,8 @@ class Labeller:
         if aspect == self.correct:
             return aspect, answer_pair(question, answer, self.others, tie, rng, self.render)
         said = answer if rng.random() < 0.5 else wrong_answer(answer, self.others, rng)
-        return aspect, filler_pair(question, self.render(said), options.filler, tie, rng)
+        pair = filler_pair(question, self.render(said), options.filler, tie, rng, options.filler_at)
+        return aspect, pair
 
     def probes(self, per_aspect: int, ties: int, seed: int) -> list[PairJob]:
         """`per_aspect` labelled pairs and `ties` tie pairs on each aspect, on the gate's
