@@ -221,7 +221,7 @@ class Labeller:
         self.descriptions = {
             self.correct: description_of(rubric, self.correct, "the answer is right"),
             options.style_aspect: description_of(
-                rubric, options.style_aspect, "the answer alone, no words before it"
+                rubric, options.style_aspect, "the answer alone, no words before or after it"
             ),
         }
 
