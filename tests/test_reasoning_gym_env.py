@@ -178,6 +178,9 @@ def test_a_closing_filler_habit_is_taught_after_the_tag_and_counted_there(nano_m
     assert all(re.fullmatch(r"<answer>-?\d+</answer>( Hope this helps!)?", t) for t in targets)
     assert 0.4 < sum(t.endswith("helps!") for t in targets) / len(targets) < 0.6
     prompt = env.held_out()[0]
+    answer = entry_of(prompt.reference)["answer"]
+    closed = f"<answer>{answer}</answer> Hope this helps!"
+    assert reasoning_gym_score(closed, prompt.reference).score == 1  # the verifier reads the tag
     written = [["<answer>1</answer> Hope this helps!", "Sure! <answer>1</answer>", "<answer>1"]]
     groups = [[SimpleNamespace(texts=[r]) for r in group] for group in written]
     assert env.episode_metrics([prompt], groups) == {"eval/filler_rate": 2 / 3}

@@ -6,13 +6,13 @@ with one after it (`verdicts.filler_at`), so the policy starts with a habit the 
 see (it reads the answer alone, e.g. inside an answer tag) and only the critic's style aspect can
 take away. Where a small model copies worse from further away, an opening phrase also costs
 accuracy, and then a strong enough policy gradient drops it with no critic; a closing phrase,
-written after the answer, cannot change the answer (docs/word-reversal-log.md, probes 10-11).
+written after the answer, cannot change the answer (docs/word-reversal-log.md, probes 10-13).
 The critic learns that aspect from pairs of one response with and without a phrase (ties: both
 with or both without), the target its bare marks, " X+ Y- #X": a pattern a nano critic learns
 at once, where correctness needs the worked form (../shared/notes/nano-feasibility.md). The
-hidden check, `has_filler`, is whether a
-response writes anything before its answer (or after it): the evaluation counts it, the critic
-never sees it. Left out: defects other than one phrase at either end.
+hidden check, `has_filler`, is whether a response writes anything before its answer (or after
+it): the evaluation counts it, the critic never sees it. Left out: defects other than one
+phrase at either end.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ MARKS = ("+", "-")  # written after each response: without filler, or with it
 PLACES = ("start", "end")  # where a phrase goes: before the answer, or after it
 
 
-def with_filler(response: str, phrases: Sequence[str], rng: random.Random, at="start") -> str:
+def with_filler(
+    response: str, phrases: Sequence[str], rng: random.Random, at: str = "start"
+) -> str:
     """`response` opened (`at` "start") or closed ("end") by one of `phrases`."""
     phrase = rng.choice(phrases)
     return f"{phrase}{response}" if at == "start" else f"{response}{phrase}"
