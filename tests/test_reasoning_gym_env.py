@@ -140,6 +140,12 @@ def test_the_corpus_shows_the_tasks_answers_and_labels_critic_pairs_with_them(na
     assert env.texts() == [text for pair in answered for text in pair]
 
 
+def demonstration_targets(env, tokenizer) -> list[str]:
+    """The texts the corpus's pairs train on, decoded."""
+    pairs = env.corpus(tokenizer).pairs
+    return [tokenizer.decode(list(t), skip_special_tokens=True) for _, t in pairs]
+
+
 def test_the_filler_habit_is_taught_and_counted_by_the_hidden_check(nano_model_path):
     """With an answer tag and `verdicts.filler`: a share of the demonstrations opens with a
     phrase (the verifier reads the tag alone), and the evaluation's hidden check counts the
@@ -148,10 +154,7 @@ def test_the_filler_habit_is_taught_and_counted_by_the_hidden_check(nano_model_p
 
     verdicts = {"filler": ["Sure! "], "filler_share": 0.5}
     env = env_of(options=SMALL, corpus_size=300, answer_tag="answer", verdicts=verdicts)
-    tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
-    targets = [
-        tokenizer.decode(list(t), skip_special_tokens=True) for _, t in env.corpus(tokenizer).pairs
-    ]
+    targets = demonstration_targets(env, AutoTokenizer.from_pretrained(nano_model_path))
     assert all(re.fullmatch(r"(Sure! )?<answer>-?\d+</answer>", t) for t in targets), targets[:3]
     share = sum(t.startswith("Sure! ") for t in targets) / len(targets)
     assert 0.4 < share < 0.6
@@ -171,10 +174,7 @@ def test_a_closing_filler_habit_is_taught_after_the_tag_and_counted_there(nano_m
 
     verdicts = {"filler": [" Hope this helps!"], "filler_share": 0.5, "filler_at": "end"}
     env = env_of(options=SMALL, corpus_size=300, answer_tag="answer", verdicts=verdicts)
-    tokenizer = AutoTokenizer.from_pretrained(nano_model_path)
-    targets = [
-        tokenizer.decode(list(t), skip_special_tokens=True) for _, t in env.corpus(tokenizer).pairs
-    ]
+    targets = demonstration_targets(env, AutoTokenizer.from_pretrained(nano_model_path))
     assert all(re.fullmatch(r"<answer>-?\d+</answer>( Hope this helps!)?", t) for t in targets)
     assert 0.4 < sum(t.endswith("helps!") for t in targets) / len(targets) < 0.6
     prompt = env.held_out()[0]
